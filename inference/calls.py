@@ -1,0 +1,107 @@
+"""One function per prompt: render the template, call the role's model, validate the answer.
+
+These are the model-facing halves of the pipeline steps; ``memory/`` takes them as plain
+callables, so the domain logic runs the same with any backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import prompts
+from inference.llm import chat_model
+from prompts.outputs import AnalysisOutput, CreatedEntity, SimulationOutput
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An NPC reply: ``text``, ``tokens`` used, and the ``model`` that answered."""
+
+    text: str
+    tokens: int
+    model: str
+
+
+def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
+                   player_text: str, max_tokens: int = 80) -> Reply:
+    """The NPC's in-character reply (generation role).
+
+    Args:
+        npc: cached lore entry ``{title, content, ...}``.
+        note: the NPC's session note ('' when none).
+        recent: recent turns ``[{player_text, npc_text}]``, oldest first.
+        retrieved: ``[(title, document)]`` from the vector index.
+
+    Raises:
+        inference.llm.ModelError: the model failed.
+    """
+    model = chat_model("generation")
+    msgs = prompts.messages("dialogue", npc=npc, note=note, recent_turns=recent,
+                            retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text)
+    done = model.complete(msgs, max_tokens=max_tokens, temperature=0.7)
+    text = done.text.strip()
+    prefix = f"{npc['title']}:"
+    if text.startswith(prefix):
+        text = text[len(prefix):].strip()
+    return Reply(text, done.tokens, model.model)
+
+
+def analyze_turn(npc_title: str, player_text: str, npc_text: str,
+                 entities: list) -> tuple[AnalysisOutput, int]:
+    """Updates and creations implied by one turn (analysis role), ids limited to ``entities``.
+
+    Raises:
+        inference.llm.InvalidModelOutput: no valid answer after retries.
+        inference.llm.ModelError: the model failed.
+    """
+    schema = prompts.schema("analysis", {"lore_entry_id": [e.key for e in entities]})
+    msgs = prompts.messages("analysis", npc_title=npc_title, player_text=player_text,
+                            npc_text=npc_text, entities=entities)
+    return chat_model("analysis").complete_json(msgs, AnalysisOutput, schema, max_tokens=400,
+                                                temperature=0.2, schema_name="analysis")
+
+
+def rewrite_note(title: str, lore: str, note: str, event: str) -> tuple[str, int]:
+    """The rewritten session note (maintenance role, seed 003's rewrite prompt).
+
+    Raises:
+        inference.llm.ModelError: the model failed or answered nothing.
+    """
+    from inference.llm import ModelError
+
+    msgs = prompts.messages("rewrite_note", title=title, lore=lore[:1200], note=note[:1200],
+                            event=event)
+    done = chat_model("maintenance").complete(msgs, max_tokens=160, temperature=0.3)
+    if not done.text.strip():
+        raise ModelError("maintenance model returned an empty note")
+    return done.text, done.tokens
+
+
+def create_lore(entity_type: str, creation_summary: str, world_title: str) -> tuple[CreatedEntity, int]:
+    """A new lore entry ``{title, content, tags}`` from a summary (maintenance role).
+
+    Raises:
+        inference.llm.InvalidModelOutput: no valid answer after retries.
+    """
+    msgs = prompts.messages("create_entity", entity_type=entity_type,
+                            creation_summary=creation_summary, world_title=world_title[:200])
+    return chat_model("maintenance").complete_json(msgs, CreatedEntity, prompts.schema("creation"),
+                                                   max_tokens=400, temperature=0.4,
+                                                   schema_name="lore_entry")
+
+
+def simulate(world_title: str, elapsed: str, targets: list[dict],
+             recent: list[str]) -> tuple[SimulationOutput, int]:
+    """What off-screen characters did (maintenance role, seed 004's simulation prompt).
+
+    Args:
+        targets: ``[{key, title, content, note}]``; the answer may only name these keys.
+
+    Raises:
+        inference.llm.InvalidModelOutput: no valid answer after retries.
+    """
+    schema = prompts.schema("simulation", {"lore_entry_id": [t["key"] for t in targets]})
+    msgs = prompts.messages("simulate_world", world_title=world_title[:200], elapsed=elapsed,
+                            targets=targets, recent=recent)
+    return chat_model("maintenance").complete_json(msgs, SimulationOutput, schema, max_tokens=400,
+                                                   temperature=0.5, schema_name="simulation")

@@ -1,0 +1,79 @@
+"""Database engine and sessions for the configured ``DATABASE_URL``.
+
+SQLite (the embedded default) is opened in WAL mode with a busy timeout so that the dialogue
+server, the workers and the archiver can share the file; PostgreSQL uses psycopg 3.
+Engines are per process (re-created after ``fork``), as Celery's prefork pool requires.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from settings import get_settings
+
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def normalise_url(url: str) -> str:
+    """Map ``postgres://``/``postgresql://`` URLs to the psycopg 3 driver; others unchanged."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process's engine for ``url`` (default: the settings' database URL)."""
+    url = normalise_url(url or get_settings().sqlalchemy_url)
+    key = (os.getpid(), url)
+    engine = _engines.get(key)
+    if engine is None:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 30})
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+        else:
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        _engines[key] = engine
+    return engine
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A transaction: commits on success, rolls back and re-raises on error."""
+    factory = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def migrate(url: str | None = None) -> None:
+    """Bring the schema to the newest Alembic revision (``alembic upgrade head``)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from settings import ROOT
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    cfg.attributes["database_url"] = normalise_url(url or get_settings().sqlalchemy_url)
+    if cfg.attributes["database_url"].startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(cfg.attributes["database_url"][10:]) or ".", exist_ok=True)
+    command.upgrade(cfg, "head")

@@ -1,0 +1,140 @@
+"""Session notes: rewriting one entry's note in one session from a new event (seed 003).
+
+``apply_note_update`` reads the note at version v, asks the rewriter for the new text, and
+commits only if the note is still at v (an UPDATE ... WHERE version = v); otherwise it reads
+the fresh note and rewrites again, so concurrent updates are never lost. The revision row's
+unique idempotency key makes a redelivered update a no-op. Base lore is never written here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models import LoreEntry, SessionNote, SessionNoteRevision
+from models.base import utcnow
+
+Rewriter = Callable[[str, str, str, str], tuple[str, int]]
+"""``(title, lore_content, current_note, event) -> (new_note, tokens_used)``."""
+
+MAX_NOTE_CHARS = 1200
+_LABEL = re.compile(r"^\s*(\[[^\]]{1,40}\]|(new |the )?(session note|entity|new event|event|original lore)[^:]{0,20}):\s*", re.I)
+
+
+class NoteConflict(Exception):
+    """The note kept changing under us for every allowed attempt."""
+
+
+@dataclass(frozen=True)
+class NoteUpdateResult:
+    """Outcome of one update: ``status`` is ``written`` or ``duplicate``; ``version`` is the
+    note's version after it; ``before``/``after`` the note text; ``tokens`` model tokens."""
+
+    status: str
+    note_id: int
+    version: int
+    before: str
+    after: str
+    tokens: int = 0
+
+
+def clean_note(text: str) -> str:
+    """Normalise model output into a note: strip a leading label and bound its length."""
+    lines = []
+    for line in text.strip().splitlines():
+        if _LABEL.match(line) and not _LABEL.sub("", line).strip():
+            continue  # a bare label line such as "[Entity]: X" echoes the prompt
+        if re.match(r"^\s*\[(entity|original lore)", line, re.I):
+            continue
+        lines.append(_LABEL.sub("", line).strip())
+    text = " ".join(x for x in lines if x)
+    if len(text) > MAX_NOTE_CHARS:  # cut at a sentence end where there is one
+        cut = text[:MAX_NOTE_CHARS]
+        text = cut[: cut.rfind(". ") + 1] if ". " in cut else cut
+    return text
+
+
+def _get_or_create_note(session: Session, session_id: str, entry_id: int) -> SessionNote:
+    note = session.scalar(select(SessionNote).where(
+        SessionNote.session_id == session_id, SessionNote.lore_entry_id == entry_id))
+    if note is not None:
+        return note
+    try:
+        with session.begin_nested():
+            note = SessionNote(session_id=session_id, lore_entry_id=entry_id, content="", version=0)
+            session.add(note)
+    except IntegrityError:  # another worker created it first
+        note = session.scalar(select(SessionNote).where(
+            SessionNote.session_id == session_id, SessionNote.lore_entry_id == entry_id))
+    return note
+
+
+def apply_note_update(
+    session: Session,
+    *,
+    session_id: str,
+    lore_entry_id: int,
+    event: str,
+    idempotency_key: str,
+    rewrite: Rewriter,
+    turn_id: str | None = None,
+    task_id: str | None = None,
+    cause: str = "turn",
+    max_attempts: int = 3,
+) -> NoteUpdateResult:
+    """Rewrite the session note of one entry with ``event`` and record a revision.
+
+    Commits its own transactions (the model call happens outside any open write).
+
+    Raises:
+        LookupError: the lore entry does not exist.
+        NoteConflict: the note changed under every one of ``max_attempts`` rewrites.
+        Whatever ``rewrite`` raises (model errors); the note is then left unchanged.
+    """
+    entry = session.get(LoreEntry, lore_entry_id)
+    if entry is None:
+        raise LookupError(f"lore entry {lore_entry_id} does not exist")
+    done = session.scalar(select(SessionNoteRevision).where(
+        SessionNoteRevision.idempotency_key == idempotency_key))
+    if done is not None:
+        return NoteUpdateResult("duplicate", done.note_id, done.version, done.previous_content,
+                                done.content)
+    note = _get_or_create_note(session, session_id, lore_entry_id)
+    session.commit()
+    tokens = 0
+    for _ in range(max_attempts):
+        session.refresh(note)
+        version, before = note.version, note.content
+        text, used = rewrite(entry.title, entry.content, before, event)
+        tokens += used
+        after = clean_note(text) or before
+        session.rollback()  # end the read transaction before writing
+        result = session.execute(
+            update(SessionNote)
+            .where(SessionNote.id == note.id, SessionNote.version == version)
+            .values(content=after, version=version + 1, last_updated_turn_id=turn_id,
+                    updated_at=utcnow())
+        )
+        if result.rowcount != 1:
+            session.rollback()
+            continue
+        session.add(SessionNoteRevision(
+            note_id=note.id, version=version + 1, previous_content=before, content=after,
+            event_summary=event, cause=cause, turn_id=turn_id, task_id=task_id,
+            idempotency_key=idempotency_key,
+        ))
+        try:
+            session.commit()
+        except IntegrityError:  # the same update committed concurrently elsewhere
+            session.rollback()
+            done = session.scalar(select(SessionNoteRevision).where(
+                SessionNoteRevision.idempotency_key == idempotency_key))
+            return NoteUpdateResult("duplicate", note.id, done.version if done else note.version,
+                                    before, done.content if done else before, tokens)
+        return NoteUpdateResult("written", note.id, version + 1, before, after, tokens)
+    raise NoteConflict(f"session note {note.id} changed during {max_attempts} rewrites")

@@ -1,0 +1,75 @@
+"""What the pipeline did for a session, read from the ledger and the tables (for the demo's
+summary, the CLI and tests)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import LoreEntry, SessionNote, SessionNoteRevision, StoredVector, TaskRecord, Turn
+
+PENDING = ("started", "retrying")
+
+
+def task_counts(session: Session, session_ids: list[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per queue: ``{succeeded, failed, dead_lettered, retried, pending}`` task counts.
+
+    ``retried`` counts extra attempts; with ``session_ids``, only tasks of those sessions
+    (plus world ticks, which belong to no session).
+    """
+    q = select(TaskRecord.queue, TaskRecord.status, func.count(), func.sum(TaskRecord.attempts))
+    if session_ids is not None:
+        q = q.where((TaskRecord.session_id.in_(session_ids)) | (TaskRecord.session_id.is_(None)))
+    out: dict[str, dict[str, int]] = {}
+    for queue, status, n, attempts in session.execute(q.group_by(TaskRecord.queue, TaskRecord.status)):
+        row = out.setdefault(queue or "?", {"succeeded": 0, "failed": 0, "dead_lettered": 0,
+                                            "retried": 0, "pending": 0})
+        key = "pending" if status in PENDING else status
+        row[key] = row.get(key, 0) + n
+        row["retried"] += max(0, int(attempts or 0) - n)
+    return out
+
+
+def pending_tasks(session: Session) -> int:
+    """Tasks started or waiting for a retry."""
+    return session.scalar(select(func.count()).select_from(TaskRecord)
+                          .where(TaskRecord.status.in_(PENDING))) or 0
+
+
+def session_summary(session: Session, session_id: str) -> dict:
+    """Notes, revisions, created entities, archived turns and vectors of one session."""
+    revisions = session.execute(
+        select(SessionNoteRevision, LoreEntry.title, LoreEntry.key)
+        .join(SessionNote, SessionNote.id == SessionNoteRevision.note_id)
+        .join(LoreEntry, LoreEntry.id == SessionNote.lore_entry_id)
+        .where(SessionNote.session_id == session_id)
+        .order_by(SessionNoteRevision.id)
+    ).all()
+    created = session.scalars(select(LoreEntry).where(
+        LoreEntry.created_in_session_id == session_id, LoreEntry.is_dynamically_generated.is_(True))).all()
+    turns = session.scalar(select(func.count()).select_from(Turn).where(Turn.session_id == session_id))
+    vectors = session.scalar(select(func.count()).select_from(StoredVector)
+                             .where(StoredVector.scope == f"session:{session_id}"))
+    notes = session.scalar(select(func.count()).select_from(SessionNote)
+                           .where(SessionNote.session_id == session_id, SessionNote.version > 0))
+    return {
+        "notes": notes or 0,
+        "revisions": [
+            {"title": title, "key": key, "version": rev.version, "cause": rev.cause,
+             "event": rev.event_summary, "before": rev.previous_content, "after": rev.content}
+            for rev, title, key in revisions
+        ],
+        "created": [{"title": e.title, "entity_type": e.entity_type, "key": e.key,
+                     "content": e.content} for e in created],
+        "archived_turns": turns or 0,
+        "session_vectors": vectors or 0,
+    }
+
+
+def tick_results(session: Session) -> list[dict]:
+    """Finished ``simulate_world`` tasks: their results (NPCs chosen, updates enqueued)."""
+    rows = session.scalars(select(TaskRecord).where(
+        TaskRecord.task_name == "npc_memory.simulate_world", TaskRecord.status == "succeeded")
+        .order_by(TaskRecord.id)).all()
+    return [{"session_id": r.session_id, "tick": r.payload.get("tick_id"), **(r.result or {})}
+            for r in rows]

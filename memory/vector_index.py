@@ -1,0 +1,212 @@
+"""The in-memory FAISS index of composite documents, updated by lore entry id.
+
+One ``IndexIDMap2(IndexFlatIP(dim))`` per scope (``world:{id}`` for base lore shared by a
+world's sessions, ``session:{id}`` for a session's composite documents); ids are lore entry
+ids, vectors are L2-normalised so inner product is cosine similarity (NOTES.md: HNSW cannot
+remove ids, IndexIDMap2 can). A session search looks in the session scope and in the world
+scope minus the entries the session has its own document for.
+
+The stored vectors (``stored_vectors`` table) are the source of truth; ``load_from_db``
+rebuilds an index from them and ``VectorSync`` keeps it current from the ``vectors:updates``
+Redis stream that ``embed`` workers append to.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STREAM = "vectors:updates"
+STREAM_MAXLEN = 100_000
+
+
+def world_scope(world_id: int) -> str:
+    """Scope name of a world's base lore."""
+    return f"world:{world_id}"
+
+
+def session_scope(session_id: str) -> str:
+    """Scope name of a session's documents."""
+    return f"session:{session_id}"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: lore entry id, cosine score in [-1, 1], and the scope it came from."""
+
+    lore_entry_id: int
+    score: float
+    scope: str
+
+
+class VectorIndex:
+    """Scoped FAISS indexes with upsert/remove by id; thread-safe (writes under a lock).
+
+    Args:
+        dim: vector dimension (384 for MiniLM, 1024 for mistral-embed).
+    """
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self._scopes: dict[str, faiss.IndexIDMap2] = {}
+        self._lock = threading.Lock()
+
+    def _index(self, scope: str) -> faiss.IndexIDMap2:
+        index = self._scopes.get(scope)
+        if index is None:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            self._scopes[scope] = index
+        return index
+
+    def upsert(self, scope: str, ids: list[int], vectors: np.ndarray) -> None:
+        """Insert or replace ``vectors`` (shape (n, dim), float32) under ``ids`` in ``scope``.
+
+        Raises:
+            ValueError: shape mismatch.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        if len(ids) != vectors.shape[0]:
+            raise ValueError(f"{len(ids)} ids for {vectors.shape[0]} vectors")
+        id_arr = np.asarray(ids, dtype=np.int64)
+        with self._lock:
+            index = self._index(scope)
+            index.remove_ids(faiss.IDSelectorBatch(id_arr))
+            index.add_with_ids(vectors, id_arr)
+
+    def remove(self, scope: str, ids: list[int]) -> int:
+        """Remove ids from a scope; returns how many were removed."""
+        with self._lock:
+            index = self._scopes.get(scope)
+            if index is None:
+                return 0
+            return int(index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
+
+    def ids(self, scope: str) -> np.ndarray:
+        """The ids stored in a scope (int64 array)."""
+        index = self._scopes.get(scope)
+        if index is None or index.ntotal == 0:
+            return np.zeros(0, dtype=np.int64)
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+    def size(self, scope: str | None = None) -> int:
+        """Number of vectors in ``scope``, or in every scope."""
+        if scope is not None:
+            index = self._scopes.get(scope)
+            return int(index.ntotal) if index is not None else 0
+        return int(sum(i.ntotal for i in self._scopes.values()))
+
+    def search(self, scope: str, query: np.ndarray, k: int, exclude: np.ndarray | None = None) -> list[Hit]:
+        """Top-``k`` of one scope for one query vector (shape (dim,)), best first."""
+        index = self._scopes.get(scope)
+        if index is None or index.ntotal == 0 or k <= 0:
+            return []
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
+        params = None
+        if exclude is not None and len(exclude):
+            params = faiss.SearchParameters(
+                sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude.astype(np.int64)))
+            )
+        scores, ids = index.search(q, min(k, index.ntotal), params=params)
+        return [Hit(int(i), float(s), scope) for s, i in zip(scores[0], ids[0]) if i >= 0]
+
+    def search_session(self, world_id: int, session_id: str, query: np.ndarray, k: int) -> list[Hit]:
+        """Top-``k`` documents visible in a session: its own composite documents, and the
+        world's base documents for entries it has no document of its own for."""
+        s_scope = session_scope(session_id)
+        own = self.ids(s_scope)
+        hits = self.search(s_scope, query, k) + self.search(world_scope(world_id), query, k, exclude=own)
+        hits.sort(key=lambda h: h.score, reverse=True)
+        return hits[:k]
+
+
+def load_from_db(index: VectorIndex, session) -> int:
+    """Fill ``index`` from every stored vector of its dimension; returns the count loaded."""
+    from sqlalchemy import select
+
+    from models import StoredVector
+
+    rows = session.execute(
+        select(StoredVector.scope, StoredVector.lore_entry_id, StoredVector.vector)
+        .where(StoredVector.dim == index.dim)
+    ).all()
+    by_scope: dict[str, tuple[list[int], list[bytes]]] = {}
+    for scope, entry_id, blob in rows:
+        ids, blobs = by_scope.setdefault(scope, ([], []))
+        ids.append(entry_id)
+        blobs.append(blob)
+    for scope, (ids, blobs) in by_scope.items():
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, index.dim)
+        index.upsert(scope, ids, vectors)
+    return len(rows)
+
+
+def publish_upsert(r, scope: str, lore_entry_id: int, vector: np.ndarray) -> None:
+    """Announce a stored vector to every dialogue server (``vectors:updates`` stream)."""
+    r.xadd(
+        STREAM,
+        {"scope": scope, "id": str(lore_entry_id),
+         "vector": np.asarray(vector, dtype=np.float32).tobytes()},
+        maxlen=STREAM_MAXLEN, approximate=True,
+    )
+
+
+class VectorSync:
+    """Keeps a ``VectorIndex`` in step with the ``vectors:updates`` stream, in a thread.
+
+    Call ``start_id()`` before ``load_from_db`` so no update falls between the load and the
+    first read; upserts are idempotent, so replaying one already loaded is harmless.
+    """
+
+    def __init__(self, index: VectorIndex, r, block_ms: int = 500):
+        self.index = index
+        self.r = r
+        self.block_ms = block_ms
+        self.last_id = "0-0"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.applied = 0
+
+    def start_id(self) -> str:
+        """Remember the stream's current end as the point to read from."""
+        last = self.r.xrevrange(STREAM, count=1)
+        self.last_id = last[0][0].decode() if last else "0-0"
+        return self.last_id
+
+    def poll(self) -> int:
+        """Apply every pending update once; returns how many were applied."""
+        res = self.r.xread({STREAM: self.last_id}, count=500, block=self.block_ms)
+        n = 0
+        for _stream, entries in res or []:
+            for entry_id, fields in entries:
+                vec = np.frombuffer(fields[b"vector"], dtype=np.float32)
+                if vec.shape[0] == self.index.dim:
+                    self.index.upsert(fields[b"scope"].decode(), [int(fields[b"id"])], vec)
+                    n += 1
+                self.last_id = entry_id.decode()
+        self.applied += n
+        return n
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception:  # keep syncing across Redis hiccups
+                log.exception("vector sync failed; retrying")
+                self._stop.wait(1.0)
+
+    def start(self) -> None:
+        """Start the background thread."""
+        self._thread = threading.Thread(target=self._run, name="vector-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)

@@ -1,0 +1,25 @@
+"""SQLAlchemy 2 models: the canon (worlds, lore entries), the sessions and their archive, the
+session-note overlay with its revisions, the task ledger and dead letters, and stored vectors.
+
+Import ``Base`` from here so that Alembic sees every table.
+"""
+
+from models.base import Base
+from models.ledger import DeadLetter, TaskRecord
+from models.notes import SessionNote, SessionNoteRevision
+from models.sessions import GameSession, Turn
+from models.vectors import StoredVector
+from models.world import LoreEntry, World
+
+__all__ = [
+    "Base",
+    "DeadLetter",
+    "GameSession",
+    "LoreEntry",
+    "SessionNote",
+    "SessionNoteRevision",
+    "StoredVector",
+    "TaskRecord",
+    "Turn",
+    "World",
+]

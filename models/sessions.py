@@ -1,0 +1,43 @@
+"""Game sessions and the turn archive (written by the ``archive`` queue, never read on the
+dialogue hot path)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, utcnow
+
+
+class GameSession(Base):
+    """A player's session on a world; ``id`` is a 32-char hex UUID chosen by the server."""
+
+    __tablename__ = "game_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    world_id: Mapped[int] = mapped_column(ForeignKey("worlds.id", ondelete="CASCADE"), index=True)
+    player_name: Mapped[str] = mapped_column(String(200), default="player")
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Turn(Base):
+    """One archived player turn: the player's text and the NPC's reply.
+
+    ``id`` is the turn id returned to the client; inserting it twice is a no-op.
+    """
+
+    __tablename__ = "turns"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("game_sessions.id", ondelete="CASCADE"), index=True
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    npc_entry_id: Mapped[int] = mapped_column(ForeignKey("lore_entries.id", ondelete="CASCADE"))
+    player_text: Mapped[str] = mapped_column(Text)
+    npc_text: Mapped[str] = mapped_column(Text)
+    latency_ms: Mapped[float] = mapped_column(default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

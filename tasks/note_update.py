@@ -1,0 +1,37 @@
+"""Queue ``note_update``: ``npc_memory.update_note`` rewrites one session note (seed 003)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from inference import calls
+from memory import nearline
+from memory.db import session_scope
+from memory.notes import apply_note_update
+from models import GameSession, LoreEntry
+from tasks.base import TaskContext, enqueue, npc_task
+from tasks.payloads import EmbedPayload, NoteUpdatePayload
+
+
+@npc_task("npc_memory.update_note", NoteUpdatePayload, soft_time_limit=120, time_limit=150)
+def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
+    """Rewrite the note of ``lore_entry_key`` in the session, publish it to the nearline tier
+    and enqueue ``embed``. Unknown session or entry raises LookupError (dead-lettered)."""
+    with session_scope() as s:
+        game = s.get(GameSession, p.session_id)
+        if game is None:
+            raise LookupError(f"session {p.session_id} does not exist")
+        entry_id = s.scalar(select(LoreEntry.id).where(
+            LoreEntry.world_id == game.world_id, LoreEntry.key == p.lore_entry_key))
+        if entry_id is None:
+            raise LookupError(f"no lore entry {p.lore_entry_key!r} in world {game.world_id}")
+        res = apply_note_update(
+            s, session_id=p.session_id, lore_entry_id=entry_id, event=p.update_summary,
+            idempotency_key=p.idempotency_key, rewrite=calls.rewrite_note, turn_id=p.turn_id,
+            task_id=ctx.task_id, cause=p.cause,
+        )
+    if res.status == "written":
+        nearline.set_note(nearline.get_redis(), p.session_id, entry_id, res.after)
+    enqueue("npc_memory.embed", EmbedPayload(lore_entry_id=entry_id, session_id=p.session_id))
+    return {"status": res.status, "note_id": res.note_id, "version": res.version,
+            "tokens": res.tokens}

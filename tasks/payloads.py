@@ -1,0 +1,94 @@
+"""Task payloads: the public contract of every task name (``send_task(name, kwargs=...)``).
+
+Each is validated with pydantic before the task runs; unknown fields are rejected so that a
+game backend's typo is dead-lettered with a message instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Text = Field(min_length=1, max_length=4000)
+
+
+class Payload(BaseModel):
+    """Base payload: strict fields; ``target()`` names what the task acts on (for the ledger)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def target(self) -> str:
+        """A short description of the task's target."""
+        return ""
+
+
+class TurnPayload(Payload):
+    """A finished turn: ``analyze_turn`` and ``archive_turn`` take it."""
+
+    turn_id: str = Field(min_length=1, max_length=64)
+    session_id: str = Field(min_length=1, max_length=64)
+    world_id: int
+    seq: int = Field(ge=1)
+    npc_entry_id: int
+    player_text: str = Text
+    npc_text: str = Field(max_length=8000)
+    latency_ms: float = 0.0
+    created_at: float = Field(description="unix seconds")
+
+    def target(self) -> str:
+        return f"turn:{self.turn_id}"
+
+
+class NoteUpdatePayload(Payload):
+    """One session-note update: ``lore_entry_key`` names the entry within the session's world."""
+
+    session_id: str = Field(min_length=1, max_length=64)
+    lore_entry_key: str = Field(min_length=1, max_length=300)
+    update_summary: str = Text
+    idempotency_key: str = Field(min_length=1, max_length=200)
+    turn_id: str | None = None
+    cause: Literal["turn", "simulation", "creation", "api"] = "turn"
+
+    def target(self) -> str:
+        return f"note:{self.lore_entry_key}"
+
+
+class CreationPayload(Payload):
+    """One entity creation from a summary."""
+
+    session_id: str = Field(min_length=1, max_length=64)
+    entity_type: Literal["character", "location", "item"]
+    creation_summary: str = Text
+    idempotency_key: str = Field(min_length=1, max_length=200)
+    turn_id: str | None = None
+
+    def target(self) -> str:
+        return f"create:{self.entity_type}"
+
+
+class EmbedPayload(Payload):
+    """Embed one lore entry's composite document in a session (or its base lore)."""
+
+    lore_entry_id: int
+    session_id: str | None = None
+
+    def target(self) -> str:
+        return f"entry:{self.lore_entry_id}"
+
+
+class SimulationPayload(Payload):
+    """One world tick for one session; ``tick_id`` makes the tick idempotent."""
+
+    session_id: str = Field(min_length=1, max_length=64)
+    tick_id: str = Field(min_length=1, max_length=100)
+    elapsed: str = "a few hours"
+
+    def target(self) -> str:
+        return f"tick:{self.tick_id}"
+
+
+class TickPayload(Payload):
+    """The beat's world tick: fan out to every active session."""
+
+    idle_after_s: float | None = None

