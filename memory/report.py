@@ -30,10 +30,10 @@ def task_counts(session: Session, session_ids: list[str] | None = None) -> dict[
     return out
 
 
-def pending_tasks(session: Session) -> int:
-    """Tasks started or waiting for a retry."""
-    return session.scalar(select(func.count()).select_from(TaskRecord)
-                          .where(TaskRecord.status.in_(PENDING))) or 0
+def pending_tasks(session: Session, session_ids: list[str]) -> int:
+    """Tasks of these sessions that are started or waiting for a retry."""
+    return session.scalar(select(func.count()).select_from(TaskRecord).where(
+        TaskRecord.status.in_(PENDING), TaskRecord.session_id.in_(session_ids))) or 0
 
 
 def session_summary(session: Session, session_id: str) -> dict:

