@@ -57,7 +57,7 @@ def analyze_turn(npc_title: str, player_text: str, npc_text: str,
     schema = prompts.schema("analysis", {"lore_entry_id": [e.key for e in entities]})
     msgs = prompts.messages("analysis", npc_title=npc_title, player_text=player_text,
                             npc_text=npc_text, entities=entities)
-    return chat_model("analysis").complete_json(msgs, AnalysisOutput, schema, max_tokens=400,
+    return chat_model("analysis").complete_json(msgs, AnalysisOutput, schema, max_tokens=700,
                                                 temperature=0.2, schema_name="analysis")
 
 
@@ -77,16 +77,16 @@ def rewrite_note(title: str, lore: str, note: str, event: str) -> tuple[str, int
     return done.text, done.tokens
 
 
-def create_lore(entity_type: str, creation_summary: str, world_title: str) -> tuple[CreatedEntity, int]:
+def create_lore(entity_type: str, creation_summary: str) -> tuple[CreatedEntity, int]:
     """A new lore entry ``{title, content, tags}`` from a summary (maintenance role).
 
     Raises:
         inference.llm.InvalidModelOutput: no valid answer after retries.
     """
     msgs = prompts.messages("create_entity", entity_type=entity_type,
-                            creation_summary=creation_summary, world_title=world_title[:200])
+                            creation_summary=creation_summary)
     return chat_model("maintenance").complete_json(msgs, CreatedEntity, prompts.schema("creation"),
-                                                   max_tokens=400, temperature=0.4,
+                                                   max_tokens=600, temperature=0.4,
                                                    schema_name="lore_entry")
 
 
@@ -101,7 +101,9 @@ def simulate(world_title: str, elapsed: str, targets: list[dict],
         inference.llm.InvalidModelOutput: no valid answer after retries.
     """
     schema = prompts.schema("simulation", {"lore_entry_id": [t["key"] for t in targets]})
+    # one update per target at most: a small model otherwise repeats items to the token limit
+    schema["properties"]["updates"]["maxItems"] = min(len(targets), schema["properties"]["updates"]["maxItems"])
     msgs = prompts.messages("simulate_world", world_title=world_title[:200], elapsed=elapsed,
                             targets=targets, recent=recent)
-    return chat_model("maintenance").complete_json(msgs, SimulationOutput, schema, max_tokens=400,
+    return chat_model("maintenance").complete_json(msgs, SimulationOutput, schema, max_tokens=700,
                                                    temperature=0.5, schema_name="simulation")

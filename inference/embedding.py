@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from inference.retry import transient_retry
 from settings import get_settings
 
 MISTRAL_BATCH = 128
@@ -28,6 +29,19 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> np.ndarray: ...
 
 
+def _checked(rows: list[list[float]], n: int, dim: int) -> np.ndarray:
+    """Rows as an (n, dim) float32 normalised array; ValueError on any other shape."""
+    if not rows and n == 0:
+        return np.zeros((0, dim), np.float32)
+    try:
+        arr = np.asarray(rows, dtype=np.float32)
+    except ValueError as exc:  # ragged rows
+        raise ValueError(f"embedding rows of unequal length: {exc}") from exc
+    if arr.shape != (n, dim):
+        raise ValueError(f"expected {n} embeddings of dimension {dim}, got shape {arr.shape}")
+    return _normalise(arr)
+
+
 def _normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -35,42 +49,58 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class MistralEmbedder:
-    """``mistral-embed`` over the Mistral API (1024-d). Retries are tenacity's in the SDK's
-    ``retry_config`` style are left to the task layer; errors raise ``mistralai`` errors."""
+    """``mistral-embed`` over the Mistral API (1024-d), batches of at most 128 inputs.
+
+    Transient failures are retried by ``inference.retry``; others raise ``mistralai`` errors.
+
+    Raises:
+        ValueError: the API answered vectors of another dimension or count.
+    """
 
     dim = 1024
 
-    def __init__(self, model: str, api_key: str, server_url: str | None = None):
+    def __init__(self, model: str, api_key: str, server_url: str | None = None,
+                 timeout_s: float = 60.0, max_attempts: int = 5):
         from mistralai.client import Mistral
 
         self.name = model
-        self._client = Mistral(api_key=api_key, server_url=server_url)
+        self._client = Mistral(api_key=api_key, server_url=server_url,
+                               timeout_ms=int(timeout_s * 1000))
+        self._create = transient_retry(max_attempts)(self._client.embeddings.create)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts`` -> (n, 1024) float32, normalised."""
         out: list[list[float]] = []
         for start in range(0, len(texts), MISTRAL_BATCH):
-            res = self._client.embeddings.create(model=self.name, inputs=texts[start:start + MISTRAL_BATCH])
+            res = self._create(model=self.name, inputs=texts[start:start + MISTRAL_BATCH])
             out.extend(d.embedding for d in sorted(res.data, key=lambda d: d.index))
-        return _normalise(np.asarray(out, dtype=np.float32).reshape(-1, self.dim)) if out else np.zeros((0, self.dim), np.float32)
+        return _checked(out, len(texts), self.dim)
 
 
 class OpenAIEmbedder:
     """Any OpenAI-compatible embeddings endpoint; ``dim`` is learnt from the first answer."""
 
-    def __init__(self, model: str, base_url: str, api_key: str, dim: int | None = None):
+    def __init__(self, model: str, base_url: str, api_key: str, dim: int | None = None,
+                 timeout_s: float = 60.0, max_attempts: int = 5, batch: int = 128):
         import openai
 
         self.name = model
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2)
-        self.dim = dim or len(self._client.embeddings.create(model=model, input=["probe"]).data[0].embedding)
+        self.batch = batch
+        client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
+        self._create = transient_retry(max_attempts)(client.embeddings.create)
+        self.dim = dim or len(self._create(model=model, input=["probe"]).data[0].embedding)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Embed ``texts`` -> (n, dim) float32, normalised."""
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        res = self._client.embeddings.create(model=self.name, input=texts)
-        return _normalise(np.asarray([d.embedding for d in sorted(res.data, key=lambda d: d.index)]))
+        """Embed ``texts`` -> (n, dim) float32, normalised, in batches of ``batch``.
+
+        Raises:
+            ValueError: the server answered vectors of another dimension or count.
+        """
+        out: list[list[float]] = []
+        for start in range(0, len(texts), self.batch):
+            res = self._create(model=self.name, input=texts[start:start + self.batch])
+            out.extend(d.embedding for d in sorted(res.data, key=lambda d: d.index))
+        return _checked(out, len(texts), self.dim)
 
 
 @lru_cache(maxsize=1)
@@ -78,9 +108,12 @@ def get_embedder() -> Embedder:
     """The process-wide embedder chosen by ``EMBEDDER`` (loaded once)."""
     s = get_settings()
     if s.embedder == "mistral":
-        return MistralEmbedder(s.embedding_model, s.mistral_api_key, s.mistral_server_url)
+        return MistralEmbedder(s.embedding_model, s.mistral_api_key, s.mistral_server_url,
+                               s.llm_timeout_s, s.llm_max_retries + 1)
     if s.embedder == "openai":
-        return OpenAIEmbedder(s.embedding_model, s.embedding_base_url or s.llm_base_url, s.llm_api_key)
+        return OpenAIEmbedder(s.embedding_model, s.embedding_base_url or s.llm_base_url,
+                              s.llm_api_key, timeout_s=s.llm_timeout_s,
+                              max_attempts=s.llm_max_retries + 1)
     from inference.embedders.minilm import MiniLMEmbedder
 
     return MiniLMEmbedder()

@@ -23,18 +23,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
-import httpx
 import json_repair
 import openai
 from pydantic import BaseModel, ValidationError
-from tenacity import (
-    retry,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-from tenacity.wait import wait_base
 
+from inference.retry import transient_retry
 from settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -72,34 +65,6 @@ class Completion:
     def tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, httpx.TransportError)):
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    status = getattr(exc, "status_code", None)  # mistralai SDKError
-    return isinstance(status, int) and (status == 429 or status >= 500)
-
-
-class _wait_retry_after(wait_base):
-    """Wait what the server's ``Retry-After`` header asks (capped), else exponential jitter."""
-
-    def __init__(self, fallback: wait_base, cap_s: float = 60.0):
-        self.fallback = fallback
-        self.cap_s = cap_s
-
-    def __call__(self, retry_state) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        response = getattr(exc, "response", None)
-        header = response.headers.get("retry-after") if response is not None else None
-        if header:
-            try:
-                return min(float(header), self.cap_s)
-            except ValueError:
-                pass
-        return self.fallback(retry_state)
 
 
 class ChatModel:
@@ -161,12 +126,7 @@ class ChatModel:
         Raises:
             ModelError: non-transient failure, or transient failures beyond the retry budget.
         """
-        call = retry(
-            retry=retry_if_exception(_is_transient),
-            wait=_wait_retry_after(wait_exponential_jitter(max=20.0, jitter=1.0)),
-            stop=stop_after_attempt(self.max_attempts),
-            reraise=True,
-        )(self._complete_once)
+        call = transient_retry(self.max_attempts)(self._complete_once)
         try:
             return call(messages, max_tokens, temperature, json_schema, schema_name, seed)
         except ModelError:

@@ -33,8 +33,8 @@ class AnalysisOutput(BaseModel):
     """The analysis model's answer: ``{"updates": [...], "creations": [...]}``."""
 
     model_config = ConfigDict(extra="ignore")
-    updates: list[NoteUpdate] = Field(default_factory=list, max_length=4)
-    creations: list[EntityCreation] = Field(default_factory=list, max_length=2)
+    updates: list[NoteUpdate] = Field(default_factory=list, max_length=2)
+    creations: list[EntityCreation] = Field(default_factory=list, max_length=1)
 
 
 class CreatedEntity(BaseModel):
@@ -51,4 +51,4 @@ class CreatedEntity(BaseModel):
 class SimulationOutput(BaseModel):
     """The simulation model's answer: a list of off-screen updates (seed 004)."""
 
-    updates: list[NoteUpdate] = Field(max_length=6)
+    updates: list[NoteUpdate] = Field(max_length=4)

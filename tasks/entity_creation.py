@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from inference import calls
 from memory import nearline
 from memory.db import session_scope
@@ -25,7 +23,7 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
         res = create_entry(
             s, world_id=world.id, session_id=p.session_id, entity_type=p.entity_type,
             creation_summary=p.creation_summary, idempotency_key=p.idempotency_key,
-            create=partial(_create, world_title=world.title), turn_id=p.turn_id,
+            create=calls.create_lore, turn_id=p.turn_id,
         )
         entry = s.get(LoreEntry, res.entry_id)
         if res.status == "created":
@@ -37,7 +35,3 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
     else:
         enqueue("npc_memory.embed", EmbedPayload(lore_entry_id=res.entry_id, session_id=p.session_id))
     return {"status": res.status, "entry_id": res.entry_id, "title": res.title, "tokens": res.tokens}
-
-
-def _create(entity_type: str, summary: str, world_title: str):
-    return calls.create_lore(entity_type, summary, world_title)

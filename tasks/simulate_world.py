@@ -23,17 +23,36 @@ def world_tick(p: TickPayload, ctx: TaskContext) -> dict:
     is this task's id, so a redelivered tick enqueues the same idempotent work."""
     r = nearline.get_redis()
     sessions = nearline.active_sessions(r, p.idle_after_s or IDLE_AFTER_S)
+    # At most one pending simulation per session: a tick whose previous simulation has not
+    # finished skips that session instead of piling up work behind a slow model server.
+    hold_s = max(60, int(3 * get_settings().world_tick_seconds))
+    sent = 0
     for sid in sessions:
-        enqueue("npc_memory.simulate_world", SimulationPayload(session_id=sid, tick_id=ctx.task_id))
-    return {"sessions": len(sessions)}
+        if r.set(pending_key(sid), ctx.task_id, nx=True, ex=hold_s):
+            enqueue("npc_memory.simulate_world",
+                    SimulationPayload(session_id=sid, tick_id=ctx.task_id), expires=hold_s)
+            sent += 1
+    return {"sessions": len(sessions), "enqueued": sent}
+
+
+def pending_key(session_id: str) -> str:
+    """Redis key held while a beat-triggered simulation of the session is queued or running."""
+    return f"session:{session_id}:simulation_pending"
 
 
 @npc_task("npc_memory.simulate_world", SimulationPayload, soft_time_limit=180, time_limit=240)
 def simulate_world(p: SimulationPayload, ctx: TaskContext) -> dict:
     """Pick off-screen NPCs, ask the maintenance model what they did, and enqueue one
     ``update_note`` per answer (idempotency key ``{tick_id}:{npc key}``, cause simulation)."""
-    s_ = get_settings()
     r = nearline.get_redis()
+    try:
+        return _simulate(p, r)
+    finally:
+        r.delete(pending_key(p.session_id))
+
+
+def _simulate(p: SimulationPayload, r) -> dict:
+    s_ = get_settings()
     with session_scope() as s:
         game = s.get(GameSession, p.session_id)
         if game is None:

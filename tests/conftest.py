@@ -104,7 +104,11 @@ def llm_server():
         yield os.environ["LLM_BASE_URL"]
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         log.close()
 
 

@@ -20,11 +20,13 @@ def demo(
     tick_seconds: float = typer.Option(20.0, min=1.0, help="world tick interval"),
     summary: Path | None = typer.Option(None, help="write the summary JSON here"),
     light_world: Path | None = typer.Option(None, help="LIGHT world map to use with --light"),
+    split_llm: bool = typer.Option(True, help="a separate model server for the dialogue role"),
 ) -> None:
     """Start everything, play a session, let the pipeline work, print what happened."""
     from workers.demo import DemoOptions, run_demo
 
-    opts = DemoOptions(light=light, turns=turns, tick_seconds=tick_seconds, summary_path=summary)
+    opts = DemoOptions(light=light, turns=turns, tick_seconds=tick_seconds, summary_path=summary,
+                       split_llm=split_llm)
     if light_world is not None:
         opts.light_world = light_world
     run_demo(opts)
@@ -79,7 +81,9 @@ def serve_llm(port: int = typer.Option(8089)) -> None:
 
     s = get_settings()
     argv = llm_argv(port, s.llm_model, s.llm_n_ctx, s.llm_threads)
-    os.execv(argv[0], argv)
+    # llama_cpp.server reads PORT/HOST from the environment over its flags; honcho sets PORT.
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "HOST")}
+    os.execve(argv[0], argv, env)
 
 
 @cli.command("embedded-redis")

@@ -41,6 +41,7 @@ class DemoOptions:
     data_dir: Path = field(default_factory=lambda: get_settings().data_dir / "demo")
     tick_seconds: float = 20.0
     drain_timeout: float = 600.0
+    split_llm: bool = True
     summary_path: Path | None = None
     console: Console = field(default_factory=Console)
 
@@ -94,13 +95,18 @@ def run_demo(opts: DemoOptions) -> dict:
             s = get_settings()
             sup = embedded.Supervisor(opts.data_dir / "logs", env)
             if not os.environ.get("LLM_BASE_URL"):
-                port = embedded.free_port()
-                base = f"http://127.0.0.1:{port}/v1"
-                env["LLM_BASE_URL"] = base
-                sup.env["LLM_BASE_URL"] = base
-                os.environ["LLM_BASE_URL"] = base
                 status.update("starting the model server (llama.cpp, SmolLM2-135M)")
-                sup.spawn("llm", embedded.llm_argv(port, s.llm_model, s.llm_n_ctx, s.llm_threads))
+                # llama.cpp serves one request at a time: with split_llm the dialogue gets its
+                # own server so a turn never waits behind background analysis.
+                servers = [("llm", "LLM_BASE_URL")]
+                if opts.split_llm:
+                    servers.append(("llm-dialogue", "GENERATION_BASE_URL"))
+                threads = 1 if opts.split_llm else s.llm_threads
+                for name, var in servers:
+                    port = embedded.free_port()
+                    base = f"http://127.0.0.1:{port}/v1"
+                    env[var] = sup.env[var] = os.environ[var] = base
+                    sup.spawn(name, embedded.llm_argv(port, s.llm_model, s.llm_n_ctx, threads))
             get_settings.cache_clear()
             s = get_settings()
             status.update("migrating the database")
@@ -127,8 +133,9 @@ def run_demo(opts: DemoOptions) -> dict:
             sup.spawn("beat", [embedded.sys.executable, "-m", "celery", "-A", "workers.celery_app",
                                "beat", "--loglevel", "INFO",
                                "-s", str(opts.data_dir / "celerybeat-schedule")])
-            if "llm" in sup.procs:
-                embedded.wait_http(f"{s.llm_base_url}/models", 120, sup)
+            for var in ("LLM_BASE_URL", "GENERATION_BASE_URL"):
+                if var in env:
+                    embedded.wait_http(f"{env[var]}/models", 120, sup)
             web = f"http://127.0.0.1:{web_port}"
             embedded.wait_http(f"{web}/healthz", 120, sup)
         pids = [p.pid for p in sup.procs.values()] + ([redis_srv.pid] if redis_srv else [])
@@ -145,8 +152,20 @@ def _queue_lengths(r) -> dict[str, int]:
     return {q: int(r.llen(q)) for q in QUEUE_NAMES}
 
 
-def _drain(opts: DemoOptions, sup, r, session_id: str, until, label: str) -> None:
-    """Show live queue status until ``until()`` holds and nothing is queued or running."""
+def _wait_for(opts: DemoOptions, sup, predicate, label: str) -> None:
+    """Show a live status until ``predicate()`` holds."""
+    deadline = time.monotonic() + opts.drain_timeout
+    with opts.console.status(label):
+        while time.monotonic() < deadline:
+            sup.check()
+            if predicate():
+                return
+            time.sleep(0.5)
+    raise TimeoutError(f"{label}: not done within {opts.drain_timeout:.0f} s")
+
+
+def _drain(opts: DemoOptions, sup, r, session_id: str, label: str) -> None:
+    """Show live queue status until nothing of the session is queued or running (2 s)."""
     from memory.db import session_scope
     from memory.report import pending_tasks
 
@@ -161,8 +180,7 @@ def _drain(opts: DemoOptions, sup, r, session_id: str, until, label: str) -> Non
                 running = pending_tasks(db, [session_id])
             status.update(f"{label}: queued " + " ".join(f"{q}={n}" for q, n in lengths.items() if n)
                           + f" in-flight={unacked} running={running}")
-            idle = not any(lengths.values()) and unacked == 0 and running == 0
-            if idle and until():
+            if not any(lengths.values()) and unacked == 0 and running == 0:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since > 2.0:
                     return
@@ -203,9 +221,9 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
         with session_scope() as db:
             return any(x["session_id"] == session_id for x in tick_results(db))
 
-    _drain(opts, sup, r, session_id, tick_done, "waiting for the pipeline and a world tick")
+    _wait_for(opts, sup, tick_done, "waiting for a world tick to simulate the session")
     sup.stop("beat")
-    _drain(opts, sup, r, session_id, lambda: True, "draining the queues")
+    _drain(opts, sup, r, session_id, "draining the queues")
 
     with session_scope() as db:
         summary = session_summary(db, session_id)

@@ -25,7 +25,7 @@ from memory import nearline
 from memory.db import session_scope
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
 from memory.worlds import base_entries, world_by_key
-from models import GameSession, LoreEntry
+from models import GameSession
 from settings import get_settings
 from tasks.payloads import SimulationPayload, TurnPayload
 

@@ -1,0 +1,234 @@
+"""Local HTTP stand-ins for model servers that cannot run in the test environment.
+
+Only third-party services get a fake: vLLM (needs a GPU) and the Mistral API (remote). Each
+fake answers with the documented wire format of the real service (NOTES.md "Model servers",
+the OpenAI chat/embeddings shapes that vLLM serves, the Mistral API shapes that the
+``mistralai`` SDK unmarshals), so the project's real SDK clients are exercised end to end over
+real HTTP.
+
+``FakeServer`` is a threaded ``http.server`` on 127.0.0.1 with a free port. It records every
+request (method, path, headers, parsed JSON body) and answers from a per-test script:
+``server.script(r1, r2, ...)`` queues replies used one per request, in order; once the queue is
+empty ``server.default`` answers (HTTP 500 unless a test sets it). A reply is a ``Reply``, a
+callable ``(Request) -> Reply``, or ``DROP`` (close the connection without answering: what a
+crashed or restarting server looks like to the client).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Union
+
+import numpy as np
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any  # parsed JSON, or the raw text when not JSON
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None  # JSON-serialised unless it is str/bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+DROP = object()
+Action = Union[Reply, Callable[[Request], Reply], object]
+
+
+class FakeServer:
+    """A scripted HTTP server in a daemon thread; use as a context manager."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.errors: list[Exception] = []  # exceptions raised by callable replies
+        self._queue: deque[Action] = deque()
+        self.default: Action = Reply(500, {"error": {"message": "fake server: script exhausted",
+                                                     "type": "InternalServerError", "code": 500}})
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+                req = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                with fake._lock:
+                    fake.requests.append(req)
+                    action = fake._queue.popleft() if fake._queue else fake.default
+                if action is DROP:
+                    self.close_connection = True
+                    return
+                try:
+                    reply = action(req) if callable(action) else action
+                except Exception as exc:  # a broken responder must show up, not hang a client
+                    fake.errors.append(exc)
+                    reply = Reply(500, {"error": {"message": f"fake responder failed: {exc!r}",
+                                                  "type": "InternalServerError", "code": 500}})
+                if isinstance(reply.body, (bytes, str)):
+                    payload = reply.body.encode() if isinstance(reply.body, str) else reply.body
+                    ctype = "text/plain; charset=utf-8"
+                else:
+                    payload = json.dumps(reply.body).encode()
+                    ctype = "application/json"
+                self.send_response(reply.status)
+                headers = {"content-type": ctype, **{k.lower(): v for k, v in reply.headers.items()}}
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_DELETE = _handle
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-model-server", daemon=True)
+
+    def __enter__(self) -> "FakeServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+    def script(self, *actions: Action) -> "FakeServer":
+        with self._lock:
+            self._queue.extend(actions)
+        return self
+
+    def posts(self, path: str) -> list[Request]:
+        """Recorded POSTs to ``path``."""
+        return [r for r in self.requests if r.method == "POST" and r.path == path]
+
+
+# --- OpenAI-compatible shapes (vLLM, llama.cpp server, OpenAI) -----------------------------
+
+def openai_chat(content: str, *, finish_reason: str = "stop", model: str = "m",
+                prompt_tokens: int = 11, completion_tokens: int = 7) -> Reply:
+    """A ``/v1/chat/completions`` answer as vLLM's OpenAI-compatible server sends it."""
+    return Reply(200, {
+        "id": f"chatcmpl-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "tool_calls": []},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+            "stop_reason": None,
+        }],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    })
+
+
+def openai_error(status: int, message: str = "error", *, retry_after: str | None = None) -> Reply:
+    """vLLM's error body: ``{"error": {"message", "type", "code"}}`` (NOTES.md)."""
+    types = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError",
+             500: "InternalServerError", 503: "ServiceUnavailableError"}
+    headers = {"retry-after": retry_after} if retry_after is not None else {}
+    return Reply(status, {"error": {"message": message, "type": types.get(status, "Error"),
+                                    "param": None, "code": status}}, headers)
+
+
+def openai_embeddings(vectors_for: Callable[[list[str]], np.ndarray], *, order: str = "index",
+                      model: str = "embed") -> Callable[[Request], Reply]:
+    """An OpenAI ``/v1/embeddings`` responder: ``vectors_for(inputs) -> (n, d)``.
+
+    Honours ``encoding_format`` (``float`` lists, or ``base64`` of little-endian float32, which
+    the ``openai`` SDK asks for by default). ``order="reversed"`` lists ``data`` backwards
+    (``index`` still names the input), which the API does not promise never to do.
+    """
+    def respond(req: Request) -> Reply:
+        inputs = req.body["input"]
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        vecs = np.asarray(vectors_for(inputs), dtype=np.float32)
+        as_b64 = req.body.get("encoding_format") == "base64"
+        data = [{"object": "embedding", "index": i,
+                 "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode() if as_b64
+                               else [float(x) for x in v])}
+                for i, v in enumerate(vecs)]
+        if order == "reversed":
+            data.reverse()
+        return Reply(200, {"object": "list", "data": data, "model": model,
+                           "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+    return respond
+
+
+# --- Mistral API shapes ----------------------------------------------------------------------
+
+def mistral_chat(content: str, *, finish_reason: str = "stop", model: str = "mistral-small-latest",
+                 prompt_tokens: int = 13, completion_tokens: int = 5) -> Reply:
+    """A Mistral ``POST /v1/chat/completions`` answer."""
+    return Reply(200, {
+        "id": "cmpl-e5cc70bb28c444948073e77776eb30ef",
+        "object": "chat.completion",
+        "model": model,
+        "created": int(time.time()),
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "tool_calls": None, "prefix": False},
+            "finish_reason": finish_reason,
+        }],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    })
+
+
+def mistral_error(status: int, message: str = "error", *, retry_after: str | None = None) -> Reply:
+    """A Mistral API error body (``{"object": "error", "message", "type", "param", "code"}``)."""
+    headers = {"retry-after": retry_after} if retry_after is not None else {}
+    return Reply(status, {"object": "error", "message": message,
+                          "type": "rate_limited" if status == 429 else "api_error",
+                          "param": None, "code": str(status)}, headers)
+
+
+def mistral_validation_error(msg: str = "Input should be a valid string") -> Reply:
+    """Mistral's 422 (``HTTPValidationError``: ``{"detail": [{"loc", "msg", "type"}]}``)."""
+    return Reply(422, {"detail": [{"loc": ["body", "messages", 0, "content"], "msg": msg,
+                                   "type": "string_type"}]})
+
+
+def mistral_embeddings(vectors_for: Callable[[list[str]], np.ndarray], *, order: str = "index",
+                       model: str = "mistral-embed") -> Callable[[Request], Reply]:
+    """A Mistral ``POST /v1/embeddings`` responder over ``{"model", "input"}`` requests."""
+    def respond(req: Request) -> Reply:
+        inputs = req.body["input"]  # the SDK's `inputs=` is sent as "input"
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        vecs = np.asarray(vectors_for(inputs), dtype=np.float32)
+        data = [{"object": "embedding", "embedding": [float(x) for x in v], "index": i}
+                for i, v in enumerate(vecs)]
+        if order == "reversed":
+            data.reverse()
+        return Reply(200, {"id": "embd-aad6fc62b17349b192ef09225058bc45", "object": "list",
+                           "data": data, "model": model,
+                           "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs),
+                                     "completion_tokens": 0}})
+    return respond
