@@ -8,11 +8,12 @@ returns the entry it already made.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,15 +48,20 @@ def clean_title(title: str) -> str:
 
 
 def find_by_title(session: Session, world_id: int, session_id: str, title: str) -> LoreEntry | None:
-    """An entry of the world (canon, or created in this session) with this title, any case."""
-    return session.scalar(
-        select(LoreEntry).where(
+    """An entry of the world (canon, or created in this session) whose title has the same
+    slug (case, spacing and punctuation ignored: ``"Wenni Grimbostall"`` = ``"wenni-grimbostall"``)."""
+    wanted = slug(title)
+    rows = session.execute(
+        select(LoreEntry.id, LoreEntry.title).where(
             LoreEntry.world_id == world_id,
-            func.lower(LoreEntry.title) == title.strip().lower(),
             or_(LoreEntry.is_dynamically_generated.is_(False),
                 LoreEntry.created_in_session_id == session_id),
-        ).limit(1)
-    )
+        )
+    ).all()
+    for entry_id, other in rows:
+        if slug(other) == wanted:
+            return session.get(LoreEntry, entry_id)
+    return None
 
 
 def create_entity(
@@ -82,7 +88,7 @@ def create_entity(
     same = find_by_title(session, world_id, session_id, made.title)
     if same is not None:
         return CreationResult("exists", same.id, same.key, same.title, tokens)
-    key = f"{slug(made.title)}-{idempotency_key[-8:]}" if idempotency_key else slug(made.title)
+    key = f"{slug(made.title)}-{hashlib.sha1(idempotency_key.encode()).hexdigest()[:8]}"
     entry = LoreEntry(
         world_id=world_id, key=key, entity_type=entity_type, title=made.title,
         content=made.content, tags=list(dict.fromkeys(t for t in made.tags if t)),

@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from memory.composite import composite_document, content_hash
+from memory.composite import base_lore, composite_document, content_hash
 from memory.vector_index import publish_upsert, session_scope, world_scope
 from models import LoreEntry, SessionNote, StoredVector
 from models.base import utcnow
@@ -70,7 +70,7 @@ def embed_world_base(session: Session, r, embedder, world_id: int) -> int:
                                 LoreEntry.is_dynamically_generated.is_(False))
         .order_by(LoreEntry.id)
     ).all()
-    items = [(e.id, composite_document(e.content, None)) for e in entries]
+    items = [(e.id, composite_document(base_lore(e.title, e.content), None)) for e in entries]
     statuses: list[str] = []
     for start in range(0, len(items), 64):
         statuses += _store(session, r, embedder, world_id, world_scope(world_id), items[start:start + 64])
@@ -92,6 +92,6 @@ def embed_entry(session: Session, r, embedder, lore_entry_id: int,
         note = session.scalar(select(SessionNote.content).where(
             SessionNote.session_id == session_id, SessionNote.lore_entry_id == lore_entry_id))
     scope = session_scope(session_id) if session_id else world_scope(entry.world_id)
-    doc = composite_document(entry.content, note)
+    doc = composite_document(base_lore(entry.title, entry.content), note)
     status = _store(session, r, embedder, entry.world_id, scope, [(entry.id, doc)])[0]
     return EmbedResult(status, scope, entry.id, doc)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from memory.composite import composite_document, content_hash
+from memory.composite import base_lore, composite_document, content_hash
 from memory.db import session_scope
 from memory.entities import clean_title, slug
 from memory.notes import MAX_NOTE_CHARS, apply_note_update, clean_note
@@ -187,7 +187,8 @@ def test_load_from_db_after_embedding(light_world, game_session):
         result = embed_entry(s, r, embedder, baker.id, sid)
     assert result.status == "embedded"
     assert result.scope == vscope_session(sid)
-    assert result.document == composite_document(baker.content, "The baker lost his rolling pin.")
+    assert result.document == composite_document(base_lore(baker.title, baker.content),
+                                                 "The baker lost his rolling pin.")
     with session_scope() as s:  # same document again: a no-op
         assert embed_entry(s, r, embedder, baker.id, sid).status == "unchanged"
         stored = s.scalar(select(StoredVector).where(StoredVector.scope == vscope_session(sid),
@@ -797,3 +798,38 @@ def test_check_topology_detects_a_task_without_queue():
 
     with pytest.raises(RuntimeError, match="rogue"):
         check_topology(other)
+
+
+def test_create_entity_finds_existing_title_and_creates_once(game_session):
+    """A creation whose title matches an existing entry (any case or punctuation) is not
+    created; a new title is created once per idempotency key, flagged and keyed by slug."""
+    from memory.entities import create_entity
+    from prompts.outputs import CreatedEntity
+
+    calls = []
+
+    def creator(title):
+        def create(entity_type, summary):
+            calls.append(summary)
+            return CreatedEntity(title=title, content="Someone new in town, pale and polite.", tags=["x"]), 7
+        return create
+
+    with session_scope() as s:
+        res = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
+                            entity_type="character", creation_summary="the baker again",
+                            idempotency_key=f"t:{uuid.uuid4().hex}", create=creator("  BAKER "))
+    assert res.status == "exists" and res.key == "baker_27"
+    key = f"t:{uuid.uuid4().hex}"
+    with session_scope() as s:
+        made = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
+                             entity_type="character", creation_summary="a count arrives",
+                             idempotency_key=key, create=creator("Count Vlad (character)"))
+    with session_scope() as s:
+        again = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
+                              entity_type="character", creation_summary="a count arrives",
+                              idempotency_key=key, create=creator("Count Vlad"))
+        entry = s.get(LoreEntry, made.entry_id)
+        assert made.status == "created" and again.status == "duplicate"
+        assert again.entry_id == made.entry_id and len(calls) == 2
+        assert entry.title == "Count Vlad" and entry.key.startswith("count-vlad-")
+        assert entry.is_dynamically_generated and entry.created_in_session_id == game_session["id"]
