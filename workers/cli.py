@@ -20,7 +20,7 @@ def demo(
     tick_seconds: float = typer.Option(20.0, min=1.0, help="world tick interval"),
     summary: Path | None = typer.Option(None, help="write the summary JSON here"),
     light_world: Path | None = typer.Option(None, help="LIGHT world map to use with --light"),
-    split_llm: bool = typer.Option(True, help="a separate model server for the dialogue role"),
+    split_llm: bool = typer.Option(False, help="a separate 1-thread model server for the dialogue role"),
 ) -> None:
     """Start everything, play a session, let the pipeline work, print what happened."""
     from workers.demo import DemoOptions, run_demo

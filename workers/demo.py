@@ -41,7 +41,7 @@ class DemoOptions:
     data_dir: Path = field(default_factory=lambda: get_settings().data_dir / "demo")
     tick_seconds: float = 20.0
     drain_timeout: float = 600.0
-    split_llm: bool = True
+    split_llm: bool = False
     summary_path: Path | None = None
     console: Console = field(default_factory=Console)
 
