@@ -62,19 +62,20 @@ def analyze_turn(npc_title: str, player_text: str, npc_text: str,
 
 
 def rewrite_note(title: str, lore: str, note: str, event: str) -> tuple[str, int]:
-    """The rewritten session note (maintenance role, seed 003's rewrite prompt).
+    """The rewritten session note (maintenance role, seed 003's rewrite prompt). Output cut
+    at the token limit keeps its complete sentences.
 
     Raises:
-        inference.llm.ModelError: the model failed or answered nothing.
+        inference.llm.ModelError: the model failed.
     """
-    from inference.llm import ModelError
-
     msgs = prompts.messages("rewrite_note", title=title, lore=lore[:1200], note=note[:1200],
                             event=event)
     done = chat_model("maintenance").complete(msgs, max_tokens=160, temperature=0.3)
-    if not done.text.strip():
-        raise ModelError("maintenance model returned an empty note")
-    return done.text, done.tokens
+    text = done.text
+    if done.finish_reason == "length":  # keep the complete sentences of a cut-off rewrite
+        end = max(text.rfind(". "), text.rfind(".\n"), text.rfind("!"), text.rfind("?"))
+        text = text[: end + 1] if end > 0 else text
+    return text, done.tokens
 
 
 def create_lore(entity_type: str, creation_summary: str) -> tuple[CreatedEntity, int]:

@@ -4,26 +4,29 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from memory.db import dialect_insert
 from models import Turn
 
 
 def archive_turns(session: Session, turns: list[dict]) -> int:
-    """Insert turns whose id is not archived yet; returns how many were written.
+    """Insert turns in one multi-row ``INSERT ... ON CONFLICT (id) DO NOTHING``; returns how
+    many were new. Safe under concurrent and repeated delivery of the same turn.
 
     Each dict has ``turn_id, session_id, seq, npc_entry_id, player_text, npc_text,
     latency_ms, created_at`` (unix seconds).
+
+    Raises:
+        NotImplementedError: a database other than PostgreSQL or SQLite.
     """
-    ids = [t["turn_id"] for t in turns]
-    have = set(session.scalars(select(Turn.id).where(Turn.id.in_(ids))))
-    new = [t for t in turns if t["turn_id"] not in have]
-    for t in new:
-        session.add(Turn(
-            id=t["turn_id"], session_id=t["session_id"], seq=t["seq"],
-            npc_entry_id=t["npc_entry_id"], player_text=t["player_text"], npc_text=t["npc_text"],
-            latency_ms=t.get("latency_ms", 0.0),
-            created_at=datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
-        ))
-    return len(new)
+    if not turns:
+        return 0
+    rows = [{
+        "id": t["turn_id"], "session_id": t["session_id"], "seq": t["seq"],
+        "npc_entry_id": t["npc_entry_id"], "player_text": t["player_text"],
+        "npc_text": t["npc_text"], "latency_ms": t.get("latency_ms", 0.0),
+        "created_at": datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
+    } for t in turns]
+    stmt = dialect_insert(session, Turn).values(rows).on_conflict_do_nothing(index_elements=["id"])
+    return int(session.execute(stmt).rowcount or 0)

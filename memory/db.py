@@ -64,6 +64,23 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+def dialect_insert(session: Session, model):
+    """``INSERT`` construct of the session's dialect, with ``on_conflict_do_nothing`` /
+    ``on_conflict_do_update`` (PostgreSQL and SQLite both have them).
+
+    Raises:
+        NotImplementedError: another database.
+    """
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(model)
+    if name == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"upserts on {name} are not supported")
+
+
 def migrate(url: str | None = None) -> None:
     """Bring the schema to the newest Alembic revision (``alembic upgrade head``)."""
     from alembic import command

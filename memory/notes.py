@@ -30,6 +30,10 @@ class NoteConflict(Exception):
     """The note kept changing under us for every allowed attempt."""
 
 
+class RejectedRewrite(ValueError):
+    """The rewrite came back empty or longer than ``MAX_NOTE_CHARS``; the note is unchanged."""
+
+
 @dataclass(frozen=True)
 class NoteUpdateResult:
     """Outcome of one update: ``status`` is ``written`` or ``duplicate``; ``version`` is the
@@ -94,6 +98,7 @@ def apply_note_update(
     Raises:
         LookupError: the lore entry does not exist.
         NoteConflict: the note changed under every one of ``max_attempts`` rewrites.
+        RejectedRewrite: the rewrite is empty or over the cap; the note stays as it was.
         Whatever ``rewrite`` raises (model errors); the note is then left unchanged.
     """
     entry = session.get(LoreEntry, lore_entry_id)
@@ -112,7 +117,12 @@ def apply_note_update(
         version, before = note.version, note.content
         text, used = rewrite(entry.title, entry.content, before, event)
         tokens += used
-        after = clean_note(text) or before
+        if len(text.strip()) > MAX_NOTE_CHARS:
+            raise RejectedRewrite(f"rewrite of {len(text.strip())} characters exceeds the "
+                                  f"{MAX_NOTE_CHARS}-character note cap; note {note.id} unchanged")
+        after = clean_note(text)
+        if not after:
+            raise RejectedRewrite(f"rewrite came back empty; note {note.id} unchanged")
         session.rollback()  # end the read transaction before writing
         result = session.execute(
             update(SessionNote)

@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from memory.db import dialect_insert
 from memory.composite import base_lore, composite_document, content_hash
 from memory.vector_index import publish_upsert, session_scope, world_scope
 from models import LoreEntry, SessionNote, StoredVector
@@ -30,35 +31,42 @@ class EmbedResult:
 
 
 def _store(session: Session, r, embedder, world_id: int, scope: str,
-           items: list[tuple[int, str]]) -> list[str]:
-    """Embed and store ``(lore_entry_id, document)`` pairs of one scope; returns statuses."""
-    hashes = [content_hash(doc, embedder.name) for _, doc in items]
-    existing = {
-        row.lore_entry_id: row for row in session.scalars(
-            select(StoredVector).where(StoredVector.scope == scope,
-                                       StoredVector.lore_entry_id.in_([i for i, _ in items]))
-        )
-    }
-    todo = [(n, item) for n, item in enumerate(items)
-            if existing.get(item[0]) is None or existing[item[0]].content_hash != hashes[n]]
+           items: list[tuple[int, str, int]]) -> list[str]:
+    """Embed and upsert ``(lore_entry_id, document, note_version)`` items of one scope.
+
+    A row is written only if its document changed and its note version is not older than the
+    stored one (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``), so concurrent or late embeds
+    of the same entry are safe. Returns ``embedded``/``unchanged`` per item.
+    """
+    hashes = [content_hash(doc, embedder.name) for _, doc, _ in items]
+    stored = dict(session.execute(
+        select(StoredVector.lore_entry_id, StoredVector.content_hash).where(
+            StoredVector.scope == scope, StoredVector.lore_entry_id.in_([i for i, _, _ in items]))
+    ).all())
+    todo = [n for n, (entry_id, _, _) in enumerate(items) if stored.get(entry_id) != hashes[n]]
     statuses = ["unchanged"] * len(items)
     if not todo:
         return statuses
-    vectors = embedder.embed([doc for _, (_, doc) in todo])
-    for (n, (entry_id, doc)), vec in zip(todo, vectors):
-        row = existing.get(entry_id)
-        blob = np.asarray(vec, dtype=np.float32).tobytes()
-        if row is None:
-            session.add(StoredVector(
-                world_id=world_id, scope=scope, lore_entry_id=entry_id, embedder=embedder.name,
-                dim=embedder.dim, vector=blob, document=doc, content_hash=hashes[n],
-            ))
-        else:
-            row.vector, row.document, row.content_hash = blob, doc, hashes[n]
-            row.embedder, row.dim, row.updated_at = embedder.name, embedder.dim, utcnow()
-        statuses[n] = "embedded"
-    session.flush()
-    for (_, (entry_id, _doc)), vec in zip(todo, vectors):
+    vectors = embedder.embed([items[n][1] for n in todo])
+    changed = []
+    for n, vec in zip(todo, vectors):
+        entry_id, doc, version = items[n]
+        ins = dialect_insert(session, StoredVector).values(
+            world_id=world_id, scope=scope, lore_entry_id=entry_id, embedder=embedder.name,
+            dim=embedder.dim, vector=np.asarray(vec, dtype=np.float32).tobytes(), document=doc,
+            content_hash=hashes[n], note_version=version, updated_at=utcnow())
+        stmt = ins.on_conflict_do_update(
+            index_elements=["scope", "lore_entry_id"],
+            set_={c: ins.excluded[c] for c in ("embedder", "dim", "vector", "document",
+                                               "content_hash", "note_version", "updated_at")},
+            where=(StoredVector.note_version <= ins.excluded.note_version)
+            & (StoredVector.content_hash != ins.excluded.content_hash),
+        )
+        if session.execute(stmt).rowcount:
+            statuses[n] = "embedded"
+            changed.append((entry_id, vec))
+    session.commit()  # announce only what is durable
+    for entry_id, vec in changed:
         publish_upsert(r, scope, entry_id, vec)
     return statuses
 
@@ -70,7 +78,7 @@ def embed_world_base(session: Session, r, embedder, world_id: int) -> int:
                                 LoreEntry.is_dynamically_generated.is_(False))
         .order_by(LoreEntry.id)
     ).all()
-    items = [(e.id, composite_document(base_lore(e.title, e.content), None)) for e in entries]
+    items = [(e.id, composite_document(base_lore(e.title, e.content), None), 0) for e in entries]
     statuses: list[str] = []
     for start in range(0, len(items), 64):
         statuses += _store(session, r, embedder, world_id, world_scope(world_id), items[start:start + 64])
@@ -87,11 +95,13 @@ def embed_entry(session: Session, r, embedder, lore_entry_id: int,
     entry = session.get(LoreEntry, lore_entry_id)
     if entry is None:
         raise LookupError(f"lore entry {lore_entry_id} does not exist")
-    note = None
+    note, version = None, 0
     if session_id is not None:
-        note = session.scalar(select(SessionNote.content).where(
-            SessionNote.session_id == session_id, SessionNote.lore_entry_id == lore_entry_id))
+        row = session.execute(select(SessionNote.content, SessionNote.version).where(
+            SessionNote.session_id == session_id, SessionNote.lore_entry_id == lore_entry_id)).first()
+        if row is not None:
+            note, version = row
     scope = session_scope(session_id) if session_id else world_scope(entry.world_id)
     doc = composite_document(base_lore(entry.title, entry.content), note)
-    status = _store(session, r, embedder, entry.world_id, scope, [(entry.id, doc)])[0]
+    status = _store(session, r, embedder, entry.world_id, scope, [(entry.id, doc, version)])[0]
     return EmbedResult(status, scope, entry.id, doc)

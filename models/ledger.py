@@ -12,8 +12,8 @@ from models.base import Base, utcnow
 
 
 class TaskRecord(Base):
-    """One execution record per Celery task id: kind, target, payload, status, attempts,
-    error, timings and model tokens used. ``status`` is one of
+    """One execution record per Celery task id: kind, target, idempotency key, payload,
+    status, attempts (deliveries, retries included), error, timings and model tokens used. ``status`` is one of
     ``started``, ``succeeded``, ``retrying``, ``failed``, ``dead_lettered``.
     """
 
@@ -25,6 +25,7 @@ class TaskRecord(Base):
     queue: Mapped[str] = mapped_column(String(50), default="")
     session_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     target: Mapped[str] = mapped_column(String(300), default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     payload: Mapped[dict] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(20), default="started")
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -17,7 +17,9 @@ class StoredVector(Base):
     ``session:{session_id}`` for a session's composite document (base lore + session note) and
     its dynamically created entries. One row per (scope, lore entry). ``vector`` holds
     ``dim`` little-endian float32 values, L2-normalised. ``content_hash`` is the SHA-256 of
-    the document and the embedder name, so re-embedding the same text is skipped.
+    the document and the embedder name, so re-embedding the same text is skipped;
+    ``note_version`` is the session note's version the document was built from, so an embed
+    that finishes late never overwrites the vector of a newer note.
     """
 
     __tablename__ = "stored_vectors"
@@ -32,4 +34,5 @@ class StoredVector(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     document: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(64))
+    note_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

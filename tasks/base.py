@@ -9,7 +9,10 @@ What it adds to a plain Celery task:
 - the task ledger (``task_records``): one row per task id with status, attempts, error,
   timings and model tokens;
 - retries with exponential backoff and jitter for model and database outages; a task that
-  exhausts its retries lands in the dead-letter store.
+  exhausts its retries lands in the dead-letter store;
+- delivery counting: every start of a task id is counted in Redis; a message delivered more
+  than ``max_retries + MAX_REDELIVERIES + 1`` times (a poison message that keeps killing its
+  worker, or a redelivery loop) is dead-lettered instead of run again.
 
 The wrapped function is a plain ``fn(payload, ctx) -> dict`` that tests can call directly.
 """
@@ -22,17 +25,33 @@ from dataclasses import dataclass
 
 from celery import Task, shared_task
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from celeryconfig import TASK_QUEUES
 from inference.llm import InvalidModelOutput, ModelError
-from memory.db import session_scope
+from memory.db import dialect_insert, session_scope
+from memory.notes import NoteConflict
 from models import DeadLetter, TaskRecord
 from models.base import utcnow
 from tasks.payloads import Payload
 
 log = logging.getLogger(__name__)
+
+MAX_REDELIVERIES = 3
+"""Redeliveries tolerated beyond the retries (worker lost, visibility timeout)."""
+DELIVERY_TTL_S = 7 * 24 * 3600
+
+
+def count_delivery(task_id: str) -> int:
+    """Count one more delivery of ``task_id`` (Redis, kept 7 days); returns the count."""
+    from memory.nearline import get_redis
+
+    r = get_redis()
+    key = f"deliveries:{task_id}"
+    pipe = r.pipeline(transaction=True)
+    pipe.incr(key)
+    pipe.expire(key, DELIVERY_TTL_S)
+    return int(pipe.execute()[0])
 
 
 @dataclass(frozen=True)
@@ -44,15 +63,12 @@ class TaskContext:
     retries: int
 
 
-def _ledger(task_id: str, **values) -> None:
+def _ledger(task_id: str, name: str, **values) -> None:
+    """Upsert the ledger row of ``task_id`` (safe when the same id runs twice at once)."""
     with session_scope() as s:
-        row = s.scalar(select(TaskRecord).where(TaskRecord.task_id == task_id))
-        if row is None:
-            row = TaskRecord(task_id=task_id, task_name=values.pop("task_name", ""))
-            s.add(row)
-        values.pop("task_name", None)
-        for k, v in values.items():
-            setattr(row, k, v)
+        ins = dialect_insert(s, TaskRecord).values(task_id=task_id, task_name=name, **values)
+        s.execute(ins.on_conflict_do_update(index_elements=["task_id"],
+                                            set_=values or {"task_name": name}))
 
 
 def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:
@@ -60,7 +76,7 @@ def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) 
     with session_scope() as s:
         s.add(DeadLetter(task_id=task_id, task_name=name, queue=queue, payload=payload,
                          error=error[:4000]))
-    _ledger(task_id, task_name=name, queue=queue, payload=payload, status="dead_lettered",
+    _ledger(task_id, name, queue=queue, payload=payload, status="dead_lettered",
             error=error[:4000], finished_at=utcnow())
     log.warning("dead-lettered %s %s: %s", name, task_id, error[:200])
 
@@ -72,7 +88,7 @@ class NpcTask(Task):
     queue_name = ""
 
     def on_retry(self, exc, task_id, args, kwargs, einfo):
-        _ledger(task_id, task_name=self.name, status="retrying", error=str(exc)[:4000])
+        _ledger(task_id, self.name, status="retrying", error=str(exc)[:4000])
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         dead_letter(task_id, self.name, self.queue_name, dict(kwargs or {}),
@@ -98,24 +114,29 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     def decorate(fn: Callable[[Payload, TaskContext], dict]):
         @shared_task(
             name=name, bind=True, base=NpcTask, queue_name=queue,
-            autoretry_for=(ModelError, OperationalError), dont_autoretry_for=(InvalidModelOutput,),
+            autoretry_for=(ModelError, OperationalError, NoteConflict), dont_autoretry_for=(InvalidModelOutput,),
             retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=max_retries,
             soft_time_limit=soft_time_limit, time_limit=time_limit,
         )
         def run(self, **kwargs):
             task_id = self.request.id or "local"
+            deliveries = count_delivery(task_id)
+            if deliveries > max_retries + MAX_REDELIVERIES + 1:
+                dead_letter(task_id, name, queue, kwargs,
+                            f"poison message: delivered {deliveries} times")
+                return {"status": "dead_lettered"}
             try:
                 payload = payload_model.model_validate(kwargs)
             except ValidationError as exc:
                 dead_letter(task_id, name, queue, kwargs, f"invalid payload: {exc}")
                 return {"status": "dead_lettered"}
-            _ledger(task_id, task_name=name, queue=queue, payload=kwargs, status="started",
-                    attempts=self.request.retries + 1,
+            _ledger(task_id, name, queue=queue, payload=kwargs, status="started",
+                    attempts=deliveries, idempotency_key=getattr(payload, "idempotency_key", None),
                     session_id=getattr(payload, "session_id", None),
                     target=payload.target()[:300],
                     started_at=utcnow())
             result = fn(payload, TaskContext(task_id, name, self.request.retries)) or {}
-            _ledger(task_id, status="succeeded", result=result, error=None,
+            _ledger(task_id, name, status="succeeded", result=result, error=None,
                     tokens_used=int(result.get("tokens", 0)), finished_at=utcnow())
             return result
 

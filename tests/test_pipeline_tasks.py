@@ -144,3 +144,28 @@ def test_unknown_task_name_has_no_route(celery_app):
 
     with pytest.raises(RuntimeError, match="no queue"):
         enqueue("npc_memory.not_a_task", EmbedPayload(lore_entry_id=1))
+
+
+def test_poison_message_is_dead_lettered_after_too_many_deliveries(worker, celery_app, game_session, wait_for):
+    """The same task id delivered more times than retries + tolerated redeliveries is
+    dead-lettered instead of run again (a message that keeps killing its worker)."""
+    from tasks.base import MAX_REDELIVERIES
+
+    baker = _entry(game_session["world_id"], "baker_27")
+    turn = _turn(game_session, baker, "Poison?", "No, bread.")
+    task_id = f"poison-{uuid.uuid4().hex}"
+    limit = celery_app.tasks["npc_memory.archive_turn"].max_retries + MAX_REDELIVERIES + 1
+    for n in range(1, limit + 1):  # redeliveries arrive one after another
+        celery_app.send_task("npc_memory.archive_turn", kwargs=turn, task_id=task_id)
+        wait_for(lambda: _attempts(task_id) == n and _status(task_id) == "succeeded")
+    celery_app.send_task("npc_memory.archive_turn", kwargs=turn, task_id=task_id)
+    wait_for(lambda: _status(task_id) == "dead_lettered")
+    with session_scope() as s:
+        dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == task_id))
+        assert dl is not None and f"delivered {limit + 1} times" in dl.error
+        assert s.scalar(select(func.count()).select_from(Turn).where(Turn.id == turn["turn_id"])) == 1
+
+
+def _attempts(task_id: str) -> int:
+    with session_scope() as s:
+        return s.scalar(select(TaskRecord.attempts).where(TaskRecord.task_id == task_id)) or 0

@@ -1,5 +1,6 @@
 """Command line: ``npc-memory demo``, ``migrate``, ``import-light``, ``import-world``,
-``serve-llm``, ``embedded-redis``, ``dead-letters``."""
+``serve-llm``, ``embedded-redis``; operations: ``dead-letters``, ``replay-dead-letter``,
+``rollback-note``, ``show-entry``, ``session-tasks``, ``retry-task``, ``queues``."""
 
 from __future__ import annotations
 
@@ -101,18 +102,139 @@ def embedded_redis() -> None:
         srv.stop()
 
 
-@cli.command("dead-letters")
-def dead_letters(limit: int = typer.Option(20, min=1)) -> None:
-    """List the newest dead-lettered tasks."""
-    from sqlalchemy import select
+def _celery():
+    """The project's Celery app, made current in this thread (for ``tasks.base.enqueue``)."""
+    from workers.celery_app import app
 
+    app.set_current()
+    return app
+
+
+def _send(name: str, kwargs: dict) -> str:
+    """``memory.ops.Send`` over the project's Celery app."""
+    return _celery().send_task(name, kwargs=kwargs).id
+
+
+def _echo(value) -> None:
+    typer.echo(json.dumps(value, default=str, ensure_ascii=False, indent=2))
+
+
+def _ops(fn, *args, **kwargs):
+    """Run ``memory.ops`` function ``fn`` in a transaction; a NotFound, TaskBusy, NotReplayable
+    or NoteConflict is printed on stderr and exits with status 1."""
+    from memory import ops
     from memory.db import session_scope
-    from models import DeadLetter
+    from memory.notes import NoteConflict
 
-    with session_scope() as s:
-        for d in s.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)):
-            typer.echo(json.dumps({"id": d.id, "task": d.task_name, "queue": d.queue,
-                                   "error": d.error[:200], "payload": d.payload}, default=str))
+    try:
+        with session_scope() as s:
+            return fn(s, *args, **kwargs)
+    except (ops.NotFound, ops.TaskBusy, ops.NotReplayable, NoteConflict) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@cli.command("dead-letters")
+def dead_letters(
+    limit: int = typer.Option(20, min=1, max=1000),
+    task_name: str | None = typer.Option(None, help="only this task name"),
+    show: int | None = typer.Option(None, help="print this dead letter whole (payload, error)"),
+) -> None:
+    """List the newest dead-lettered tasks (one JSON line each), or show one with --show ID."""
+    from memory import ops
+
+    if show is not None:
+        _echo(_ops(ops.get_dead_letter, show))
+        return
+    for d in _ops(ops.list_dead_letters, limit=limit, task_name=task_name):
+        typer.echo(json.dumps({"id": d["id"], "task": d["task_name"], "queue": d["queue"],
+                               "error": d["error"][:200], "payload": d["payload"],
+                               "created_at": d["created_at"], "replayed_at": d["replayed_at"]},
+                              default=str))
+
+
+@cli.command("replay-dead-letter")
+def replay_dead_letter(dead_letter_id: int = typer.Argument(..., help="dead letter id")) -> None:
+    """Send a dead letter's task again with its stored payload (effects are idempotent)."""
+    from memory import ops
+
+    _echo(_ops(ops.replay_dead_letter, dead_letter_id, _send))
+
+
+@cli.command("rollback-note")
+def rollback_note(
+    session_id: str = typer.Argument(...),
+    entry_key: str = typer.Argument(..., help="lore entry key, e.g. baker_27"),
+    version: int = typer.Argument(..., min=0, help="revision to restore (0: the empty note)"),
+) -> None:
+    """Restore a session note's content at VERSION as a new revision, publish it to Redis and
+    enqueue its re-embedding."""
+    from memory import nearline, ops
+    from tasks.base import enqueue
+    from tasks.payloads import EmbedPayload
+
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    res = _ops(ops.rollback_note, session_id, entry_key, version)
+    if res["note_id"] is not None:
+        try:
+            nearline.set_note(nearline.get_redis(), session_id, res["lore_entry_id"],
+                              res["content"])
+            _celery()
+            res["embed_task_id"] = enqueue("npc_memory.embed", EmbedPayload(
+                lore_entry_id=res["lore_entry_id"], session_id=session_id))
+        except (OperationalError, RedisError, ConnectionError) as exc:
+            typer.echo(f"error: note rolled back (now version {res['version']}) but not published: "
+                       f"{exc}; run the command again to publish it", err=True)
+            raise typer.Exit(1) from exc
+    _echo(res)
+
+
+@cli.command("show-entry")
+def show_entry(session_id: str = typer.Argument(...), entry_key: str = typer.Argument(...)) -> None:
+    """Print an entity's lore, session note, composite document and note revisions."""
+    from memory import ops
+
+    _echo(_ops(ops.entry_with_history, session_id, entry_key))
+
+
+@cli.command("session-tasks")
+def session_tasks(
+    session_id: str = typer.Argument(...),
+    status: str | None = typer.Option(
+        None, help="started, succeeded, retrying, failed or dead_lettered"),
+    limit: int = typer.Option(50, min=1, max=1000),
+) -> None:
+    """List a session's tasks from the task ledger, newest first (one JSON line each)."""
+    from memory import ops
+
+    if status is not None and status not in ops.TASK_STATUSES:
+        raise typer.BadParameter(f"must be one of {', '.join(ops.TASK_STATUSES)}",
+                                 param_hint="--status")
+    for t in _ops(ops.session_tasks, session_id, status=status, limit=limit):
+        typer.echo(json.dumps(t, default=str))
+
+
+@cli.command("retry-task")
+def retry_task(task_id: str = typer.Argument(...),
+               force: bool = typer.Option(False, help="retry even if started/retrying")) -> None:
+    """Send a ledger task again with its recorded payload (effects are idempotent)."""
+    from memory import ops
+
+    _echo(_ops(ops.retry_task, task_id, _send, force=force))
+
+
+@cli.command()
+def queues() -> None:
+    """Messages waiting per queue and the workers that answer (with their queues)."""
+    from memory import nearline, ops
+    from settings import get_settings
+
+    url = get_settings().effective_broker_url
+    r = nearline.get_redis(url) if url.startswith(("redis", "unix")) else None
+    app = _celery()
+    _echo(ops.queue_status(r, lambda: app.control.inspect(timeout=1.0).active_queues()))
 
 
 def main() -> None:

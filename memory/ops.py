@@ -1,0 +1,420 @@
+"""Operations on the memory pipeline (the reliability issue's operator surface, after seed 003's
+monitoring endpoints): roll a session note back, inspect an entity's composite document and
+revision history, list/inspect/replay dead letters, list and retry a session's tasks from the
+ledger, and report queue lengths and workers.
+
+Plain functions over a SQLAlchemy ``Session`` (and a Redis client or a ``send`` callable where
+they need one): no Celery app and no HTTP here, so the dialogue server (``workers.web``), the
+CLI (``workers.cli``) and tests call the same code. Every returned value is JSON-ready (ISO 8601
+strings for times). These functions are for operators: none of them is on the dialogue hot path.
+
+``send`` is ``(task_name, kwargs) -> task_id``: the caller's way to put a task on the broker
+(``lambda n, kw: app.send_task(n, kwargs=kw).id``). Re-sending a task is safe because every
+task of the system is idempotent (turn ids, idempotency keys, content hashes, tick ids).
+
+Errors: ``NotFound`` (a ``LookupError``) for an unknown session, entry, version, dead letter
+or task; ``TaskBusy`` for a task that is still running; ``NotReplayable`` for a task name that
+has no queue; ``memory.notes.NoteConflict`` when a rollback keeps losing the version race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from celeryconfig import TASK_QUEUES, Queues
+from memory.composite import base_lore, composite_document
+from memory.notes import NoteConflict
+from memory.report import PENDING
+from models import DeadLetter, GameSession, LoreEntry, SessionNote, SessionNoteRevision, TaskRecord
+from models.base import utcnow
+
+Send = Callable[[str, dict], str]
+"""``(task_name, kwargs) -> task_id``: sends one task through the caller's Celery app."""
+
+TASK_STATUSES = ("started", "succeeded", "retrying", "failed", "dead_lettered")
+
+# kombu's Redis transport keeps messages of priority p > 0 in "<queue>\x06\x16<p>" lists.
+_KOMBU_PRIORITY_SEP = "\x06\x16"
+_KOMBU_PRIORITY_STEPS = (3, 6, 9)
+
+
+class NotFound(LookupError):
+    """An unknown session, entry, version, dead letter or task (the message says which)."""
+
+
+class TaskBusy(Exception):
+    """The task is ``started`` or ``retrying``: retrying it now could run it twice at once."""
+
+
+class NotReplayable(Exception):
+    """The task name has no queue in ``celeryconfig.TASK_QUEUES`` (nothing would consume it)."""
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt is not None else None
+
+
+# --------------------------------------------------------------------------- sessions, entries
+
+
+def _game(session: Session, session_id: str) -> GameSession:
+    game = session.get(GameSession, session_id)
+    if game is None:
+        raise NotFound(f"unknown session {session_id!r}")
+    return game
+
+
+def _note_of(session: Session, session_id: str, entry_id: int) -> SessionNote | None:
+    return session.scalar(select(SessionNote).where(
+        SessionNote.session_id == session_id, SessionNote.lore_entry_id == entry_id))
+
+
+def _entry(session: Session, game: GameSession, key: str) -> LoreEntry:
+    """The entry ``key`` as the session sees it: base lore of the session's world, or an entity
+    created in this session (or one this session holds a note about).
+
+    Raises:
+        NotFound: no such entry in the world, or it was created in another session.
+    """
+    entry = session.scalar(select(LoreEntry).where(
+        LoreEntry.world_id == game.world_id, LoreEntry.key == key))
+    if entry is None:
+        raise NotFound(f"unknown lore entry {key!r} in session {game.id!r}")
+    if (entry.is_dynamically_generated and entry.created_in_session_id != game.id
+            and _note_of(session, game.id, entry.id) is None):
+        raise NotFound(f"lore entry {key!r} belongs to another session")
+    return entry
+
+
+def _revision_dict(rev: SessionNoteRevision) -> dict:
+    return {"version": rev.version, "cause": rev.cause, "event_summary": rev.event_summary,
+            "previous_content": rev.previous_content, "content": rev.content,
+            "turn_id": rev.turn_id, "task_id": rev.task_id, "created_at": _iso(rev.created_at)}
+
+
+def entry_with_history(session: Session, session_id: str, lore_entry_key: str) -> dict:
+    """An entity as one session sees it: its lore, its session note, the composite document
+    the embedder indexes for it, and the note's revisions (oldest first).
+
+    Returns:
+        ``{"lore_entry": {id, key, title, content, entity_type, tags, archetype,
+        is_dynamically_generated, created_in_session_id, created_by_turn_id},
+        "note": {"content": str, "version": int} ("" and 0 when the session has no note),
+        "composite_document": str,
+        "revisions": [{version, cause, event_summary, previous_content, content, turn_id,
+        task_id, created_at}]}``
+
+    Raises:
+        NotFound: unknown session, or no such entry in the session's world.
+    """
+    game = _game(session, session_id)
+    entry = _entry(session, game, lore_entry_key)
+    note = _note_of(session, session_id, entry.id)
+    revisions = [] if note is None else session.scalars(
+        select(SessionNoteRevision).where(SessionNoteRevision.note_id == note.id)
+        .order_by(SessionNoteRevision.version)).all()
+    content = note.content if note is not None else ""
+    return {
+        "lore_entry": {
+            "id": entry.id, "key": entry.key, "title": entry.title, "content": entry.content,
+            "entity_type": entry.entity_type, "tags": list(entry.tags or []),
+            "archetype": entry.archetype,
+            "is_dynamically_generated": bool(entry.is_dynamically_generated),
+            "created_in_session_id": entry.created_in_session_id,
+            "created_by_turn_id": entry.created_by_turn_id,
+        },
+        "note": {"content": content, "version": note.version if note is not None else 0},
+        "composite_document": composite_document(base_lore(entry.title, entry.content), content),
+        "revisions": [_revision_dict(r) for r in revisions],
+    }
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def rollback_note(session: Session, session_id: str, lore_entry_key: str, version: int,
+                  *, max_attempts: int = 3) -> dict:
+    """Give a session note the content it had at revision ``version``, as a NEW revision.
+
+    The new revision has version current+1, cause ``rollback``, event summary
+    ``"rollback to version N"``, the previous text as ``previous_content`` and idempotency key
+    ``"rollback:{note_id}:{current}->{N}"``. Version 0 is the empty note. The write is fenced
+    like ``memory.notes.apply_note_update`` (``UPDATE ... WHERE version = current``): if another
+    writer moved the note meanwhile, the note is read again and the rollback re-applied on top,
+    so no concurrent update is lost and history stays linear.
+
+    Nothing is written (status ``unchanged``) when the note already has that revision's text:
+    a repeated identical rollback, or a rollback to the current version, is a no-op.
+
+    Commits its own transactions (reads are ended before the fenced write, as in
+    ``memory.notes``). The caller then publishes the note to the nearline tier
+    (``memory.nearline.set_note``) and enqueues ``npc_memory.embed`` for
+    ``(lore_entry_id, session_id)``; doing so again after ``unchanged`` is harmless and repairs
+    a publication that was interrupted.
+
+    Returns:
+        ``{"status": "written" | "unchanged", "session_id", "lore_entry_id",
+        "lore_entry_key", "note_id" (None when the session never had a note),
+        "version" (the note's version now), "previous_version", "rolled_back_to",
+        "content" (the note's text now)}``
+
+    Raises:
+        ValueError: ``version`` is negative.
+        NotFound: unknown session, entry, or a version the note never had.
+        NoteConflict: the note changed under every one of ``max_attempts`` writes.
+    """
+    if version < 0:
+        raise ValueError("version must be >= 0")
+    game = _game(session, session_id)
+    entry = _entry(session, game, lore_entry_key)
+    entry_id, entry_key = entry.id, entry.key
+    out = {"session_id": session_id, "lore_entry_id": entry_id, "lore_entry_key": entry_key,
+           "rolled_back_to": version}
+    for _ in range(max_attempts):
+        note = _note_of(session, session_id, entry_id)
+        if note is None:
+            session.rollback()
+            if version != 0:
+                raise NotFound(f"{entry_key!r} has no note in session {session_id!r}, "
+                                  f"so no version {version}")
+            return {**out, "status": "unchanged", "note_id": None, "version": 0,
+                    "previous_version": 0, "content": ""}
+        note_id, current, before = note.id, note.version, note.content
+        if version > current:
+            session.rollback()
+            raise NotFound(f"note of {entry_key!r} has no version {version} "
+                              f"(current version is {current})")
+        if version == 0:
+            target, target_turn = "", None
+        else:
+            rev = session.scalar(select(SessionNoteRevision).where(
+                SessionNoteRevision.note_id == note_id, SessionNoteRevision.version == version))
+            if rev is None:
+                session.rollback()
+                raise NotFound(f"note of {entry_key!r} has no revision {version}")
+            target, target_turn = rev.content, rev.turn_id
+        session.rollback()  # end the read transaction before the fenced write
+        if target == before:
+            return {**out, "status": "unchanged", "note_id": note_id, "version": current,
+                    "previous_version": current, "content": before}
+        result = session.execute(
+            update(SessionNote)
+            .where(SessionNote.id == note_id, SessionNote.version == current)
+            .values(content=target, version=current + 1, last_updated_turn_id=target_turn,
+                    updated_at=utcnow())
+        )
+        if result.rowcount != 1:  # another writer got there first: read again
+            session.rollback()
+            continue
+        session.add(SessionNoteRevision(
+            note_id=note_id, version=current + 1, previous_content=before, content=target,
+            event_summary=f"rollback to version {version}", cause="rollback",
+            idempotency_key=f"rollback:{note_id}:{current}->{version}",
+        ))
+        try:
+            session.commit()
+        except IntegrityError:  # the same rollback committed concurrently: read again
+            session.rollback()
+            continue
+        return {**out, "status": "written", "note_id": note_id, "version": current + 1,
+                "previous_version": current, "content": target}
+    raise NoteConflict(f"note of {entry_key!r} in session {session_id!r} changed during "
+                       f"{max_attempts} rollback attempts")
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+def _dead_letter_dict(d: DeadLetter) -> dict:
+    return {"id": d.id, "task_id": d.task_id, "task_name": d.task_name, "queue": d.queue,
+            "payload": dict(d.payload or {}), "error": d.error, "created_at": _iso(d.created_at),
+            "replayed_at": _iso(d.replayed_at)}
+
+
+def list_dead_letters(session: Session, *, limit: int = 50, task_name: str | None = None,
+                      replayed: bool | None = None) -> list[dict]:
+    """Dead letters, newest first; optionally only one task name, and only replayed
+    (``replayed=True``) or never replayed (``False``) ones.
+
+    Returns:
+        ``[{id, task_id, task_name, queue, payload, error, created_at, replayed_at}]``
+
+    Raises:
+        ValueError: ``limit`` < 1.
+    """
+    if limit < 1:
+        raise ValueError("limit must be >= 1")
+    q = select(DeadLetter)
+    if task_name:
+        q = q.where(DeadLetter.task_name == task_name)
+    if replayed is not None:
+        q = q.where(DeadLetter.replayed_at.is_not(None) if replayed
+                    else DeadLetter.replayed_at.is_(None))
+    rows = session.scalars(q.order_by(DeadLetter.id.desc()).limit(limit))
+    return [_dead_letter_dict(d) for d in rows]
+
+
+def get_dead_letter(session: Session, dead_letter_id: int) -> dict:
+    """One dead letter, whole (same shape as an item of ``list_dead_letters``).
+
+    Raises:
+        NotFound: no dead letter with that id.
+    """
+    d = session.get(DeadLetter, dead_letter_id)
+    if d is None:
+        raise NotFound(f"unknown dead letter {dead_letter_id}")
+    return _dead_letter_dict(d)
+
+
+def _resend(name: str, payload: dict | None, send: Send) -> str:
+    if name not in TASK_QUEUES:
+        raise NotReplayable(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
+    return send(name, dict(payload or {}))
+
+
+def replay_dead_letter(session: Session, dead_letter_id: int, send: Send) -> dict:
+    """Send a dead letter's task again, by name, with its stored payload (kwargs), and record
+    ``replayed_at``. The caller commits (after the send, so a failed send records nothing).
+
+    Replaying again re-sends again: the effects stay single because every task is idempotent
+    (a turn id is archived once, a note revision's idempotency key is unique, ...). A payload
+    that was invalid is dead-lettered again under the new task id.
+
+    Returns:
+        ``{"dead_letter_id", "task_name", "queue", "replayed_task_id" (the dead one),
+        "task_id" (the new one), "replayed_at"}``
+
+    Raises:
+        NotFound: no dead letter with that id.
+        NotReplayable: its task name has no queue.
+        Whatever ``send`` raises (broker down); nothing is recorded then.
+    """
+    d = session.get(DeadLetter, dead_letter_id)
+    if d is None:
+        raise NotFound(f"unknown dead letter {dead_letter_id}")
+    new_id = _resend(d.task_name, d.payload, send)
+    d.replayed_at = utcnow()
+    session.flush()
+    return {"dead_letter_id": d.id, "task_name": d.task_name,
+            "queue": TASK_QUEUES[d.task_name].value, "replayed_task_id": d.task_id,
+            "task_id": new_id, "replayed_at": _iso(d.replayed_at)}
+
+
+# --------------------------------------------------------------------------- task ledger
+
+
+def _task_dict(t: TaskRecord) -> dict:
+    return {"task_id": t.task_id, "task_name": t.task_name, "queue": t.queue, "status": t.status,
+            "attempts": t.attempts, "error": t.error, "tokens_used": t.tokens_used,
+            "started_at": _iso(t.started_at), "finished_at": _iso(t.finished_at),
+            "target": t.target}
+
+
+def session_tasks(session: Session, session_id: str, *, status: str | None = None,
+                  limit: int = 50) -> list[dict]:
+    """The ledger's tasks of one session, newest first (by start time).
+
+    Returns:
+        ``[{task_id, task_name, queue, status, attempts, error, tokens_used, started_at,
+        finished_at, target}]``
+
+    Raises:
+        NotFound: unknown session.
+        ValueError: ``status`` not one of ``TASK_STATUSES``, or ``limit`` < 1.
+    """
+    if status is not None and status not in TASK_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(TASK_STATUSES)}")
+    if limit < 1:
+        raise ValueError("limit must be >= 1")
+    _game(session, session_id)
+    q = select(TaskRecord).where(TaskRecord.session_id == session_id)
+    if status is not None:
+        q = q.where(TaskRecord.status == status)
+    rows = session.scalars(q.order_by(TaskRecord.started_at.desc(), TaskRecord.id.desc())
+                           .limit(limit))
+    return [_task_dict(t) for t in rows]
+
+
+def retry_task(session: Session, task_id: str, send: Send, *, force: bool = False) -> dict:
+    """Send a ledger task again, by name, with its recorded payload; returns the new task id.
+
+    A task still ``started`` or ``retrying`` is refused unless ``force`` (for a row left
+    ``started`` by a worker that died without the broker redelivering). Effects stay single
+    because tasks are idempotent. The new execution gets its own ledger row.
+
+    Returns:
+        ``{"retry_of": task_id, "task_name", "queue", "previous_status", "task_id" (new)}``
+
+    Raises:
+        NotFound: no ledger row for ``task_id``.
+        TaskBusy: the task is started or retrying and ``force`` is False.
+        NotReplayable: its task name has no queue.
+    """
+    t = session.scalar(select(TaskRecord).where(TaskRecord.task_id == task_id))
+    if t is None:
+        raise NotFound(f"unknown task {task_id!r}")
+    if t.status in PENDING and not force:
+        raise TaskBusy(f"task {task_id!r} is {t.status}; wait for it to finish")
+    new_id = _resend(t.task_name, t.payload, send)
+    return {"retry_of": t.task_id, "task_name": t.task_name,
+            "queue": TASK_QUEUES[t.task_name].value, "previous_status": t.status,
+            "task_id": new_id}
+
+
+# --------------------------------------------------------------------------- queues, workers
+
+
+def queue_lengths(r, names: Iterable[str] | None = None) -> dict[str, int]:
+    """Messages waiting in each queue of a Redis broker (``LLEN``, plus kombu's priority
+    sub-lists). ``names`` defaults to every queue of ``celeryconfig.Queues``. Messages that a
+    worker has already reserved are not waiting and are not counted.
+
+    Raises:
+        redis.RedisError: the broker does not answer.
+    """
+    names = [q.value for q in Queues] if names is None else list(names)
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+        for p in _KOMBU_PRIORITY_STEPS:
+            pipe.llen(f"{name}{_KOMBU_PRIORITY_SEP}{p}")
+    counts = pipe.execute()
+    step = 1 + len(_KOMBU_PRIORITY_STEPS)
+    return {name: int(sum(counts[i * step:(i + 1) * step])) for i, name in enumerate(names)}
+
+
+def queue_status(r, active_queues: Callable[[], dict | None] | None = None) -> dict:
+    """Queue lengths and the workers that answer, with the queues each consumes.
+
+    ``r`` is a client of the Redis broker (None when the broker is not Redis: lengths are then
+    omitted). ``active_queues`` is e.g. ``app.control.inspect(timeout=1.0).active_queues``;
+    it returns ``{worker: [{"name": queue, ...}]}`` or None when no worker answers.
+    Never raises: a broker or inspect failure is reported in ``errors``.
+
+    Returns:
+        ``{"queues": {name: int | None}, "workers": {worker: {"queues": [name]}},
+        "errors": [str]}``
+    """
+    errors: list[str] = []
+    queues: dict[str, int | None] = {q.value: None for q in Queues}
+    if r is None:
+        errors.append("queue lengths need a Redis broker")
+    else:
+        try:
+            queues = queue_lengths(r)
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
+            errors.append(f"queue lengths: {type(exc).__name__}: {exc}")
+    workers: dict[str, dict[str, Any]] = {}
+    if active_queues is not None:
+        try:
+            for name, qs in sorted((active_queues() or {}).items()):
+                workers[name] = {"queues": sorted(q.get("name", "") for q in qs or [])}
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"workers: {type(exc).__name__}: {exc}")
+    return {"queues": queues, "workers": workers, "errors": errors}
