@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     recent_turns: int = 12
     retrieval_k: int = 3
 
+    # Fold the updates queued for one session note into a single rewrite
+    note_coalescing: bool = True
+
     # World ticks
     world_tick_seconds: float = 60.0
     simulate_max_npcs: int = 2

@@ -9,6 +9,8 @@ Key layout (all strings UTF-8; JSON values):
 - ``session:{session_id}:turns``               list  JSON turns, newest last, capped
 - ``session:{session_id}:seq``                 counter of turns
 - ``session:{session_id}:note:{lore_entry_id}`` string, the current session note
+- ``note_pending:{session_id}:{entry_key}``    hash  idempotency key -> JSON queued update
+  (coalescing: the updates waiting for one note)
 - ``sessions:active``                          sorted set session id -> last activity (unix s)
 - ``vectors:updates``                          stream of vector upserts (see ``vector_sync``)
 
@@ -135,3 +137,33 @@ def active_sessions(r: redis.Redis, idle_after_s: float) -> list[str]:
     """Sessions with activity in the last ``idle_after_s`` seconds."""
     since = time.time() - idle_after_s
     return [s.decode() for s in r.zrangebyscore("sessions:active", since, "+inf")]
+
+
+PENDING_TTL_S = 24 * 3600
+
+
+def _pending_key(session_id: str, entry_key: str) -> str:
+    return f"note_pending:{session_id}:{entry_key}"
+
+
+def add_pending(r: redis.Redis, session_id: str, entry_key: str, idempotency_key: str,
+                event: str, turn_id: str | None, cause: str) -> None:
+    """Announce a queued note update so that a rewrite of the same note can fold it in."""
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(_pending_key(session_id, entry_key), idempotency_key, json.dumps(
+        {"event": event, "turn_id": turn_id, "cause": cause, "order": time.time()}))
+    pipe.expire(_pending_key(session_id, entry_key), PENDING_TTL_S)
+    pipe.execute()
+
+
+def pending_updates(r: redis.Redis, session_id: str, entry_key: str) -> list[dict]:
+    """Queued updates of one note: ``[{idempotency_key, event, turn_id, cause, order}]``."""
+    raw = r.hgetall(_pending_key(session_id, entry_key))
+    return [{"idempotency_key": k.decode(), **json.loads(v)} for k, v in raw.items()]
+
+
+def drop_pending(r: redis.Redis, session_id: str, entry_key: str, keys) -> None:
+    """Forget queued updates that have been applied."""
+    keys = list(keys)
+    if keys:
+        r.hdel(_pending_key(session_id, entry_key), *keys)

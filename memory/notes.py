@@ -2,8 +2,13 @@
 
 ``apply_note_update`` reads the note at version v, asks the rewriter for the new text, and
 commits only if the note is still at v (an UPDATE ... WHERE version = v); otherwise it reads
-the fresh note and rewrites again, so concurrent updates are never lost. The revision row's
-unique idempotency key makes a redelivered update a no-op. Base lore is never written here.
+the fresh note and rewrites again, so concurrent updates are never lost.
+
+Coalescing: the caller may pass the other updates queued for the same (session, entry); the
+rewrite folds every one not yet applied into one model call, in turn order, and records
+each as an ``AppliedNoteEvent`` of the new revision. Their own tasks then find their key
+applied and finish without a model call. The unique idempotency key of each applied event
+makes a redelivered or folded update a no-op. Base lore is never written here.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import LoreEntry, SessionNote, SessionNoteRevision
+from models import AppliedNoteEvent, LoreEntry, SessionNote, SessionNoteRevision
 from models.base import utcnow
 
 Rewriter = Callable[[str, str, str, str], tuple[str, int]]
@@ -35,9 +40,23 @@ class RejectedRewrite(ValueError):
 
 
 @dataclass(frozen=True)
+class PendingEvent:
+    """An update waiting for the same note: its idempotency key, event text, turn, cause, and
+    ``order`` (turn order: enqueue time in unix seconds)."""
+
+    idempotency_key: str
+    event: str
+    turn_id: str | None = None
+    cause: str = "turn"
+    order: float = 0.0
+
+
+@dataclass(frozen=True)
 class NoteUpdateResult:
-    """Outcome of one update: ``status`` is ``written`` or ``duplicate``; ``version`` is the
-    note's version after it; ``before``/``after`` the note text; ``tokens`` model tokens."""
+    """Outcome of one update: ``status`` is ``written``, ``duplicate`` (this key was applied
+    by this update before) or ``coalesced`` (folded into another update's revision);
+    ``version`` is the note's version after it; ``before``/``after`` the note text;
+    ``tokens`` model tokens; ``folded`` the idempotency keys applied by this revision."""
 
     status: str
     note_id: int
@@ -45,6 +64,22 @@ class NoteUpdateResult:
     before: str
     after: str
     tokens: int = 0
+    folded: tuple[str, ...] = ()
+
+
+def combine_events(events: list[PendingEvent]) -> str:
+    """One event text for the rewrite prompt: the event itself, or a numbered list in order."""
+    if len(events) == 1:
+        return events[0].event
+    return "\n".join(f"{n}. {e.event}" for n, e in enumerate(events, 1))
+
+
+def _applied(session: Session, key: str):
+    return session.execute(
+        select(AppliedNoteEvent, SessionNoteRevision)
+        .join(SessionNoteRevision, SessionNoteRevision.id == AppliedNoteEvent.revision_id)
+        .where(AppliedNoteEvent.idempotency_key == key)
+    ).first()
 
 
 def clean_note(text: str) -> str:
@@ -90,8 +125,10 @@ def apply_note_update(
     task_id: str | None = None,
     cause: str = "turn",
     max_attempts: int = 3,
+    pending: Callable[[], list[PendingEvent]] | None = None,
 ) -> NoteUpdateResult:
-    """Rewrite the session note of one entry with ``event`` and record a revision.
+    """Rewrite the session note of one entry with ``event`` (and, with ``pending``, every
+    other queued event of that note not applied yet) and record one revision.
 
     Commits its own transactions (the model call happens outside any open write).
 
@@ -104,18 +141,28 @@ def apply_note_update(
     entry = session.get(LoreEntry, lore_entry_id)
     if entry is None:
         raise LookupError(f"lore entry {lore_entry_id} does not exist")
-    done = session.scalar(select(SessionNoteRevision).where(
-        SessionNoteRevision.idempotency_key == idempotency_key))
-    if done is not None:
-        return NoteUpdateResult("duplicate", done.note_id, done.version, done.previous_content,
-                                done.content)
+    own = PendingEvent(idempotency_key, event, turn_id, cause)
     note = _get_or_create_note(session, session_id, lore_entry_id)
     session.commit()
     tokens = 0
     for _ in range(max_attempts):
+        found = _applied(session, idempotency_key)
+        if found is not None:
+            applied, rev = found
+            status = "duplicate" if rev.idempotency_key == idempotency_key else "coalesced"
+            return NoteUpdateResult(status, rev.note_id, rev.version, rev.previous_content,
+                                    rev.content, tokens)
+        events = [own]
+        if pending is not None:
+            others = [e for e in pending() if e.idempotency_key != idempotency_key]
+            taken = set(session.scalars(select(AppliedNoteEvent.idempotency_key).where(
+                AppliedNoteEvent.idempotency_key.in_([e.idempotency_key for e in others]))))
+            events += sorted((e for e in others if e.idempotency_key not in taken),
+                             key=lambda e: e.order)
         session.refresh(note)
         version, before = note.version, note.content
-        text, used = rewrite(entry.title, entry.content, before, event)
+        combined = combine_events(events)
+        text, used = rewrite(entry.title, entry.content, before, combined)
         tokens += used
         if len(text.strip()) > MAX_NOTE_CHARS:
             raise RejectedRewrite(f"rewrite of {len(text.strip())} characters exceeds the "
@@ -133,18 +180,22 @@ def apply_note_update(
         if result.rowcount != 1:
             session.rollback()
             continue
-        session.add(SessionNoteRevision(
+        causes = {e.cause for e in events}
+        revision = SessionNoteRevision(
             note_id=note.id, version=version + 1, previous_content=before, content=after,
-            event_summary=event, cause=cause, turn_id=turn_id, task_id=task_id,
-            idempotency_key=idempotency_key,
-        ))
+            event_summary=combined, cause=cause if len(causes) == 1 else "coalesced",
+            turn_id=turn_id, task_id=task_id, idempotency_key=idempotency_key,
+        )
+        session.add(revision)
         try:
+            session.flush()
+            for e in events:
+                session.add(AppliedNoteEvent(revision_id=revision.id, idempotency_key=e.idempotency_key,
+                                             event_summary=e.event, turn_id=e.turn_id, cause=e.cause))
             session.commit()
-        except IntegrityError:  # the same update committed concurrently elsewhere
+        except IntegrityError:  # one of these events was applied concurrently: start again
             session.rollback()
-            done = session.scalar(select(SessionNoteRevision).where(
-                SessionNoteRevision.idempotency_key == idempotency_key))
-            return NoteUpdateResult("duplicate", note.id, done.version if done else note.version,
-                                    before, done.content if done else before, tokens)
-        return NoteUpdateResult("written", note.id, version + 1, before, after, tokens)
+            continue
+        return NoteUpdateResult("written", note.id, version + 1, before, after, tokens,
+                                tuple(e.idempotency_key for e in events))
     raise NoteConflict(f"session note {note.id} changed during {max_attempts} rewrites")

@@ -36,6 +36,16 @@ def pending_tasks(session: Session, session_ids: list[str]) -> int:
         TaskRecord.status.in_(PENDING), TaskRecord.session_id.in_(session_ids))) or 0
 
 
+def coalesced_updates(session: Session, session_ids: list[str]) -> dict[str, int]:
+    """``{"update_tasks": n, "coalesced": m}``: note updates of these sessions, and how many
+    were folded into another update's rewrite (each one a model call saved)."""
+    rows = session.scalars(select(TaskRecord.result).where(
+        TaskRecord.task_name == "npc_memory.update_note", TaskRecord.status == "succeeded",
+        TaskRecord.session_id.in_(session_ids))).all()
+    return {"update_tasks": len(rows),
+            "coalesced": sum(1 for r in rows if (r or {}).get("status") == "coalesced")}
+
+
 def session_summary(session: Session, session_id: str) -> dict:
     """Notes, revisions, created entities, archived turns and vectors of one session."""
     revisions = session.execute(

@@ -6,12 +6,13 @@ Import ``Base`` from here so that Alembic sees every table.
 
 from models.base import Base
 from models.ledger import DeadLetter, TaskRecord
-from models.notes import SessionNote, SessionNoteRevision
+from models.notes import AppliedNoteEvent, SessionNote, SessionNoteRevision
 from models.sessions import GameSession, Turn
 from models.vectors import StoredVector
 from models.world import LoreEntry, World
 
 __all__ = [
+    "AppliedNoteEvent",
     "Base",
     "DeadLetter",
     "GameSession",

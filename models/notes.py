@@ -54,3 +54,21 @@ class SessionNoteRevision(Base):
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AppliedNoteEvent(Base):
+    """One event applied to a session note, by the idempotency key of the update that
+    carried it. Coalescing folds several queued events into one revision: each gets a row
+    pointing at that revision, so every update is applied exactly once.
+    """
+
+    __tablename__ = "applied_note_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision_id: Mapped[int] = mapped_column(
+        ForeignKey("session_note_revisions.id", ondelete="CASCADE"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    event_summary: Mapped[str] = mapped_column(Text)
+    turn_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cause: Mapped[str] = mapped_column(String(20), default="turn")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

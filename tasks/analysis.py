@@ -8,6 +8,7 @@ from memory.db import session_scope
 from memory.scope import turn_scope
 from models import LoreEntry
 from tasks.base import TaskContext, enqueue, npc_task
+from tasks.note_update import enqueue_note_update
 from tasks.payloads import CreationPayload, NoteUpdatePayload, TurnPayload
 
 
@@ -29,7 +30,7 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
         if (u.lore_entry_id, u.update_summary) in seen:
             continue
         seen.add((u.lore_entry_id, u.update_summary))
-        enqueue("npc_memory.update_note", NoteUpdatePayload(
+        enqueue_note_update(NoteUpdatePayload(
             session_id=p.session_id, lore_entry_key=u.lore_entry_id, update_summary=u.update_summary,
             idempotency_key=f"{p.turn_id}:u{i}", turn_id=p.turn_id, cause="turn"))
         updates += 1

@@ -8,6 +8,7 @@ from memory.db import session_scope
 from memory.entities import create_entity as create_entry
 from models import GameSession, LoreEntry, World
 from tasks.base import TaskContext, enqueue, npc_task
+from tasks.note_update import enqueue_note_update
 from tasks.payloads import CreationPayload, EmbedPayload, NoteUpdatePayload
 
 
@@ -29,7 +30,7 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
         if res.status == "created":
             nearline.cache_entries(nearline.get_redis(), world.id, [entry], session_id=p.session_id)
     if res.status == "exists":
-        enqueue("npc_memory.update_note", NoteUpdatePayload(
+        enqueue_note_update(NoteUpdatePayload(
             session_id=p.session_id, lore_entry_key=res.key, update_summary=p.creation_summary,
             idempotency_key=f"{p.idempotency_key}:exists", turn_id=p.turn_id, cause="creation"))
     else:

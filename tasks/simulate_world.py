@@ -12,6 +12,7 @@ from memory.simulation import mark_simulated, pick_targets
 from models import GameSession, World
 from settings import get_settings
 from tasks.base import TaskContext, enqueue, npc_task
+from tasks.note_update import enqueue_note_update
 from tasks.payloads import NoteUpdatePayload, SimulationPayload, TickPayload
 
 IDLE_AFTER_S = 3600.0
@@ -72,7 +73,7 @@ def _simulate(p: SimulationPayload, r) -> dict:
         if u.lore_entry_id in sent:
             continue
         sent.add(u.lore_entry_id)
-        enqueue("npc_memory.update_note", NoteUpdatePayload(
+        enqueue_note_update(NoteUpdatePayload(
             session_id=p.session_id, lore_entry_key=u.lore_entry_id,
             update_summary=u.update_summary, idempotency_key=f"{p.tick_id}:{u.lore_entry_id}",
             cause="simulation"))

@@ -842,3 +842,59 @@ def test_create_entity_finds_existing_title_and_creates_once(game_session):
         assert again.entry_id == made.entry_id and len(calls) == 2
         assert entry.title == "Count Vlad" and entry.key.startswith("count-vlad-")
         assert entry.is_dynamically_generated and entry.created_in_session_id == game_session["id"]
+
+
+def test_coalescing_folds_queued_updates_into_one_rewrite(game_session, light_world):
+    """Three updates queued for one note: the first rewrite folds all three (one model call,
+    events in turn order); the other two tasks then find their events applied."""
+    from memory.notes import PendingEvent
+
+    sid = game_session["id"]
+    baker = _entry(light_world["id"], "baker_27")
+    keys = [f"co:{uuid.uuid4().hex}:{n}" for n in range(3)]
+    queued = [PendingEvent(keys[2], "The baker burnt the rye.", None, "turn", 3.0),
+              PendingEvent(keys[1], "The baker sold a pie.", None, "turn", 2.0),
+              PendingEvent(keys[0], "The baker opened early.", None, "turn", 1.0)]
+    seen = []
+
+    def rewrite(title, lore, note, event):
+        seen.append(event)
+        return f"{note} {event}".strip(), 5
+
+    with session_scope() as s:
+        first = apply_note_update(s, session_id=sid, lore_entry_id=baker.id,
+                                  event="The baker opened early.", idempotency_key=keys[0],
+                                  rewrite=rewrite, pending=lambda: queued)
+    assert first.status == "written" and set(first.folded) == set(keys)
+    assert seen == ["1. The baker opened early.\n2. The baker sold a pie.\n3. The baker burnt the rye."]
+    for key, text in ((keys[1], "The baker sold a pie."), (keys[2], "The baker burnt the rye.")):
+        with session_scope() as s:
+            res = apply_note_update(s, session_id=sid, lore_entry_id=baker.id, event=text,
+                                    idempotency_key=key, rewrite=rewrite, pending=lambda: queued)
+        assert res.status == "coalesced" and res.version == first.version
+    assert len(seen) == 1  # two model calls saved
+    note = _note(sid, baker.id)
+    assert note.version == 1 and "burnt the rye" in note.content
+
+
+def test_coalescing_skips_events_already_applied(game_session, light_world):
+    from memory.notes import PendingEvent
+
+    sid = game_session["id"]
+    baker = _entry(light_world["id"], "baker_27")
+    a, b = f"a:{uuid.uuid4().hex}", f"b:{uuid.uuid4().hex}"
+    with session_scope() as s:
+        apply_note_update(s, session_id=sid, lore_entry_id=baker.id, event="Event A.",
+                          idempotency_key=a, rewrite=_appending())
+    seen = []
+
+    def rewrite(title, lore, note, event):
+        seen.append(event)
+        return f"{note} {event}", 1
+
+    stale = [PendingEvent(a, "Event A.", None, "turn", 1.0)]  # still listed, already applied
+    with session_scope() as s:
+        res = apply_note_update(s, session_id=sid, lore_entry_id=baker.id, event="Event B.",
+                                idempotency_key=b, rewrite=rewrite, pending=lambda: stale)
+    assert seen == ["Event B."] and res.folded == (b,)
+    assert _note(sid, baker.id).content.count("Event A.") == 1

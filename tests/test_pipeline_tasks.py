@@ -169,3 +169,27 @@ def test_poison_message_is_dead_lettered_after_too_many_deliveries(worker, celer
 def _attempts(task_id: str) -> int:
     with session_scope() as s:
         return s.scalar(select(TaskRecord.attempts).where(TaskRecord.task_id == task_id)) or 0
+
+
+def test_queued_updates_to_one_note_are_coalesced(worker, celery_app, game_session, wait_for):
+    """Four updates queued for the same note land in one revision; the tasks whose events were
+    folded into it make no model call of their own."""
+    from models import AppliedNoteEvent
+
+    sid = game_session["id"]
+    r = nearline.get_redis()
+    events = ["The baker opened early.", "The baker sold a pie to the guard.",
+              "The baker burnt the rye.", "The baker closed the shop at noon."]
+    payloads = [{"session_id": sid, "lore_entry_key": "baker_27", "update_summary": e,
+                 "idempotency_key": f"burst:{uuid.uuid4().hex}", "cause": "turn"} for e in events]
+    for p in payloads:
+        nearline.add_pending(r, sid, "baker_27", p["idempotency_key"], p["update_summary"], None, "turn")
+    ids = [celery_app.send_task("npc_memory.update_note", kwargs=p).id for p in payloads]
+    wait_for(lambda: all(_status(t) == "succeeded" for t in ids))
+    keys = [p["idempotency_key"] for p in payloads]
+    with session_scope() as s:
+        applied = s.scalars(select(AppliedNoteEvent).where(AppliedNoteEvent.idempotency_key.in_(keys))).all()
+        results = [s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == t)) for t in ids]
+    assert len(applied) == 4 and len({a.revision_id for a in applied}) == 1
+    assert sum(res["status"] == "coalesced" for res in results) >= 2
+    assert nearline.pending_updates(r, sid, "baker_27") == []

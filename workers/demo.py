@@ -194,7 +194,7 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
                      pids: list[int]) -> dict:
     from memory import nearline
     from memory.db import session_scope
-    from memory.report import session_summary, task_counts, tick_results
+    from memory.report import coalesced_updates, session_summary, task_counts, tick_results
 
     console = opts.console
     r = nearline.get_redis()
@@ -228,6 +228,7 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
     with session_scope() as db:
         summary = session_summary(db, session_id)
         counts = task_counts(db, [session_id])
+        coalescing = coalesced_updates(db, [session_id])
         ticks = [x for x in tick_results(db) if x["session_id"] == session_id]
     health = client.get("/healthz").json()
     example = None
@@ -245,6 +246,7 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
         "turns_served": len(turns),
         "latency_ms": {"p50": round(_pct(latencies, 50), 1), "p95": round(_pct(latencies, 95), 1)},
         "tasks": counts,
+        "coalescing": coalescing,
         "notes_written": summary["notes"],
         "revisions": len(summary["revisions"]),
         "note_example": _note_example(summary["revisions"]),
@@ -284,6 +286,9 @@ def _print_summary(console: Console, out: dict) -> None:
         table.add_row(q, *(str(c.get(k, 0)) for k in ("succeeded", "failed", "dead_lettered",
                                                       "retried", "pending")))
     console.print(table)
+    c = out["coalescing"]
+    console.print(f"note updates: {c['update_tasks']}, folded into another rewrite: {c['coalesced']} "
+                  f"(model calls saved)")
     console.print(f"session notes written: {out['notes_written']} ({out['revisions']} revisions); "
                   f"turns archived: {out['archived_turns']}")
     ex = out["note_example"]
