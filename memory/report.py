@@ -46,6 +46,23 @@ def coalesced_updates(session: Session, session_ids: list[str]) -> dict[str, int
             "coalesced": sum(1 for r in rows if (r or {}).get("status") == "coalesced")}
 
 
+def creation_stats(session: Session, session_ids: list[str]) -> dict:
+    """Entity creations of these sessions: ``{created, matched: {exact, fuzzy, embedding},
+    duplicate_rate}`` where the rate is matched / (created + matched)."""
+    rows = session.scalars(select(TaskRecord.result).where(
+        TaskRecord.task_name == "npc_memory.create_entity", TaskRecord.status == "succeeded",
+        TaskRecord.session_id.in_(session_ids))).all()
+    created = sum(1 for r in rows if (r or {}).get("status") == "created")
+    matched: dict[str, int] = {}
+    for r in rows:
+        if (r or {}).get("status") == "exists":
+            how = r.get("matched_by") or "exact"
+            matched[how] = matched.get(how, 0) + 1
+    total = created + sum(matched.values())
+    return {"created": created, "matched": matched,
+            "duplicate_rate": round(sum(matched.values()) / total, 3) if total else 0.0}
+
+
 def session_summary(session: Session, session_id: str) -> dict:
     """Notes, revisions, created entities, archived turns and vectors of one session."""
     revisions = session.execute(

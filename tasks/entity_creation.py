@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from inference import calls
+from inference.embedding import get_embedder
 from memory import nearline
 from memory.db import session_scope
 from memory.entities import create_entity as create_entry
@@ -24,7 +25,7 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
         res = create_entry(
             s, world_id=world.id, session_id=p.session_id, entity_type=p.entity_type,
             creation_summary=p.creation_summary, idempotency_key=p.idempotency_key,
-            create=calls.create_lore, turn_id=p.turn_id,
+            create=calls.create_lore, turn_id=p.turn_id, embedder=get_embedder(),
         )
         entry = s.get(LoreEntry, res.entry_id)
         if res.status == "created":
@@ -35,4 +36,5 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
             idempotency_key=f"{p.idempotency_key}:exists", turn_id=p.turn_id, cause="creation"))
     else:
         enqueue("npc_memory.embed", EmbedPayload(lore_entry_id=res.entry_id, session_id=p.session_id))
-    return {"status": res.status, "entry_id": res.entry_id, "title": res.title, "tokens": res.tokens}
+    return {"status": res.status, "entry_id": res.entry_id, "title": res.title,
+            "matched_by": res.matched_by, "tokens": res.tokens}

@@ -898,3 +898,39 @@ def test_coalescing_skips_events_already_applied(game_session, light_world):
                                 idempotency_key=b, rewrite=rewrite, pending=lambda: stale)
     assert seen == ["Event B."] and res.folded == (b,)
     assert _note(sid, baker.id).content.count("Event A.") == 1
+
+
+@pytest.mark.parametrize("title, content_from, how", [
+    ("Lady Elinore", None, "fuzzy"),
+    ("The Night Kneader", "baker_27", "embedding"),
+])
+def test_creation_matches_existing_entity_fuzzily(game_session, light_world, title, content_from, how):
+    """A near-identical title, or a text that embeds next to an existing document, resolves to
+    that entry instead of creating a duplicate."""
+    from inference.embedding import get_embedder
+    from memory.entities import create_entity
+    from prompts.outputs import CreatedEntity
+
+    content = _entry(light_world["id"], content_from).content if content_from else "A fierce warrior."
+    with session_scope() as s:
+        res = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
+                            entity_type="character", creation_summary="someone",
+                            idempotency_key=f"t:{uuid.uuid4().hex}", embedder=get_embedder(),
+                            create=lambda t, summary: (CreatedEntity(title=title, content=content[:800], tags=[]), 1))
+    assert res.status == "exists" and res.matched_by == how
+    assert res.key == ("lady elinor_49" if how == "fuzzy" else "baker_27")
+
+
+def test_distinct_new_entity_is_created_not_matched(game_session, light_world):
+    from inference.embedding import get_embedder
+    from memory.entities import create_entity
+    from prompts.outputs import CreatedEntity
+
+    made = CreatedEntity(title="Captain Orsolya Vey", tags=[],
+                         content="A sea captain who smuggles spices past the harbour chain at night.")
+    with session_scope() as s:
+        res = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
+                            entity_type="character", creation_summary="a captain",
+                            idempotency_key=f"t:{uuid.uuid4().hex}", embedder=get_embedder(),
+                            create=lambda t, summary: (made, 1))
+    assert res.status == "created" and res.matched_by == ""

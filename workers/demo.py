@@ -194,7 +194,8 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
                      pids: list[int]) -> dict:
     from memory import nearline
     from memory.db import session_scope
-    from memory.report import coalesced_updates, session_summary, task_counts, tick_results
+    from memory.report import (coalesced_updates, creation_stats, session_summary, task_counts,
+                               tick_results)
 
     console = opts.console
     r = nearline.get_redis()
@@ -229,6 +230,7 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
         summary = session_summary(db, session_id)
         counts = task_counts(db, [session_id])
         coalescing = coalesced_updates(db, [session_id])
+        creations = creation_stats(db, [session_id])
         ticks = [x for x in tick_results(db) if x["session_id"] == session_id]
     health = client.get("/healthz").json()
     example = None
@@ -251,6 +253,7 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
         "revisions": len(summary["revisions"]),
         "note_example": _note_example(summary["revisions"]),
         "entities_created": summary["created"],
+        "creation_dedup": creations,
         "archived_turns": summary["archived_turns"],
         "vectors_in_index": health["vectors"],
         "retrieval_example": example,
@@ -299,6 +302,9 @@ def _print_summary(console: Console, out: dict) -> None:
         console.print(f"  after:  {ex['after']}")
     console.print(f"entities created: {len(out['entities_created'])} "
                   + ", ".join(f"{e['title']} ({e['entity_type']})" for e in out["entities_created"]))
+    d = out["creation_dedup"]
+    console.print(f"creations matched to existing entries: {sum(d['matched'].values())} "
+                  f"{d['matched'] or ''} (duplicate rate {d['duplicate_rate']:.0%})")
     console.print(f"vectors in the index: {out['vectors_in_index']}")
     if out["retrieval_example"]:
         ex = out["retrieval_example"]
