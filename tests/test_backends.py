@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import settings
-from inference import llm, retry
+from inference import retry
 from inference.embedding import MISTRAL_BATCH, MistralEmbedder, OpenAIEmbedder
 from inference.llm import ChatModel, Completion, InvalidModelOutput, ModelError
 from fakes import (  # tests/ is on sys.path (rootdir conftest, no __init__.py)

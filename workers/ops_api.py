@@ -1,0 +1,237 @@
+"""Operations endpoints of the dialogue server (seed 003's monitoring API): note rollback,
+an entry's composite document and revisions, dead letters, the task ledger, queue status.
+
+They read the database (``memory/ops.py``) and are not on the dialogue hot path; unknown
+things answer 404 with a message, invalid input 422, conflicts 409, outages 503.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from kombu.exceptions import OperationalError as BrokerError
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError as DatabaseError
+
+from memory import nearline, ops
+from memory.db import session_scope
+from memory.notes import NoteConflict
+from settings import get_settings
+from tasks.payloads import EmbedPayload
+from workers.state import state
+
+router = APIRouter()
+
+
+class RollbackIn(BaseModel):
+    """``POST /v1/sessions/{id}/notes/{key}/rollback`` body: the revision to go back to
+    (0 is the empty note)."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=0, strict=True, description="revision whose content to restore")
+
+
+class RollbackOut(BaseModel):
+    status: Literal["written", "unchanged"]
+    session_id: str
+    lore_entry_id: int
+    lore_entry_key: str
+    note_id: int | None
+    version: int = Field(description="the note's version now")
+    previous_version: int
+    rolled_back_to: int
+    content: str
+    embed_task_id: str | None = Field(None, description="the npc_memory.embed task enqueued")
+
+
+class RevisionOut(BaseModel):
+    version: int
+    cause: str
+    event_summary: str
+    previous_content: str
+    content: str
+    turn_id: str | None
+    task_id: str | None
+    created_at: str | None
+
+
+class EntryOut(BaseModel):
+    lore_entry: dict
+    note: dict
+    composite_document: str
+    revisions: list[RevisionOut]
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    task_id: str
+    task_name: str
+    queue: str
+    payload: dict
+    error: str
+    created_at: str | None
+    replayed_at: str | None
+
+
+class ReplayOut(BaseModel):
+    dead_letter_id: int
+    task_name: str
+    queue: str
+    replayed_task_id: str
+    task_id: str = Field(description="id of the task sent now")
+    replayed_at: str | None
+
+
+class TaskOut(BaseModel):
+    task_id: str
+    task_name: str
+    queue: str
+    status: str
+    attempts: int
+    error: str | None
+    tokens_used: int
+    started_at: str | None
+    finished_at: str | None
+    target: str
+
+
+class RetryOut(BaseModel):
+    retry_of: str
+    task_name: str
+    queue: str
+    previous_status: str
+    task_id: str = Field(description="id of the task sent now")
+
+
+class QueuesOut(BaseModel):
+    queues: dict[str, int | None]
+    workers: dict[str, dict]
+    errors: list[str]
+
+
+TaskStatus = Literal["started", "succeeded", "retrying", "failed", "dead_lettered"]
+
+
+def _send_kwargs(name: str, kwargs: dict) -> str:
+    """``memory.ops.Send`` over this server's Celery app."""
+    return state.celery.send_task(name, kwargs=kwargs).id
+
+
+class _OpsErrors:
+    """Map ``memory.ops`` errors to HTTP: NotFound 404, busy/conflict 409, broker or
+    database outage 503."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, HTTPException):
+            return False
+        if isinstance(exc, ops.NotFound):
+            raise HTTPException(404, str(exc)) from exc
+        if isinstance(exc, (ops.TaskBusy, ops.NotReplayable, NoteConflict)):
+            raise HTTPException(409, str(exc)) from exc
+        if isinstance(exc, (BrokerError, RedisError, ConnectionError)):
+            raise HTTPException(503, f"broker unavailable: {exc}") from exc
+        if isinstance(exc, DatabaseError):
+            raise HTTPException(503, f"database unavailable: {exc.orig}") from exc
+        return False
+
+
+@router.post("/v1/sessions/{session_id}/notes/{lore_entry_key}/rollback", response_model=RollbackOut)
+def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> RollbackOut:
+    """Restore the content a session note had at revision ``version`` as a new revision
+    (cause ``rollback``), publish it to the nearline tier and enqueue its re-embedding.
+
+    A repeated identical rollback writes nothing (``status: unchanged``) but publishes and
+    re-enqueues the embedding again (harmless: unchanged documents are skipped). 404 for an
+    unknown session, entry or version; 409 if the note kept changing during the write.
+    """
+    with _OpsErrors():
+        with session_scope() as s:
+            res = ops.rollback_note(s, session_id, lore_entry_key, body.version)
+        embed_task_id = None
+        if res["note_id"] is not None:
+            try:
+                nearline.set_note(nearline.get_redis(), session_id, res["lore_entry_id"],
+                                  res["content"])
+                # state.celery rather than tasks.base.enqueue: Celery's current_app is per
+                # thread, and in FastAPI's handler threads it is Celery's fallback default app
+                # (configured only because its loader happens to import ``celeryconfig``).
+                payload = EmbedPayload(lore_entry_id=res["lore_entry_id"], session_id=session_id)
+                embed_task_id = state.celery.send_task(
+                    "npc_memory.embed", kwargs=payload.model_dump(mode="json")).id
+            except (BrokerError, RedisError, ConnectionError) as exc:
+                raise HTTPException(503, f"note rolled back to version {body.version} "
+                                         f"(now version {res['version']}) but not published: "
+                                         f"{exc}; repeat the request to publish it") from exc
+    return RollbackOut(**res, embed_task_id=embed_task_id)
+
+
+@router.get("/v1/sessions/{session_id}/entries/{lore_entry_key}", response_model=EntryOut)
+def entry_history(session_id: str, lore_entry_key: str) -> dict:
+    """An entity as the session sees it: lore, session note, composite document (what the
+    embedder indexes) and the note's revisions, oldest first. 404 for unknown things."""
+    with _OpsErrors(), session_scope() as s:
+        return ops.entry_with_history(s, session_id, lore_entry_key)
+
+
+@router.get("/v1/dead-letters", response_model=list[DeadLetterOut])
+def dead_letters(limit: int = Query(50, ge=1, le=500),
+                 task_name: str | None = Query(None, min_length=1, max_length=200),
+                 replayed: bool | None = Query(None, description="only replayed / not replayed")
+                 ) -> list[dict]:
+    """Dead-lettered tasks, newest first."""
+    with _OpsErrors(), session_scope() as s:
+        return ops.list_dead_letters(s, limit=limit, task_name=task_name, replayed=replayed)
+
+
+@router.get("/v1/dead-letters/{dead_letter_id}", response_model=DeadLetterOut)
+def dead_letter(dead_letter_id: int) -> dict:
+    """One dead letter with its whole payload and error; 404 if unknown."""
+    with _OpsErrors(), session_scope() as s:
+        return ops.get_dead_letter(s, dead_letter_id)
+
+
+@router.post("/v1/dead-letters/{dead_letter_id}/replay", response_model=ReplayOut)
+def replay_dead_letter(dead_letter_id: int) -> dict:
+    """Send the dead letter's task again with its stored payload; returns the new task id and
+    records ``replayed_at``. Calling it again sends again; the effects are applied once
+    because every task is idempotent. 404 if unknown, 503 if the broker is down."""
+    with _OpsErrors(), session_scope() as s:
+        return ops.replay_dead_letter(s, dead_letter_id, _send_kwargs)
+
+
+@router.get("/v1/sessions/{session_id}/tasks", response_model=list[TaskOut])
+def session_tasks(session_id: str, status: TaskStatus | None = None,
+                  limit: int = Query(50, ge=1, le=500)) -> list[dict]:
+    """The session's tasks from the task ledger, newest first; 404 for an unknown session."""
+    with _OpsErrors(), session_scope() as s:
+        return ops.session_tasks(s, session_id, status=status, limit=limit)
+
+
+@router.post("/v1/tasks/{task_id}/retry", response_model=RetryOut)
+def retry_task(task_id: str, force: bool = Query(False, description="retry even if started")
+               ) -> dict:
+    """Send a ledger task again with its recorded payload; returns the new task id.
+    404 unknown task id; 409 while the task is started or retrying (``force=true`` overrides,
+    for a task stuck as started after its worker died)."""
+    with _OpsErrors(), session_scope() as s:
+        return ops.retry_task(s, task_id, _send_kwargs, force=force)
+
+
+def _broker_redis():
+    url = get_settings().effective_broker_url
+    if url.startswith(("redis://", "rediss://", "redis+socket://", "unix://")):
+        return nearline.get_redis(url)
+    return None
+
+
+@router.get("/v1/queues", response_model=QueuesOut)
+def queues() -> dict:
+    """Messages waiting per queue (Redis ``LLEN``) and the workers that answer within 1 s with
+    the queues they consume. Never fails: problems are listed in ``errors``."""
+    return ops.queue_status(_broker_redis(),
+                            lambda: state.celery.control.inspect(timeout=1.0).active_queues())

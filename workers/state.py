@@ -1,0 +1,19 @@
+"""Per-process state of the dialogue server, shared by its routers."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from memory.vector_index import VectorIndex, VectorSync
+
+
+class State:
+    """The in-process vector index, its sync thread, and the Celery app used to send tasks
+    (set by the server's lifespan)."""
+
+    index: VectorIndex
+    sync: VectorSync
+    celery: Celery
+
+
+state = State()
