@@ -33,8 +33,8 @@ class AnalysisOutput(BaseModel):
     """The analysis model's answer: ``{"updates": [...], "creations": [...]}``."""
 
     model_config = ConfigDict(extra="ignore")
-    updates: list[NoteUpdate] = Field(default_factory=list, max_length=2)
-    creations: list[EntityCreation] = Field(default_factory=list, max_length=1)
+    updates: list[NoteUpdate] = Field(max_length=2)
+    creations: list[EntityCreation] = Field(max_length=1)
 
 
 class CreatedEntity(BaseModel):

@@ -730,7 +730,19 @@ def test_parse_json_repairs(text, expected):
     assert parse_json(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "   \n"])
+def test_literal_empty_object_parses_but_is_not_an_analysis():
+    """``{}`` is valid JSON, yet an analysis must state both lists: no silent empty answer."""
+    from pydantic import ValidationError
+
+    from inference.llm import parse_json
+    from prompts.outputs import AnalysisOutput
+
+    assert parse_json("{}") == {}
+    with pytest.raises(ValidationError):
+        AnalysisOutput.model_validate({})
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "... ]] }{", "no json here {"])
 def test_parse_json_rejects_empty(text):
     from inference.llm import parse_json
 
