@@ -37,7 +37,7 @@ from models.base import utcnow
 Send = Callable[[str, dict], str]
 """``(task_name, kwargs) -> task_id``: sends one task through the caller's Celery app."""
 
-TASK_STATUSES = ("started", "succeeded", "retrying", "failed", "dead_lettered")
+TASK_STATUSES = ("queued", "running", "succeeded", "retrying", "dead")
 
 # kombu's Redis transport keeps messages of priority p > 0 in "<queue>\x06\x16<p>" lists.
 _KOMBU_PRIORITY_SEP = "\x06\x16"
@@ -49,7 +49,7 @@ class NotFound(LookupError):
 
 
 class TaskBusy(Exception):
-    """The task is ``started`` or ``retrying``: retrying it now could run it twice at once."""
+    """The task is ``running`` or ``retrying``: retrying it now could run it twice at once."""
 
 
 class NotReplayable(Exception):
@@ -344,8 +344,8 @@ def session_tasks(session: Session, session_id: str, *, status: str | None = Non
 def retry_task(session: Session, task_id: str, send: Send, *, force: bool = False) -> dict:
     """Send a ledger task again, by name, with its recorded payload; returns the new task id.
 
-    A task still ``started`` or ``retrying`` is refused unless ``force`` (for a row left
-    ``started`` by a worker that died without the broker redelivering). Effects stay single
+    A task still ``running`` or ``retrying`` is refused unless ``force`` (for a row left
+    ``running`` by a worker that died without the broker redelivering). Effects stay single
     because tasks are idempotent. The new execution gets its own ledger row.
 
     Returns:
@@ -353,7 +353,7 @@ def retry_task(session: Session, task_id: str, send: Send, *, force: bool = Fals
 
     Raises:
         NotFound: no ledger row for ``task_id``.
-        TaskBusy: the task is started or retrying and ``force`` is False.
+        TaskBusy: the task is running or retrying and ``force`` is False.
         NotReplayable: its task name has no queue.
     """
     t = session.scalar(select(TaskRecord).where(TaskRecord.task_id == task_id))

@@ -8,11 +8,12 @@ from sqlalchemy.orm import Session
 
 from models import LoreEntry, SessionNote, SessionNoteRevision, StoredVector, TaskRecord, Turn
 
-PENDING = ("started", "retrying")
+PENDING = ("running", "retrying")
 
 
 def task_counts(session: Session, session_ids: list[str] | None = None) -> dict[str, dict[str, int]]:
-    """Per queue: ``{succeeded, failed, dead_lettered, retried, pending}`` task counts.
+    """Per queue: ``{succeeded, dead, retried, pending}`` task counts (pending: queued,
+    running or waiting for a retry).
 
     ``retried`` counts extra attempts; with ``session_ids``, only tasks of those sessions
     (plus world ticks, which belong to no session).
@@ -22,9 +23,8 @@ def task_counts(session: Session, session_ids: list[str] | None = None) -> dict[
         q = q.where((TaskRecord.session_id.in_(session_ids)) | (TaskRecord.session_id.is_(None)))
     out: dict[str, dict[str, int]] = {}
     for queue, status, n, attempts in session.execute(q.group_by(TaskRecord.queue, TaskRecord.status)):
-        row = out.setdefault(queue or "?", {"succeeded": 0, "failed": 0, "dead_lettered": 0,
-                                            "retried": 0, "pending": 0})
-        key = "pending" if status in PENDING else status
+        row = out.setdefault(queue or "?", {"succeeded": 0, "dead": 0, "retried": 0, "pending": 0})
+        key = "pending" if status in PENDING or status == "queued" else status
         row[key] = row.get(key, 0) + n
         row["retried"] += max(0, int(attempts or 0) - n)
     return out

@@ -14,7 +14,8 @@ from models.base import Base, utcnow
 class TaskRecord(Base):
     """One execution record per Celery task id: kind, target, idempotency key, payload,
     status, attempts (deliveries, retries included), error, timings and model tokens used. ``status`` is one of
-    ``started``, ``succeeded``, ``retrying``, ``failed``, ``dead_lettered``.
+    ``queued`` (sent by a worker, not started yet), ``running``, ``succeeded``, ``retrying``,
+    ``dead`` (in the dead-letter store).
     """
 
     __tablename__ = "task_records"
@@ -27,7 +28,7 @@ class TaskRecord(Base):
     target: Mapped[str] = mapped_column(String(300), default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     payload: Mapped[dict] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(20), default="started")
+    status: Mapped[str] = mapped_column(String(20), default="running")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)

@@ -121,7 +121,7 @@ def main() -> int:
 
         def terminal(st: dict[str, str]) -> bool:
             ids = [t for ts in sent.values() for t in ts]
-            return all(st.get(t) in ("succeeded", "dead_lettered") for t in ids)
+            return all(st.get(t) in ("succeeded", "dead") for t in ids)
 
         def keep_worker_alive() -> None:
             nonlocal worker, restarts

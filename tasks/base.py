@@ -20,6 +20,7 @@ The wrapped function is a plain ``fn(payload, ctx) -> dict`` that tests can call
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,11 +73,11 @@ def _ledger(task_id: str, name: str, **values) -> None:
 
 
 def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:
-    """Store a task in the dead-letter store and mark its ledger row ``dead_lettered``."""
+    """Store a task in the dead-letter store and mark its ledger row ``dead``."""
     with session_scope() as s:
         s.add(DeadLetter(task_id=task_id, task_name=name, queue=queue, payload=payload,
                          error=error[:4000]))
-    _ledger(task_id, name, queue=queue, payload=payload, status="dead_lettered",
+    _ledger(task_id, name, queue=queue, payload=payload, status="dead",
             error=error[:4000], finished_at=utcnow())
     log.warning("dead-lettered %s %s: %s", name, task_id, error[:200])
 
@@ -125,13 +126,13 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
             if deliveries > max_retries + MAX_REDELIVERIES + 1:
                 dead_letter(task_id, name, queue, kwargs,
                             f"poison message: delivered {deliveries} times")
-                return {"status": "dead_lettered"}
+                return {"status": "dead"}
             try:
                 payload = payload_model.model_validate(kwargs)
             except ValidationError as exc:
                 dead_letter(task_id, name, queue, kwargs, f"invalid payload: {exc}")
-                return {"status": "dead_lettered"}
-            _ledger(task_id, name, queue=queue, payload=kwargs, status="started",
+                return {"status": "dead"}
+            _ledger(task_id, name, queue=queue, payload=kwargs, status="running",
                     attempts=deliveries, idempotency_key=getattr(payload, "idempotency_key", None),
                     session_id=getattr(payload, "session_id", None),
                     target=payload.target()[:300],
@@ -148,7 +149,8 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
 
 
 def enqueue(name: str, payload: Payload, **options) -> str:
-    """Send task ``name`` with a validated payload through the current app; returns its id.
+    """Send task ``name`` with a validated payload through the current app and record it as
+    ``queued`` in the ledger (unless it may expire unrun); returns its id.
 
     Raises:
         RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
@@ -157,4 +159,17 @@ def enqueue(name: str, payload: Payload, **options) -> str:
 
     if name not in TASK_QUEUES:
         raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
-    return current_app.send_task(name, kwargs=payload.model_dump(mode="json"), **options).id
+    kwargs = payload.model_dump(mode="json")
+    task_id = options.pop("task_id", None) or str(uuid.uuid4())
+    record = "expires" not in options  # an expired message never runs: it would stay "queued"
+    if record:  # before sending, so the worker's "running" always comes after it
+        _ledger(task_id, name, queue=TASK_QUEUES[name].value, payload=kwargs, status="queued",
+                session_id=getattr(payload, "session_id", None), target=payload.target()[:300],
+                idempotency_key=getattr(payload, "idempotency_key", None))
+    try:
+        current_app.send_task(name, kwargs=kwargs, task_id=task_id, **options)
+    except Exception as exc:
+        if record:
+            _ledger(task_id, name, status="dead", error=f"could not enqueue: {exc}"[:4000])
+        raise
+    return task_id

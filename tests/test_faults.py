@@ -34,7 +34,7 @@ from tests.faultproxy import FaultProxy
 ROOT = Path(__file__).resolve().parents[1]
 TMP = Path(os.environ["DATA_DIR"])
 
-TERMINAL = ("succeeded", "dead_lettered")
+TERMINAL = ("succeeded", "dead")
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_worker_child_killed_mid_rewrite_redelivers_and_applies_once(
             time.sleep(0.3 + 0.7 * i)  # somewhere inside the 3 s delay
             children = sub_worker.children()
             assert len(children) == 1, children
-            assert _status(task_id) == "started"
+            assert _status(task_id) == "running"
             os.kill(children[0].pid, signal.SIGKILL)
             rec = wait_terminal(task_id, timeout=120)
             assert rec.status == "succeeded", (rec.status, rec.error, sub_worker.tail())
@@ -272,7 +272,7 @@ def test_worker_child_killed_mid_rewrite_redelivers_and_applies_once(
         proxy.clear()
 
 
-def test_model_faults_end_succeeded_or_dead_lettered_and_never_corrupt_notes(
+def test_model_faults_end_succeeded_or_dead_and_never_corrupt_notes(
         sub_worker, proxy, fault_app, game_session, wait_terminal, wait_for):
     proxy.clear()
     baker = _entry(game_session["world_id"], "baker_27")
@@ -286,7 +286,7 @@ def test_model_faults_end_succeeded_or_dead_lettered_and_never_corrupt_notes(
         assert proxy.pending() == 0, f"faults not consumed by {name}: {proxy.pending()}"
         assert sum(proxy.faults.values()) - before == len(faults)
         assert rec.status in TERMINAL
-        if rec.status == "dead_lettered":
+        if rec.status == "dead":
             assert rec.error
             with session_scope() as s:
                 dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == task_id))
@@ -316,14 +316,14 @@ def test_model_faults_end_succeeded_or_dead_lettered_and_never_corrupt_notes(
     # analysis answering invalid JSON on every attempt: dead-lettered with the reason, no fan-out
     turn = _turn(game_session, baker, "Bake me a pie?", "Aye, for a silver.")
     rec = run("npc_memory.analyze_turn", turn, "invalid_json", "invalid_json", "invalid_json")
-    assert rec.status == "dead_lettered"
+    assert rec.status == "dead"
     assert "InvalidModelOutput" in rec.error
 
     # analysis cut short once, then the real model: succeeded or dead-lettered, with a reason
     turn = _turn(game_session, baker, "I brought flour from the mill, baker.",
                  "Thank you kindly, that will make a fine loaf for the Viscount.")
     rec = run("npc_memory.analyze_turn", turn, "truncated")
-    if rec.status == "dead_lettered":
+    if rec.status == "dead":
         assert "InvalidModelOutput" in rec.error
     else:  # its fan-out ends too
         def fanned():

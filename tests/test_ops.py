@@ -329,9 +329,9 @@ def _ledger_row(session_id: str | None, status: str, started_at: datetime, *,
     with session_scope() as s:
         s.add(TaskRecord(task_id=tid, task_name=task_name, queue=queue, session_id=session_id,
                          target="note:baker_27", payload=payload or {}, status=status, attempts=1,
-                         error="boom" if status in ("failed", "dead_lettered") else None,
+                         error="boom" if status in ("failed", "dead") else None,
                          tokens_used=12, started_at=started_at,
-                         finished_at=None if status in ("started", "retrying") else started_at))
+                         finished_at=None if status in ("running", "retrying") else started_at))
     return tid
 
 
@@ -339,8 +339,8 @@ def test_session_tasks_newest_first_and_filtered(client, game_session):
     sid = game_session["id"]
     t0 = datetime.now(timezone.utc) - timedelta(hours=1)
     old = _ledger_row(sid, "succeeded", t0)
-    mid = _ledger_row(sid, "dead_lettered", t0 + timedelta(minutes=1))
-    new = _ledger_row(sid, "started", t0 + timedelta(minutes=2))
+    mid = _ledger_row(sid, "dead", t0 + timedelta(minutes=1))
+    new = _ledger_row(sid, "running", t0 + timedelta(minutes=2))
     _ledger_row(uuid.uuid4().hex, "succeeded", t0)  # another session's task
 
     res = client.get(f"/v1/sessions/{sid}/tasks")
@@ -348,13 +348,13 @@ def test_session_tasks_newest_first_and_filtered(client, game_session):
     rows = res.json()
     assert [r["task_id"] for r in rows] == [new, mid, old]
     r = rows[1]
-    assert (r["status"], r["error"], r["queue"], r["target"]) == ("dead_lettered", "boom", "note_update",
+    assert (r["status"], r["error"], r["queue"], r["target"]) == ("dead", "boom", "note_update",
                                                                   "note:baker_27")
     assert (r["task_name"], r["attempts"], r["tokens_used"]) == ("npc_memory.update_note", 1, 12)
     assert r["started_at"] and r["finished_at"]
     assert rows[0]["finished_at"] is None
 
-    only = client.get(f"/v1/sessions/{sid}/tasks", params={"status": "dead_lettered"}).json()
+    only = client.get(f"/v1/sessions/{sid}/tasks", params={"status": "dead"}).json()
     assert [x["task_id"] for x in only] == [mid]
     assert [x["task_id"] for x in client.get(f"/v1/sessions/{sid}/tasks",
                                              params={"limit": 2}).json()] == [new, mid]

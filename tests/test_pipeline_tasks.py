@@ -40,11 +40,11 @@ def test_archive_turn_is_idempotent(worker, celery_app, game_session, wait_for):
         assert rows[0].player_text == "Good morning, baker!"
 
 
-def test_invalid_payload_is_dead_lettered_not_dropped(worker, celery_app, wait_for):
+def test_invalid_payload_is_dead_not_dropped(worker, celery_app, wait_for):
     bad = {"session_id": "s", "lore_entry_key": "baker_27", "update_summary": "",
            "idempotency_key": "k", "unexpected": 1}
     task_id = celery_app.send_task("npc_memory.update_note", kwargs=bad).id
-    wait_for(lambda: _status(task_id) == "dead_lettered")
+    wait_for(lambda: _status(task_id) == "dead")
     with session_scope() as s:
         dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == task_id))
         assert dl is not None and "invalid payload" in dl.error
@@ -87,7 +87,7 @@ def test_create_entity_flags_provenance_and_is_idempotent(worker, celery_app, ga
                                    "and took rooms above the tavern.",
                "idempotency_key": f"turn-x:c{uuid.uuid4().hex[:6]}"}
     t1 = celery_app.send_task("npc_memory.create_entity", kwargs=payload).id
-    wait_for(lambda: _status(t1) in ("succeeded", "dead_lettered"), timeout=300)
+    wait_for(lambda: _status(t1) in ("succeeded", "dead"), timeout=300)
     assert _status(t1) == "succeeded"
     t2 = celery_app.send_task("npc_memory.create_entity", kwargs=payload).id
     wait_for(lambda: _status(t2) == "succeeded")
@@ -106,7 +106,7 @@ def test_analyze_turn_fans_out_update_tasks(worker, celery_app, game_session, wa
     turn = _turn(game_session, baker, "I brought you a sack of flour from the mill, baker.",
                  "Thank you kindly, that will make a fine loaf for the Viscount.")
     t = celery_app.send_task("npc_memory.analyze_turn", kwargs=turn).id
-    wait_for(lambda: _status(t) in ("succeeded", "dead_lettered"), timeout=300)
+    wait_for(lambda: _status(t) in ("succeeded", "dead"), timeout=300)
     assert _status(t) == "succeeded"
 
     def fanned():
@@ -121,7 +121,7 @@ def test_simulate_world_enqueues_simulated_updates(worker, celery_app, game_sess
     sid = game_session["id"]
     tick = f"tick-{uuid.uuid4().hex[:8]}"
     t = celery_app.send_task("npc_memory.simulate_world", kwargs={"session_id": sid, "tick_id": tick}).id
-    wait_for(lambda: _status(t) in ("succeeded", "dead_lettered"), timeout=300)
+    wait_for(lambda: _status(t) in ("succeeded", "dead"), timeout=300)
     assert _status(t) == "succeeded"
     with session_scope() as s:
         result = s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == t))
@@ -146,7 +146,7 @@ def test_unknown_task_name_has_no_route(celery_app):
         enqueue("npc_memory.not_a_task", EmbedPayload(lore_entry_id=1))
 
 
-def test_poison_message_is_dead_lettered_after_too_many_deliveries(worker, celery_app, game_session, wait_for):
+def test_poison_message_is_dead_after_too_many_deliveries(worker, celery_app, game_session, wait_for):
     """The same task id delivered more times than retries + tolerated redeliveries is
     dead-lettered instead of run again (a message that keeps killing its worker)."""
     from tasks.base import MAX_REDELIVERIES
@@ -159,7 +159,7 @@ def test_poison_message_is_dead_lettered_after_too_many_deliveries(worker, celer
         celery_app.send_task("npc_memory.archive_turn", kwargs=turn, task_id=task_id)
         wait_for(lambda: _attempts(task_id) == n and _status(task_id) == "succeeded")
     celery_app.send_task("npc_memory.archive_turn", kwargs=turn, task_id=task_id)
-    wait_for(lambda: _status(task_id) == "dead_lettered")
+    wait_for(lambda: _status(task_id) == "dead")
     with session_scope() as s:
         dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == task_id))
         assert dl is not None and f"delivered {limit + 1} times" in dl.error

@@ -203,7 +203,7 @@ def show_entry(session_id: str = typer.Argument(...), entry_key: str = typer.Arg
 def session_tasks(
     session_id: str = typer.Argument(...),
     status: str | None = typer.Option(
-        None, help="started, succeeded, retrying, failed or dead_lettered"),
+        None, help="started, succeeded, retrying, failed or dead"),
     limit: int = typer.Option(50, min=1, max=1000),
 ) -> None:
     """List a session's tasks from the task ledger, newest first (one JSON line each)."""

@@ -282,11 +282,11 @@ def _print_summary(console: Console, out: dict) -> None:
     console.print(f"turns served: {out['turns_served']}   dialogue latency p50 "
                   f"{out['latency_ms']['p50']} ms, p95 {out['latency_ms']['p95']} ms")
     table = Table(title="tasks per queue")
-    for col in ("queue", "succeeded", "failed", "dead-lettered", "retried", "pending"):
+    for col in ("queue", "succeeded", "dead-lettered", "retried", "pending"):
         table.add_column(col)
     for q in QUEUE_NAMES:
         c = out["tasks"].get(q, {})
-        table.add_row(q, *(str(c.get(k, 0)) for k in ("succeeded", "failed", "dead_lettered",
+        table.add_row(q, *(str(c.get(k, 0)) for k in ("succeeded", "dead",
                                                       "retried", "pending")))
     console.print(table)
     c = out["coalescing"]

@@ -111,7 +111,7 @@ class QueuesOut(BaseModel):
     errors: list[str]
 
 
-TaskStatus = Literal["started", "succeeded", "retrying", "failed", "dead_lettered"]
+TaskStatus = Literal["queued", "running", "succeeded", "retrying", "dead"]
 
 
 def _send_kwargs(name: str, kwargs: dict) -> str:
@@ -213,11 +213,11 @@ def session_tasks(session_id: str, status: TaskStatus | None = None,
 
 
 @router.post("/v1/tasks/{task_id}/retry", response_model=RetryOut)
-def retry_task(task_id: str, force: bool = Query(False, description="retry even if started")
+def retry_task(task_id: str, force: bool = Query(False, description="retry even if running")
                ) -> dict:
     """Send a ledger task again with its recorded payload; returns the new task id.
-    404 unknown task id; 409 while the task is started or retrying (``force=true`` overrides,
-    for a task stuck as started after its worker died)."""
+    404 unknown task id; 409 while the task is running or retrying (``force=true`` overrides,
+    for a task stuck as running after its worker died)."""
     with _OpsErrors(), session_scope() as s:
         return ops.retry_task(s, task_id, _send_kwargs, force=force)
 
