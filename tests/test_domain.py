@@ -946,3 +946,36 @@ def test_distinct_new_entity_is_created_not_matched(game_session, light_world):
                             idempotency_key=f"t:{uuid.uuid4().hex}", embedder=get_embedder(),
                             create=lambda t, summary: (made, 1))
     assert res.status == "created" and res.matched_by == ""
+
+
+def test_fifty_concurrent_updates_to_one_note_all_land(game_session, light_world):
+    """50 updates of one note from 8 concurrent writers (own DB sessions): version fencing
+    re-runs the losers, so every event is in the note and the history has 50 revisions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = game_session["id"]
+    baker = _entry(light_world["id"], "baker_27")
+    events = [f"Event number {n}." for n in range(50)]
+
+    def rewrite(title, lore, note, event):
+        time.sleep(0.01)
+        return f"{note} {event}".strip(), 1
+
+    def one(event):
+        with session_scope() as s:
+            return apply_note_update(s, session_id=sid, lore_entry_id=baker.id, event=event,
+                                     idempotency_key=f"c50:{sid}:{event}", rewrite=rewrite,
+                                     max_attempts=200).status
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(one, events))
+    assert statuses == ["written"] * 50
+    note = _note(sid, baker.id)
+    assert note.version == 50
+    assert all(e in note.content for e in events)
+    with session_scope() as s:
+        revs = s.scalars(select(SessionNoteRevision).where(SessionNoteRevision.note_id == note.id)
+                         .order_by(SessionNoteRevision.version)).all()
+    assert [r.version for r in revs] == list(range(1, 51))
+    assert sorted(r.event_summary for r in revs) == sorted(events)
+    assert all(revs[i].previous_content == revs[i - 1].content for i in range(1, 50))
