@@ -113,6 +113,55 @@ def _get_or_create_note(session: Session, session_id: str, entry_id: int) -> Ses
     return note
 
 
+def commit_revision(
+    session: Session,
+    *,
+    note_id: int,
+    version: int,
+    before: str,
+    after: str,
+    event_summary: str,
+    cause: str,
+    idempotency_key: str,
+    turn_id: str | None = None,
+    task_id: str | None = None,
+    applied: list[PendingEvent] | tuple = (),
+) -> bool:
+    """The fenced write every note change goes through: set the note to ``after`` only if it
+    is still at ``version`` (``UPDATE ... WHERE version = v``), add revision ``version + 1``
+    and an ``AppliedNoteEvent`` per ``applied`` event, and commit.
+
+    Returns:
+        True when committed; False (session rolled back) when the note moved on or an
+        idempotency key was taken concurrently, so the caller reads again and retries.
+    """
+    result = session.execute(
+        update(SessionNote)
+        .where(SessionNote.id == note_id, SessionNote.version == version)
+        .values(content=after, version=version + 1, last_updated_turn_id=turn_id,
+                updated_at=utcnow())
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    revision = SessionNoteRevision(
+        note_id=note_id, version=version + 1, previous_content=before, content=after,
+        event_summary=event_summary, cause=cause, turn_id=turn_id, task_id=task_id,
+        idempotency_key=idempotency_key,
+    )
+    session.add(revision)
+    try:
+        session.flush()
+        for e in applied:
+            session.add(AppliedNoteEvent(revision_id=revision.id, idempotency_key=e.idempotency_key,
+                                         event_summary=e.event, turn_id=e.turn_id, cause=e.cause))
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True
+
+
 def apply_note_update(
     session: Session,
     *,
@@ -171,31 +220,14 @@ def apply_note_update(
         if not after:
             raise RejectedRewrite(f"rewrite came back empty; note {note.id} unchanged")
         session.rollback()  # end the read transaction before writing
-        result = session.execute(
-            update(SessionNote)
-            .where(SessionNote.id == note.id, SessionNote.version == version)
-            .values(content=after, version=version + 1, last_updated_turn_id=turn_id,
-                    updated_at=utcnow())
-        )
-        if result.rowcount != 1:
-            session.rollback()
-            continue
         causes = {e.cause for e in events}
-        revision = SessionNoteRevision(
-            note_id=note.id, version=version + 1, previous_content=before, content=after,
-            event_summary=combined, cause=cause if len(causes) == 1 else "coalesced",
-            turn_id=turn_id, task_id=task_id, idempotency_key=idempotency_key,
-        )
-        session.add(revision)
-        try:
-            session.flush()
-            for e in events:
-                session.add(AppliedNoteEvent(revision_id=revision.id, idempotency_key=e.idempotency_key,
-                                             event_summary=e.event, turn_id=e.turn_id, cause=e.cause))
-            session.commit()
-        except IntegrityError:  # one of these events was applied concurrently: start again
-            session.rollback()
-            continue
+        if not commit_revision(
+            session, note_id=note.id, version=version, before=before, after=after,
+            turn_id=turn_id, task_id=task_id, event_summary=combined,
+            cause=cause if len(causes) == 1 else "coalesced", idempotency_key=idempotency_key,
+            applied=events,
+        ):
+            continue  # the note moved on, or one of these events was applied meanwhile
         return NoteUpdateResult("written", note.id, version + 1, before, after, tokens,
                                 tuple(e.idempotency_key for e in events))
     raise NoteConflict(f"session note {note.id} changed during {max_attempts} rewrites")

@@ -23,13 +23,12 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from celeryconfig import TASK_QUEUES, Queues
 from memory.composite import base_lore, composite_document
-from memory.notes import NoteConflict
+from memory.notes import NoteConflict, commit_revision
 from memory.report import PENDING
 from models import DeadLetter, GameSession, LoreEntry, SessionNote, SessionNoteRevision, TaskRecord
 from models.base import utcnow
@@ -203,25 +202,12 @@ def rollback_note(session: Session, session_id: str, lore_entry_key: str, versio
         if target == before:
             return {**out, "status": "unchanged", "note_id": note_id, "version": current,
                     "previous_version": current, "content": before}
-        result = session.execute(
-            update(SessionNote)
-            .where(SessionNote.id == note_id, SessionNote.version == current)
-            .values(content=target, version=current + 1, last_updated_turn_id=target_turn,
-                    updated_at=utcnow())
-        )
-        if result.rowcount != 1:  # another writer got there first: read again
-            session.rollback()
-            continue
-        session.add(SessionNoteRevision(
-            note_id=note_id, version=current + 1, previous_content=before, content=target,
-            event_summary=f"rollback to version {version}", cause="rollback",
-            idempotency_key=f"rollback:{note_id}:{current}->{version}",
-        ))
-        try:
-            session.commit()
-        except IntegrityError:  # the same rollback committed concurrently: read again
-            session.rollback()
-            continue
+        if not commit_revision(
+            session, note_id=note_id, version=current, before=before, after=target,
+            turn_id=target_turn, event_summary=f"rollback to version {version}",
+            cause="rollback", idempotency_key=f"rollback:{note_id}:{current}->{version}",
+        ):
+            continue  # another writer got there first, or the same rollback did: read again
         return {**out, "status": "written", "note_id": note_id, "version": current + 1,
                 "previous_version": current, "content": target}
     raise NoteConflict(f"note of {entry_key!r} in session {session_id!r} changed during "

@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from celeryconfig import Queues
 from memory.importers.spec import SessionScript, WorldSpec
 from settings import ROOT, get_settings
 from workers import embedded
 
-QUEUE_NAMES = ("analysis", "note_update", "entity_creation", "simulate_world", "embed", "archive")
 SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 
 
@@ -148,10 +148,6 @@ def run_demo(opts: DemoOptions) -> dict:
             redis_srv.stop()
 
 
-def _queue_lengths(r) -> dict[str, int]:
-    return {q: int(r.llen(q)) for q in QUEUE_NAMES}
-
-
 def _wait_for(opts: DemoOptions, sup, predicate, label: str) -> None:
     """Show a live status until ``predicate()`` holds."""
     deadline = time.monotonic() + opts.drain_timeout
@@ -167,6 +163,7 @@ def _wait_for(opts: DemoOptions, sup, predicate, label: str) -> None:
 def _drain(opts: DemoOptions, sup, r, session_id: str, label: str) -> None:
     """Show live queue status until nothing of the session is queued or running (2 s)."""
     from memory.db import session_scope
+    from memory.ops import queue_lengths
     from memory.report import pending_tasks
 
     deadline = time.monotonic() + opts.drain_timeout
@@ -174,7 +171,7 @@ def _drain(opts: DemoOptions, sup, r, session_id: str, label: str) -> None:
     with opts.console.status(label) as status:
         while time.monotonic() < deadline:
             sup.check()
-            lengths = _queue_lengths(r)
+            lengths = queue_lengths(r)
             unacked = int(r.hlen("unacked"))
             with session_scope() as db:
                 running = pending_tasks(db, [session_id])
@@ -284,7 +281,7 @@ def _print_summary(console: Console, out: dict) -> None:
     table = Table(title="tasks per queue")
     for col in ("queue", "succeeded", "dead-lettered", "retried", "pending"):
         table.add_column(col)
-    for q in QUEUE_NAMES:
+    for q in (q.value for q in Queues):
         c = out["tasks"].get(q, {})
         table.add_row(q, *(str(c.get(k, 0)) for k in ("succeeded", "dead",
                                                       "retried", "pending")))
