@@ -36,6 +36,7 @@ TASK_QUEUES: dict[str, Queues] = {
     "npc_memory.world_tick": Queues.SIMULATE_WORLD,
     "npc_memory.embed": Queues.EMBED,
     "npc_memory.archive_turn": Queues.ARCHIVE,
+    "npc_memory.reconcile": Queues.ARCHIVE,
 }
 
 _s = get_settings()
@@ -88,6 +89,12 @@ beat_schedule = {
         "task": "npc_memory.world_tick",
         "schedule": _s.world_tick_seconds,
         "options": {"expires": max(1.0, _s.world_tick_seconds)},
+    },
+    # outbox of unsent turns and dead letters parked during a database outage (tasks.reconcile)
+    "reconcile": {
+        "task": "npc_memory.reconcile",
+        "schedule": _s.reconcile_seconds,
+        "options": {"expires": max(1.0, _s.reconcile_seconds)},
     },
 }
 beat_schedule_filename = str(_s.data_dir / "celerybeat-schedule")

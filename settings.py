@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     # Fold the updates queued for one session note into a single rewrite
     note_coalescing: bool = True
 
+    # Outages: a task that cannot reach the database is retried with capped exponential
+    # backoff (60 s at most) this many times, about 3 h, before it is dead-lettered; the
+    # reconcile task runs every RECONCILE_SECONDS (outbox of unsent turns, parked dead letters)
+    db_outage_max_retries: int = 200
+    reconcile_seconds: float = 30.0
+
     # World ticks
     world_tick_seconds: float = 60.0
     simulate_max_npcs: int = 2

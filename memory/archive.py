@@ -28,5 +28,6 @@ def archive_turns(session: Session, turns: list[dict]) -> int:
         "npc_text": t["npc_text"], "latency_ms": t.get("latency_ms", 0.0),
         "created_at": datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
     } for t in turns]
-    stmt = dialect_insert(session, Turn).values(rows).on_conflict_do_nothing(index_elements=["id"])
-    return int(session.execute(stmt).rowcount or 0)
+    stmt = (dialect_insert(session, Turn).values(rows)
+            .on_conflict_do_nothing(index_elements=["id"]).returning(Turn.id))
+    return len(session.execute(stmt).all())  # rowcount is -1 for multi-row inserts on psycopg

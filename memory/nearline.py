@@ -12,6 +12,11 @@ Key layout (all strings UTF-8; JSON values):
 - ``note_pending:{session_id}:{entry_key}``    hash  idempotency key -> JSON queued update
   (coalescing: the updates waiting for one note)
 - ``sessions:active``                          sorted set session id -> last activity (unix s)
+- ``outbox:turns`` / ``outbox:turn_payloads``  sorted set turn id -> recorded at (unix s) and
+  hash turn id -> JSON turn: turns recorded whose pipeline tasks are not yet known to be in
+  the broker (the transactional outbox; see ``record_turn`` and ``outbox_due``)
+- ``dead_letters:parked``                      list of JSON dead letters that could not be
+  written while the database was down (``tasks.base.dead_letter``)
 - ``vectors:updates``                          stream of vector upserts (see ``vector_sync``)
 
 Multi-key updates use MULTI/EXEC pipelines, never read-modify-write.
@@ -109,12 +114,45 @@ def next_turn_seq(r: redis.Redis, session_id: str) -> int:
 
 
 def record_turn(r: redis.Redis, session_id: str, turn: dict) -> None:
-    """Append a turn to the session's capped list and refresh its activity, atomically."""
+    """Append a turn to the session's capped list, refresh the session's activity and put
+    the turn in the outbox, in one transaction.
+
+    The outbox entry stays until ``settle_turn`` says the turn's pipeline tasks are in the
+    broker; if the process dies (or the broker fails) in between, ``outbox_due`` hands the
+    turn to the reconcile task, which sends its tasks again (they are idempotent on the
+    turn id). This is the transactional-outbox pattern.
+    """
+    doc = json.dumps(turn)
+    now = time.time()
     pipe = r.pipeline(transaction=True)
-    pipe.rpush(f"session:{session_id}:turns", json.dumps(turn))
+    pipe.rpush(f"session:{session_id}:turns", doc)
     pipe.ltrim(f"session:{session_id}:turns", -TURNS_CAP, -1)
-    pipe.zadd("sessions:active", {session_id: time.time()})
+    pipe.zadd("sessions:active", {session_id: now})
+    pipe.zadd(OUTBOX, {turn["turn_id"]: now})
+    pipe.hset(OUTBOX_PAYLOADS, turn["turn_id"], doc)
     pipe.execute()
+
+
+OUTBOX = "outbox:turns"
+OUTBOX_PAYLOADS = "outbox:turn_payloads"
+
+
+def settle_turn(r: redis.Redis, turn_id: str) -> None:
+    """The turn's pipeline tasks are in the broker: take it out of the outbox."""
+    pipe = r.pipeline(transaction=True)
+    pipe.zrem(OUTBOX, turn_id)
+    pipe.hdel(OUTBOX_PAYLOADS, turn_id)
+    pipe.execute()
+
+
+def outbox_due(r: redis.Redis, older_than_s: float, limit: int = 500) -> list[dict]:
+    """Turns recorded more than ``older_than_s`` seconds ago and still not settled, oldest
+    first (at most ``limit``): their tasks may never have reached the broker."""
+    ids = r.zrangebyscore(OUTBOX, "-inf", time.time() - older_than_s, start=0, num=limit)
+    if not ids:
+        return []
+    docs = r.hmget(OUTBOX_PAYLOADS, ids)
+    return [json.loads(d) for d in docs if d]
 
 
 def recent_turns(r: redis.Redis, session_id: str, n: int) -> list[dict]:

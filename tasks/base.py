@@ -8,10 +8,15 @@ What it adds to a plain Celery task:
   dead-lettered, never retried and never dropped;
 - the task ledger (``task_records``): one row per task id with status, attempts, error,
   timings and model tokens;
-- retries with exponential backoff and jitter for model and database outages; a task that
-  exhausts its retries lands in the dead-letter store;
+- retries with exponential backoff and jitter for model errors (``max_retries``); a database
+  outage has a budget of its own (``DB_OUTAGE_MAX_RETRIES``, backoff capped at 60 s, about 3 h)
+  so that stopping PostgreSQL for a while delays the archive instead of dead-lettering it; a
+  task that exhausts its retries lands in the dead-letter store (parked in Redis while the
+  database is down, written later by ``flush_parked_dead_letters``);
+- a task id that already succeeded is not run again (the dialogue server derives its task ids
+  from the turn id, so a turn's tasks sent twice run once);
 - delivery counting: every start of a task id is counted in Redis; a message delivered more
-  than ``max_retries + MAX_REDELIVERIES + 1`` times (a poison message that keeps killing its
+  than ``MAX_REDELIVERIES`` times beyond its retries (a poison message that keeps killing its
   worker, or a redelivery loop) is dead-lettered instead of run again.
 
 The wrapped function is a plain ``fn(payload, ctx) -> dict`` that tests can call directly.
@@ -19,13 +24,17 @@ The wrapped function is a plain ``fn(payload, ctx) -> dict`` that tests can call
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from celeryconfig import TASK_QUEUES
@@ -34,12 +43,15 @@ from memory.db import dialect_insert, session_scope
 from memory.notes import NoteConflict, RejectedRewrite
 from models import DeadLetter, TaskRecord
 from models.base import utcnow
+from settings import get_settings
 from tasks.payloads import Payload
 
 log = logging.getLogger(__name__)
 
 MAX_REDELIVERIES = 3
 """Redeliveries tolerated beyond the retries (worker lost, visibility timeout)."""
+DB_OUTAGE_MAX_RETRIES = get_settings().db_outage_max_retries
+DB_OUTAGE_MAX_BACKOFF_S = 60
 DELIVERY_TTL_S = 7 * 24 * 3600
 
 
@@ -72,14 +84,63 @@ def _ledger(task_id: str, name: str, **values) -> None:
                                             set_=values or {"task_name": name}))
 
 
+PARKED_DEAD_LETTERS = "dead_letters:parked"
+
+
 def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:
-    """Store a task in the dead-letter store and mark its ledger row ``dead``."""
+    """Store a task in the dead-letter store and mark its ledger row ``dead``.
+
+    While the database is unreachable the dead letter is parked in Redis (list
+    ``dead_letters:parked``) instead, never dropped; ``flush_parked_dead_letters`` writes it
+    once the database is back.
+    """
+    try:
+        _store_dead_letter(task_id, name, queue, payload, error)
+    except OperationalError as exc:
+        from memory.nearline import get_redis
+
+        get_redis().rpush(PARKED_DEAD_LETTERS, json.dumps(
+            {"task_id": task_id, "name": name, "queue": queue, "payload": payload,
+             "error": error, "parked_at": time.time()}))
+        log.warning("database down (%s): dead letter %s %s parked in redis", exc, name, task_id)
+        return
+    log.warning("dead-lettered %s %s: %s", name, task_id, error[:200])
+
+
+def _store_dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:
     with session_scope() as s:
         s.add(DeadLetter(task_id=task_id, task_name=name, queue=queue, payload=payload,
                          error=error[:4000]))
     _ledger(task_id, name, queue=queue, payload=payload, status="dead",
             error=error[:4000], finished_at=utcnow())
-    log.warning("dead-lettered %s %s: %s", name, task_id, error[:200])
+
+
+def flush_parked_dead_letters(limit: int = 1000) -> int:
+    """Write dead letters parked in Redis during a database outage into the dead-letter store;
+    returns how many were written. Stops (leaving the rest parked) if the database is still
+    down.
+    """
+    from memory.nearline import get_redis
+
+    r = get_redis()
+    written = 0
+    for _ in range(limit):
+        raw = r.lpop(PARKED_DEAD_LETTERS)
+        if raw is None:
+            break
+        d = json.loads(raw)
+        try:
+            _store_dead_letter(d["task_id"], d["name"], d["queue"], d["payload"], d["error"])
+        except OperationalError:
+            r.lpush(PARKED_DEAD_LETTERS, raw)
+            break
+        written += 1
+    return written
+
+
+def _succeeded(task_id: str) -> bool:
+    with session_scope() as s:
+        return s.scalar(select(TaskRecord.status).where(TaskRecord.task_id == task_id)) == "succeeded"
 
 
 class NpcTask(Task):
@@ -89,7 +150,10 @@ class NpcTask(Task):
     queue_name = ""
 
     def on_retry(self, exc, task_id, args, kwargs, einfo):
-        _ledger(task_id, self.name, status="retrying", error=str(exc)[:4000])
+        try:
+            _ledger(task_id, self.name, status="retrying", error=str(exc)[:4000])
+        except OperationalError:  # the database is what is down; the retry is already sent
+            log.warning("retrying %s %s; ledger not updated: database down", self.name, task_id)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         dead_letter(task_id, self.name, self.queue_name, dict(kwargs or {}),
@@ -101,8 +165,9 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     """Register ``fn(payload, ctx) -> dict`` as the Celery task ``name``.
 
     The task takes keyword arguments only (the payload's fields), so game backends can
-    ``send_task(name, kwargs={...})``. Model errors and database outages are retried with
-    exponential backoff and jitter (at most ``max_retries`` times); invalid model output and
+    ``send_task(name, kwargs={...})``. Model errors are retried with exponential backoff and
+    jitter (at most ``max_retries`` times); database outages (``OperationalError``) with
+    backoff capped at 60 s, up to ``DB_OUTAGE_MAX_RETRIES`` times; invalid model output and
     invalid payloads are dead-lettered at once. A rejected rewrite (empty or over the note
     cap) is retried like a model error: another sample usually passes.
 
@@ -116,22 +181,41 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     def decorate(fn: Callable[[Payload, TaskContext], dict]):
         @shared_task(
             name=name, bind=True, base=NpcTask, queue_name=queue,
-            autoretry_for=(ModelError, OperationalError, NoteConflict, RejectedRewrite), dont_autoretry_for=(InvalidModelOutput,),
+            autoretry_for=(ModelError, NoteConflict, RejectedRewrite),
+            dont_autoretry_for=(InvalidModelOutput,),
             retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=max_retries,
             soft_time_limit=soft_time_limit, time_limit=time_limit,
         )
         def run(self, **kwargs):
+            try:
+                return _run(self, kwargs)
+            except OperationalError as exc:  # the database is down: wait it out
+                if self.request.retries >= DB_OUTAGE_MAX_RETRIES:
+                    raise
+                countdown = get_exponential_backoff_interval(
+                    2, self.request.retries, DB_OUTAGE_MAX_BACKOFF_S, full_jitter=True)
+                log.warning("%s %s: database unavailable, retry in %d s", name, self.request.id,
+                            countdown)
+                raise self.retry(exc=exc, countdown=countdown,
+                                 max_retries=DB_OUTAGE_MAX_RETRIES) from exc
+
+        def _run(self, kwargs: dict) -> dict:
             task_id = self.request.id or "local"
             deliveries = count_delivery(task_id)
-            if deliveries > max_retries + MAX_REDELIVERIES + 1:
+            redeliveries = deliveries - self.request.retries - 1
+            if redeliveries > MAX_REDELIVERIES:
                 dead_letter(task_id, name, queue, kwargs,
-                            f"poison message: delivered {deliveries} times")
+                            f"poison message: delivered {deliveries} times "
+                            f"({self.request.retries} retries)")
                 return {"status": "dead"}
             try:
                 payload = payload_model.model_validate(kwargs)
             except ValidationError as exc:
                 dead_letter(task_id, name, queue, kwargs, f"invalid payload: {exc}")
                 return {"status": "dead"}
+            if deliveries > 1 and _succeeded(task_id):  # the same task id sent again
+                _ledger(task_id, name, attempts=deliveries)
+                return {"status": "duplicate"}
             _ledger(task_id, name, queue=queue, payload=kwargs, status="running",
                     attempts=deliveries, idempotency_key=getattr(payload, "idempotency_key", None),
                     session_id=getattr(payload, "session_id", None),

