@@ -81,10 +81,25 @@ class Settings(BaseSettings):
     db_outage_max_retries: int = 200
     reconcile_seconds: float = 30.0
 
-    # World ticks
+    # World ticks (seed 004's world simulation). A tick simulates, per session, at most
+    # SIMULATE_MAX_NPCS characters within SIMULATE_MAX_TOKENS model tokens; one beat tick
+    # spends at most TICK_MAX_NPCS and TICK_MAX_TOKENS over all sessions (the rest wait).
     world_tick_seconds: float = 60.0
     simulate_max_npcs: int = 2
     simulate_recent_turns: int = 6
+    simulate_max_tokens: int = 1200
+    tick_max_npcs: int = 8
+    tick_max_tokens: int = 6000
+    simulate_every_turns: int = 10
+    tick_game_minutes: int = 120
+    simulate_idle_after_s: float = 3600.0
+    # ranking of off-screen characters: open promises, relationship strength, mentions in
+    # recent turns and notes, time since last simulated (see memory/simulation.py)
+    rank_weight_promises: float = 3.0
+    rank_weight_relationship: float = 1.0
+    rank_weight_mentions: float = 1.0
+    rank_weight_staleness: float = 1.0
+    beat_lock_timeout_s: int = 30
 
     def role(self, role: str) -> tuple[str, str, str]:
         """Return ``(backend, base_url, model)`` for ``role`` in generation/analysis/maintenance.

@@ -91,20 +91,35 @@ def create_lore(entity_type: str, creation_summary: str) -> tuple[CreatedEntity,
                                                    schema_name="lore_entry")
 
 
-def simulate(world_title: str, elapsed: str, targets: list[dict],
-             recent: list[str]) -> tuple[SimulationOutput, int]:
+def simulation_messages(world_title: str, elapsed: str, now: str, targets: list[dict],
+                        places: list[dict], recent: list[str]) -> list[dict]:
+    """The simulation prompt's chat messages (see ``simulate``)."""
+    return prompts.messages("simulate_world", world_title=world_title[:200], elapsed=elapsed,
+                            now=now, targets=targets, places=places, recent=recent)
+
+
+def simulate(world_title: str, elapsed: str, now: str, targets: list[dict], places: list[dict],
+             recent: list[str], max_tokens: int = 700) -> tuple[SimulationOutput, int]:
     """What off-screen characters did (maintenance role, seed 004's simulation prompt).
 
     Args:
-        targets: ``[{key, title, content, note}]``; the answer may only name these keys.
+        elapsed: in-game time since the last tick, in words ("2 hours").
+        now: the in-game time after it ("day 1, 14:00").
+        targets: ``[{key, title, content, note}]``; the answer may only name these keys and
+            the ``places`` (``[{key, title}]``), an enum in the JSON schema.
+        max_tokens: completion budget of the call.
+
+    Returns:
+        The parsed output and the tokens the call used (prompt + completion).
 
     Raises:
         inference.llm.InvalidModelOutput: no valid answer after retries.
     """
-    schema = prompts.schema("simulation", {"lore_entry_id": [t["key"] for t in targets]})
-    # one update per target at most: a small model otherwise repeats items to the token limit
-    schema["properties"]["updates"]["maxItems"] = min(len(targets), schema["properties"]["updates"]["maxItems"])
-    msgs = prompts.messages("simulate_world", world_title=world_title[:200], elapsed=elapsed,
-                            targets=targets, recent=recent)
-    return chat_model("maintenance").complete_json(msgs, SimulationOutput, schema, max_tokens=700,
-                                                   temperature=0.5, schema_name="simulation")
+    ids = [t["key"] for t in targets] + [p["key"] for p in places]
+    schema = prompts.schema("simulation", {"lore_entry_id": ids})
+    # one update per target (and place) at most: a small model otherwise repeats items
+    schema["properties"]["updates"]["maxItems"] = min(len(ids), schema["properties"]["updates"]["maxItems"])
+    msgs = simulation_messages(world_title, elapsed, now, targets, places, recent)
+    return chat_model("maintenance").complete_json(msgs, SimulationOutput, schema,
+                                                   max_tokens=max_tokens, temperature=0.5,
+                                                   schema_name="simulation")

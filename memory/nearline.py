@@ -4,7 +4,11 @@ Key layout (all strings UTF-8; JSON values):
 
 - ``world:{world_id}:entry:{lore_entry_id}``  JSON ``{id, key, title, content, entity_type}``
 - ``world:{world_id}:keys``                    hash  entry key -> lore entry id
-- ``session:{session_id}``                     hash  world_id, player_name, created_at
+- ``session:{session_id}``                     hash  world_id, player_name, created_at,
+  game_minutes (the in-game clock), every_turns (a world tick every N turns, 0 off),
+  tick_minutes (in-game minutes per tick)
+- ``session:{session_id}:simulated``           sorted set lore entry id -> last simulated (unix s)
+- ``sessions:simulated``                       sorted set session id -> last simulated (unix s)
 - ``session:{session_id}:keys``                hash  keys of entries created in the session
 - ``session:{session_id}:turns``               list  JSON turns, newest last, capped
 - ``session:{session_id}:seq``                 counter of turns
@@ -89,23 +93,66 @@ def resolve_key(r: redis.Redis, world_id: int, session_id: str, key: str) -> int
     return int(found) if found is not None else None
 
 
-def open_session(r: redis.Redis, session_id: str, world_id: int, player_name: str) -> None:
-    """Register a session in the nearline tier and mark it active."""
+def open_session(r: redis.Redis, session_id: str, world_id: int, player_name: str,
+                 every_turns: int = 0, tick_minutes: int = 60, game_minutes: int = 0) -> None:
+    """Register a session in the nearline tier and mark it active.
+
+    ``every_turns``: a world tick every N turns of the session (0: none); ``tick_minutes``:
+    in-game minutes a tick adds to the session's clock; ``game_minutes``: the clock's start.
+    """
     now = time.time()
     pipe = r.pipeline(transaction=True)
     pipe.hset(f"session:{session_id}", mapping={
         "world_id": world_id, "player_name": player_name, "created_at": now,
+        "every_turns": every_turns, "tick_minutes": tick_minutes,
     })
+    pipe.hsetnx(f"session:{session_id}", "game_minutes", game_minutes)
     pipe.zadd("sessions:active", {session_id: now})
     pipe.execute()
 
 
 def get_session(r: redis.Redis, session_id: str) -> dict | None:
-    """``{world_id: int, player_name: str}`` of an open session, or None."""
+    """``{world_id, player_name, game_minutes, every_turns, tick_minutes}`` of an open session
+    (ints but the name), or None."""
     raw = r.hgetall(f"session:{session_id}")
     if not raw:
         return None
-    return {"world_id": int(raw[b"world_id"]), "player_name": raw[b"player_name"].decode()}
+    return {"world_id": int(raw[b"world_id"]), "player_name": raw[b"player_name"].decode(),
+            "game_minutes": int(raw.get(b"game_minutes", 0)),
+            "every_turns": int(raw.get(b"every_turns", 0)),
+            "tick_minutes": int(raw.get(b"tick_minutes", 60))}
+
+
+_ADVANCE_ONCE = """
+local done = redis.call('GET', KEYS[2])
+if done then return tonumber(done) end
+local t = redis.call('HINCRBY', KEYS[1], 'game_minutes', ARGV[1])
+redis.call('SET', KEYS[2], t, 'EX', ARGV[2])
+return t
+"""
+
+
+def advance_clock_once(r: redis.Redis, session_id: str, tick_id: str, minutes: int) -> int:
+    """Move the session's in-game clock forward by ``minutes`` for tick ``tick_id``, once: a
+    retried or redelivered tick gets the time its first run set (one Lua script, atomic).
+    Returns the new time in minutes since the session began."""
+    return int(r.eval(_ADVANCE_ONCE, 2, f"session:{session_id}",
+                      f"session:{session_id}:tick_clock:{tick_id}", int(minutes), 7 * 24 * 3600))
+
+
+def format_game_time(minutes: int) -> str:
+    """``"day 2, 07:30"`` for 1890 minutes since the session began (day 1 starts at 00:00)."""
+    day, rest = divmod(int(minutes), 24 * 60)
+    return f"day {day + 1}, {rest // 60:02d}:{rest % 60:02d}"
+
+
+def format_duration(minutes: int) -> str:
+    """``"3 hours"``, ``"1 day and 2 hours"``, ``"45 minutes"``: an elapsed in-game time."""
+    days, rest = divmod(int(minutes), 24 * 60)
+    hours, mins = divmod(rest, 60)
+    parts = [f"{n} {unit}{'s' if n != 1 else ''}"
+             for n, unit in ((days, "day"), (hours, "hour"), (mins, "minute")) if n]
+    return " and ".join(parts) if parts else "no time"
 
 
 def next_turn_seq(r: redis.Redis, session_id: str) -> int:

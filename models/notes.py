@@ -53,6 +53,8 @@ class SessionNoteRevision(Base):
     turn_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    # in-game time of the (latest) event, minutes since the session began; wall clock below
+    game_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

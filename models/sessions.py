@@ -20,6 +20,9 @@ class GameSession(Base):
     world_id: Mapped[int] = mapped_column(ForeignKey("worlds.id", ondelete="CASCADE"), index=True)
     player_name: Mapped[str] = mapped_column(String(200), default="player")
     status: Mapped[str] = mapped_column(String(20), default="active")
+    # the in-game clock, in minutes since the session began (advanced by world ticks); the
+    # live value is in Redis (``session:{id}`` field ``game_minutes``), this is its last copy
+    game_minutes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -36,3 +36,27 @@ def send_turn_tasks(app: Celery, r, turn: TurnPayload) -> list[str]:
         ids.append(task_id)
     nearline.settle_turn(r, turn.turn_id)
     return ids
+
+
+def simulation_pending_key(session_id: str) -> str:
+    """Redis key held while a simulation of the session is queued or running."""
+    return f"session:{session_id}:simulation_pending"
+
+
+def request_simulation(app: Celery, r, session_id: str, tick_id: str, *, max_npcs: int,
+                       max_tokens: int, hold_s: int, force: bool = False) -> bool:
+    """Send ``npc_memory.simulate_world`` for one session unless one is already queued or
+    running (``force`` sends anyway: an operator's explicit request).
+
+    The message expires after ``hold_s`` seconds, as does the pending mark, so an outage does
+    not leave a stampede of stale simulations behind. Returns whether a task was sent.
+    """
+    from tasks.payloads import SimulationPayload
+
+    if not r.set(simulation_pending_key(session_id), tick_id, nx=True, ex=hold_s) and not force:
+        return False
+    payload = SimulationPayload(session_id=session_id, tick_id=tick_id, max_npcs=max_npcs,
+                                max_tokens=max_tokens)
+    app.send_task("npc_memory.simulate_world", kwargs=payload.model_dump(mode="json"),
+                  task_id=f"npc_memory.simulate_world:{tick_id}:{session_id}", expires=hold_s)
+    return True

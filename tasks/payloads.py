@@ -35,6 +35,7 @@ class TurnPayload(Payload):
     npc_text: str = Field(max_length=8000)
     latency_ms: float = 0.0
     created_at: float = Field(description="unix seconds")
+    game_minutes: int = Field(0, ge=0, description="the session's in-game clock at the turn")
 
     def target(self) -> str:
         return f"turn:{self.turn_id}"
@@ -54,6 +55,7 @@ class NoteUpdatePayload(Payload):
     idempotency_key: str = Field(min_length=1, max_length=200)
     turn_id: str | None = None
     cause: Literal["turn", "simulation", "creation", "api"] = "turn"
+    game_minutes: int | None = Field(None, ge=0, description="in-game time of the event")
 
     def target(self) -> str:
         return f"note:{self.lore_entry_key}"
@@ -83,11 +85,14 @@ class EmbedPayload(Payload):
 
 
 class SimulationPayload(Payload):
-    """One world tick for one session; ``tick_id`` makes the tick idempotent."""
+    """One world tick for one session; ``tick_id`` makes the tick idempotent. ``max_npcs`` and
+    ``max_tokens`` are this session's share of the tick's budget (defaults: the settings'
+    per-session budget)."""
 
     session_id: str = Field(min_length=1, max_length=64)
     tick_id: str = Field(min_length=1, max_length=100)
-    elapsed: str = "a few hours"
+    max_npcs: int | None = Field(None, ge=1, le=20)
+    max_tokens: int | None = Field(None, ge=100, le=32000)
 
     def target(self) -> str:
         return f"tick:{self.tick_id}"

@@ -1,82 +1,141 @@
 """Queue ``simulate_world``: the beat's ``npc_memory.world_tick`` and the per-session
-``npc_memory.simulate_world`` (seed 004's world simulation)."""
+``npc_memory.simulate_world`` (seed 004's world simulation, on a budget)."""
 
 from __future__ import annotations
 
 import time
 
+from celery import current_app
+
 from inference import calls
 from memory import nearline
 from memory.db import session_scope
-from memory.simulation import mark_simulated, pick_targets
+from memory.simulation import (
+    Weights, allot_budget, mark_simulated, rank_candidates, sessions_to_tick,
+)
 from models import GameSession, World
 from settings import get_settings
-from tasks.base import TaskContext, enqueue, npc_task
+from tasks.base import TaskContext, npc_task
+from tasks.dispatch import request_simulation, simulation_pending_key
 from tasks.note_update import enqueue_note_update
 from tasks.payloads import NoteUpdatePayload, SimulationPayload, TickPayload
 
-IDLE_AFTER_S = 3600.0
+PROMPT_CHARS_PER_TOKEN = 3.0
+"""Conservative estimate of prompt size (English is about 4 characters a token)."""
+TOKENS_PER_NPC = 80
+"""Completion tokens one NPC's update needs at most (a 160-character sentence plus JSON)."""
+
+
+def hold_seconds() -> int:
+    """How long a requested simulation may wait before it expires (3 tick intervals, >= 60 s)."""
+    return max(60, int(3 * get_settings().world_tick_seconds))
 
 
 @npc_task("npc_memory.world_tick", TickPayload, soft_time_limit=30, time_limit=60, max_retries=0)
 def world_tick(p: TickPayload, ctx: TaskContext) -> dict:
-    """Enqueue ``simulate_world`` for every session active within the idle window; the tick id
-    is this task's id, so a redelivered tick enqueues the same idempotent work."""
+    """Share the tick's budget among the sessions active within the idle window (least
+    recently simulated first) and request one ``simulate_world`` each; the tick id is this
+    task's id, so a redelivered tick requests the same idempotent work. A session whose
+    previous simulation is still queued or running is skipped.
+
+    Returns ``{"sessions", "enqueued", "waiting", "busy", "npc_budget", "token_budget"}``.
+    """
+    s_ = get_settings()
     r = nearline.get_redis()
-    sessions = nearline.active_sessions(r, p.idle_after_s or IDLE_AFTER_S)
-    # At most one pending simulation per session: a tick whose previous simulation has not
-    # finished skips that session instead of piling up work behind a slow model server.
-    hold_s = max(60, int(3 * get_settings().world_tick_seconds))
-    sent = 0
-    for sid in sessions:
-        if r.set(pending_key(sid), ctx.task_id, nx=True, ex=hold_s):
-            enqueue("npc_memory.simulate_world",
-                    SimulationPayload(session_id=sid, tick_id=ctx.task_id), expires=hold_s)
-            sent += 1
-    return {"sessions": len(sessions), "enqueued": sent}
-
-
-def pending_key(session_id: str) -> str:
-    """Redis key held while a beat-triggered simulation of the session is queued or running."""
-    return f"session:{session_id}:simulation_pending"
+    sessions = sessions_to_tick(r, p.idle_after_s or s_.simulate_idle_after_s)
+    allotted, waiting = allot_budget(sessions, s_.simulate_max_npcs, s_.simulate_max_tokens,
+                                     s_.tick_max_npcs, s_.tick_max_tokens)
+    sent, busy = [], []
+    for a in allotted:
+        if request_simulation(current_app, r, a.session_id, ctx.task_id, max_npcs=a.max_npcs,
+                              max_tokens=a.max_tokens, hold_s=hold_seconds()):
+            sent.append(a)
+        else:
+            busy.append(a.session_id)
+    return {"sessions": len(sessions), "enqueued": len(sent), "waiting": len(waiting),
+            "busy": len(busy), "npc_budget": sum(a.max_npcs for a in sent),
+            "token_budget": sum(a.max_tokens for a in sent)}
 
 
 @npc_task("npc_memory.simulate_world", SimulationPayload, soft_time_limit=180, time_limit=240)
 def simulate_world(p: SimulationPayload, ctx: TaskContext) -> dict:
-    """Pick off-screen NPCs, ask the maintenance model what they did, and enqueue one
-    ``update_note`` per answer (idempotency key ``{tick_id}:{npc key}``, cause simulation)."""
+    """Rank the session's off-screen NPCs, simulate the best ones within the budget, advance
+    the in-game clock once per tick, and enqueue one ``update_note`` per answer (idempotency
+    key ``{tick_id}:{session_id}:{entry key}``, cause ``simulation``).
+
+    Returns the tick's trace: chosen NPCs with their scores and signals, the ones left
+    waiting, updates enqueued, model calls and tokens, in-game time before and after.
+    """
     r = nearline.get_redis()
     try:
         return _simulate(p, r)
     finally:
-        r.delete(pending_key(p.session_id))
+        r.delete(simulation_pending_key(p.session_id))
+
+
+def _fit(chosen: list, places: list[dict], max_tokens: int, prompt_chars) -> tuple[int, int]:
+    """How many of ``chosen`` fit the token budget, and the completion's ``max_tokens``."""
+    n = len(chosen)
+    while n > 0:
+        prompt = int(prompt_chars(chosen[:n], places) / PROMPT_CHARS_PER_TOKEN) + 1
+        completion = min(max_tokens - prompt, TOKENS_PER_NPC * 2 * n)
+        if completion >= TOKENS_PER_NPC * n:
+            return n, completion
+        n -= 1
+    return 0, 0
 
 
 def _simulate(p: SimulationPayload, r) -> dict:
     s_ = get_settings()
+    max_npcs = p.max_npcs or s_.simulate_max_npcs
+    max_tokens = p.max_tokens or s_.simulate_max_tokens
     with session_scope() as s:
         game = s.get(GameSession, p.session_id)
         if game is None:
             raise LookupError(f"session {p.session_id} does not exist")
         world = s.get(World, game.world_id)
-        targets = pick_targets(s, r, world.id, p.session_id, s_.simulate_recent_turns,
-                               s_.simulate_max_npcs)
-        target_docs = [{"key": t.key, "title": t.title, "content": t.content[:300],
-                        "note": nearline.get_note(r, p.session_id, t.id)[:300]} for t in targets]
+        ranked = rank_candidates(s, r, world.id, p.session_id, s_.simulate_recent_turns,
+                                 Weights.from_settings(s_))
+        chosen = ranked[:max_npcs]
+        docs = [{"key": c.entry.key, "title": c.entry.title, "content": c.entry.content[:300],
+                 "note": nearline.get_note(r, p.session_id, c.entry.id)[:300]} for c in chosen]
+        place_keys = sorted({k for c in chosen for k in (c.entry.relations or {}).get("located_in", [])})
+        places = [{"key": k, "title": k.rsplit("_", 1)[0]} for k in place_keys][:3]
         world_title = world.title
-    if not targets:
-        return {"npcs": [], "updates": 0, "tokens": 0}
-    recent = [f"{t['player_text'][:120]}" for t in nearline.recent_turns(r, p.session_id, 3)]
-    out, tokens = calls.simulate(world_title, p.elapsed, target_docs, recent)
-    sent = set()
+        tick_minutes = world.tick_game_minutes or s_.tick_game_minutes
+    recent = [t["player_text"][:120] for t in nearline.recent_turns(r, p.session_id, 3)]
+    sess = nearline.get_session(r, p.session_id) or {}
+    clock_before = int(sess.get("game_minutes", 0))
+    elapsed = nearline.format_duration(tick_minutes)
+
+    def prompt_chars(targets, places_):
+        msgs = calls.simulation_messages(world_title, elapsed, "", targets, places_, recent)
+        return sum(len(m["content"]) for m in msgs)
+
+    n, completion = _fit(docs, places, max_tokens, prompt_chars)
+    trace = {"npcs": [c.trace() for c in chosen[:n]],
+             "waiting": [c.entry.key for c in ranked[n:]][:20],
+             "updates": 0, "calls": 0, "tokens": 0, "token_budget": max_tokens,
+             "game_time_before": nearline.format_game_time(clock_before), "elapsed": elapsed}
+    if n == 0:
+        mark_simulated(r, p.session_id, [])
+        return trace
+    clock = nearline.advance_clock_once(r, p.session_id, p.tick_id, tick_minutes)
+    now_text = nearline.format_game_time(clock)
+    out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
+                                 max_tokens=completion)
+    sent = {}
     for u in out.updates:
         if u.lore_entry_id in sent:
             continue
-        sent.add(u.lore_entry_id)
+        sent[u.lore_entry_id] = u.update_summary
         enqueue_note_update(NoteUpdatePayload(
             session_id=p.session_id, lore_entry_key=u.lore_entry_id,
-            update_summary=u.update_summary, idempotency_key=f"{p.tick_id}:{u.lore_entry_id}",
-            cause="simulation"))
-    mark_simulated(r, p.session_id, [t.id for t in targets])
-    return {"npcs": [t["key"] for t in target_docs], "updates": len(sent), "tokens": tokens,
-            "at": time.time()}
+            update_summary=u.update_summary, cause="simulation", game_minutes=clock,
+            idempotency_key=f"{p.tick_id}:{p.session_id}:{u.lore_entry_id}"))
+    with session_scope() as s:
+        game = s.get(GameSession, p.session_id)
+        game.game_minutes = max(game.game_minutes or 0, clock)
+    mark_simulated(r, p.session_id, [c.entry.id for c in chosen[:n]])
+    return {**trace, "updates": len(sent), "did": sent, "calls": 1, "tokens": tokens,
+            "game_time": now_text, "game_minutes": clock, "at": time.time()}

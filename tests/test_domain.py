@@ -516,10 +516,12 @@ def _template_contexts() -> dict[str, dict]:
         "rewrite_note": dict(title="Baker", lore="A baker who rises before dawn.",
                              note="He lost his rolling pin.", event="He found it under the oven."),
         "create_entity": dict(entity_type="item", creation_summary="A silver key with a bat on it."),
-        "simulate_world": dict(world_title="Possibly Vampires", elapsed="two hours",
+        "simulate_world": dict(world_title="Possibly Vampires", elapsed="2 hours",
+                               now="day 1, 14:00",
                                targets=[{"key": "baker_27", "title": "Baker",
                                          "content": "A baker who rises before dawn.",
                                          "note": "He lost his rolling pin."}],
+                               places=[{"key": "town square_0", "title": "town square"}],
                                recent=["The player found a silver key."]),
     }
 
@@ -536,8 +538,10 @@ _EXPECTED = {
                           "[New Event]: He found it under the oven."]),
     "create_entity": ([], ["new item",
                            "[Creation Summary]: A silver key with a bat on it."]),
-    "simulate_world": ([], ["World: Possibly Vampires", "Time elapsed off-screen: two hours",
+    "simulate_world": ([], ["World: Possibly Vampires",
+                            "Time elapsed off-screen: 2 hours (it is now day 1, 14:00)",
                             "- baker_27: Baker: A baker who rises before dawn. Lately: He lost his rolling pin.",
+                            "- town square_0: town square", "during these 2 hours",
                             "- The player found a silver key."]),
 }
 
