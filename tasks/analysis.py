@@ -21,9 +21,10 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
         npc = s.get(LoreEntry, p.npc_entry_id)
         if npc is None:
             raise LookupError(f"lore entry {p.npc_entry_id} does not exist")
-        scope = turn_scope(s, npc, p.session_id)
+        scope = turn_scope(s, npc, p.session_id, speaker=p.speaker)
         npc_title = npc.title
-    out, tokens = calls.analyze_turn(npc_title, p.player_text, p.npc_text, scope)
+    out, tokens = calls.analyze_turn(npc_title, p.player_text, p.npc_text, scope,
+                                     speaker=p.speaker)
     seen = set()
     updates = 0
     for i, u in enumerate(out.updates):

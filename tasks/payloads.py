@@ -24,7 +24,9 @@ class Payload(BaseModel):
 
 
 class TurnPayload(Payload):
-    """A finished turn: ``analyze_turn`` and ``archive_turn`` take it."""
+    """A finished turn: ``analyze_turn`` and ``archive_turn`` take it. ``npc_text`` is ""
+    when the NPC did not answer (an event without a reply). Senders leave ``speaker`` out
+    when it is None, so a player's turn is the same message as before the field existed."""
 
     turn_id: str = Field(min_length=1, max_length=64)
     session_id: str = Field(min_length=1, max_length=64)
@@ -35,6 +37,9 @@ class TurnPayload(Payload):
     npc_text: str = Field(max_length=8000)
     latency_ms: float = 0.0
     created_at: float = Field(description="unix seconds")
+    speaker: str | None = Field(None, min_length=1, max_length=200, description=(
+        "who said player_text: absent for the session's player; a name (an NPC's entry key "
+        "or title, or anyone) for a turn posted as an event"))
 
     def target(self) -> str:
         return f"turn:{self.turn_id}"
