@@ -285,6 +285,7 @@ def test_openapi_lists_routes(client):
     assert "post" in paths["/v1/sessions"]
     assert "post" in paths["/v1/sessions/{session_id}/turns"]
     assert "post" in paths["/v1/sessions/{session_id}/events"]
+    assert "get" in paths["/v1/sessions/{session_id}/export"]
     assert "get" in paths["/v1/sessions/{session_id}/search"]
     assert "post" in paths["/v1/sessions/{session_id}/tick"]
     assert "get" in paths["/healthz"]
