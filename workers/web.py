@@ -228,8 +228,9 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
 
     201 with the new turn; 200 with the earlier turn when ``event_id`` was recorded in this
     session before; 404 for an unknown session or NPC; 422 for a target that is not a
-    character or an invalid body; 503 when Redis or the broker fails (nothing is kept then:
-    posting again is safe).
+    character or an invalid body; 503 when Redis or the broker fails (the event id is then
+    forgotten, so posting the event again records and sends it; its turn may already be in the
+    recent turns, and the pipeline's idempotency keys hold as its turn id is the same).
     """
     r = nearline.get_redis()
     with _turn_errors():
