@@ -15,7 +15,9 @@ def archive_turns(session: Session, turns: list[dict]) -> int:
     many were new. Safe under concurrent and repeated delivery of the same turn.
 
     Each dict has ``turn_id, session_id, seq, npc_entry_id, player_text, npc_text,
-    latency_ms, created_at`` (unix seconds).
+    latency_ms, created_at`` (unix seconds) and optionally ``speaker``. The archive has no
+    speaker column: a speaker other than the player is kept as a ``"<speaker>: "`` prefix of
+    the archived ``player_text``.
 
     Raises:
         NotImplementedError: a database other than PostgreSQL or SQLite.
@@ -24,7 +26,8 @@ def archive_turns(session: Session, turns: list[dict]) -> int:
         return 0
     rows = [{
         "id": t["turn_id"], "session_id": t["session_id"], "seq": t["seq"],
-        "npc_entry_id": t["npc_entry_id"], "player_text": t["player_text"],
+        "npc_entry_id": t["npc_entry_id"],
+        "player_text": f"{t['speaker']}: {t['player_text']}" if t.get("speaker") else t["player_text"],
         "npc_text": t["npc_text"], "latency_ms": t.get("latency_ms", 0.0),
         "created_at": datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
     } for t in turns]

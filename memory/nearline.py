@@ -232,17 +232,20 @@ def _pending_key(session_id: str, entry_key: str) -> str:
 
 
 def add_pending(r: redis.Redis, session_id: str, entry_key: str, idempotency_key: str,
-                event: str, turn_id: str | None, cause: str) -> None:
+                event: str, turn_id: str | None, cause: str,
+                game_minutes: int | None = None) -> None:
     """Announce a queued note update so that a rewrite of the same note can fold it in."""
     pipe = r.pipeline(transaction=True)
     pipe.hset(_pending_key(session_id, entry_key), idempotency_key, json.dumps(
-        {"event": event, "turn_id": turn_id, "cause": cause, "order": time.time()}))
+        {"event": event, "turn_id": turn_id, "cause": cause, "order": time.time(),
+         "game_minutes": game_minutes}))
     pipe.expire(_pending_key(session_id, entry_key), PENDING_TTL_S)
     pipe.execute()
 
 
 def pending_updates(r: redis.Redis, session_id: str, entry_key: str) -> list[dict]:
-    """Queued updates of one note: ``[{idempotency_key, event, turn_id, cause, order}]``."""
+    """Queued updates of one note: ``[{idempotency_key, event, turn_id, cause, order,
+    game_minutes}]``."""
     raw = r.hgetall(_pending_key(session_id, entry_key))
     return [{"idempotency_key": k.decode(), **json.loads(v)} for k, v in raw.items()]
 

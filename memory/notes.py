@@ -41,14 +41,15 @@ class RejectedRewrite(ValueError):
 
 @dataclass(frozen=True)
 class PendingEvent:
-    """An update waiting for the same note: its idempotency key, event text, turn, cause, and
-    ``order`` (turn order: enqueue time in unix seconds)."""
+    """An update waiting for the same note: its idempotency key, event text, turn, cause,
+    ``order`` (turn order: enqueue time in unix seconds) and in-game time (minutes)."""
 
     idempotency_key: str
     event: str
     turn_id: str | None = None
     cause: str = "turn"
     order: float = 0.0
+    game_minutes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def commit_revision(
     turn_id: str | None = None,
     task_id: str | None = None,
     applied: list[PendingEvent] | tuple = (),
+    game_minutes: int | None = None,
 ) -> bool:
     """The fenced write every note change goes through: set the note to ``after`` only if it
     is still at ``version`` (``UPDATE ... WHERE version = v``), add revision ``version + 1``
@@ -147,7 +149,7 @@ def commit_revision(
     revision = SessionNoteRevision(
         note_id=note_id, version=version + 1, previous_content=before, content=after,
         event_summary=event_summary, cause=cause, turn_id=turn_id, task_id=task_id,
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency_key, game_minutes=game_minutes,
     )
     session.add(revision)
     try:
@@ -175,9 +177,12 @@ def apply_note_update(
     cause: str = "turn",
     max_attempts: int = 3,
     pending: Callable[[], list[PendingEvent]] | None = None,
+    game_minutes: int | None = None,
 ) -> NoteUpdateResult:
     """Rewrite the session note of one entry with ``event`` (and, with ``pending``, every
-    other queued event of that note not applied yet) and record one revision.
+    other queued event of that note not applied yet) and record one revision. The revision
+    carries the in-game time of its latest event (``game_minutes``) besides its wall-clock
+    ``created_at``.
 
     Commits its own transactions (the model call happens outside any open write).
 
@@ -190,7 +195,7 @@ def apply_note_update(
     entry = session.get(LoreEntry, lore_entry_id)
     if entry is None:
         raise LookupError(f"lore entry {lore_entry_id} does not exist")
-    own = PendingEvent(idempotency_key, event, turn_id, cause)
+    own = PendingEvent(idempotency_key, event, turn_id, cause, game_minutes=game_minutes)
     note = _get_or_create_note(session, session_id, lore_entry_id)
     session.commit()
     tokens = 0
@@ -225,7 +230,8 @@ def apply_note_update(
             session, note_id=note.id, version=version, before=before, after=after,
             turn_id=turn_id, task_id=task_id, event_summary=combined,
             cause=cause if len(causes) == 1 else "coalesced", idempotency_key=idempotency_key,
-            applied=events,
+            applied=events, game_minutes=max((e.game_minutes for e in events
+                                              if e.game_minutes is not None), default=None),
         ):
             continue  # the note moved on, or one of these events was applied meanwhile
         return NoteUpdateResult("written", note.id, version + 1, before, after, tokens,

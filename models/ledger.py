@@ -21,7 +21,7 @@ class TaskRecord(Base):
     __tablename__ = "task_records"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    task_id: Mapped[str] = mapped_column(String(200), unique=True)
     task_name: Mapped[str] = mapped_column(String(200), index=True)
     queue: Mapped[str] = mapped_column(String(50), default="")
     session_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
@@ -43,7 +43,7 @@ class DeadLetter(Base):
     __tablename__ = "dead_letters"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    task_id: Mapped[str] = mapped_column(String(64), index=True)
+    task_id: Mapped[str] = mapped_column(String(200), index=True)
     task_name: Mapped[str] = mapped_column(String(200))
     queue: Mapped[str] = mapped_column(String(50), default="")
     payload: Mapped[dict] = mapped_column(JSON, default=dict)

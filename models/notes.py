@@ -51,7 +51,7 @@ class SessionNoteRevision(Base):
     event_summary: Mapped[str] = mapped_column(Text)
     cause: Mapped[str] = mapped_column(String(20), default="turn")
     turn_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    task_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     # in-game time of the (latest) event, minutes since the session began; wall clock below
     game_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -21,9 +21,10 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
         npc = s.get(LoreEntry, p.npc_entry_id)
         if npc is None:
             raise LookupError(f"lore entry {p.npc_entry_id} does not exist")
-        scope = turn_scope(s, npc, p.session_id)
+        scope = turn_scope(s, npc, p.session_id, speaker=p.speaker)
         npc_title = npc.title
-    out, tokens = calls.analyze_turn(npc_title, p.player_text, p.npc_text, scope)
+    out, tokens = calls.analyze_turn(npc_title, p.player_text, p.npc_text, scope,
+                                     speaker=p.speaker)
     seen = set()
     updates = 0
     for i, u in enumerate(out.updates):
@@ -32,7 +33,8 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
         seen.add((u.lore_entry_id, u.update_summary))
         enqueue_note_update(NoteUpdatePayload(
             session_id=p.session_id, lore_entry_key=u.lore_entry_id, update_summary=u.update_summary,
-            idempotency_key=f"{p.turn_id}:u{i}", turn_id=p.turn_id, cause="turn"))
+            idempotency_key=f"{p.turn_id}:u{i}", turn_id=p.turn_id, cause="turn",
+            game_minutes=p.game_minutes))
         updates += 1
     for i, c in enumerate(out.creations):
         enqueue("npc_memory.create_entity", CreationPayload(

@@ -9,12 +9,25 @@ turn id anyway.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery import Celery
 
 from memory import nearline
-from tasks.payloads import TurnPayload
 
 TURN_TASKS = ("npc_memory.analyze_turn", "npc_memory.archive_turn")
+"""What every recorded turn is sent to, in this order."""
+
+Send = Callable[..., object]
+"""``(task_name, kwargs, task_id, **options) -> task_id``: sends one task through the caller's
+Celery app (``app_sender``); options such as ``expires`` go to ``send_task``."""
+
+
+def app_sender(app: Celery) -> Send:
+    """A ``Send`` over ``app.send_task`` (extra keyword options such as ``expires`` pass
+    through)."""
+    return lambda name, kwargs, task_id=None, **options: app.send_task(
+        name, kwargs=kwargs, task_id=task_id, **options).id
 
 
 def turn_task_id(name: str, turn_id: str) -> str:
@@ -22,20 +35,25 @@ def turn_task_id(name: str, turn_id: str) -> str:
     return f"{name}:{turn_id}"
 
 
-def send_turn_tasks(app: Celery, r, turn: TurnPayload) -> list[str]:
-    """Send the turn's pipeline tasks through ``app``, then settle its outbox entry.
+def send_turn_tasks(send: Send, r, kwargs: dict) -> list[str]:
+    """Send a recorded turn's pipeline tasks (``kwargs``: the turn payload as task kwargs),
+    then settle its outbox entry.
 
     Returns the task ids. Raises whatever the broker raises (kombu ``OperationalError``,
     redis ``ConnectionError``); the turn then stays in the outbox for the reconcile task.
     """
-    kwargs = turn.model_dump(mode="json")
     ids = []
     for name in TURN_TASKS:
-        task_id = turn_task_id(name, turn.turn_id)
-        app.send_task(name, kwargs=kwargs, task_id=task_id)
+        task_id = turn_task_id(name, kwargs["turn_id"])
+        send(name, kwargs, task_id)
         ids.append(task_id)
-    nearline.settle_turn(r, turn.turn_id)
+    nearline.settle_turn(r, kwargs["turn_id"])
     return ids
+
+
+def simulation_task_id(tick_id: str, session_id: str) -> str:
+    """The task id of one session's simulation in tick ``tick_id``."""
+    return f"npc_memory.simulate_world:{tick_id}:{session_id}"
 
 
 def simulation_pending_key(session_id: str) -> str:
@@ -43,20 +61,31 @@ def simulation_pending_key(session_id: str) -> str:
     return f"session:{session_id}:simulation_pending"
 
 
-def request_simulation(app: Celery, r, session_id: str, tick_id: str, *, max_npcs: int,
-                       max_tokens: int, hold_s: int, force: bool = False) -> bool:
+def hold_seconds() -> int:
+    """How long a requested simulation may wait before it expires (3 tick intervals, >= 60 s)."""
+    from settings import get_settings
+
+    return max(60, int(3 * get_settings().world_tick_seconds))
+
+
+def request_simulation(send: Send, r, session_id: str, tick_id: str, *, max_npcs: int | None = None,
+                       max_tokens: int | None = None, hold_s: int | None = None,
+                       force: bool = False) -> bool:
     """Send ``npc_memory.simulate_world`` for one session unless one is already queued or
     running (``force`` sends anyway: an operator's explicit request).
 
-    The message expires after ``hold_s`` seconds, as does the pending mark, so an outage does
-    not leave a stampede of stale simulations behind. Returns whether a task was sent.
+    The message expires after ``hold_s`` seconds (default ``hold_seconds()``), as does the
+    pending mark, so an outage does not leave a stampede of stale simulations behind.
+    ``max_npcs``/``max_tokens``: the session's share of the tick's budget (default: the
+    per-session budget). Returns whether a task was sent.
     """
     from tasks.payloads import SimulationPayload
 
+    hold_s = hold_s or hold_seconds()
     if not r.set(simulation_pending_key(session_id), tick_id, nx=True, ex=hold_s) and not force:
         return False
     payload = SimulationPayload(session_id=session_id, tick_id=tick_id, max_npcs=max_npcs,
                                 max_tokens=max_tokens)
-    app.send_task("npc_memory.simulate_world", kwargs=payload.model_dump(mode="json"),
-                  task_id=f"npc_memory.simulate_world:{tick_id}:{session_id}", expires=hold_s)
+    send("npc_memory.simulate_world", payload.model_dump(mode="json", exclude_none=True),
+         simulation_task_id(tick_id, session_id), expires=hold_s)
     return True

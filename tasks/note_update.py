@@ -34,7 +34,7 @@ def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
         res = apply_note_update(
             s, session_id=p.session_id, lore_entry_id=entry_id, event=p.update_summary,
             idempotency_key=p.idempotency_key, rewrite=calls.rewrite_note, turn_id=p.turn_id,
-            task_id=ctx.task_id, cause=p.cause,
+            task_id=ctx.task_id, cause=p.cause, game_minutes=p.game_minutes,
             pending=pending if get_settings().note_coalescing else None,
         )
     nearline.drop_pending(r, p.session_id, p.lore_entry_key, res.folded or [p.idempotency_key])
@@ -49,5 +49,5 @@ def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
 def enqueue_note_update(p: NoteUpdatePayload) -> str:
     """Enqueue ``npc_memory.update_note`` and announce it for coalescing; returns the task id."""
     nearline.add_pending(nearline.get_redis(), p.session_id, p.lore_entry_key, p.idempotency_key,
-                         p.update_summary, p.turn_id, p.cause)
+                         p.update_summary, p.turn_id, p.cause, p.game_minutes)
     return enqueue("npc_memory.update_note", p)

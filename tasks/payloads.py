@@ -24,7 +24,9 @@ class Payload(BaseModel):
 
 
 class TurnPayload(Payload):
-    """A finished turn: ``analyze_turn`` and ``archive_turn`` take it."""
+    """A finished turn: ``analyze_turn`` and ``archive_turn`` take it. ``npc_text`` is ""
+    when the NPC did not answer (an event without a reply). Senders leave ``speaker`` out
+    when it is None, so a player's turn is the same message as before the field existed."""
 
     turn_id: str = Field(min_length=1, max_length=64)
     session_id: str = Field(min_length=1, max_length=64)
@@ -36,6 +38,9 @@ class TurnPayload(Payload):
     latency_ms: float = 0.0
     created_at: float = Field(description="unix seconds")
     game_minutes: int = Field(0, ge=0, description="the session's in-game clock at the turn")
+    speaker: str | None = Field(None, min_length=1, max_length=200, description=(
+        "who said player_text: absent for the session's player; a name (an NPC's entry key "
+        "or title, or anyone) for a turn posted as an event"))
 
     def target(self) -> str:
         return f"turn:{self.turn_id}"

@@ -15,7 +15,7 @@ from celery import current_app
 
 from memory import nearline
 from tasks.base import TaskContext, flush_parked_dead_letters, npc_task
-from tasks.dispatch import send_turn_tasks
+from tasks.dispatch import app_sender, send_turn_tasks
 from tasks.payloads import ReconcilePayload, TurnPayload
 
 
@@ -28,6 +28,8 @@ def reconcile(p: ReconcilePayload, ctx: TaskContext) -> dict:
     """
     r = nearline.get_redis()
     due = nearline.outbox_due(r, p.older_than_s)
+    send = app_sender(current_app)
     for doc in due:
-        send_turn_tasks(current_app, r, TurnPayload.model_validate(doc))
+        send_turn_tasks(send, r, TurnPayload.model_validate(doc).model_dump(
+            mode="json", exclude_none=True))
     return {"resent_turns": len(due), "dead_letters_written": flush_parked_dead_letters()}

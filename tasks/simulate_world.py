@@ -16,7 +16,7 @@ from memory.simulation import (
 from models import GameSession, World
 from settings import get_settings
 from tasks.base import TaskContext, npc_task
-from tasks.dispatch import request_simulation, simulation_pending_key
+from tasks.dispatch import app_sender, request_simulation, simulation_pending_key
 from tasks.note_update import enqueue_note_update
 from tasks.payloads import NoteUpdatePayload, SimulationPayload, TickPayload
 
@@ -24,11 +24,6 @@ PROMPT_CHARS_PER_TOKEN = 3.0
 """Conservative estimate of prompt size (English is about 4 characters a token)."""
 TOKENS_PER_NPC = 80
 """Completion tokens one NPC's update needs at most (a 160-character sentence plus JSON)."""
-
-
-def hold_seconds() -> int:
-    """How long a requested simulation may wait before it expires (3 tick intervals, >= 60 s)."""
-    return max(60, int(3 * get_settings().world_tick_seconds))
 
 
 @npc_task("npc_memory.world_tick", TickPayload, soft_time_limit=30, time_limit=60, max_retries=0)
@@ -46,9 +41,10 @@ def world_tick(p: TickPayload, ctx: TaskContext) -> dict:
     allotted, waiting = allot_budget(sessions, s_.simulate_max_npcs, s_.simulate_max_tokens,
                                      s_.tick_max_npcs, s_.tick_max_tokens)
     sent, busy = [], []
+    send = app_sender(current_app)
     for a in allotted:
-        if request_simulation(current_app, r, a.session_id, ctx.task_id, max_npcs=a.max_npcs,
-                              max_tokens=a.max_tokens, hold_s=hold_seconds()):
+        if request_simulation(send, r, a.session_id, ctx.task_id, max_npcs=a.max_npcs,
+                              max_tokens=a.max_tokens):
             sent.append(a)
         else:
             busy.append(a.session_id)

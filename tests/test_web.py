@@ -74,7 +74,8 @@ def test_open_session(client, light_world):
     assert got == spec_chars
     assert "baker_27" in got
     sess = nearline.get_session(nearline.get_redis(), body["session_id"])
-    assert sess == {"world_id": light_world["id"], "player_name": "Ann"}
+    assert sess == {"world_id": light_world["id"], "player_name": "Ann", "game_minutes": 0,
+                    "every_turns": 10, "tick_minutes": 120}  # the settings' defaults
 
 
 def test_open_session_unknown_world_is_404(client):
@@ -133,7 +134,14 @@ def test_turn_answers_records_and_enqueues(client, session_id, light_world, wait
         out["turn_id"], res2.json()["turn_id"]]
 
 
-def test_turn_makes_no_database_query(client, session_id):
+@pytest.mark.parametrize("path, body", [
+    ("turns", {"npc_id": "baker_27", "player_text": "Any news from the crypt?"}),
+    ("events", {"npc_id": "baker_27", "text": "Any news from the crypt?",
+                "npc_text": "Only bats.", "speaker": "the smith", "event_id": "e-1"}),
+    ("events", {"npc_id": "baker_27", "text": "Good night."}),
+], ids=["turn", "event", "event-minimal"])
+def test_turn_makes_no_database_query(client, session_id, path, body):
+    """Neither a played turn nor a posted event queries the database."""
     engine = get_engine()
     statements: list[tuple[str, str]] = []
 
@@ -146,11 +154,11 @@ def test_turn_makes_no_database_query(client, session_id):
 
     event.listen(engine, "before_cursor_execute", count)
     try:
-        res = client.post(f"/v1/sessions/{session_id}/turns",
-                          json={"npc_id": "baker_27", "player_text": "Any news from the crypt?"})
+        res = client.post(f"/v1/sessions/{session_id}/{path}", json=body)
     finally:
         event.remove(engine, "before_cursor_execute", count)
-    assert res.status_code == 200, res.text
+    assert res.status_code in (200, 201), res.text
+    assert res.json()["turn_id"]
     assert statements == []
 
 
@@ -277,6 +285,8 @@ def test_openapi_lists_routes(client):
     paths = res.json()["paths"]
     assert "post" in paths["/v1/sessions"]
     assert "post" in paths["/v1/sessions/{session_id}/turns"]
+    assert "post" in paths["/v1/sessions/{session_id}/events"]
+    assert "get" in paths["/v1/sessions/{session_id}/export"]
     assert "get" in paths["/v1/sessions/{session_id}/search"]
     assert "post" in paths["/v1/sessions/{session_id}/tick"]
     assert "get" in paths["/healthz"]

@@ -1,15 +1,22 @@
-"""Command line: ``npc-memory demo``, ``migrate``, ``import-light``, ``import-world``,
-``serve-llm``, ``embedded-redis``; operations: ``dead-letters``, ``replay-dead-letter``,
-``rollback-note``, ``show-entry``, ``session-tasks``, ``retry-task``, ``queues``."""
+"""Command line: ``npc-memory demo``, ``migrate``, ``serve-llm``, ``embedded-redis``;
+importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
+``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
+``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``session-tasks``, ``retry-task``,
+``queues``, ``export-session``."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import typer
+
+from settings import ROOT
+
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help=__doc__)
 
@@ -42,7 +49,9 @@ def migrate() -> None:
     typer.echo("database at head")
 
 
-def _import(spec) -> None:
+def _import(spec, counts: dict | None = None) -> None:
+    """Insert ``spec`` (a world key already present is left as it is), embed its base lore,
+    print one line, then the importer's ``counts`` as JSON when given."""
     from inference.embedding import get_embedder
     from memory import nearline
     from memory.db import session_scope
@@ -54,6 +63,18 @@ def _import(spec) -> None:
         n = embed_world_base(s, nearline.get_redis(), get_embedder(), world.id)
     typer.echo(f"world {spec.key!r}: {'imported' if created else 'already present'}, "
                f"{len(spec.entries)} entries, {n} vectors (re)embedded")
+    if counts is not None:
+        _echo(counts)
+
+
+def _load(fn, *args, **kwargs):
+    """Run an importer; its ValueError (bad input, naming the file) is printed on stderr and
+    exits with status 1 before anything is written."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @cli.command("import-light")
@@ -62,6 +83,78 @@ def import_light(path: Path = typer.Argument(..., exists=True, dir_okay=False)) 
     from memory.importers.light import load_light_world
 
     _import(load_light_world(path))
+
+
+@cli.command("import-light-db")
+def import_light_db(
+    directory: Path = typer.Argument(SHARED / "data" / "light", exists=True, file_okay=False,
+                                     help="folder with characters.json, objects.json, rooms.json"),
+    limit: int | None = typer.Option(None, min=0, help="at most N records of each table"),
+    tables: str = typer.Option("characters,objects,rooms", help="which tables, comma-separated"),
+    world_key: str | None = typer.Option(None, help="default light-db (light-db-N with --limit)"),
+) -> None:
+    """Import LIGHT's entity database (characters, objects, rooms) as one world and embed it."""
+    from memory.importers.light_db import load_light_db, table_names
+
+    try:
+        names = table_names(tables)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tables") from exc
+    got = _load(load_light_db, directory, limit=limit, tables=names, world_key=world_key)
+    _import(got.world, got.counts)
+
+
+@cli.command("import-smallville")
+def import_smallville(
+    directory: Path = typer.Argument(SHARED / "data" / "smallville", exists=True, file_okay=False,
+                                     help="folder with personas_n25/, spatial_n25/, world/"),
+    world_key: str = typer.Option("smallville"),
+) -> None:
+    """Import Generative Agents' Smallville (25 residents, the town's places) and embed it."""
+    from memory.importers.smallville import load_smallville_world
+
+    world = _load(load_smallville_world, directory, key=world_key)
+    _import(world, {"characters": len(world.characters()), "locations": len(world.locations()),
+                    "items": len(world.items()), "entries": len(world.entries)})
+
+
+@cli.command("import-lorebook")
+def import_lorebook(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="World Info JSON"),
+    world_key: str | None = typer.Option(None, help="default: from the file name"),
+    entity_type: str = typer.Option("item", help="type of entries that do not name one: "
+                                                 "character, location or item"),
+    include_disabled: bool = typer.Option(False, help="import disabled entries too"),
+    char_name: str | None = typer.Option(None, help="the name {{char}} stands for"),
+) -> None:
+    """Import a SillyTavern World Info (lorebook) file as a world and embed it."""
+    from memory.importers.sillytavern import load_world_info
+
+    got = _load(load_world_info, path, world_key=world_key, default_type=entity_type,
+                include_disabled=include_disabled, char_name=char_name)
+    _import(got.world, got.counts)
+
+
+@cli.command("import-card")
+def import_card(
+    paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False,
+                                       help="Character Card V2 files (.png or .json)"),
+    lorebook: list[Path] = typer.Option([], exists=True, dir_okay=False,
+                                        help="World Info files to add to the same world"),
+    world_key: str | None = typer.Option(None, help="default: from the first card's name"),
+    title: str | None = typer.Option(None, help="default: the card names"),
+    book_type: str = typer.Option("item", help="type of lorebook entries that do not name one"),
+    include_disabled: bool = typer.Option(False, help="import disabled lorebook entries too"),
+) -> None:
+    """Import Character Card V2 files (and optional lorebooks) as one world and embed it."""
+    from memory.importers.card import load_cards
+    from memory.importers.sillytavern import load_world_info
+
+    books = [_load(load_world_info, p, default_type=book_type,
+                   include_disabled=include_disabled).world for p in lorebook]
+    got = _load(load_cards, paths, world_key=world_key, title=title, extra=books,
+                book_type=book_type, include_disabled=include_disabled)
+    _import(got.world, {**got.counts, "lorebook_entries": sum(len(b.entries) for b in books)})
 
 
 @cli.command("import-world")
@@ -223,6 +316,70 @@ def retry_task(task_id: str = typer.Argument(...),
     from memory import ops
 
     _echo(_ops(ops.retry_task, task_id, _send, force=force))
+
+
+@cli.command("export-session")
+def export_session(
+    session_id: str = typer.Argument(...),
+    out: Path | None = typer.Option(None, help="write the JSON here instead of stdout"),
+    revisions: bool = typer.Option(False, help="include each note's revisions"),
+) -> None:
+    """Export a session's notes and created entities as JSON (npc-memory.session-export)."""
+    from memory.export import export_session as export
+
+    doc = _ops(export, session_id, revisions=revisions)
+    if out is None:
+        _echo(doc)
+        return
+    out.write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    typer.echo(f"wrote {out}: {doc['counts']['notes']} notes, "
+               f"{doc['counts']['created_entities']} created entities")
+
+
+@cli.command("replay-smallville")
+def replay_smallville(
+    server: str | None = typer.Option(None, help="dialogue server URL; default "
+                                                 "http://WEB_HOST:PORT"),
+    session_id: str | None = typer.Option(None, "--session", help="replay into this session; "
+                                          "default: open a new one on --world"),
+    world: str = typer.Option("smallville", help="world key of the imported Smallville"),
+    directory: Path = typer.Option(SHARED / "data" / "smallville" / "demo_3agents", "--data",
+                                   exists=True, file_okay=False,
+                                   help="a Generative Agents run (*/nodes.json)"),
+    limit: int | None = typer.Option(None, min=1, help="post at most N events"),
+) -> None:
+    """Replay the recorded Smallville conversations as events into a session over HTTP
+    (POST /v1/sessions/{id}/events); the pipeline runs on them as on played turns. Replaying
+    again into the same session records nothing twice (event ids)."""
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from memory.importers.smallville import load_smallville_conversations
+    from memory.replay import (ReplayError, conversation_events, http_poster, open_session,
+                               replay_events)
+    from settings import get_settings
+
+    conversations = _load(load_smallville_conversations, directory)
+    events = _load(conversation_events, conversations)[:limit]
+    if server is None:
+        cfg = get_settings()
+        server = f"http://{cfg.web_host}:{cfg.port}"
+    try:
+        with httpx.Client(base_url=server, timeout=60) as client:
+            sid = session_id or open_session(client, world, player_name="smallville replay")
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn()) as progress:
+                bar = progress.add_task("replaying events", total=len(events))
+                result = replay_events(
+                    http_poster(client, sid), events,
+                    on_event=lambda e, _out: progress.update(
+                        bar, advance=1, description=f"replaying ({e.speaker} -> {e.npc_id})"))
+    except (ReplayError, httpx.HTTPError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _echo({"session_id": sid, "server": server, "conversations": len(conversations),
+           "events": len(events), "recorded": result.recorded,
+           "duplicates": result.duplicates})
 
 
 @cli.command()

@@ -1,5 +1,6 @@
 """Operations endpoints of the dialogue server (seed 003's monitoring API): note rollback,
-an entry's composite document and revisions, dead letters, the task ledger, queue status.
+an entry's composite document and revisions, dead letters, the task ledger, queue status,
+and the export of a session's notes and created entities.
 
 They read the database (``memory/ops.py``) and are not on the dialogue hot path; unknown
 things answer 404 with a message, invalid input 422, conflicts 409, outages 503.
@@ -17,6 +18,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 
 from memory import nearline, ops
 from memory.db import session_scope
+from memory.export import export_session as export_session_doc
 from memory.notes import NoteConflict
 from settings import get_settings
 from tasks.payloads import EmbedPayload
@@ -220,6 +222,17 @@ def retry_task(task_id: str, force: bool = Query(False, description="retry even 
     for a task stuck as running after its worker died)."""
     with _OpsErrors(), session_scope() as s:
         return ops.retry_task(s, task_id, _send_kwargs, force=force)
+
+
+@router.get("/v1/sessions/{session_id}/export")
+def export_session(session_id: str,
+                   revisions: bool = Query(False, description="include each note's revisions")
+                   ) -> dict:
+    """What the session added to its world: its written notes and the entities created in it
+    (format ``npc-memory.session-export``, see ``memory.export``). 404 for an unknown
+    session."""
+    with _OpsErrors(), session_scope() as s:
+        return export_session_doc(s, session_id, revisions=revisions)
 
 
 def _broker_redis():

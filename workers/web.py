@@ -2,7 +2,9 @@
 
 A turn is answered from the nearline tier (Redis) and the in-process vector index only: the
 turn endpoint makes no database query. It records the turn in Redis and enqueues
-``npc_memory.analyze_turn`` and ``npc_memory.archive_turn`` for the asynchronous pipeline.
+``npc_memory.analyze_turn`` and ``npc_memory.archive_turn`` for the asynchronous pipeline
+(``memory.turns``). The event endpoint records a turn generated elsewhere through the same
+function, without calling the model, and makes no database query either.
 Opening a session reads the world from the database once and warms the nearline tier.
 
 The ops endpoints (note rollback, entry history, dead letters, the task ledger, queues) read
@@ -14,27 +16,26 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 from celery import Celery
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.exceptions import RedisError
 
 import celeryconfig
 from inference import calls
 from inference.embedding import get_embedder
 from inference.llm import ModelError
-from memory import nearline
+from memory import nearline, turns
 from memory.db import session_scope
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
-from tasks.dispatch import send_turn_tasks
-from tasks.payloads import SimulationPayload, TurnPayload
+from tasks.dispatch import request_simulation, simulation_task_id
 from workers import ops_api
 from workers.state import state
 
@@ -95,6 +96,46 @@ class TurnIn(BaseModel):
     player_text: str = Field(min_length=1, max_length=2000)
 
 
+class EventIn(BaseModel):
+    """``POST /v1/sessions/{id}/events`` body: a turn generated elsewhere.
+
+    ``text`` is what ``speaker`` said to the NPC ``npc_id``; ``npc_text`` the NPC's reply if
+    it answered. ``event_id`` makes the post idempotent within the session (use it when a
+    client may retry); ``created_at`` is when it happened (unix seconds, default now).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    npc_id: str = Field(min_length=1, max_length=300, description="the NPC's entry key")
+    text: str = Field(min_length=1, max_length=2000, description="what was said to the NPC")
+    speaker: str | None = Field(None, min_length=1, max_length=200, description=(
+        "who said it: an NPC's entry key or name, or anyone; default the session's player"))
+    npc_text: str | None = Field(None, min_length=1, max_length=8000,
+                                 description="the NPC's reply; absent if it did not answer")
+    event_id: str | None = Field(None, min_length=1, max_length=200,
+                                 description="idempotency key of this event in the session")
+    created_at: float | None = Field(None, ge=0, le=4102444800, allow_inf_nan=False,
+                                     description="when it happened, unix seconds")
+
+    @field_validator("text", "speaker", "npc_text", "event_id")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class EventOut(BaseModel):
+    turn_id: str
+    seq: int
+    npc_id: str
+    npc_name: str
+    speaker: str = Field(description="who spoke: the body's speaker or the session's player")
+    text: str
+    npc_text: str | None
+    created_at: float
+    duplicate: bool = Field(description="true when event_id had been recorded before")
+
+
 class TurnOut(BaseModel):
     turn_id: str
     seq: int
@@ -106,8 +147,9 @@ class TurnOut(BaseModel):
     latency_ms: float
 
 
-def _send(name: str, payload) -> None:
-    state.celery.send_task(name, kwargs=payload.model_dump(mode="json"))
+def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None, **options) -> str:
+    """``tasks.dispatch.Send`` over this server's Celery app."""
+    return state.celery.send_task(name, kwargs=kwargs, task_id=task_id, **options).id
 
 
 @app.get("/healthz")
@@ -130,27 +172,39 @@ def open_session(body: SessionIn) -> SessionOut:
         s.add(GameSession(id=session_id, world_id=world.id, player_name=body.player_name))
         chars = [{"npc_id": e.key, "name": e.title} for e in entries if e.entity_type == "character"]
         world_id = world.id
-    nearline.open_session(r, session_id, world_id, body.player_name)
+        s_ = get_settings()
+        every = s_.simulate_every_turns if world.simulate_every_turns is None \
+            else world.simulate_every_turns
+        minutes = world.tick_game_minutes or s_.tick_game_minutes
+    nearline.open_session(r, session_id, world_id, body.player_name, every_turns=every,
+                          tick_minutes=minutes)
     return SessionOut(session_id=session_id, world=body.world, world_id=world_id, characters=chars)
+
+
+@contextmanager
+def _turn_errors():
+    """Map the shared turn path's errors to HTTP: unknown session or NPC 404, a target that is
+    not a character 422, Redis or broker outage 503."""
+    try:
+        yield
+    except (turns.UnknownSession, turns.UnknownNpc) as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except turns.NotACharacter as exc:
+        raise HTTPException(422, str(exc)) from exc
+    except (BrokerError, RedisError, ConnectionError) as exc:
+        raise HTTPException(503, f"broker or nearline store unavailable: {exc}") from exc
 
 
 @app.post("/v1/sessions/{session_id}/turns", response_model=TurnOut)
 def play_turn(session_id: str, body: TurnIn) -> TurnOut:
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
-    target that is not a character, 503 when the model server fails."""
+    target that is not a character, 503 when the model server, Redis or the broker fails."""
     t0 = time.perf_counter()
     s_ = get_settings()
     r = nearline.get_redis()
-    sess = nearline.get_session(r, session_id)
-    if sess is None:
-        raise HTTPException(404, f"unknown session {session_id!r}")
-    world_id = sess["world_id"]
-    npc_entry_id = nearline.resolve_key(r, world_id, session_id, body.npc_id)
-    npc = nearline.get_entry(r, world_id, npc_entry_id) if npc_entry_id is not None else None
-    if npc is None:
-        raise HTTPException(404, f"unknown NPC {body.npc_id!r} in this session's world")
-    if npc["entity_type"] != "character":
-        raise HTTPException(422, f"{body.npc_id!r} is a {npc['entity_type']}, not a character")
+    with _turn_errors():
+        target = turns.resolve_target(r, session_id, body.npc_id)
+    world_id, npc_entry_id, npc = target.world_id, target.npc_entry_id, target.npc
     note = nearline.get_note(r, session_id, npc_entry_id)
     recent = nearline.recent_turns(r, session_id, s_.recent_turns)
     recent_npc = [t for t in recent if t["npc_entry_id"] == npc_entry_id]
@@ -168,17 +222,41 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
     latency_ms = (time.perf_counter() - t0) * 1000
-    seq = nearline.next_turn_seq(r, session_id)
-    turn = TurnPayload(
-        turn_id=uuid.uuid4().hex, session_id=session_id, world_id=world_id, seq=seq,
-        npc_entry_id=npc_entry_id, player_text=body.player_text, npc_text=reply.text or "...",
-        latency_ms=latency_ms, created_at=time.time(),
-    )
-    nearline.record_turn(r, session_id, turn.model_dump())
-    send_turn_tasks(state.celery, r, turn)
-    return TurnOut(turn_id=turn.turn_id, seq=seq, npc_id=body.npc_id, npc_name=npc["title"],
+    with _turn_errors():
+        turn = turns.record_turn(r, _send_kwargs, target, player_text=body.player_text,
+                                 npc_text=reply.text or "...", latency_ms=latency_ms).turn
+    return TurnOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id, npc_name=npc["title"],
                    npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
                    latency_ms=latency_ms)
+
+
+@app.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
+          responses={200: {"model": EventOut, "description": "event_id seen before: the "
+                           "earlier turn, nothing recorded"}})
+def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
+    """Record a turn that was generated elsewhere (another model, a script, a recorded
+    conversation) and run it through the same pipeline as a played turn (same Redis writes,
+    same ``analyze_turn`` and ``archive_turn`` tasks), without calling the generation model.
+
+    201 with the new turn; 200 with the earlier turn when ``event_id`` was recorded in this
+    session before; 404 for an unknown session or NPC; 422 for a target that is not a
+    character or an invalid body; 503 when Redis or the broker fails (the event id is then
+    forgotten, so posting the event again records and sends it; its turn may already be in the
+    recent turns, and the pipeline's idempotency keys hold as its turn id is the same).
+    """
+    r = nearline.get_redis()
+    with _turn_errors():
+        target = turns.resolve_target(r, session_id, body.npc_id)
+        rec = turns.record_turn(r, _send_kwargs, target, player_text=body.text,
+                                npc_text=body.npc_text or "", speaker=body.speaker,
+                                created_at=body.created_at, event_id=body.event_id)
+    if rec.duplicate:
+        response.status_code = 200
+    turn = rec.turn
+    return EventOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id,
+                    npc_name=target.npc["title"], speaker=turn.speaker or target.player_name,
+                    text=turn.player_text, npc_text=turn.npc_text or None,
+                    created_at=turn.created_at, duplicate=rec.duplicate)
 
 
 @app.get("/v1/sessions/{session_id}/search")
@@ -202,12 +280,14 @@ def search(session_id: str, q: str, k: int = 3) -> dict:
 
 @app.post("/v1/sessions/{session_id}/tick", status_code=202)
 def tick(session_id: str) -> dict:
-    """Trigger a world tick for one session now (ops); returns the tick id."""
-    if nearline.get_session(nearline.get_redis(), session_id) is None:
+    """Trigger a world tick for one session now (ops), even if one is pending; returns the
+    tick id and the task id (the tick's trace is that task's result in the ledger)."""
+    r = nearline.get_redis()
+    if nearline.get_session(r, session_id) is None:
         raise HTTPException(404, f"unknown session {session_id!r}")
     tick_id = f"manual-{uuid.uuid4().hex}"
-    _send("npc_memory.simulate_world", SimulationPayload(session_id=session_id, tick_id=tick_id))
-    return {"tick_id": tick_id}
+    request_simulation(_send_kwargs, r, session_id, tick_id, force=True)
+    return {"tick_id": tick_id, "task_id": simulation_task_id(tick_id, session_id)}
 
 
 # --------------------------------------------------------------------------- ops (database reads)

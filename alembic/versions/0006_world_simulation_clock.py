@@ -1,4 +1,5 @@
-"""world simulation: per-world tick settings, in-game clock on sessions and revisions
+"""world simulation: per-world tick settings, in-game clock on sessions and revisions; task
+ids up to 200 characters (derived ids such as ``npc_memory.simulate_world:{tick}:{session}``)
 
 Revision ID: 0006
 Revises: 0003
@@ -27,11 +28,19 @@ def upgrade() -> None:
                                    server_default='0'))
     with op.batch_alter_table('session_note_revisions') as batch:
         batch.add_column(sa.Column('game_minutes', sa.Integer(), nullable=True))
+        batch.alter_column('task_id', type_=sa.String(200), existing_type=sa.String(64))
+    for table in ('task_records', 'dead_letters'):
+        with op.batch_alter_table(table) as batch:
+            batch.alter_column('task_id', type_=sa.String(200), existing_type=sa.String(64))
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    for table in ('task_records', 'dead_letters'):
+        with op.batch_alter_table(table) as batch:
+            batch.alter_column('task_id', type_=sa.String(64), existing_type=sa.String(200))
     with op.batch_alter_table('session_note_revisions') as batch:
+        batch.alter_column('task_id', type_=sa.String(64), existing_type=sa.String(200))
         batch.drop_column('game_minutes')
     with op.batch_alter_table('game_sessions') as batch:
         batch.drop_column('game_minutes')

@@ -1,0 +1,175 @@
+"""Recording a finished turn and starting its memory pipeline: the one path shared by the
+dialogue server's turn endpoint (the reply is generated there) and its event endpoint (a turn
+generated elsewhere, posted without generation).
+
+Both resolve their target with :func:`resolve_target` and record with :func:`record_turn`:
+the turn is appended to the session's recent turns in Redis, then ``npc_memory.analyze_turn``
+(queue ``analysis``) and ``npc_memory.archive_turn`` (queue ``archive``) are sent with the
+same :class:`~tasks.payloads.TurnPayload`. Nothing here touches the database: this is the
+dialogue hot path (Redis and the broker only).
+
+``send`` is ``(task_name, kwargs, task_id) -> task_id``, the caller's way to put a task on the
+broker (``tasks.dispatch.Send``). The turn is recorded together with an outbox entry and its
+tasks get ids derived from the turn id (``tasks.dispatch``), so a turn whose tasks never
+reached the broker is sent again by the reconcile task, and never run twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from memory import nearline
+from tasks.dispatch import TURN_TASKS as PIPELINE_TASKS
+from tasks.dispatch import Send, request_simulation, send_turn_tasks
+from tasks.payloads import TurnPayload
+
+
+class UnknownSession(LookupError):
+    """The session is not open in the nearline tier."""
+
+
+class UnknownNpc(LookupError):
+    """No entry with that key in the session's world or among the session's creations."""
+
+
+class NotACharacter(ValueError):
+    """The target entry exists but is a location or an item."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Who a turn is addressed to: the session (``world_id``, ``player_name``) and the NPC
+    (``npc_entry_id`` and its cached entry ``{id, key, title, content, entity_type}``)."""
+
+    session_id: str
+    world_id: int
+    player_name: str
+    npc_entry_id: int
+    npc: dict
+    game_minutes: int = 0
+    every_turns: int = 0
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A recorded turn; ``duplicate`` is True when its ``event_id`` had been recorded before
+    (``turn`` is then the earlier turn and nothing was written or sent)."""
+
+    turn: TurnPayload
+    duplicate: bool = False
+
+
+def resolve_target(r: redis.Redis, session_id: str, npc_key: str) -> Target:
+    """The session and the character ``npc_key`` it addresses, from Redis only.
+
+    Raises:
+        UnknownSession: the session is not open.
+        UnknownNpc: no entry ``npc_key`` in the session's world or its creations.
+        NotACharacter: the entry is a location or an item.
+    """
+    sess = nearline.get_session(r, session_id)
+    if sess is None:
+        raise UnknownSession(f"unknown session {session_id!r}")
+    world_id = sess["world_id"]
+    entry_id = nearline.resolve_key(r, world_id, session_id, npc_key)
+    npc = nearline.get_entry(r, world_id, entry_id) if entry_id is not None else None
+    if npc is None:
+        raise UnknownNpc(f"unknown NPC {npc_key!r} in this session's world")
+    if npc["entity_type"] != "character":
+        raise NotACharacter(f"{npc_key!r} is a {npc['entity_type']}, not a character")
+    return Target(session_id=session_id, world_id=world_id, player_name=sess["player_name"],
+                  npc_entry_id=entry_id, npc=npc, game_minutes=sess["game_minutes"],
+                  every_turns=sess["every_turns"])
+
+
+def _events_key(session_id: str) -> str:
+    return f"session:{session_id}:events"
+
+
+def event_turn_id(session_id: str, event_id: str) -> str:
+    """The turn id of an event: 32 hex chars of SHA-256 over session and event id, so a
+    re-posted event names the same turn (and the pipeline's idempotency keys hold)."""
+    return hashlib.sha256(f"{session_id}\n{event_id}".encode()).hexdigest()[:32]
+
+
+def turn_kwargs(turn: TurnPayload) -> dict:
+    """The task kwargs of a turn (JSON-ready; ``speaker`` left out when None)."""
+    return turn.model_dump(mode="json", exclude_none=True)
+
+
+def record_turn(
+    r: redis.Redis,
+    send: Send,
+    target: Target,
+    *,
+    player_text: str,
+    npc_text: str,
+    speaker: str | None = None,
+    latency_ms: float = 0.0,
+    created_at: float | None = None,
+    event_id: str | None = None,
+) -> Recorded:
+    """Record one finished turn in the nearline tier and send it to the pipeline.
+
+    Allocates the session's next ``seq``, appends the turn to its recent turns, then sends
+    :data:`PIPELINE_TASKS` with the turn as kwargs; every ``every_turns`` turns of the session
+    (the world's setting) it also requests a world tick for the session (tick id
+    ``turn-{seq}``), unless one is already queued or running.
+
+    Args:
+        player_text: what was said to the NPC (1-4000 chars).
+        npc_text: the NPC's reply, "" when it did not answer (<= 8000 chars).
+        speaker: who said ``player_text``; None for the session's player.
+        latency_ms: generation time (0 for events).
+        created_at: when the turn happened, unix seconds; default now.
+        event_id: the caller's idempotency key. The turn id is derived from it and the
+            first recording wins: posting the same ``event_id`` to the same session again
+            returns the earlier turn with ``duplicate=True`` and writes/sends nothing.
+
+    Raises:
+        pydantic.ValidationError: a field out of :class:`TurnPayload`'s bounds.
+        redis.exceptions.RedisError, kombu.exceptions.OperationalError: Redis or the broker
+            failed. A failed event is forgotten again (best effort), so posting it again
+            records it; its turn may then appear twice in the recent turns, with one id.
+    """
+    turn_id = event_turn_id(target.session_id, event_id) if event_id else uuid.uuid4().hex
+    if event_id:
+        earlier = r.hget(_events_key(target.session_id), event_id)
+        if earlier is not None:
+            return Recorded(TurnPayload.model_validate_json(earlier), duplicate=True)
+    turn = TurnPayload(
+        turn_id=turn_id, session_id=target.session_id, world_id=target.world_id,
+        seq=nearline.next_turn_seq(r, target.session_id), npc_entry_id=target.npc_entry_id,
+        player_text=player_text, npc_text=npc_text, speaker=speaker, latency_ms=latency_ms,
+        created_at=time.time() if created_at is None else created_at,
+        game_minutes=target.game_minutes,
+    )
+    kwargs = turn_kwargs(turn)
+    if event_id and not r.hsetnx(_events_key(target.session_id), event_id, json.dumps(kwargs)):
+        earlier = r.hget(_events_key(target.session_id), event_id)  # a concurrent twin won
+        return Recorded(TurnPayload.model_validate_json(earlier), duplicate=True)
+    try:
+        nearline.record_turn(r, target.session_id, kwargs)
+    except Exception:
+        if event_id:
+            try:
+                r.hdel(_events_key(target.session_id), event_id)
+            except redis.RedisError:
+                pass
+        raise
+    # once recorded, the turn is in the outbox: if sending fails here the reconcile task
+    # sends it later, and posting the event again answers "duplicate"
+    send_turn_tasks(send, r, kwargs)
+    if target.every_turns and turn.seq % target.every_turns == 0:  # the every-N-turns tick
+        request_simulation(send, r, target.session_id, f"turn-{turn.seq}")
+    return Recorded(turn)
+
+
+__all__ = ["NotACharacter", "PIPELINE_TASKS", "Recorded", "Send", "Target", "UnknownNpc",
+           "UnknownSession", "event_turn_id", "record_turn", "resolve_target", "turn_kwargs"]
