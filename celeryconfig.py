@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from kombu import Exchange, Queue
 
+from memory.nearline import redis_url_for_client
 from settings import get_settings
 
 
@@ -97,4 +98,12 @@ beat_schedule = {
         "options": {"expires": max(1.0, _s.reconcile_seconds)},
     },
 }
-beat_schedule_filename = str(_s.data_dir / "celerybeat-schedule")
+# One beat only, even when several are started (NOTES.md): celery-redbeat keeps the schedule in
+# Redis and holds a lock there; a second beat waits for the lock and takes over within
+# ``BEAT_LOCK_TIMEOUT_S`` seconds if the first dies. The loop wakes at least every 5 s so
+# the lock is extended well before it expires.
+beat_scheduler = "redbeat.RedBeatScheduler"
+redbeat_redis_url = redis_url_for_client(_s.effective_redis_url)
+redbeat_key_prefix = "npc_memory:beat:"
+redbeat_lock_timeout = _s.beat_lock_timeout_s
+beat_max_loop_interval = 5

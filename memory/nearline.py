@@ -9,6 +9,8 @@ Key layout (all strings UTF-8; JSON values):
   tick_minutes (in-game minutes per tick)
 - ``session:{session_id}:simulated``           sorted set lore entry id -> last simulated (unix s)
 - ``sessions:simulated``                       sorted set session id -> last simulated (unix s)
+- ``session:{session_id}:tick_clock:{tick_id}`` / ``...:tick_result:{tick_id}``  what one tick
+  did to the session (clock value, chosen NPCs and updates), so a re-run repeats it exactly
 - ``session:{session_id}:keys``                hash  keys of entries created in the session
 - ``session:{session_id}:turns``               list  JSON turns, newest last, capped
 - ``session:{session_id}:seq``                 counter of turns
@@ -138,6 +140,24 @@ def advance_clock_once(r: redis.Redis, session_id: str, tick_id: str, minutes: i
     Returns the new time in minutes since the session began."""
     return int(r.eval(_ADVANCE_ONCE, 2, f"session:{session_id}",
                       f"session:{session_id}:tick_clock:{tick_id}", int(minutes), 7 * 24 * 3600))
+
+
+TICK_RESULT_TTL_S = 7 * 24 * 3600
+
+
+def save_tick_result(r: redis.Redis, session_id: str, tick_id: str, result: dict) -> dict:
+    """Keep what one tick decided for a session (first writer wins, ``SET NX``, 7 days);
+    returns the kept result, which is ``result`` unless a twin of the tick saved first."""
+    key = f"session:{session_id}:tick_result:{tick_id}"
+    if r.set(key, json.dumps(result), nx=True, ex=TICK_RESULT_TTL_S):
+        return result
+    return json.loads(r.get(key))
+
+
+def get_tick_result(r: redis.Redis, session_id: str, tick_id: str) -> dict | None:
+    """What tick ``tick_id`` decided for the session, if it ran before."""
+    raw = r.get(f"session:{session_id}:tick_result:{tick_id}")
+    return json.loads(raw) if raw else None
 
 
 def format_game_time(minutes: int) -> str:

@@ -81,7 +81,19 @@ def _fit(chosen: list, places: list[dict], max_tokens: int, prompt_chars) -> tup
     return 0, 0
 
 
+def _enqueue_updates(p: SimulationPayload, did: dict[str, str], clock: int) -> None:
+    for key, summary in did.items():
+        enqueue_note_update(NoteUpdatePayload(
+            session_id=p.session_id, lore_entry_key=key, update_summary=summary,
+            cause="simulation", game_minutes=clock,
+            idempotency_key=f"{p.tick_id}:{p.session_id}:{key}"))
+
+
 def _simulate(p: SimulationPayload, r) -> dict:
+    earlier = nearline.get_tick_result(r, p.session_id, p.tick_id)
+    if earlier is not None:  # a re-run of this tick: send the same updates again (idempotent)
+        _enqueue_updates(p, earlier.get("did", {}), earlier.get("game_minutes", 0))
+        return {**earlier, "status": "duplicate", "tokens": 0}
     s_ = get_settings()
     max_npcs = p.max_npcs or s_.simulate_max_npcs
     max_tokens = p.max_tokens or s_.simulate_max_tokens
@@ -120,18 +132,15 @@ def _simulate(p: SimulationPayload, r) -> dict:
     now_text = nearline.format_game_time(clock)
     out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
                                  max_tokens=completion)
-    sent = {}
+    did = {}
     for u in out.updates:
-        if u.lore_entry_id in sent:
-            continue
-        sent[u.lore_entry_id] = u.update_summary
-        enqueue_note_update(NoteUpdatePayload(
-            session_id=p.session_id, lore_entry_key=u.lore_entry_id,
-            update_summary=u.update_summary, cause="simulation", game_minutes=clock,
-            idempotency_key=f"{p.tick_id}:{p.session_id}:{u.lore_entry_id}"))
+        did.setdefault(u.lore_entry_id, u.update_summary)
+    result = nearline.save_tick_result(r, p.session_id, p.tick_id, {
+        **trace, "updates": len(did), "did": did, "calls": 1, "tokens": tokens,
+        "game_time": now_text, "game_minutes": clock, "at": time.time()})
+    _enqueue_updates(p, result["did"], clock)
     with session_scope() as s:
         game = s.get(GameSession, p.session_id)
         game.game_minutes = max(game.game_minutes or 0, clock)
     mark_simulated(r, p.session_id, [c.entry.id for c in chosen[:n]])
-    return {**trace, "updates": len(sent), "did": sent, "calls": 1, "tokens": tokens,
-            "game_time": now_text, "game_minutes": clock, "at": time.time()}
+    return result

@@ -120,7 +120,7 @@ def test_event_records_turn_and_enqueues_pipeline(client, sid, smallville):
         "turn_id": out["turn_id"], "session_id": sid, "world_id": smallville["id"], "seq": 1,
         "npc_entry_id": _entry_id(smallville["id"], "Klaus Mueller"),
         "player_text": body["text"], "npc_text": body["npc_text"], "latency_ms": 0.0,
-        "created_at": body["created_at"], "speaker": "Maria Lopez",
+        "created_at": body["created_at"], "speaker": "Maria Lopez", "game_minutes": 0,
     }
 
     def same(kwargs):

@@ -81,7 +81,9 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
     broker.start()
     env = process_env(REDIS_URL=broker.url)
     web = WebServer(env, "outage-redis-web.log")
-    worker = SubprocessWorker(env, "analysis,archive", "outage-redis-worker.log")
+    # one worker per queue: a slow model call must not hold the archive back
+    worker = SubprocessWorker(env, "archive", "outage-redis-archiver.log")
+    analyst = SubprocessWorker(env, "analysis", "outage-redis-analyst.log")
     r = redis_py.Redis.from_url(broker.url)
     try:
         web.start()
@@ -114,6 +116,7 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
         assert [t["turn_id"] for t in nearline.outbox_due(r, 0)] == [orphan["turn_id"]]
 
         worker.start()
+        analyst.start()
         _send(broker.url, "npc_memory.reconcile", {"older_than_s": 0})
         wait_for(lambda: _archived(sid) == set(turn_ids), timeout=180)
         assert _archive_rows(sid) == 4
@@ -128,6 +131,7 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
             assert rec.status == "succeeded" or "InvalidModelOutput" in rec.error, rec.error
             assert rec.attempts == 1  # each analysis ran once
     finally:
+        analyst.stop()
         worker.stop()
         web.stop()
         broker.stop()

@@ -117,23 +117,55 @@ def test_analyze_turn_fans_out_update_tasks(worker, celery_app, game_session, wa
     assert wait_for(fanned) >= 1
 
 
-def test_simulate_world_enqueues_simulated_updates(worker, celery_app, game_session, wait_for):
+def test_simulate_world_traces_its_choice_advances_the_clock_once_and_reruns_idempotently(
+        worker, celery_app, game_session, wait_for):
+    """A tick for one session: its trace names the chosen NPCs with their scores and signals;
+    the in-game clock moves by one tick; the simulated revisions carry that in-game time; the
+    same tick sent again (another task id) adds no revision and does not move the clock."""
+    from models import GameSession
+
     sid = game_session["id"]
+    r = nearline.get_redis()
     tick = f"tick-{uuid.uuid4().hex[:8]}"
     t = celery_app.send_task("npc_memory.simulate_world", kwargs={"session_id": sid, "tick_id": tick}).id
     wait_for(lambda: _status(t) in ("succeeded", "dead"), timeout=300)
     assert _status(t) == "succeeded"
-    with session_scope() as s:
-        result = s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == t))
+    result = _result(t)
     assert 1 <= len(result["npcs"]) <= 2 and result["updates"] >= 1
+    assert set(result["npcs"][0]["why"]) == {"promises", "relationship", "mentions",
+                                             "hours_since_simulated"}
+    assert result["tokens"] <= 2 * result["token_budget"]  # one call, plus a retry at most
+    assert result["game_minutes"] == 120 and result["elapsed"] == "2 hours"
+    assert nearline.get_session(r, sid)["game_minutes"] == 120
+    prefix = f"{tick}:{sid}:"
 
-    def simulated_revision():
+    def simulated_revisions():
         with session_scope() as s:
-            return s.scalar(select(SessionNoteRevision).where(
-                SessionNoteRevision.cause == "simulation",
-                SessionNoteRevision.idempotency_key.startswith(f"{tick}:")))
-    rev = wait_for(simulated_revision, timeout=300)
-    assert rev.idempotency_key.split(":", 1)[1] in result["npcs"]
+            return s.scalars(select(SessionNoteRevision).where(
+                SessionNoteRevision.idempotency_key.startswith(prefix))).all()
+    revs = wait_for(lambda: len(simulated_revisions()) == result["updates"] and simulated_revisions(),
+                    timeout=300)
+    chosen = {n["key"] for n in result["npcs"]}
+    for rev in revs:
+        assert rev.cause in ("simulation", "coalesced") and rev.game_minutes == 120
+        assert rev.idempotency_key[len(prefix):] in chosen | set(result["did"])
+    with session_scope() as s:
+        assert s.get(GameSession, sid).game_minutes == 120
+
+    again = celery_app.send_task("npc_memory.simulate_world",
+                                 kwargs={"session_id": sid, "tick_id": tick}).id
+    wait_for(lambda: _status(again) == "succeeded", timeout=300)
+    assert _result(again)["game_minutes"] == 120  # the clock moved once for this tick
+    ids = [x for x in _ledger_ids("npc_memory.update_note", prefix)]
+    wait_for(lambda: all(_status(i) in ("succeeded", "dead") for i in _ledger_ids(
+        "npc_memory.update_note", prefix)), timeout=300)
+    assert ids and len(simulated_revisions()) == result["updates"]  # nothing applied twice
+
+
+def _ledger_ids(task_name: str, key_prefix: str) -> list[str]:
+    with session_scope() as s:
+        return list(s.scalars(select(TaskRecord.task_id).where(
+            TaskRecord.task_name == task_name, TaskRecord.idempotency_key.startswith(key_prefix))))
 
 
 def test_unknown_task_name_has_no_route(celery_app):

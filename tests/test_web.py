@@ -75,7 +75,7 @@ def test_open_session(client, light_world):
     assert "baker_27" in got
     sess = nearline.get_session(nearline.get_redis(), body["session_id"])
     assert sess == {"world_id": light_world["id"], "player_name": "Ann", "game_minutes": 0,
-                    "every_turns": 10, "tick_minutes": 120}  # the settings' defaults
+                    "every_turns": 0, "tick_minutes": 120}  # SIMULATE_EVERY_TURNS=0 in tests
 
 
 def test_open_session_unknown_world_is_404(client):

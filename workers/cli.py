@@ -2,7 +2,7 @@
 importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
 ``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
 ``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``session-tasks``, ``retry-task``,
-``queues``, ``export-session``."""
+``queues``, ``export-session``, ``tick``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import typer
@@ -392,6 +393,22 @@ def queues() -> None:
     r = nearline.get_redis(url) if url.startswith(("redis", "unix")) else None
     app = _celery()
     _echo(ops.queue_status(r, lambda: app.control.inspect(timeout=1.0).active_queues()))
+
+
+@cli.command()
+def tick(session_id: str = typer.Argument(..., help="session id")) -> None:
+    """Trigger a world tick for one session now (even if one is pending); prints the tick id
+    and the task id whose ledger result is the tick's trace."""
+    from memory import nearline
+    from tasks.dispatch import app_sender, request_simulation, simulation_task_id
+
+    r = nearline.get_redis()
+    if nearline.get_session(r, session_id) is None:
+        typer.echo(f"error: unknown session {session_id!r}", err=True)
+        raise typer.Exit(1)
+    tick_id = f"manual-{uuid.uuid4().hex}"
+    request_simulation(app_sender(_celery()), r, session_id, tick_id, force=True)
+    _echo({"tick_id": tick_id, "task_id": simulation_task_id(tick_id, session_id)})
 
 
 def main() -> None:

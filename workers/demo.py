@@ -131,8 +131,7 @@ def run_demo(opts: DemoOptions) -> dict:
             sup.spawn("embedder", embedded.celery_worker_argv("embedder", "embed"))
             sup.spawn("archiver", embedded.celery_worker_argv("archiver", "archive"))
             sup.spawn("beat", [embedded.sys.executable, "-m", "celery", "-A", "workers.celery_app",
-                               "beat", "--loglevel", "INFO",
-                               "-s", str(opts.data_dir / "celerybeat-schedule")])
+                               "beat", "--loglevel", "INFO"])
             for var in ("LLM_BASE_URL", "GENERATION_BASE_URL"):
                 if var in env:
                     embedded.wait_http(f"{env[var]}/models", 120, sup)
@@ -308,5 +307,10 @@ def _print_summary(console: Console, out: dict) -> None:
         console.print(f"retrieval: {ex['query']!r} -> {ex['top3']}")
     console.print(f"world ticks run: {len(out['world_ticks'])}")
     for t in out["world_ticks"]:
-        console.print(f"  tick {t['tick'][:18]}: simulated {t.get('npcs')} -> "
-                      f"{t.get('updates', 0)} update_note tasks, {t.get('tokens', 0)} tokens")
+        console.print(f"  tick {t['tick'][:18]} ({t.get('elapsed', '?')}, now "
+                      f"{t.get('game_time', '?')}): {len(t.get('npcs', []))} NPCs, "
+                      f"{t.get('updates', 0)} update_note tasks, {t.get('tokens', 0)} tokens "
+                      f"(budget {t.get('token_budget', '?')}), {len(t.get('waiting', []))} waiting")
+        for n in t.get("npcs", []):
+            console.print(f"    {n['title']} (score {n['score']}, {n['why']}): "
+                          f"{t.get('did', {}).get(n['key'], '-')}")
