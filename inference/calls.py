@@ -47,8 +47,10 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
 
 
 def analyze_turn(npc_title: str, player_text: str, npc_text: str,
-                 entities: list) -> tuple[AnalysisOutput, int]:
-    """Updates and creations implied by one turn (analysis role), ids limited to ``entities``.
+                 entities: list, hints: str = "") -> tuple[AnalysisOutput, int]:
+    """Updates and creations implied by one turn (analysis role), ids limited to ``entities``,
+    and the turn's relationship and quest events for the NPC's cards (seed 000). ``hints``:
+    open promises and active quests already on the cards (``memory.cards.analysis_hints``).
 
     Raises:
         inference.llm.InvalidModelOutput: no valid answer after retries.
@@ -56,7 +58,7 @@ def analyze_turn(npc_title: str, player_text: str, npc_text: str,
     """
     schema = prompts.schema("analysis", {"lore_entry_id": [e.key for e in entities]})
     msgs = prompts.messages("analysis", npc_title=npc_title, player_text=player_text,
-                            npc_text=npc_text, entities=entities)
+                            npc_text=npc_text, entities=entities, hints=hints)
     return chat_model("analysis").complete_json(msgs, AnalysisOutput, schema, max_tokens=700,
                                                 temperature=0.2, schema_name="analysis")
 

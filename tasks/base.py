@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from celeryconfig import TASK_QUEUES
 from inference.llm import InvalidModelOutput, ModelError
+from memory.cards import CardConflict
 from memory.db import dialect_insert, session_scope
 from memory.notes import NoteConflict, RejectedRewrite
 from models import DeadLetter, TaskRecord
@@ -104,7 +105,8 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     ``send_task(name, kwargs={...})``. Model errors and database outages are retried with
     exponential backoff and jitter (at most ``max_retries`` times); invalid model output and
     invalid payloads are dead-lettered at once. A rejected rewrite (empty or over the note
-    cap) is retried like a model error: another sample usually passes.
+    cap) is retried like a model error: another sample usually passes; so is a card
+    transaction that kept losing the race (``CardConflict``).
 
     Raises:
         RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
@@ -116,7 +118,7 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     def decorate(fn: Callable[[Payload, TaskContext], dict]):
         @shared_task(
             name=name, bind=True, base=NpcTask, queue_name=queue,
-            autoretry_for=(ModelError, OperationalError, NoteConflict, RejectedRewrite), dont_autoretry_for=(InvalidModelOutput,),
+            autoretry_for=(ModelError, OperationalError, NoteConflict, RejectedRewrite, CardConflict), dont_autoretry_for=(InvalidModelOutput,),
             retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=max_retries,
             soft_time_limit=soft_time_limit, time_limit=time_limit,
         )

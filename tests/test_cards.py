@@ -1,20 +1,32 @@
-"""Memory cards (``memory.cards``, seed 000) against the real Redis: effects and bounds, the
-2 KB size rule, atomic concurrent updates (threads and processes), idempotent events, and the
-prompt text."""
+"""Memory cards (``memory.cards``, seed 000) against the real Redis and PostgreSQL: effects and
+bounds, the 2 KB size rule, atomic concurrent updates (threads and processes), idempotent
+events, the prompt text, the archive, and the analysis task through the real Celery worker.
+
+Where a test needs the model to say something exact, the model server is a local stand-in
+speaking the OpenAI wire format (``tests/fakes.py``); the project's own code runs unchanged.
+"""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import func, select
 
+import settings
+from fakes import FakeServer, openai_chat  # tests/ is on sys.path (rootdir conftest)
 from memory import cards as mc
 from memory import nearline
+from memory.db import session_scope
+from models import CardEvent, LoreEntry, NpcCard, TaskRecord
 
 
 def _rel(event_id: str, kind: str, detail: str = "Something happened.", intensity: int = 1,
@@ -37,6 +49,11 @@ def pair():
     keys = r.keys(f"session:{sid}:*")
     if keys:
         r.delete(*keys)
+
+
+def _entry(world_id: int, key: str) -> LoreEntry:
+    with session_scope() as s:
+        return s.scalar(select(LoreEntry).where(LoreEntry.world_id == world_id, LoreEntry.key == key))
 
 
 # --------------------------------------------------------------------------- effects, bounds
@@ -325,6 +342,16 @@ def test_turn_applied_finds_a_turns_events_only(pair):
     assert [e["event_id"] for e in mc.turn_applied(r, *pair, "ab*c")] == ["ab*c:r0"]
 
 
+def test_turn_events_give_stable_ids_and_drop_repeats():
+    from prompts.outputs import QuestChange, RelationshipChange
+
+    rel = [RelationshipChange(kind="gift", detail="Rye flour.", intensity=2)] * 2
+    quests = [QuestChange(kind="flag_set", name="mill_open", detail="yes")]
+    r_events, q_events = mc.turn_events("abc", 7, rel, quests)
+    assert [(e.event_id, e.kind, e.seq) for e in r_events] == [("abc:r0", "gift", 7)]
+    assert [(e.event_id, e.name, e.detail) for e in q_events] == [("abc:q0", "mill_open", "yes")]
+
+
 # --------------------------------------------------------------------------- prompt text
 
 
@@ -346,3 +373,140 @@ def test_render_cards_most_important_first_within_budget(pair):
         assert full.startswith(text.removesuffix("...").rstrip(" ,;:")) or text == ""
     assert mc.render_cards(cards, 100).endswith("...")
     assert "Active quests: Find the silver key." in mc.analysis_hints(cards)
+
+
+# --------------------------------------------------------------------------- the archive
+
+
+def test_archive_keeps_the_newest_snapshot_and_each_event_once(game_session):
+    from memory.archive import archive_cards
+
+    sid = game_session["id"]
+    baker = _entry(game_session["world_id"], "baker_27")
+    ev = {"event_id": f"{sid}:r0", "card": "relationship", "kind": "gift", "turn_id": "t1", "seq": 1,
+          "detail": "Rye.", "trust_delta": 1, "affinity_delta": 2, "applied_at": time.time()}
+    with session_scope() as s:
+        first = archive_cards(s, sid, baker.id, {"relationship": {"rev": 2, "trust": 5},
+                                                 "quest": {"rev": 1}}, [ev])
+    with session_scope() as s:  # late and repeated deliveries
+        late = archive_cards(s, sid, baker.id, {"relationship": {"rev": 1, "trust": 1}}, [ev])
+    assert first == {"snapshots": 2, "events": 1} and late == {"snapshots": 0, "events": 0}
+    with session_scope() as s:
+        rows = {c.kind: (c.rev, c.card) for c in s.scalars(select(NpcCard).where(NpcCard.session_id == sid))}
+        events = s.scalars(select(CardEvent).where(CardEvent.session_id == sid)).all()
+    assert rows == {"relationship": (2, {"rev": 2, "trust": 5}), "quest": (1, {"rev": 1})}
+    assert [(e.event_id, e.kind, e.turn_id, e.seq, e.data["trust_delta"]) for e in events] == [
+        (f"{sid}:r0", "gift", "t1", 1, 1)]
+    with session_scope() as s, pytest.raises(ValueError, match="card kind"):
+        archive_cards(s, sid, baker.id, {"mood": {"rev": 1}}, [])
+
+
+# --------------------------------------------------------------------------- model stand-in
+
+
+@contextmanager
+def _role_on(url: str, *roles: str):
+    """Point model ``roles`` at ``url`` (and re-read settings and clients); restored after."""
+    from inference.llm import chat_model
+
+    mp = pytest.MonkeyPatch()
+    for role in roles:
+        mp.setenv(f"{role.upper()}_BASE_URL", url)
+        mp.setenv(f"{role.upper()}_BACKEND", "vllm")
+    settings.get_settings.cache_clear()
+    chat_model.cache_clear()
+    try:
+        yield
+    finally:
+        mp.undo()
+        settings.get_settings.cache_clear()
+        chat_model.cache_clear()
+
+
+def _analysis(relationship: list, quests: list) -> str:
+    return json.dumps({"updates": [], "creations": [], "relationship": relationship, "quests": quests})
+
+
+def _status(task_id: str) -> str | None:
+    with session_scope() as s:
+        return s.scalar(select(TaskRecord.status).where(TaskRecord.task_id == task_id))
+
+
+def _result(task_id: str) -> dict | None:
+    with session_scope() as s:
+        return s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == task_id))
+
+
+# --------------------------------------------------------------------------- analysis task
+
+
+def test_analyze_turn_applies_card_events_once_and_archives_them(worker, celery_app, game_session,
+                                                                  wait_for):
+    """Through the real worker: the analysis's relationship and quest events land on the NPC's
+    cards and in the archive; a redelivery whose model answer differs changes nothing."""
+    sid = game_session["id"]
+    baker = _entry(game_session["world_id"], "baker_27")
+    turn = {"turn_id": uuid.uuid4().hex, "session_id": sid, "world_id": game_session["world_id"],
+            "seq": 3, "npc_entry_id": baker.id, "player_text": "Here is flour, and I swear to find your pin.",
+            "npc_text": "Bless you. Look for it in the crypt.", "latency_ms": 1.0, "created_at": time.time()}
+    first = _analysis([{"kind": "gift", "detail": "The player gave the baker flour.", "intensity": 3},
+                       {"kind": "promise_made", "detail": "The player swore to find the rolling pin.",
+                        "intensity": 2}],
+                      [{"kind": "quest_started", "name": "The lost rolling pin",
+                        "detail": "Look in the crypt."}])
+    second = _analysis([{"kind": "insult", "detail": "The player mocked the baker.", "intensity": 9}], [])
+    with FakeServer() as srv, _role_on(srv.url + "/v1", "analysis"):
+        srv.script(openai_chat(first), openai_chat(second))
+        t1 = celery_app.send_task("npc_memory.analyze_turn", kwargs=turn).id
+        wait_for(lambda: _status(t1) in ("succeeded", "dead"), timeout=120)
+        t2 = celery_app.send_task("npc_memory.analyze_turn", kwargs=turn).id  # redelivery
+        wait_for(lambda: _status(t2) in ("succeeded", "dead"), timeout=120)
+        sent = srv.posts("/v1/chat/completions")
+    assert (_status(t1), _status(t2)) == ("succeeded", "succeeded")
+    assert _result(t1)["card_events"] == 3 and _result(t2)["card_events"] == 0
+    assert _result(t2)["card_duplicates"] == 1  # the insult's id (r0) was the gift's
+    # the second analysis was told about the open promise and the active quest
+    assert ("Known between the player and" in sent[1].body["messages"][1]["content"]
+            and "The player swore to find the rolling pin" in sent[1].body["messages"][1]["content"])
+    cards = mc.get_cards(nearline.get_redis(), sid, baker.id)
+    rel = cards.relationship
+    assert (rel.trust, rel.affinity, rel.counts) == (3, 6, {"gift": 1, "promise_made": 1})
+    assert [(p.text, p.turn, p.seq) for p in rel.promises] == [
+        ("The player swore to find the rolling pin.", turn["turn_id"], 3)]
+    assert [q.name for q in cards.quest.quests] == ["The lost rolling pin"]
+
+    def archived():
+        with session_scope() as s:
+            return s.scalar(select(func.count()).select_from(CardEvent).where(
+                CardEvent.turn_id == turn["turn_id"])) == 3 and s.scalar(
+                select(func.count()).select_from(NpcCard).where(NpcCard.session_id == sid)) == 2
+    wait_for(archived, timeout=60)
+    with session_scope() as s:
+        kinds = sorted(s.scalars(select(CardEvent.kind).where(CardEvent.turn_id == turn["turn_id"])))
+        snap = s.scalar(select(NpcCard).where(NpcCard.session_id == sid, NpcCard.kind == "relationship"))
+    assert kinds == ["gift", "promise_made", "quest_started"]  # the insult was never applied
+    assert snap.rev == rel.rev and snap.card["trust"] == 3
+
+
+def test_analyze_turn_with_a_corrupt_card_is_dead_lettered_and_the_card_kept(worker, celery_app,
+                                                                             game_session, wait_for):
+    from models import DeadLetter
+
+    sid = game_session["id"]
+    baker = _entry(game_session["world_id"], "baker_27")
+    r = nearline.get_redis()
+    r.set(mc.card_key(sid, baker.id, "relationship"), "{not json")
+    turn = {"turn_id": uuid.uuid4().hex, "session_id": sid, "world_id": game_session["world_id"],
+            "seq": 1, "npc_entry_id": baker.id, "player_text": "Take this bread, friend.",
+            "npc_text": "Thank you.", "latency_ms": 1.0, "created_at": time.time()}
+    with FakeServer() as srv, _role_on(srv.url + "/v1", "analysis"):
+        srv.default = openai_chat(_analysis(
+            [{"kind": "gift", "detail": "The player gave the baker bread.", "intensity": 2}], []))
+        t = celery_app.send_task("npc_memory.analyze_turn", kwargs=turn).id
+        wait_for(lambda: _status(t) in ("succeeded", "dead"), timeout=120)
+    assert _status(t) == "dead"
+    with session_scope() as s:
+        dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == t))
+    assert "CardCorrupt" in dl.error and "relationship" in dl.error and dl.payload == turn
+    assert r.get(mc.card_key(sid, baker.id, "relationship")) == b"{not json"
+    assert r.hlen(mc.applied_key(sid, baker.id)) == 0
