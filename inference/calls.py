@@ -23,7 +23,7 @@ class Reply:
 
 
 def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
-                   player_text: str, max_tokens: int = 80) -> Reply:
+                   player_text: str, max_tokens: int = 80, cards: str = "") -> Reply:
     """The NPC's in-character reply (generation role).
 
     Args:
@@ -31,12 +31,14 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
         note: the NPC's session note ('' when none).
         recent: recent turns ``[{player_text, npc_text}]``, oldest first.
         retrieved: ``[(title, document)]`` from the vector index.
+        cards: the NPC's relationship and quest cards as prompt text, already within its
+            budget (``memory.cards.render_cards``; '' when none).
 
     Raises:
         inference.llm.ModelError: the model failed.
     """
     model = chat_model("generation")
-    msgs = prompts.messages("dialogue", npc=npc, note=note, recent_turns=recent,
+    msgs = prompts.messages("dialogue", npc=npc, note=note, cards=cards, recent_turns=recent,
                             retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text)
     done = model.complete(msgs, max_tokens=max_tokens, temperature=0.7)
     text = done.text.strip()

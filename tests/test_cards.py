@@ -1,6 +1,7 @@
 """Memory cards (``memory.cards``, seed 000) against the real Redis and PostgreSQL: effects and
 bounds, the 2 KB size rule, atomic concurrent updates (threads and processes), idempotent
-events, the prompt text, the archive, and the analysis task through the real Celery worker.
+events, the dialogue prompt (read from Redis only), the archive, and the analysis task through
+the real Celery worker.
 
 Where a test needs the model to say something exact, the model server is a local stand-in
 speaking the OpenAI wire format (``tests/fakes.py``); the project's own code runs unchanged.
@@ -19,13 +20,13 @@ from contextlib import contextmanager
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 import settings
 from fakes import FakeServer, openai_chat  # tests/ is on sys.path (rootdir conftest)
 from memory import cards as mc
 from memory import nearline
-from memory.db import session_scope
+from memory.db import get_engine, session_scope
 from models import CardEvent, LoreEntry, NpcCard, TaskRecord
 
 
@@ -437,7 +438,53 @@ def _result(task_id: str) -> dict | None:
         return s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == task_id))
 
 
+# --------------------------------------------------------------------------- dialogue
+
+
+@pytest.fixture(scope="module")
+def client(light_world):
+    from fastapi.testclient import TestClient
+
+    from workers.web import app
+
+    with TestClient(app) as c:
+        yield c
+    nearline.get_redis().delete("analysis", "archive")  # the turns' messages, never consumed
+
+
+def test_turn_prompt_carries_the_cards_from_redis_without_sql(client, light_world):
+    r = nearline.get_redis()
+    sid = client.post("/v1/sessions", json={"world": light_world["key"]}).json()["session_id"]
+    baker_id = nearline.resolve_key(r, light_world["id"], sid, "baker_27")
+    mc.apply_events(r, sid, baker_id, [_rel("t1:r0", "saved_life", "Pulled you out of the burning oven.", 8)],
+                    [_quest("t1:q0", "quest_started", "Rebuild the oven", "Find bricks.")])
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if not threading.current_thread().name.startswith("ThreadPoolExecutor"):
+            statements.append(statement)
+
+    with FakeServer() as srv, _role_on(srv.url + "/v1", "generation"):
+        srv.default = openai_chat("You saved my life, friend.")
+        event.listen(get_engine(), "before_cursor_execute", count)
+        try:
+            res = client.post(f"/v1/sessions/{sid}/turns",
+                              json={"npc_id": "baker_27", "player_text": "How is the oven?"})
+        finally:
+            event.remove(get_engine(), "before_cursor_execute", count)
+        system = srv.posts("/v1/chat/completions")[0].body["messages"][0]["content"]
+    assert res.status_code == 200, res.text
+    assert statements == []
+    section = system.split("[What you remember about the player]\n", 1)[1].split("\n\n", 1)[0]
+    assert section == mc.render_cards(mc.get_cards(r, sid, baker_id),
+                                      settings.get_settings().cards_prompt_chars)
+    assert "The player saved your life: Pulled you out of the burning oven." in section
+    assert "Rebuild the oven" in section
+    assert len(section) <= settings.get_settings().cards_prompt_chars
+
+
 # --------------------------------------------------------------------------- analysis task
+# (last in this file: the worker it starts would otherwise run the analyses of the turns above)
 
 
 def test_analyze_turn_applies_card_events_once_and_archives_them(worker, celery_app, game_session,

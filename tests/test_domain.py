@@ -507,6 +507,7 @@ def _template_contexts() -> dict[str, dict]:
     npc = {"title": "Baker", "content": "A baker who rises before dawn."}
     return {
         "dialogue": dict(npc=npc, note="He lost his rolling pin.",
+                         cards="Trust in the player: +20 of 100 (trusting).",
                          recent_turns=[{"player_text": "Hello there", "npc_text": "Fresh rolls!"}],
                          retrieved=[("Town Square", "The square in the middle of town.")],
                          player_text="Do you have rye bread?"),
@@ -528,6 +529,7 @@ def _template_contexts() -> dict[str, dict]:
 # what each rendered template must carry from its context (system text, user text)
 _EXPECTED = {
     "dialogue": (["Baker", "A baker who rises before dawn.", "He lost his rolling pin.",
+                  "[What you remember about the player]\nTrust in the player: +20 of 100 (trusting).",
                   "Town Square: The square in the middle of town.", "Player: Hello there",
                   "Baker: Fresh rolls!"], ["Do you have rye bread?"]),
     "analysis": ([], ["- baker_27: Baker (character)", "Player said to Baker: I found a silver key.",
@@ -572,9 +574,10 @@ def test_dialogue_user_message_is_the_player_text_and_optional_sections_vanish()
     import prompts
 
     msgs = prompts.messages("dialogue", npc={"title": "Baker", "content": "A baker."}, note="",
-                            recent_turns=[], retrieved=[], player_text="Hi!")
+                            cards="", recent_turns=[], retrieved=[], player_text="Hi!")
     assert msgs[1] == {"role": "user", "content": "Hi!"}
     assert "[What has happened" not in msgs[0]["content"]
+    assert "[What you remember about the player]" not in msgs[0]["content"]
     assert "[Things you know about]" not in msgs[0]["content"]
     assert "[Recent conversation]" not in msgs[0]["content"]
 

@@ -1,9 +1,11 @@
 """The thin synchronous dialogue server (``uvicorn workers.web:app``).
 
-A turn is answered from the nearline tier (Redis) and the in-process vector index only: the
-turn endpoint makes no database query. It records the turn in Redis and enqueues
-``npc_memory.analyze_turn`` and ``npc_memory.archive_turn`` for the asynchronous pipeline.
-Opening a session reads the world from the database once and warms the nearline tier.
+A turn is answered from the nearline tier (Redis: recent turns, session note, the NPC's
+relationship and quest cards) and the in-process vector index only: the turn endpoint makes
+no database query. The cards enter the prompt within ``CARDS_PROMPT_CHARS`` characters. It
+records the turn in Redis and enqueues ``npc_memory.analyze_turn`` and
+``npc_memory.archive_turn`` for the asynchronous pipeline. Opening a session reads the world
+from the database once and warms the nearline tier.
 
 The ops endpoints (note rollback, entry history, dead letters, the task ledger, queues) read
 the database; they are thin HTTP wrappers over ``memory.ops`` and are not on the hot path.
@@ -24,6 +26,7 @@ import celeryconfig
 from inference import calls
 from inference.embedding import get_embedder
 from inference.llm import ModelError
+from memory import cards as memory_cards
 from memory import nearline
 from memory.db import session_scope
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
@@ -96,6 +99,19 @@ def _send(name: str, payload) -> None:
     state.celery.send_task(name, kwargs=payload.model_dump(mode="json"))
 
 
+def _cards_text(r, session_id: str, npc_entry_id: int, budget_chars: int) -> str:
+    """The NPC's cards as dialogue-prompt text within ``budget_chars`` (Redis only). A corrupt
+    card is logged and left out: the conversation goes on without it."""
+    if budget_chars <= 0:
+        return ""
+    try:
+        return memory_cards.render_cards(memory_cards.get_cards(r, session_id, npc_entry_id),
+                                         budget_chars)
+    except memory_cards.CardCorrupt as exc:
+        log.warning("turn without cards: %s", exc)
+        return ""
+
+
 @app.get("/healthz")
 def healthz() -> dict:
     """Liveness plus the index size and vector sync position."""
@@ -138,6 +154,7 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
     if npc["entity_type"] != "character":
         raise HTTPException(422, f"{body.npc_id!r} is a {npc['entity_type']}, not a character")
     note = nearline.get_note(r, session_id, npc_entry_id)
+    cards_text = _cards_text(r, session_id, npc_entry_id, s_.cards_prompt_chars)
     recent = nearline.recent_turns(r, session_id, s_.recent_turns)
     recent_npc = [t for t in recent if t["npc_entry_id"] == npc_entry_id]
     query = get_embedder().embed([body.player_text])[0]
@@ -150,7 +167,8 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
             text = nearline.get_note(r, session_id, h.lore_entry_id) or doc["content"]
             retrieved.append((doc["title"], text))
     try:
-        reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text)
+        reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
+                                     cards=cards_text)
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
     latency_ms = (time.perf_counter() - t0) * 1000
