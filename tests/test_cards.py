@@ -1,7 +1,7 @@
 """Memory cards (``memory.cards``, seed 000) against the real Redis and PostgreSQL: effects and
 bounds, the 2 KB size rule, atomic concurrent updates (threads and processes), idempotent
-events, the dialogue prompt (read from Redis only), the archive, and the analysis task through
-the real Celery worker.
+events, the dialogue prompt (read from Redis only), the archive, the analysis task through the
+real Celery worker, and the ops route and CLI.
 
 Where a test needs the model to say something exact, the model server is a local stand-in
 speaking the OpenAI wire format (``tests/fakes.py``); the project's own code runs unchanged.
@@ -438,7 +438,7 @@ def _result(task_id: str) -> dict | None:
         return s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == task_id))
 
 
-# --------------------------------------------------------------------------- dialogue
+# --------------------------------------------------------------------------- dialogue, ops
 
 
 @pytest.fixture(scope="module")
@@ -481,6 +481,39 @@ def test_turn_prompt_carries_the_cards_from_redis_without_sql(client, light_worl
     assert "The player saved your life: Pulled you out of the burning oven." in section
     assert "Rebuild the oven" in section
     assert len(section) <= settings.get_settings().cards_prompt_chars
+
+
+def test_cards_route_and_cli_show_a_sessions_cards(client, light_world):
+    from typer.testing import CliRunner
+
+    from workers.cli import cli
+
+    r = nearline.get_redis()
+    sid = client.post("/v1/sessions", json={"world": light_world["key"]}).json()["session_id"]
+    baker_id = nearline.resolve_key(r, light_world["id"], sid, "baker_27")
+    mc.apply_events(r, sid, baker_id, [_rel("t1:r0", "gift", "A jar of honey.", 2)])
+    res = client.get(f"/v1/sessions/{sid}/cards/baker_27")
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert (body["npc_entry_id"], body["npc_id"]) == (baker_id, "baker_27")
+    assert body["relationship"]["gifts"][0]["text"] == "A jar of honey."
+    assert body["quest"] == mc.QuestCard().model_dump(exclude_none=True)
+    assert 0 < body["bytes"]["relationship"] <= mc.MAX_CARD_BYTES
+    assert body["prompt"].startswith("Trust in the player: +2 of 100")
+    assert [e["event_id"] for e in body["events"]] == ["t1:r0"]
+    assert client.get(f"/v1/sessions/{sid}/cards/baker_27", params={"events": 0}).json()["events"] == []
+    assert client.get(f"/v1/sessions/{uuid.uuid4().hex}/cards/baker_27").status_code == 404
+    missing = client.get(f"/v1/sessions/{sid}/cards/nobody_999")
+    assert missing.status_code == 404 and "nobody_999" in missing.json()["detail"]
+    assert client.get(f"/v1/sessions/{sid}/cards/baker_27", params={"events": -1}).status_code == 422
+    assert "get" in client.get("/openapi.json").json()["paths"]["/v1/sessions/{session_id}/cards/{npc_id}"]
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["show-cards", sid, "baker_27"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["relationship"] == body["relationship"]
+    bad = runner.invoke(cli, ["show-cards", sid, "nobody_999"])
+    assert bad.exit_code == 1 and "nobody_999" in bad.output
 
 
 # --------------------------------------------------------------------------- analysis task

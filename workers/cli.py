@@ -1,6 +1,6 @@
 """Command line: ``npc-memory demo``, ``migrate``, ``import-light``, ``import-world``,
 ``serve-llm``, ``embedded-redis``; operations: ``dead-letters``, ``replay-dead-letter``,
-``rollback-note``, ``show-entry``, ``session-tasks``, ``retry-task``, ``queues``."""
+``rollback-note``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``, ``queues``."""
 
 from __future__ import annotations
 
@@ -197,6 +197,23 @@ def show_entry(session_id: str = typer.Argument(...), entry_key: str = typer.Arg
     from memory import ops
 
     _echo(_ops(ops.entry_with_history, session_id, entry_key))
+
+
+@cli.command("show-cards")
+def show_cards(session_id: str = typer.Argument(...),
+               npc_id: str = typer.Argument(..., help="the NPC's entry key, e.g. baker_27"),
+               events: int = typer.Option(20, min=0, max=500, help="applied events to list")) -> None:
+    """Print an NPC's relationship and quest cards in a session (live, from Redis), their sizes,
+    the dialogue-prompt text they give and the newest applied events."""
+    from memory import cards, nearline, ops
+    from settings import get_settings
+
+    try:
+        _echo(ops.session_cards(nearline.get_redis(), session_id, npc_id, events=events,
+                                budget_chars=get_settings().cards_prompt_chars))
+    except (ops.NotFound, cards.CardCorrupt) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @cli.command("session-tasks")

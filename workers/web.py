@@ -7,8 +7,9 @@ records the turn in Redis and enqueues ``npc_memory.analyze_turn`` and
 ``npc_memory.archive_turn`` for the asynchronous pipeline. Opening a session reads the world
 from the database once and warms the nearline tier.
 
-The ops endpoints (note rollback, entry history, dead letters, the task ledger, queues) read
-the database; they are thin HTTP wrappers over ``memory.ops`` and are not on the hot path.
+The ops endpoints (note rollback, entry history, memory cards, dead letters, the task ledger,
+queues) read the database or Redis; they are thin HTTP wrappers over ``memory.ops`` and are
+not on the hot path.
 """
 
 from __future__ import annotations
