@@ -38,6 +38,7 @@ TASK_QUEUES: dict[str, Queues] = {
     "npc_memory.embed": Queues.EMBED,
     "npc_memory.archive_turn": Queues.ARCHIVE,
     "npc_memory.reconcile": Queues.ARCHIVE,
+    "npc_memory.archive_cards": Queues.ARCHIVE,
 }
 
 _s = get_settings()

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     port: int = 8000
     recent_turns: int = 12
     retrieval_k: int = 3
+    cards_prompt_chars: int = Field(600, ge=0, le=4000,
+                                    description="budget of the memory cards in the dialogue prompt")
 
     # Fold the updates queued for one session note into a single rewrite
     note_coalescing: bool = True

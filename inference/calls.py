@@ -23,7 +23,7 @@ class Reply:
 
 
 def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
-                   player_text: str, max_tokens: int = 80) -> Reply:
+                   player_text: str, max_tokens: int = 80, cards: str = "") -> Reply:
     """The NPC's in-character reply (generation role).
 
     Args:
@@ -31,12 +31,14 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
         note: the NPC's session note ('' when none).
         recent: recent turns ``[{player_text, npc_text}]``, oldest first.
         retrieved: ``[(title, document)]`` from the vector index.
+        cards: the NPC's relationship and quest cards as prompt text, already within its
+            budget (``memory.cards.render_cards``; '' when none).
 
     Raises:
         inference.llm.ModelError: the model failed.
     """
     model = chat_model("generation")
-    msgs = prompts.messages("dialogue", npc=npc, note=note, recent_turns=recent,
+    msgs = prompts.messages("dialogue", npc=npc, note=note, cards=cards, recent_turns=recent,
                             retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text)
     done = model.complete(msgs, max_tokens=max_tokens, temperature=0.7)
     text = done.text.strip()
@@ -47,10 +49,13 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
 
 
 def analyze_turn(npc_title: str, player_text: str, npc_text: str,
-                 entities: list, speaker: str | None = None) -> tuple[AnalysisOutput, int]:
-    """Updates and creations implied by one turn (analysis role), ids limited to ``entities``.
+                 entities: list, speaker: str | None = None,
+                 hints: str = "") -> tuple[AnalysisOutput, int]:
+    """Updates and creations implied by one turn (analysis role), ids limited to ``entities``,
+    and the turn's relationship and quest events for the NPC's cards (seed 000).
     ``speaker`` names who said ``player_text`` when it was not the player; ``npc_text`` is ""
-    when the NPC did not answer.
+    when the NPC did not answer. ``hints``: open promises and active quests already on the
+    cards (``memory.cards.analysis_hints``).
 
     Raises:
         inference.llm.InvalidModelOutput: no valid answer after retries.
@@ -58,7 +63,8 @@ def analyze_turn(npc_title: str, player_text: str, npc_text: str,
     """
     schema = prompts.schema("analysis", {"lore_entry_id": [e.key for e in entities]})
     msgs = prompts.messages("analysis", npc_title=npc_title, player_text=player_text,
-                            npc_text=npc_text, entities=entities, speaker=speaker)
+                            npc_text=npc_text, entities=entities, speaker=speaker,
+                            hints=hints)
     return chat_model("analysis").complete_json(msgs, AnalysisOutput, schema, max_tokens=700,
                                                 temperature=0.2, schema_name="analysis")
 

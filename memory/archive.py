@@ -1,4 +1,6 @@
-"""The turn archive (PostgreSQL in production): idempotent inserts keyed by turn id."""
+"""The archive (PostgreSQL in production): turns keyed by turn id, and the memory cards
+(snapshots keyed by session, NPC and kind, events keyed by event id); every write is an
+idempotent insert or a revision-fenced upsert."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from datetime import datetime, timezone
 from sqlalchemy.orm import Session
 
 from memory.db import dialect_insert
-from models import Turn
+from models import CardEvent, NpcCard, Turn
 
 
 def archive_turns(session: Session, turns: list[dict]) -> int:
@@ -34,3 +36,52 @@ def archive_turns(session: Session, turns: list[dict]) -> int:
     stmt = (dialect_insert(session, Turn).values(rows)
             .on_conflict_do_nothing(index_elements=["id"]).returning(Turn.id))
     return len(session.execute(stmt).all())  # rowcount is -1 for multi-row inserts on psycopg
+
+
+def _applied_at(event: dict) -> datetime:
+    ts = event.get("applied_at")
+    return datetime.fromtimestamp(ts, tz=timezone.utc) if ts else datetime.now(timezone.utc)
+
+
+def archive_cards(session: Session, session_id: str, npc_entry_id: int, cards: dict[str, dict],
+                  events: list[dict]) -> dict:
+    """Archive card snapshots and the events applied to them (seed 000: Redis -> PostgreSQL).
+
+    Args:
+        cards: ``{"relationship"|"quest": card dict}``, each with its ``rev``; a snapshot
+            replaces the stored one only if its ``rev`` is higher (late or repeated archive
+            tasks never roll a card back).
+        events: applied events as ``memory.cards.apply_events`` reports them (``event_id``,
+            ``card``, ``kind``, ``turn_id``, ``seq``, ...); an event id already archived is
+            skipped.
+
+    Returns:
+        ``{"snapshots": rows written, "events": new events}``.
+
+    Raises:
+        ValueError: an unknown card kind.
+        NotImplementedError: a database other than PostgreSQL or SQLite.
+    """
+    snapshots = 0
+    for kind, card in cards.items():
+        if kind not in ("relationship", "quest"):
+            raise ValueError(f"unknown card kind {kind!r}")
+        ins = dialect_insert(session, NpcCard).values(
+            session_id=session_id, npc_entry_id=npc_entry_id, kind=kind, rev=int(card.get("rev", 0)),
+            card=card, updated_at=datetime.now(timezone.utc))
+        stmt = ins.on_conflict_do_update(
+            index_elements=["session_id", "npc_entry_id", "kind"],
+            set_={"rev": ins.excluded.rev, "card": ins.excluded.card,
+                  "updated_at": ins.excluded.updated_at},
+            where=NpcCard.rev < ins.excluded.rev).returning(NpcCard.id)
+        # counted from RETURNING: SQLAlchemy 2.1 on psycopg reports INSERT rowcount as -1
+        snapshots += len(session.execute(stmt).all())
+    new_events = 0
+    if events:
+        rows = [{"event_id": e["event_id"], "session_id": session_id, "npc_entry_id": npc_entry_id,
+                 "card": e["card"], "kind": e["kind"], "turn_id": e.get("turn_id"),
+                 "seq": e.get("seq"), "data": e, "created_at": _applied_at(e)} for e in events]
+        stmt = dialect_insert(session, CardEvent).values(rows).on_conflict_do_nothing(
+            index_elements=["event_id"]).returning(CardEvent.id)
+        new_events = len(session.execute(stmt).all())
+    return {"snapshots": snapshots, "events": new_events}

@@ -15,6 +15,11 @@ Key layout (all strings UTF-8; JSON values):
 - ``session:{session_id}:turns``               list  JSON turns, newest last, capped
 - ``session:{session_id}:seq``                 counter of turns
 - ``session:{session_id}:note:{lore_entry_id}`` string, the current session note
+- ``session:{session_id}:card:{npc_entry_id}:relationship``  JSON relationship card (<= 2 KB)
+- ``session:{session_id}:card:{npc_entry_id}:quest``         JSON quest card (<= 2 KB)
+- ``session:{session_id}:card:{npc_entry_id}:applied``       hash event id -> JSON applied event
+- ``session:{session_id}:card:{npc_entry_id}:applied_order`` sorted set event id -> unix time
+  (the memory cards and their idempotency bookkeeping: ``memory.cards``)
 - ``note_pending:{session_id}:{entry_key}``    hash  idempotency key -> JSON queued update
   (coalescing: the updates waiting for one note)
 - ``sessions:active``                          sorted set session id -> last activity (unix s)
@@ -25,7 +30,8 @@ Key layout (all strings UTF-8; JSON values):
   written while the database was down (``tasks.base.dead_letter``)
 - ``vectors:updates``                          stream of vector upserts (see ``vector_sync``)
 
-Multi-key updates use MULTI/EXEC pipelines, never read-modify-write.
+Multi-key updates use MULTI/EXEC pipelines, never read-modify-write; card updates read under
+WATCH and write in MULTI/EXEC (optimistic, re-run on conflict).
 """
 
 from __future__ import annotations

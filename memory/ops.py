@@ -1,7 +1,7 @@
 """Operations on the memory pipeline (the reliability issue's operator surface, after seed 003's
 monitoring endpoints): roll a session note back, inspect an entity's composite document and
-revision history, list/inspect/replay dead letters, list and retry a session's tasks from the
-ledger, and report queue lengths and workers.
+revision history, show an NPC's memory cards, list/inspect/replay dead letters, list and retry
+a session's tasks from the ledger, and report queue lengths and workers.
 
 Plain functions over a SQLAlchemy ``Session`` (and a Redis client or a ``send`` callable where
 they need one): no Celery app and no HTTP here, so the dialogue server (``workers.web``), the
@@ -27,6 +27,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from celeryconfig import TASK_QUEUES, Queues
+from memory import cards as memory_cards
+from memory import nearline
 from memory.composite import base_lore, composite_document
 from memory.notes import NoteConflict, commit_revision
 from memory.report import PENDING
@@ -131,6 +133,46 @@ def entry_with_history(session: Session, session_id: str, lore_entry_key: str) -
         "note": {"content": content, "version": note.version if note is not None else 0},
         "composite_document": composite_document(base_lore(entry.title, entry.content), content),
         "revisions": [_revision_dict(r) for r in revisions],
+    }
+
+
+# --------------------------------------------------------------------------- memory cards
+
+
+def session_cards(r, session_id: str, npc_key: str, *, events: int = 20,
+                  budget_chars: int = 600) -> dict:
+    """An NPC's memory cards in one session, live from the nearline tier (Redis only, seed
+    000's relationship and quest cards).
+
+    Returns:
+        ``{"session_id", "npc_id" (entry key), "npc_entry_id", "npc_name",
+        "relationship": card dict, "quest": card dict, "bytes": {"relationship": int,
+        "quest": int} (stored sizes, each <= memory.cards.MAX_CARD_BYTES),
+        "prompt": the text the dialogue prompt gets within ``budget_chars``,
+        "events": the newest ``events`` applied events, oldest first}``.
+
+    Raises:
+        NotFound: unknown session, or no such entry in the session's world or creations.
+        memory.cards.CardCorrupt: a stored card is invalid.
+    """
+    sess = nearline.get_session(r, session_id)
+    if sess is None:
+        raise NotFound(f"unknown session {session_id!r}")
+    entry_id = nearline.resolve_key(r, sess["world_id"], session_id, npc_key)
+    entry = nearline.get_entry(r, sess["world_id"], entry_id) if entry_id is not None else None
+    if entry is None:
+        raise NotFound(f"unknown NPC {npc_key!r} in session {session_id!r}")
+    cards = memory_cards.get_cards(r, session_id, entry_id)
+    applied = memory_cards.applied_events(r, session_id, entry_id)
+    return {
+        "session_id": session_id, "npc_id": npc_key, "npc_entry_id": entry_id,
+        "npc_name": entry["title"],
+        "relationship": cards.relationship.model_dump(exclude_none=True),
+        "quest": cards.quest.model_dump(exclude_none=True),
+        "bytes": {"relationship": memory_cards.card_bytes(cards.relationship),
+                  "quest": memory_cards.card_bytes(cards.quest)},
+        "prompt": memory_cards.render_cards(cards, budget_chars),
+        "events": applied[-events:] if events > 0 else [],
     }
 
 

@@ -61,8 +61,10 @@ def _store(session: Session, r, embedder, world_id: int, scope: str,
                                                "content_hash", "note_version", "updated_at")},
             where=(StoredVector.note_version <= ins.excluded.note_version)
             & (StoredVector.content_hash != ins.excluded.content_hash),
-        )
-        if session.execute(stmt).rowcount:
+        ).returning(StoredVector.id)
+        # counted from RETURNING: SQLAlchemy 2.1 on psycopg reports INSERT rowcount as -1, so
+        # an upsert the fence skipped would otherwise be announced to the dialogue servers
+        if session.execute(stmt).first() is not None:
             statuses[n] = "embedded"
             changed.append((entry_id, vec))
     session.commit()  # announce only what is durable

@@ -1,10 +1,12 @@
 """SQLAlchemy 2 models: the canon (worlds, lore entries), the sessions and their archive, the
-session-note overlay with its revisions, the task ledger and dead letters, and stored vectors.
+session-note overlay with its revisions, the task ledger and dead letters, stored vectors, and
+the archived memory cards with their events.
 
 Import ``Base`` from here so that Alembic sees every table.
 """
 
 from models.base import Base
+from models.cards import CardEvent, NpcCard
 from models.ledger import DeadLetter, TaskRecord
 from models.notes import AppliedNoteEvent, SessionNote, SessionNoteRevision
 from models.sessions import GameSession, Turn
@@ -14,9 +16,11 @@ from models.world import LoreEntry, World
 __all__ = [
     "AppliedNoteEvent",
     "Base",
+    "CardEvent",
     "DeadLetter",
     "GameSession",
     "LoreEntry",
+    "NpcCard",
     "SessionNote",
     "SessionNoteRevision",
     "StoredVector",

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from memory.cards import QuestKind, RelationshipKind
+
 Summary = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=300)]
 EntityType = Literal["character", "location", "item"]
 
@@ -29,12 +31,35 @@ class EntityCreation(BaseModel):
     creation_summary: Summary
 
 
+class RelationshipChange(BaseModel):
+    """How the player treated the NPC in the turn (seed 000's relationship card events): the
+    kind, one sentence, and an intensity 1 (slight) .. 10 (extreme)."""
+
+    model_config = ConfigDict(extra="ignore")
+    kind: RelationshipKind
+    detail: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=120)]
+    intensity: int = Field(ge=1, le=10)
+
+
+class QuestChange(BaseModel):
+    """A quest or story-flag change in the turn (seed 000's quest card events): the kind, the
+    quest or flag name, and a short detail (the goal, step, outcome or flag value)."""
+
+    model_config = ConfigDict(extra="ignore")
+    kind: QuestKind
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=60)]
+    detail: Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=120)]
+
+
 class AnalysisOutput(BaseModel):
-    """The analysis model's answer: ``{"updates": [...], "creations": [...]}``."""
+    """The analysis model's answer: ``{"updates": [...], "creations": [...]}`` and, optional
+    and empty by default, ``"relationship": [...]`` and ``"quests": [...]`` (card events)."""
 
     model_config = ConfigDict(extra="ignore")
     updates: list[NoteUpdate] = Field(max_length=2)
     creations: list[EntityCreation] = Field(max_length=1)
+    relationship: list[RelationshipChange] = Field(default_factory=list, max_length=2)
+    quests: list[QuestChange] = Field(default_factory=list, max_length=1)
 
 
 class CreatedEntity(BaseModel):

@@ -1,30 +1,49 @@
 """Queue ``analysis``: ``npc_memory.analyze_turn`` fans a turn out into note updates and
-entity creations (seed 003's analysis step)."""
+entity creations (seed 003's analysis step) and applies its relationship and quest events to
+the NPC's memory cards (seed 000)."""
 
 from __future__ import annotations
 
 from inference import calls
+from memory import cards, nearline
 from memory.db import session_scope
 from memory.scope import turn_scope
 from models import LoreEntry
 from tasks.base import TaskContext, enqueue, npc_task
 from tasks.note_update import enqueue_note_update
-from tasks.payloads import CreationPayload, NoteUpdatePayload, TurnPayload
+from tasks.payloads import (
+    CardArchivePayload,
+    CardSnapshots,
+    CreationPayload,
+    NoteUpdatePayload,
+    TurnPayload,
+)
 
 
 @npc_task("npc_memory.analyze_turn", TurnPayload, soft_time_limit=120, time_limit=150)
 def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
     """Ask the analysis model what the turn changed; enqueue one ``update_note`` per update
     (idempotency key ``{turn_id}:u{i}``) and one ``create_entity`` per creation
-    (``{turn_id}:c{i}``). Returns counts and tokens."""
+    (``{turn_id}:c{i}``); apply the relationship and quest events to the NPC's cards in Redis
+    atomically, once per event id (``{turn_id}:r{i}``, ``{turn_id}:q{i}``), and enqueue
+    ``archive_cards`` with the snapshots and every event applied from this turn (also on a
+    redelivery, whose events were applied by the first delivery). Returns counts and tokens.
+
+    A corrupt stored card raises ``memory.cards.CardCorrupt`` after the fan-out (dead-lettered,
+    nothing overwritten); ``CardConflict`` is retried."""
     with session_scope() as s:
         npc = s.get(LoreEntry, p.npc_entry_id)
         if npc is None:
             raise LookupError(f"lore entry {p.npc_entry_id} does not exist")
         scope = turn_scope(s, npc, p.session_id, speaker=p.speaker)
         npc_title = npc.title
+    r = nearline.get_redis()
+    try:
+        hints = cards.analysis_hints(cards.get_cards(r, p.session_id, p.npc_entry_id))
+    except cards.CardCorrupt:
+        hints = ""  # applying the events below reports it
     out, tokens = calls.analyze_turn(npc_title, p.player_text, p.npc_text, scope,
-                                     speaker=p.speaker)
+                                     speaker=p.speaker, hints=hints)
     seen = set()
     updates = 0
     for i, u in enumerate(out.updates):
@@ -40,4 +59,14 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
         enqueue("npc_memory.create_entity", CreationPayload(
             session_id=p.session_id, entity_type=c.entity_type, creation_summary=c.creation_summary,
             idempotency_key=f"{p.turn_id}:c{i}", turn_id=p.turn_id))
-    return {"updates": updates, "creations": len(out.creations), "tokens": tokens}
+    rel, quests = cards.turn_events(p.turn_id, p.seq, out.relationship, out.quests)
+    res = cards.apply_events(r, p.session_id, p.npc_entry_id, rel, quests)
+    # this turn's events as applied by any delivery (a redelivery may sample other events)
+    events = cards.turn_applied(r, p.session_id, p.npc_entry_id, p.turn_id)
+    if events:
+        enqueue("npc_memory.archive_cards", CardArchivePayload(
+            session_id=p.session_id, npc_entry_id=p.npc_entry_id, turn_id=p.turn_id,
+            cards=CardSnapshots(relationship=res.cards.relationship, quest=res.cards.quest),
+            events=events))
+    return {"updates": updates, "creations": len(out.creations), "card_events": len(res.applied),
+            "card_duplicates": len(res.duplicates), "tokens": tokens}

@@ -39,6 +39,7 @@ from sqlalchemy.exc import OperationalError
 
 from celeryconfig import TASK_QUEUES
 from inference.llm import InvalidModelOutput, ModelError
+from memory.cards import CardConflict
 from memory.db import dialect_insert, session_scope
 from memory.notes import NoteConflict, RejectedRewrite
 from models import DeadLetter, TaskRecord
@@ -169,7 +170,8 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     jitter (at most ``max_retries`` times); database outages (``OperationalError``) with
     backoff capped at 60 s, up to ``DB_OUTAGE_MAX_RETRIES`` times; invalid model output and
     invalid payloads are dead-lettered at once. A rejected rewrite (empty or over the note
-    cap) is retried like a model error: another sample usually passes.
+    cap) is retried like a model error: another sample usually passes; so is a card
+    transaction that kept losing the race (``CardConflict``).
 
     Raises:
         RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
@@ -181,7 +183,7 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     def decorate(fn: Callable[[Payload, TaskContext], dict]):
         @shared_task(
             name=name, bind=True, base=NpcTask, queue_name=queue,
-            autoretry_for=(ModelError, NoteConflict, RejectedRewrite),
+            autoretry_for=(ModelError, NoteConflict, RejectedRewrite, CardConflict),
             dont_autoretry_for=(InvalidModelOutput,),
             retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=max_retries,
             soft_time_limit=soft_time_limit, time_limit=time_limit,

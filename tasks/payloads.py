@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from memory.cards import QuestCard, RelationshipCard
+
 Text = Field(min_length=1, max_length=4000)
 
 
@@ -77,6 +79,41 @@ class CreationPayload(Payload):
 
     def target(self) -> str:
         return f"create:{self.entity_type}"
+
+
+class AppliedCardEvent(BaseModel):
+    """An event as ``memory.cards.apply_events`` applied it; its other fields (detail,
+    intensity, name, score changes) are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+    event_id: str = Field(min_length=1, max_length=200)
+    card: Literal["relationship", "quest"]
+    kind: str = Field(min_length=1, max_length=30)
+    turn_id: str | None = Field(None, max_length=64)
+    seq: int | None = None
+    applied_at: float | None = Field(None, description="unix seconds")
+
+
+class CardSnapshots(BaseModel):
+    """The cards of one (session, NPC) to archive (validated: a malformed card is refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+    relationship: RelationshipCard | None = None
+    quest: QuestCard | None = None
+
+
+class CardArchivePayload(Payload):
+    """Card snapshots of one (session, NPC) and the events applied to them, for the archive
+    (``memory.archive.archive_cards``)."""
+
+    session_id: str = Field(min_length=1, max_length=64)
+    npc_entry_id: int
+    turn_id: str | None = Field(None, max_length=64)
+    cards: CardSnapshots
+    events: list[AppliedCardEvent] = Field(default_factory=list, max_length=100)
+
+    def target(self) -> str:
+        return f"cards:{self.npc_entry_id}"
 
 
 class EmbedPayload(Payload):

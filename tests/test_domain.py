@@ -507,12 +507,14 @@ def _template_contexts() -> dict[str, dict]:
     npc = {"title": "Baker", "content": "A baker who rises before dawn."}
     return {
         "dialogue": dict(npc=npc, note="He lost his rolling pin.",
+                         cards="Trust in the player: +20 of 100 (trusting).",
                          recent_turns=[{"player_text": "Hello there", "npc_text": "Fresh rolls!"}],
                          retrieved=[("Town Square", "The square in the middle of town.")],
                          player_text="Do you have rye bread?"),
         "analysis": dict(npc_title="Baker", player_text="I found a silver key.",
                          npc_text="Keep it away from the crypt.",
-                         entities=[SimpleNamespace(key="baker_27", title="Baker", entity_type="character")]),
+                         entities=[SimpleNamespace(key="baker_27", title="Baker", entity_type="character")],
+                         hints="Open promises of the player: bring rye flour."),
         "rewrite_note": dict(title="Baker", lore="A baker who rises before dawn.",
                              note="He lost his rolling pin.", event="He found it under the oven."),
         "create_entity": dict(entity_type="item", creation_summary="A silver key with a bat on it."),
@@ -529,10 +531,13 @@ def _template_contexts() -> dict[str, dict]:
 # what each rendered template must carry from its context (system text, user text)
 _EXPECTED = {
     "dialogue": (["Baker", "A baker who rises before dawn.", "He lost his rolling pin.",
+                  "[What you remember about the player]\nTrust in the player: +20 of 100 (trusting).",
                   "Town Square: The square in the middle of town.", "Player: Hello there",
                   "Baker: Fresh rolls!"], ["Do you have rye bread?"]),
     "analysis": ([], ["- baker_27: Baker (character)", "Player said to Baker: I found a silver key.",
-                      "Baker answered: Keep it away from the crypt."]),
+                      "Baker answered: Keep it away from the crypt.",
+                      "Known between the player and Baker: Open promises of the player: bring rye flour.",
+                      'List "relationship"', 'List "quests"']),
     "rewrite_note": ([], ["[Entity]: Baker", "[Original Lore (Static)]: A baker who rises before dawn.",
                           "[Current Session Note]: He lost his rolling pin.",
                           "[New Event]: He found it under the oven."]),
@@ -573,11 +578,19 @@ def test_dialogue_user_message_is_the_player_text_and_optional_sections_vanish()
     import prompts
 
     msgs = prompts.messages("dialogue", npc={"title": "Baker", "content": "A baker."}, note="",
-                            recent_turns=[], retrieved=[], player_text="Hi!")
+                            cards="", recent_turns=[], retrieved=[], player_text="Hi!")
     assert msgs[1] == {"role": "user", "content": "Hi!"}
     assert "[What has happened" not in msgs[0]["content"]
+    assert "[What you remember about the player]" not in msgs[0]["content"]
     assert "[Things you know about]" not in msgs[0]["content"]
     assert "[Recent conversation]" not in msgs[0]["content"]
+
+
+def test_analysis_without_hints_leaves_the_known_line_out():
+    import prompts
+
+    ctx = dict(_template_contexts()["analysis"], hints="")
+    assert "Known between" not in prompts.messages("analysis", **ctx)[1]["content"]
 
 
 def test_rewrite_note_without_note_says_none_yet():
@@ -683,7 +696,11 @@ def test_example_outputs_validate_under_schemas_and_models():
     analysis = {"updates": [{"lore_entry_id": "baker_27",
                              "update_summary": "The baker learned the player found a silver key."}],
                 "creations": [{"entity_type": "item",
-                               "creation_summary": "A silver key engraved with a bat."}]}
+                               "creation_summary": "A silver key engraved with a bat."}],
+                "relationship": [{"kind": "gift", "detail": "The player gave the baker rye flour.",
+                                  "intensity": 3}],
+                "quests": [{"kind": "quest_started", "name": "The silver key",
+                            "detail": "Find the door the key opens."}]}
     simulation = {"updates": [{"lore_entry_id": "baker_27", "update_summary": "He baked all night."},
                               {"lore_entry_id": "town square_0",
                                "update_summary": "Merchants set up their stalls."}]}
@@ -694,6 +711,11 @@ def test_example_outputs_validate_under_schemas_and_models():
     assert _valid(creation, prompts.schema("creation"))
     a = AnalysisOutput.model_validate(analysis)
     assert a.updates[0].lore_entry_id == "baker_27" and a.creations[0].entity_type == "item"
+    assert a.relationship[0].intensity == 3 and a.quests[0].kind == "quest_started"
+    # the card lists are optional: an analysis without them has none
+    bare = {"updates": analysis["updates"], "creations": []}
+    assert _valid(bare, prompts.schema("analysis", {"lore_entry_id": keys}))
+    assert AnalysisOutput.model_validate(bare).relationship == []
     sim = SimulationOutput.model_validate(simulation)
     assert [u.lore_entry_id for u in sim.updates] == keys
     assert CreatedEntity.model_validate(creation).title == "Silver Key"
@@ -715,6 +737,27 @@ def test_models_reject_what_schemas_forbid():
             {"entity_type": "monster", "creation_summary": "A big bat."}]})
     with pytest.raises(ValidationError):
         CreatedEntity.model_validate({"title": "X", "content": "short", "tags": []})
+    update = [{"lore_entry_id": "baker_27", "update_summary": "The baker smiled."}]
+    for bad in ({"relationship": [{"kind": "hug", "detail": "A warm hug.", "intensity": 2}]},
+                {"relationship": [{"kind": "gift", "detail": "Rye flour.", "intensity": 11}]},
+                {"quests": [{"kind": "quest_started", "name": "K", "detail": "Find it."}]},
+                {"relationship": [{"kind": "gift", "detail": "Rye.", "intensity": 1}] * 3}):
+        with pytest.raises(ValidationError):
+            AnalysisOutput.model_validate({"updates": update, "creations": [], **bad})
+
+
+def test_analysis_schema_card_kinds_match_memory_cards():
+    import prompts
+    from memory.cards import QUEST_KINDS, RELATIONSHIP_KINDS
+
+    props = prompts.schema("analysis", {"lore_entry_id": ["baker_27"]})["properties"]
+    assert props["relationship"]["items"]["properties"]["kind"]["enum"] == list(RELATIONSHIP_KINDS)
+    assert props["quests"]["items"]["properties"]["kind"]["enum"] == list(QUEST_KINDS)
+    assert props["relationship"]["items"]["properties"]["intensity"]["enum"] == list(range(1, 11))
+    # optional lists: the model may leave them out; bounded for the small model's grammar
+    schema = prompts.schema("analysis", {"lore_entry_id": ["baker_27"]})
+    assert "relationship" not in schema["required"] and "quests" not in schema["required"]
+    assert props["relationship"]["maxItems"] == 2 and props["quests"]["maxItems"] == 1
 
 
 # --------------------------------------------------------------------------- JSON repair

@@ -115,6 +115,16 @@ def test_analyze_turn_fans_out_update_tasks(worker, celery_app, game_session, wa
                 TaskRecord.task_name == "npc_memory.update_note",
                 TaskRecord.payload["turn_id"].as_string() == turn["turn_id"]))
     assert wait_for(fanned) >= 1
+    # whatever card events the small model named were applied to the baker's cards, once each
+    from memory import cards
+
+    with session_scope() as s:
+        result = s.scalar(select(TaskRecord.result).where(TaskRecord.task_id == t))
+    applied = cards.turn_applied(nearline.get_redis(), game_session["id"], baker.id, turn["turn_id"])
+    assert len(applied) == result["card_events"] and result["card_duplicates"] == 0
+    assert all(e["kind"] in cards.RELATIONSHIP_KINDS + cards.QUEST_KINDS for e in applied)
+    now = cards.get_cards(nearline.get_redis(), game_session["id"], baker.id)
+    assert sum(now.relationship.counts.values()) + sum(now.quest.counts.values()) == len(applied)
 
 
 def test_simulate_world_traces_its_choice_advances_the_clock_once_and_reruns_idempotently(

@@ -71,6 +71,24 @@ def test_mentions_and_staleness_order_the_candidates(game_session):
     assert later[-1].entry.key != stale.key
 
 
+def test_an_open_promise_puts_an_npc_ahead(game_session):
+    """Seed 004's relevance: an off-screen NPC the player owes a promise to is simulated before
+    one without, other signals being equal; keeping the promise removes the advantage."""
+    from memory.cards import RelationshipEvent, apply_events
+
+    r = nearline.get_redis()
+    ranked = _rank(game_session)
+    last = ranked[-1].entry  # behind every other NPC by id
+    apply_events(r, game_session["id"], last.id, relationship=[RelationshipEvent(
+        event_id="t1:r0", kind="promise_made", detail="The player promised to bring wine.")])
+    ranked = _rank(game_session)
+    assert ranked[0].entry.key == last.key
+    assert ranked[0].why["promises"] == 1
+    apply_events(r, game_session["id"], last.id, relationship=[RelationshipEvent(
+        event_id="t2:r0", kind="promise_kept", detail="The player brought the wine.")])
+    assert _rank(game_session)[0].why["promises"] == 0
+
+
 def test_budget_is_shared_and_the_rest_wait():
     sessions = [f"s{i}" for i in range(5)]
     allotted, waiting = allot_budget(sessions, per_session_npcs=2, per_session_tokens=1200,

@@ -1,7 +1,7 @@
 """Command line: ``npc-memory demo``, ``migrate``, ``serve-llm``, ``embedded-redis``;
 importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
 ``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
-``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``session-tasks``, ``retry-task``,
+``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``,
 ``queues``, ``export-session``, ``tick``."""
 
 from __future__ import annotations
@@ -291,6 +291,23 @@ def show_entry(session_id: str = typer.Argument(...), entry_key: str = typer.Arg
     from memory import ops
 
     _echo(_ops(ops.entry_with_history, session_id, entry_key))
+
+
+@cli.command("show-cards")
+def show_cards(session_id: str = typer.Argument(...),
+               npc_id: str = typer.Argument(..., help="the NPC's entry key, e.g. baker_27"),
+               events: int = typer.Option(20, min=0, max=500, help="applied events to list")) -> None:
+    """Print an NPC's relationship and quest cards in a session (live, from Redis), their sizes,
+    the dialogue-prompt text they give and the newest applied events."""
+    from memory import cards, nearline, ops
+    from settings import get_settings
+
+    try:
+        _echo(ops.session_cards(nearline.get_redis(), session_id, npc_id, events=events,
+                                budget_chars=get_settings().cards_prompt_chars))
+    except (ops.NotFound, cards.CardCorrupt) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @cli.command("session-tasks")

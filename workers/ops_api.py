@@ -1,9 +1,9 @@
 """Operations endpoints of the dialogue server (seed 003's monitoring API): note rollback,
-an entry's composite document and revisions, dead letters, the task ledger, queue status,
-and the export of a session's notes and created entities.
+an entry's composite document and revisions, an NPC's memory cards, dead letters, the task
+ledger, queue status, and the export of a session's notes and created entities.
 
-They read the database (``memory/ops.py``) and are not on the dialogue hot path; unknown
-things answer 404 with a message, invalid input 422, conflicts 409, outages 503.
+They read the database or Redis (``memory/ops.py``) and are not on the dialogue hot path;
+unknown things answer 404 with a message, invalid input 422, conflicts 409, outages 503.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
+from memory import cards as memory_cards
 from memory import nearline, ops
 from memory.db import session_scope
 from memory.export import export_session as export_session_doc
@@ -64,6 +65,18 @@ class EntryOut(BaseModel):
     note: dict
     composite_document: str
     revisions: list[RevisionOut]
+
+
+class CardsOut(BaseModel):
+    session_id: str
+    npc_id: str
+    npc_entry_id: int
+    npc_name: str
+    relationship: dict = Field(description="relationship card (memory.cards.RelationshipCard)")
+    quest: dict = Field(description="quest card (memory.cards.QuestCard)")
+    bytes: dict[str, int] = Field(description="stored size of each card (at most 2048)")
+    prompt: str = Field(description="what the dialogue prompt gets from the cards")
+    events: list[dict] = Field(description="newest applied events, oldest first")
 
 
 class DeadLetterOut(BaseModel):
@@ -178,6 +191,21 @@ def entry_history(session_id: str, lore_entry_key: str) -> dict:
     embedder indexes) and the note's revisions, oldest first. 404 for unknown things."""
     with _OpsErrors(), session_scope() as s:
         return ops.entry_with_history(s, session_id, lore_entry_key)
+
+
+@router.get("/v1/sessions/{session_id}/cards/{npc_id}", response_model=CardsOut)
+def session_cards(session_id: str, npc_id: str,
+                  events: int = Query(20, ge=0, le=500, description="applied events to list")
+                  ) -> dict:
+    """An NPC's relationship and quest cards in the session, live from Redis, with their
+    stored sizes, the dialogue-prompt text they give, and the newest applied events. 404 for
+    an unknown session or NPC; 500 with a message if a stored card is corrupt."""
+    with _OpsErrors():
+        try:
+            return ops.session_cards(nearline.get_redis(), session_id, npc_id, events=events,
+                                     budget_chars=get_settings().cards_prompt_chars)
+        except memory_cards.CardCorrupt as exc:
+            raise HTTPException(500, str(exc)) from exc
 
 
 @router.get("/v1/dead-letters", response_model=list[DeadLetterOut])

@@ -1,14 +1,17 @@
 """The thin synchronous dialogue server (``uvicorn workers.web:app``).
 
-A turn is answered from the nearline tier (Redis) and the in-process vector index only: the
-turn endpoint makes no database query. It records the turn in Redis and enqueues
-``npc_memory.analyze_turn`` and ``npc_memory.archive_turn`` for the asynchronous pipeline
-(``memory.turns``). The event endpoint records a turn generated elsewhere through the same
-function, without calling the model, and makes no database query either.
-Opening a session reads the world from the database once and warms the nearline tier.
+A turn is answered from the nearline tier (Redis: recent turns, session note, the NPC's
+relationship and quest cards) and the in-process vector index only: the turn endpoint makes
+no database query. The cards enter the prompt within ``CARDS_PROMPT_CHARS`` characters. It
+records the turn in Redis and enqueues ``npc_memory.analyze_turn`` and
+``npc_memory.archive_turn`` for the asynchronous pipeline (``memory.turns``). The event
+endpoint records a turn generated elsewhere through the same function, without calling the
+model, and makes no database query either. Opening a session reads the world from the
+database once and warms the nearline tier.
 
-The ops endpoints (note rollback, entry history, dead letters, the task ledger, queues) read
-the database; they are thin HTTP wrappers over ``memory.ops`` and are not on the hot path.
+The ops endpoints (note rollback, entry history, memory cards, dead letters, the task ledger,
+queues) read the database or Redis; they are thin HTTP wrappers over ``memory.ops`` and are
+not on the hot path.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import celeryconfig
 from inference import calls
 from inference.embedding import get_embedder
 from inference.llm import ModelError
+from memory import cards as memory_cards
 from memory import nearline, turns
 from memory.db import session_scope
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
@@ -152,6 +156,19 @@ def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None, **options)
     return state.celery.send_task(name, kwargs=kwargs, task_id=task_id, **options).id
 
 
+def _cards_text(r, session_id: str, npc_entry_id: int, budget_chars: int) -> str:
+    """The NPC's cards as dialogue-prompt text within ``budget_chars`` (Redis only). A corrupt
+    card is logged and left out: the conversation goes on without it."""
+    if budget_chars <= 0:
+        return ""
+    try:
+        return memory_cards.render_cards(memory_cards.get_cards(r, session_id, npc_entry_id),
+                                         budget_chars)
+    except memory_cards.CardCorrupt as exc:
+        log.warning("turn without cards: %s", exc)
+        return ""
+
+
 @app.get("/healthz")
 def healthz() -> dict:
     """Liveness plus the index size and vector sync position."""
@@ -206,6 +223,7 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
         target = turns.resolve_target(r, session_id, body.npc_id)
     world_id, npc_entry_id, npc = target.world_id, target.npc_entry_id, target.npc
     note = nearline.get_note(r, session_id, npc_entry_id)
+    cards_text = _cards_text(r, session_id, npc_entry_id, s_.cards_prompt_chars)
     recent = nearline.recent_turns(r, session_id, s_.recent_turns)
     recent_npc = [t for t in recent if t["npc_entry_id"] == npc_entry_id]
     query = get_embedder().embed([body.player_text])[0]
@@ -218,7 +236,8 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
             text = nearline.get_note(r, session_id, h.lore_entry_id) or doc["content"]
             retrieved.append((doc["title"], text))
     try:
-        reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text)
+        reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
+                                     cards=cards_text)
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
     latency_ms = (time.perf_counter() - t0) * 1000

@@ -2,7 +2,7 @@
 ids up to 200 characters (derived ids such as ``npc_memory.simulate_world:{tick}:{session}``)
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-21 16:10:00
 
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 
 revision: str = '0006'
-down_revision: Union[str, Sequence[str], None] = '0003'
+down_revision: Union[str, Sequence[str], None] = '0004'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
