@@ -11,7 +11,6 @@ the pipeline.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import uuid
@@ -25,6 +24,7 @@ from typer.testing import CliRunner
 from memory import nearline
 from memory.db import session_scope
 from models import LoreEntry, TaskRecord, Turn
+from tests.broker import queued_messages
 
 SHARED_DIR = Path(
     os.environ.get("SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared"
@@ -68,16 +68,7 @@ def sid(client, smallville) -> str:
 
 
 def _messages(queue: str) -> list[dict]:
-    """Task messages waiting in a broker queue: ``[{"task", "kwargs"}]``."""
-    out = []
-    for raw in nearline.get_redis().lrange(queue, 0, -1):
-        msg = json.loads(raw)
-        body = msg["body"]
-        if msg.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        _args, kwargs, _embed = json.loads(body)
-        out.append({"task": msg["headers"]["task"], "kwargs": kwargs})
-    return out
+    return queued_messages(nearline.get_redis(), queue)
 
 
 def _sent(queue: str, task: str, match) -> list[dict]:
@@ -291,7 +282,13 @@ def test_replay_smallville_conversations(client, sid, smallville):
 
 
 def test_replay_refusals_are_reported(client, sid):
-    from memory.replay import Event, ReplayError, http_poster, open_session, replay_events
+    from memory.replay import (
+        Event,
+        ReplayError,
+        http_poster,
+        open_session,
+        replay_events,
+    )
 
     with pytest.raises(ReplayError, match="HTTP 404: unknown world 'no-such-world'") as err:
         open_session(client, "no-such-world")
@@ -319,8 +316,8 @@ def test_replay_cli_reports_an_unreachable_server():
 
 def test_export_session_notes_and_created_entities(client, sid, smallville, tmp_path):
     from memory.entities import create_entity
-    from memory.notes import apply_note_update
     from memory.importers.spec import world_from_dict
+    from memory.notes import apply_note_update
     from prompts.outputs import CreatedEntity
     from workers.cli import cli
 
@@ -392,7 +389,12 @@ def test_replayed_event_runs_through_the_pipeline(worker, client, smallville, wa
     """With the real worker and model server: a replayed Smallville exchange is archived with
     its speaker and analysed like a played turn (last: the worker keeps running after it)."""
     from memory.importers.smallville import load_smallville_conversations
-    from memory.replay import conversation_events, http_poster, open_session, replay_events
+    from memory.replay import (
+        conversation_events,
+        http_poster,
+        open_session,
+        replay_events,
+    )
 
     events = conversation_events(
         load_smallville_conversations(SMALLVILLE_DIR / "demo_3agents"), smallville["spec"])[:1]

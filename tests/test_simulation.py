@@ -14,6 +14,7 @@ from memory import nearline
 from memory.db import session_scope
 from memory.simulation import Weights, allot_budget, rank_candidates, sessions_to_tick
 from models import LoreEntry, TaskRecord
+from tests.broker import queued_messages
 from tests.procs import PrivateRedis, SubprocessWorker, _Subprocess, process_env
 
 
@@ -148,10 +149,8 @@ class Beat(_Subprocess):
 
 
 def _tick_ids(r) -> list[str]:
-    import json
-
-    return [h["id"] for h in (json.loads(m)["headers"] for m in r.lrange("simulate_world", 0, -1))
-            if h["task"] == "npc_memory.world_tick"]
+    return [m["id"] for m in queued_messages(r, "simulate_world")
+            if m["task"] == "npc_memory.world_tick"]
 
 
 def _ticks_queued(r) -> int:

@@ -4,8 +4,6 @@ messages are looked up in the broker's queues and the queues are cleaned up afte
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 import uuid
 
@@ -16,6 +14,7 @@ from sqlalchemy import event, select
 from memory import nearline
 from memory.db import get_engine, session_scope
 from models import TaskRecord
+from tests.broker import queued_messages
 
 QUEUES_TOUCHED = ("analysis", "archive", "simulate_world")
 
@@ -37,16 +36,7 @@ def session_id(client, light_world) -> str:
 
 
 def _messages(queue: str) -> list[dict]:
-    """The task messages waiting in a broker queue: ``[{"task", "id", "kwargs"}]``."""
-    out = []
-    for raw in nearline.get_redis().lrange(queue, 0, -1):
-        msg = json.loads(raw)
-        body = msg["body"]
-        if msg.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args, kwargs, _embed = json.loads(body)
-        out.append({"task": msg["headers"]["task"], "id": msg["headers"]["id"], "kwargs": kwargs})
-    return out
+    return queued_messages(nearline.get_redis(), queue)
 
 
 def _enqueued(queue: str, task: str, match) -> bool:
