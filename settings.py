@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     cards_prompt_chars: int = Field(600, ge=0, le=4000,
                                     description="budget of the memory cards in the dialogue prompt")
 
+    # Archive (Level 3, seed 001): turns are written in batches of at most ARCHIVE_BATCH_SIZE,
+    # flushed ARCHIVE_FLUSH_MS after the first buffered turn at the latest
+    archive_batch_size: int = Field(100, ge=1, le=5000)
+    archive_flush_ms: int = Field(100, ge=1, le=60000)
+
     # Fold the updates queued for one session note into a single rewrite
     note_coalescing: bool = True
 
