@@ -69,10 +69,16 @@ class Settings(BaseSettings):
     # Dialogue server
     web_host: str = "127.0.0.1"
     port: int = 8000
-    recent_turns: int = 12
+    recent_turns: int = Field(12, ge=0, le=50, description="recent turns in the prompt (12-20)")
     retrieval_k: int = 3
     cards_prompt_chars: int = Field(600, ge=0, le=4000,
                                     description="budget of the memory cards in the dialogue prompt")
+    # Level 1 hot cache of the dialogue server (memory/hot_cache.py): (session, NPC) entries
+    # live HOT_CACHE_TTL_S after their last turn, at most HOT_CACHE_MAX_ENTRIES (LRU), swept
+    # every HOT_CACHE_EVICT_INTERVAL_S; each keeps the session's last RECENT_TURNS turns
+    hot_cache_ttl_s: float = Field(1800.0, gt=0)
+    hot_cache_max_entries: int = Field(10_000, ge=1)
+    hot_cache_evict_interval_s: float = Field(30.0, gt=0)
 
     # Archive (Level 3, seed 001): turns are written in batches of at most ARCHIVE_BATCH_SIZE,
     # flushed ARCHIVE_FLUSH_MS after the first buffered turn at the latest

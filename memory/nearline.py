@@ -15,6 +15,8 @@ Key layout (all strings UTF-8; JSON values):
 - ``session:{session_id}:turns``               list  JSON turns, newest last, capped
 - ``session:{session_id}:seq``                 counter of turns
 - ``session:{session_id}:note:{lore_entry_id}`` string, the current session note
+- ``session:{session_id}:mver``                hash  lore entry id -> memory version, bumped
+  with every write of the entry's note or cards (the hot caches' invalidation signal)
 - ``session:{session_id}:card:{npc_entry_id}:relationship``  JSON relationship card (<= 2 KB)
 - ``session:{session_id}:card:{npc_entry_id}:quest``         JSON quest card (<= 2 KB)
 - ``session:{session_id}:card:{npc_entry_id}:applied``       hash event id -> JSON applied event
@@ -233,9 +235,21 @@ def recent_turns(r: redis.Redis, session_id: str, n: int) -> list[dict]:
     return [json.loads(x) for x in r.lrange(f"session:{session_id}:turns", -n, -1)] if n > 0 else []
 
 
+def memory_versions_key(session_id: str) -> str:
+    """Hash lore entry id -> counter, bumped in the same transaction as every write of the
+    entry's session note (``set_note``) or its memory cards (``memory.cards.apply_events``):
+    what the dialogue servers' hot caches compare to know their copy is current
+    (``memory.hot_cache``)."""
+    return f"session:{session_id}:mver"
+
+
 def set_note(r: redis.Redis, session_id: str, entry_id: int, content: str) -> None:
-    """Publish a session note's current text to the nearline tier."""
-    r.set(f"session:{session_id}:note:{entry_id}", content)
+    """Publish a session note's current text to the nearline tier (and bump the entry's
+    memory version, in one MULTI/EXEC)."""
+    pipe = r.pipeline(transaction=True)
+    pipe.set(f"session:{session_id}:note:{entry_id}", content)
+    pipe.hincrby(memory_versions_key(session_id), str(entry_id), 1)
+    pipe.execute()
 
 
 def get_note(r: redis.Redis, session_id: str, entry_id: int) -> str:
