@@ -32,6 +32,8 @@ class Queues(StrEnum):
 TASK_QUEUES: dict[str, Queues] = {
     "npc_memory.analyze_turn": Queues.ANALYSIS,
     "npc_memory.update_note": Queues.NOTE_UPDATE,
+    # maintenance-model work on session memory, like the note rewrites
+    "npc_memory.summarize_session": Queues.NOTE_UPDATE,
     "npc_memory.create_entity": Queues.ENTITY_CREATION,
     "npc_memory.simulate_world": Queues.SIMULATE_WORLD,
     "npc_memory.world_tick": Queues.SIMULATE_WORLD,

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     retrieval_k: int = 3
     cards_prompt_chars: int = Field(600, ge=0, le=4000,
                                     description="budget of the memory cards in the dialogue prompt")
+    memories_prompt_chars: int = Field(500, ge=0, le=4000, description=(
+        "budget of the session summary and salient memories in the dialogue prompt"))
+    # Level 2 additions (memory/summaries.py): a session summary every N turns (0: off) and
+    # a rolling TTL on session keys
+    summarize_every_turns: int = Field(10, ge=0)
+    session_ttl_s: int = Field(30 * 24 * 3600, ge=60)
     # Level 1 hot cache of the dialogue server (memory/hot_cache.py): (session, NPC) entries
     # live HOT_CACHE_TTL_S after their last turn, at most HOT_CACHE_MAX_ENTRIES (LRU), swept
     # every HOT_CACHE_EVICT_INTERVAL_S; each keeps the session's last RECENT_TURNS turns

@@ -81,7 +81,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from rapidfuzz import fuzz, utils
 
-from memory.nearline import memory_versions_key
+from memory.nearline import memory_versions_key, session_ttl_s
+from memory.summaries import queue_card_memories
 
 
 SCORE_MIN, SCORE_MAX = -100, 100
@@ -589,6 +590,11 @@ def apply_events(r: redis.Redis, session_id: str, npc_entry_id: int,
                 pipe.zadd(ok, {a["event_id"]: now for a in applied})
                 # tells the dialogue servers' hot caches that these cards changed
                 pipe.hincrby(memory_versions_key(session_id), str(npc_entry_id), 1)
+                for key in (rk, qk, ak, ok, memory_versions_key(session_id)):
+                    pipe.expire(key, session_ttl_s())  # rolling session TTL
+                # salient memories and the emotional trajectory (memory.summaries), once per event
+                queue_card_memories(pipe, session_id, npc_entry_id, applied,
+                                    cards.relationship if "relationship" in changed else None)
                 if evict:
                     pipe.hdel(ak, *evict)
                     pipe.zrem(ok, *evict)

@@ -16,7 +16,8 @@ Eviction (cachetools ``TTLCache``):
   touches the cache.
 
 Invalidation (notes and cards are rewritten by workers, turns may be recorded by another
-dialogue server): every write of a note or of cards bumps the entry's counter in the Redis
+dialogue server): every write of a note or of cards (and so of the salient memories, written
+with the cards) bumps the entry's counter in the Redis
 hash ``session:{id}:mver`` in the same MULTI/EXEC as the write (``nearline.set_note``,
 ``memory.cards.apply_events``), and every recorded turn bumps ``session:{id}:seq``. A cached
 entry is used only after one pipelined round trip (``HGET mver``, ``GET seq``, ``HGET session
@@ -24,7 +25,8 @@ game_minutes``) has shown both counters unchanged; a changed counter re-reads th
 MULTI/EXEC, data and counter together). So a turn never sees a note, card or turn list older
 than the Redis state at the start of that turn: the staleness bound is zero, for the price of
 one small round trip per turn instead of the six to eight reads of an uncached turn.
-The in-game clock (``game_minutes``) is read in the same round trip.
+The in-game clock (``game_minutes``) and the session summary (session-wide, rewritten by
+``npc_memory.summarize_session``) are read in the same round trip.
 
 Thread safety: FastAPI runs sync endpoints in a thread pool; the cache is guarded by a lock,
 Redis reads happen outside it.
@@ -42,7 +44,7 @@ import redis
 from cachetools import TTLCache
 
 from memory import cards as memory_cards
-from memory import nearline, turns
+from memory import nearline, summaries, turns
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,12 @@ class HotEntry:
     mver: int
     seq: int
     rendered: dict[int, str] = field(default_factory=dict)
+    salient: list[dict] = field(default_factory=list)
+    summary: str = ""
+
+    def memories_text(self, budget_chars: int) -> str:
+        """Session summary and salient memories as prompt text within ``budget_chars``."""
+        return summaries.render_memories(self.summary, self.salient, budget_chars)
 
     def cards_text(self, budget_chars: int) -> str:
         """The cards as prompt text within ``budget_chars`` (rendered once per budget)."""
@@ -157,14 +165,19 @@ class HotCache:
             pipe.get(f"session:{sid}:note:{npc_id}")
             pipe.mget(memory_cards.card_key(sid, npc_id, "relationship"),
                       memory_cards.card_key(sid, npc_id, "quest"))
+            pipe.zrevrange(summaries.salient_key(sid, npc_id), 0, summaries.SALIENT_KEEP - 1,
+                           withscores=True)
+            pipe.get(summaries.summary_key(sid))
         if turn_list and self.turns > 0:
             pipe.lrange(f"session:{sid}:turns", -self.turns, -1)
         out = pipe.execute()
         mver, seq = _int(out[0]), _int(out[1])
         rest = out[2:]
         if memory:
-            raw_note, (raw_rel, raw_quest) = rest[0], rest[1]
-            rest = rest[2:]
+            raw_note, (raw_rel, raw_quest), raw_salient, raw_summary = rest[:4]
+            rest = rest[4:]
+            e.salient = summaries.parse_salient(raw_salient)
+            e.summary = json.loads(raw_summary)["summary"] if raw_summary else ""
             e.note = raw_note.decode() if raw_note else ""
             try:
                 e.cards = memory_cards.cards_from_raw(sid, npc_id, raw_rel, raw_quest)
@@ -198,7 +211,9 @@ class HotCache:
             pipe.hget(nearline.memory_versions_key(sid), str(npc_id))
             pipe.get(f"session:{sid}:seq")
             pipe.hget(f"session:{sid}", "game_minutes")
-            mver, seq, minutes = pipe.execute()
+            pipe.get(summaries.summary_key(sid))  # session-wide, ~600 bytes: read every turn
+            mver, seq, minutes, raw_summary = pipe.execute()
+            entry.summary = json.loads(raw_summary)["summary"] if raw_summary else ""
             if minutes is None:  # the session is gone from Redis
                 with self._lock:
                     self._cache.pop(key, None)

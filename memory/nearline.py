@@ -32,6 +32,13 @@ Key layout (all strings UTF-8; JSON values):
   written while the database was down (``tasks.base.dead_letter``)
 - ``vectors:updates``                          stream of vector upserts (see ``vector_sync``)
 
+- ``session:{session_id}:summary``, ``session:{session_id}:salient:{npc_entry_id}``,
+  ``session:{session_id}:trajectory:{npc_entry_id}``  the session summary, salient memories and
+  emotional trajectory (``memory.summaries``)
+
+Session keys (the session hash, turns, seq, notes, cards, memory versions, summaries) expire
+``SESSION_TTL_S`` (30 days) after their last write: a rolling TTL, pushed back by every turn.
+
 Multi-key updates use MULTI/EXEC pipelines, never read-modify-write; card updates read under
 WATCH and write in MULTI/EXEC (optimistic, re-run on conflict).
 """
@@ -118,7 +125,14 @@ def open_session(r: redis.Redis, session_id: str, world_id: int, player_name: st
     })
     pipe.hsetnx(f"session:{session_id}", "game_minutes", game_minutes)
     pipe.zadd("sessions:active", {session_id: now})
+    pipe.expire(f"session:{session_id}", session_ttl_s())
     pipe.execute()
+
+
+def session_ttl_s() -> int:
+    """Seconds a session's Redis keys live after their last write (``SESSION_TTL_S``, 30 days
+    by default; rolling: every turn, note and card write pushes it back)."""
+    return int(get_settings().session_ttl_s)
 
 
 def get_session(r: redis.Redis, session_id: str) -> dict | None:
@@ -202,6 +216,10 @@ def record_turn(r: redis.Redis, session_id: str, turn: dict) -> None:
     pipe = r.pipeline(transaction=True)
     pipe.rpush(f"session:{session_id}:turns", doc)
     pipe.ltrim(f"session:{session_id}:turns", -TURNS_CAP, -1)
+    ttl = session_ttl_s()  # rolling: a played session's keys live SESSION_TTL_S past its last turn
+    for key in (f"session:{session_id}", f"session:{session_id}:turns",
+                f"session:{session_id}:seq", memory_versions_key(session_id)):
+        pipe.expire(key, ttl)
     pipe.zadd("sessions:active", {session_id: now})
     pipe.zadd(OUTBOX, {turn["turn_id"]: now})
     pipe.hset(OUTBOX_PAYLOADS, turn["turn_id"], doc)
@@ -247,8 +265,9 @@ def set_note(r: redis.Redis, session_id: str, entry_id: int, content: str) -> No
     """Publish a session note's current text to the nearline tier (and bump the entry's
     memory version, in one MULTI/EXEC)."""
     pipe = r.pipeline(transaction=True)
-    pipe.set(f"session:{session_id}:note:{entry_id}", content)
+    pipe.set(f"session:{session_id}:note:{entry_id}", content, ex=session_ttl_s())
     pipe.hincrby(memory_versions_key(session_id), str(entry_id), 1)
+    pipe.expire(memory_versions_key(session_id), session_ttl_s())
     pipe.execute()
 
 

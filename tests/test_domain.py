@@ -664,7 +664,7 @@ def _extreme(schema, which: str):
 
 
 _SCHEMA_MODELS = {"analysis": "AnalysisOutput", "creation": "CreatedEntity",
-                  "simulation": "SimulationOutput"}
+                  "simulation": "SimulationOutput", "summary": "SessionSummary"}
 
 
 def test_every_schema_has_a_model():

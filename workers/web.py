@@ -219,6 +219,7 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
     world_id, npc_entry_id, npc = target.world_id, target.npc_entry_id, target.npc
     note = hot.note
     cards_text = hot.cards_text(s_.cards_prompt_chars)
+    memories_text = hot.memories_text(s_.memories_prompt_chars)
     recent_npc = hot.recent_npc_turns()
     query = get_embedder().embed([body.player_text])[0]
     hits = [h for h in state.index.search_session(world_id, session_id, query, s_.retrieval_k + 1)
@@ -231,7 +232,7 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
             retrieved.append((doc["title"], text))
     try:
         reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
-                                     cards=cards_text)
+                                     cards=cards_text, memories=memories_text)
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
     latency_ms = (time.perf_counter() - t0) * 1000
