@@ -222,12 +222,13 @@ def test_prompts_name_the_speaker_and_a_missing_reply():
     entities = [SimpleNamespace(key="Klaus Mueller", title="Klaus Mueller",
                                 entity_type="character")]
     user = prompts.messages("analysis", npc_title="Klaus Mueller", player_text="Lunch?",
-                            npc_text="", entities=entities, speaker="Maria Lopez")[1]["content"]
+                            npc_text="", entities=entities, speaker="Maria Lopez",
+                            hints="")[1]["content"]
     assert "Maria Lopez said to Klaus Mueller: Lunch?" in user
     assert "Klaus Mueller did not answer." in user and "answered:" not in user
     system = prompts.messages(
         "dialogue", npc={"title": "Klaus Mueller", "content": "A student."}, note="",
-        recent_turns=[{"player_text": "Lunch?", "npc_text": "", "speaker": "Maria Lopez"},
+        cards="", memories="", recent_turns=[{"player_text": "Lunch?", "npc_text": "", "speaker": "Maria Lopez"},
                       {"player_text": "Hi", "npc_text": "Hello."}],
         retrieved=[], player_text="How are you?")[0]["content"]
     assert "Maria Lopez: Lunch?" in system and "Player: Hi\nKlaus Mueller: Hello." in system
