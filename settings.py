@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     retrieval_k: int = 3
     cards_prompt_chars: int = Field(600, ge=0, le=4000,
                                     description="budget of the memory cards in the dialogue prompt")
+    # Retrieval ranking (memory/ranking.py, Park et al. 2023): RETRIEVAL_CANDIDATES nearest
+    # documents are re-ranked by weighted relevance, recency (half-life in seconds) and
+    # importance, and the best RETRIEVAL_K enter the prompt
+    retrieval_candidates: int = Field(10, ge=1, le=100)
+    retrieval_weight_relevance: float = Field(1.0, ge=0)
+    retrieval_weight_recency: float = Field(1.0, ge=0)
+    retrieval_weight_importance: float = Field(1.0, ge=0)
+    retrieval_half_life_s: float = Field(3600.0, gt=0)
     memories_prompt_chars: int = Field(500, ge=0, le=4000, description=(
         "budget of the session summary and salient memories in the dialogue prompt"))
     # Level 2 additions (memory/summaries.py): a session summary every N turns (0: off) and

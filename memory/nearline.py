@@ -32,6 +32,8 @@ Key layout (all strings UTF-8; JSON values):
   written while the database was down (``tasks.base.dead_letter``)
 - ``vectors:updates``                          stream of vector upserts (see ``vector_sync``)
 
+- ``session:{session_id}:touched``             hash  lore entry id -> unix time last touched (note
+  written, turn addressed to it): recency for ``memory.ranking``
 - ``session:{session_id}:summary``, ``session:{session_id}:salient:{npc_entry_id}``,
   ``session:{session_id}:trajectory:{npc_entry_id}``  the session summary, salient memories and
   emotional trajectory (``memory.summaries``)
@@ -217,8 +219,10 @@ def record_turn(r: redis.Redis, session_id: str, turn: dict) -> None:
     pipe.rpush(f"session:{session_id}:turns", doc)
     pipe.ltrim(f"session:{session_id}:turns", -TURNS_CAP, -1)
     ttl = session_ttl_s()  # rolling: a played session's keys live SESSION_TTL_S past its last turn
+    pipe.hset(touched_key(session_id), str(turn["npc_entry_id"]), now)
     for key in (f"session:{session_id}", f"session:{session_id}:turns",
-                f"session:{session_id}:seq", memory_versions_key(session_id)):
+                f"session:{session_id}:seq", memory_versions_key(session_id),
+                touched_key(session_id)):
         pipe.expire(key, ttl)
     pipe.zadd("sessions:active", {session_id: now})
     pipe.zadd(OUTBOX, {turn["turn_id"]: now})
@@ -261,6 +265,12 @@ def memory_versions_key(session_id: str) -> str:
     return f"session:{session_id}:mver"
 
 
+def touched_key(session_id: str) -> str:
+    """Hash lore entry id -> unix time the entry was last touched in the session (its note
+    written, or a turn addressed to it): the recency of ``memory.ranking``."""
+    return f"session:{session_id}:touched"
+
+
 def set_note(r: redis.Redis, session_id: str, entry_id: int, content: str) -> None:
     """Publish a session note's current text to the nearline tier (and bump the entry's
     memory version, in one MULTI/EXEC)."""
@@ -268,6 +278,8 @@ def set_note(r: redis.Redis, session_id: str, entry_id: int, content: str) -> No
     pipe.set(f"session:{session_id}:note:{entry_id}", content, ex=session_ttl_s())
     pipe.hincrby(memory_versions_key(session_id), str(entry_id), 1)
     pipe.expire(memory_versions_key(session_id), session_ttl_s())
+    pipe.hset(touched_key(session_id), str(entry_id), time.time())
+    pipe.expire(touched_key(session_id), session_ttl_s())
     pipe.execute()
 
 

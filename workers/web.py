@@ -33,7 +33,7 @@ import celeryconfig
 from inference import calls
 from inference.embedding import get_embedder
 from inference.llm import ModelError
-from memory import nearline, turns
+from memory import nearline, ranking, turns
 from memory.hot_cache import HotCache
 from memory.db import session_scope
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
@@ -162,6 +162,12 @@ def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None, **options)
     return state.celery.send_task(name, kwargs=kwargs, task_id=task_id, **options).id
 
 
+def _retrieval_weights(s_) -> ranking.Weights:
+    return ranking.Weights(relevance=s_.retrieval_weight_relevance,
+                           recency=s_.retrieval_weight_recency,
+                           importance=s_.retrieval_weight_importance)
+
+
 @app.get("/healthz")
 def healthz() -> dict:
     """Liveness plus the index size, vector sync position and hot cache counters."""
@@ -222,10 +228,14 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
     memories_text = hot.memories_text(s_.memories_prompt_chars)
     recent_npc = hot.recent_npc_turns()
     query = get_embedder().embed([body.player_text])[0]
-    hits = [h for h in state.index.search_session(world_id, session_id, query, s_.retrieval_k + 1)
-            if h.lore_entry_id != npc_entry_id][: s_.retrieval_k]
+    n_candidates = max(s_.retrieval_candidates, s_.retrieval_k) + 1
+    hits = [(h.lore_entry_id, h.score)
+            for h in state.index.search_session(world_id, session_id, query, n_candidates)
+            if h.lore_entry_id != npc_entry_id]
+    ranked = ranking.rank_for_session(r, session_id, hits, half_life_s=s_.retrieval_half_life_s,
+                                      weights=_retrieval_weights(s_))[: s_.retrieval_k]
     retrieved = []
-    for h in hits:
+    for h in ranked:
         doc = nearline.get_entry(r, world_id, h.lore_entry_id)
         if doc is not None:
             text = nearline.get_note(r, session_id, h.lore_entry_id) or doc["content"]
