@@ -17,6 +17,7 @@ not on the hot path.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -213,10 +214,22 @@ def _turn_errors():
 
 
 @app.post("/v1/sessions/{session_id}/turns", response_model=TurnOut)
-def play_turn(session_id: str, body: TurnIn) -> TurnOut:
+def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
-    target that is not a character, 503 when the model server, Redis or the broker fails."""
+    target that is not a character, 503 when the model server, Redis or the broker fails.
+
+    The ``Server-Timing`` header gives the time of each stage in ms: ``context`` (hot cache
+    and its Redis check), ``embed`` (the player's line), ``retrieve`` (index search, ranking
+    and the documents), ``model`` (generation), ``record`` (Redis and broker)."""
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+    mark = [t0]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        stages[name] = (now - mark[0]) * 1000
+        mark[0] = now
+
     s_ = get_settings()
     r = nearline.get_redis()
     with _turn_errors():
@@ -227,7 +240,9 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
     cards_text = hot.cards_text(s_.cards_prompt_chars)
     memories_text = hot.memories_text(s_.memories_prompt_chars)
     recent_npc = hot.recent_npc_turns()
+    lap("context")
     query = get_embedder().embed([body.player_text])[0]
+    lap("embed")
     n_candidates = max(s_.retrieval_candidates, s_.retrieval_k) + 1
     hits = [(h.lore_entry_id, h.score)
             for h in state.index.search_session(world_id, session_id, query, n_candidates)
@@ -235,21 +250,30 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
     ranked = ranking.rank_for_session(r, session_id, hits, half_life_s=s_.retrieval_half_life_s,
                                       weights=_retrieval_weights(s_))[: s_.retrieval_k]
     retrieved = []
-    for h in ranked:
-        doc = nearline.get_entry(r, world_id, h.lore_entry_id)
-        if doc is not None:
-            text = nearline.get_note(r, session_id, h.lore_entry_id) or doc["content"]
-            retrieved.append((doc["title"], text))
+    if ranked:  # the documents and their session notes in one round trip
+        pipe = r.pipeline(transaction=False)
+        for h in ranked:
+            pipe.get(f"world:{world_id}:entry:{h.lore_entry_id}")
+            pipe.get(f"session:{session_id}:note:{h.lore_entry_id}")
+        raw = pipe.execute()
+        for raw_doc, raw_note in zip(raw[::2], raw[1::2]):
+            if raw_doc is not None:
+                doc = json.loads(raw_doc)
+                retrieved.append((doc["title"], raw_note.decode() if raw_note else doc["content"]))
+    lap("retrieve")
     try:
         reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
                                      cards=cards_text, memories=memories_text)
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
+    lap("model")
     latency_ms = (time.perf_counter() - t0) * 1000
     with _turn_errors():
         turn = turns.record_turn(r, _send_kwargs, target, player_text=body.player_text,
                                  npc_text=reply.text or "...", latency_ms=latency_ms).turn
     state.hot.record(session_id, body.npc_id, turns.turn_kwargs(turn))
+    lap("record")
+    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.3f}" for k, v in stages.items())
     return TurnOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id, npc_name=npc["title"],
                    npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
                    latency_ms=latency_ms)
