@@ -62,6 +62,9 @@ task_routes = {name: {"queue": q.value, "routing_key": q.value} for name, q in T
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# Exception: the archiver (queue ``archive``) runs ``archive_turn`` as a celery-batches task,
+# which needs a batch's worth of prefetched messages; the Procfile starts it with
+# ``--prefetch-multiplier ${ARCHIVE_PREFETCH:-200}`` (2 x ARCHIVE_BATCH_SIZE).
 # Redis redelivers unacknowledged messages after the visibility timeout; it must exceed the
 # longest hard time limit plus the longest retry delay or tasks run twice (celery #2599).
 broker_transport_options = {"visibility_timeout": 3 * 3600}
