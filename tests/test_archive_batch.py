@@ -82,10 +82,15 @@ def test_burst_is_archived_in_few_batches_and_a_bad_payload_alone_is_dead(
     assert len(_rows(game_session["id"])) == n
     ledger = _ledger(ids)
     sizes = {r.result["batch_id"]: r.result["batch_size"] for r in ledger.values()}
-    # at most one batch per 100 ms flush while the burst was being sent, plus one per 100
-    # turns: a handful of multi-row writes, not 300 (the bound allows for a slow sender)
+    # the archiver: at most one batch per 100 ms flush while the burst was being sent, plus
+    # one per 100 turns; a handful of multi-row writes, not 300 (the bound allows for a slow
+    # sender). The in-process test worker of other modules (prefetch 1, two threads) may run
+    # in this session too and take a few turns in batches of 1-2: most turns must still go
+    # in the archiver's large batches.
     bound = int(sending_s / 0.1) + n // 100 + 2
-    assert len(sizes) <= min(bound, n // 5), (sending_s, sorted(sizes.values()))
+    large = [size for size in sizes.values() if size >= 10]
+    assert sum(large) >= n // 2, (sending_s, sorted(sizes.values()))
+    assert len(large) <= min(bound, n // 5), (sending_s, sorted(sizes.values()))
     assert max(sizes.values()) <= 100
     assert sum(sizes.values()) == n
     wait_for(lambda: _ledger([bad_id]).get(bad_id) is not None
