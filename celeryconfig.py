@@ -32,6 +32,8 @@ class Queues(StrEnum):
 TASK_QUEUES: dict[str, Queues] = {
     "npc_memory.analyze_turn": Queues.ANALYSIS,
     "npc_memory.update_note": Queues.NOTE_UPDATE,
+    # maintenance-model work on session memory, like the note rewrites
+    "npc_memory.summarize_session": Queues.NOTE_UPDATE,
     "npc_memory.create_entity": Queues.ENTITY_CREATION,
     "npc_memory.simulate_world": Queues.SIMULATE_WORLD,
     "npc_memory.world_tick": Queues.SIMULATE_WORLD,
@@ -60,6 +62,9 @@ task_routes = {name: {"queue": q.value, "routing_key": q.value} for name, q in T
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# Exception: the archiver (queue ``archive``) runs ``archive_turn`` as a celery-batches task,
+# which needs a batch's worth of prefetched messages; the Procfile starts it with
+# ``--prefetch-multiplier ${ARCHIVE_PREFETCH:-200}`` (2 x ARCHIVE_BATCH_SIZE).
 # Redis redelivers unacknowledged messages after the visibility timeout; it must exceed the
 # longest hard time limit plus the longest retry delay or tasks run twice (celery #2599).
 broker_transport_options = {"visibility_timeout": 3 * 3600}

@@ -69,10 +69,35 @@ class Settings(BaseSettings):
     # Dialogue server
     web_host: str = "127.0.0.1"
     port: int = 8000
-    recent_turns: int = 12
+    recent_turns: int = Field(12, ge=0, le=50, description="recent turns in the prompt (12-20)")
     retrieval_k: int = 3
     cards_prompt_chars: int = Field(600, ge=0, le=4000,
                                     description="budget of the memory cards in the dialogue prompt")
+    # Retrieval ranking (memory/ranking.py, Park et al. 2023): RETRIEVAL_CANDIDATES nearest
+    # documents are re-ranked by weighted relevance, recency (half-life in seconds) and
+    # importance, and the best RETRIEVAL_K enter the prompt
+    retrieval_candidates: int = Field(10, ge=1, le=100)
+    retrieval_weight_relevance: float = Field(1.0, ge=0)
+    retrieval_weight_recency: float = Field(1.0, ge=0)
+    retrieval_weight_importance: float = Field(1.0, ge=0)
+    retrieval_half_life_s: float = Field(3600.0, gt=0)
+    memories_prompt_chars: int = Field(500, ge=0, le=4000, description=(
+        "budget of the session summary and salient memories in the dialogue prompt"))
+    # Level 2 additions (memory/summaries.py): a session summary every N turns (0: off) and
+    # a rolling TTL on session keys
+    summarize_every_turns: int = Field(10, ge=0)
+    session_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    # Level 1 hot cache of the dialogue server (memory/hot_cache.py): (session, NPC) entries
+    # live HOT_CACHE_TTL_S after their last turn, at most HOT_CACHE_MAX_ENTRIES (LRU), swept
+    # every HOT_CACHE_EVICT_INTERVAL_S; each keeps the session's last RECENT_TURNS turns
+    hot_cache_ttl_s: float = Field(1800.0, gt=0)
+    hot_cache_max_entries: int = Field(10_000, ge=1)
+    hot_cache_evict_interval_s: float = Field(30.0, gt=0)
+
+    # Archive (Level 3, seed 001): turns are written in batches of at most ARCHIVE_BATCH_SIZE,
+    # flushed ARCHIVE_FLUSH_MS after the first buffered turn at the latest
+    archive_batch_size: int = Field(100, ge=1, le=5000)
+    archive_flush_ms: int = Field(100, ge=1, le=60000)
 
     # Fold the updates queued for one session note into a single rewrite
     note_coalescing: bool = True

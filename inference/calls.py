@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import prompts
 from inference.llm import chat_model
-from prompts.outputs import AnalysisOutput, CreatedEntity, SimulationOutput
+from prompts.outputs import AnalysisOutput, CreatedEntity, SessionSummary, SimulationOutput
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class Reply:
 
 
 def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
-                   player_text: str, max_tokens: int = 80, cards: str = "") -> Reply:
+                   player_text: str, max_tokens: int = 80, cards: str = "",
+                   memories: str = "") -> Reply:
     """The NPC's in-character reply (generation role).
 
     Args:
@@ -33,12 +34,15 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
         retrieved: ``[(title, document)]`` from the vector index.
         cards: the NPC's relationship and quest cards as prompt text, already within its
             budget (``memory.cards.render_cards``; '' when none).
+        memories: the session summary and the NPC's salient memories, already within their
+            budget (``memory.summaries.render_memories``; '' when none).
 
     Raises:
         inference.llm.ModelError: the model failed.
     """
     model = chat_model("generation")
-    msgs = prompts.messages("dialogue", npc=npc, note=note, cards=cards, recent_turns=recent,
+    msgs = prompts.messages("dialogue", npc=npc, note=note, cards=cards, memories=memories,
+                            recent_turns=recent,
                             retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text)
     done = model.complete(msgs, max_tokens=max_tokens, temperature=0.7)
     text = done.text.strip()
@@ -131,3 +135,24 @@ def simulate(world_title: str, elapsed: str, now: str, targets: list[dict], plac
     return chat_model("maintenance").complete_json(msgs, SimulationOutput, schema,
                                                    max_tokens=max_tokens, temperature=0.5,
                                                    schema_name="simulation")
+
+
+def summarize_session(player_name: str, previous: str, turns: list[dict],
+                      max_tokens: int = 300) -> tuple[SessionSummary, int]:
+    """The rolling session summary, 300-600 characters (maintenance role; seed 001's Level 2).
+
+    Args:
+        previous: the last summary ('' when none).
+        turns: ``[{npc, player_text, npc_text, speaker?}]`` since it, oldest first (texts
+            are clipped to 300 characters here).
+
+    Raises:
+        inference.llm.InvalidModelOutput: no valid answer after retries.
+        inference.llm.ModelError: the model failed.
+    """
+    clipped = [{**t, "player_text": t["player_text"][:300], "npc_text": (t.get("npc_text") or "")[:300]}
+               for t in turns]
+    msgs = prompts.messages("summarize_session", player_name=player_name[:200], previous=previous[:600], turns=clipped)
+    return chat_model("maintenance").complete_json(msgs, SessionSummary, prompts.schema("summary"),
+                                                   max_tokens=max_tokens, temperature=0.3,
+                                                   schema_name="session_summary")

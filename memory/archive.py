@@ -14,7 +14,15 @@ from models import CardEvent, NpcCard, Turn
 
 def archive_turns(session: Session, turns: list[dict]) -> int:
     """Insert turns in one multi-row ``INSERT ... ON CONFLICT (id) DO NOTHING``; returns how
-    many were new. Safe under concurrent and repeated delivery of the same turn.
+    many were new (``len(insert_turns(...))``). Safe under concurrent and repeated delivery of
+    the same turn."""
+    return len(insert_turns(session, turns))
+
+
+def insert_turns(session: Session, turns: list[dict]) -> set[str]:
+    """Insert turns in one multi-row ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id``
+    (the archive tier of seed 001: batched, asynchronous, idempotent on the turn id); returns
+    the ids that were new. A turn id given twice in ``turns`` is written once.
 
     Each dict has ``turn_id, session_id, seq, npc_entry_id, player_text, npc_text,
     latency_ms, created_at`` (unix seconds) and optionally ``speaker``. The archive has no
@@ -25,7 +33,8 @@ def archive_turns(session: Session, turns: list[dict]) -> int:
         NotImplementedError: a database other than PostgreSQL or SQLite.
     """
     if not turns:
-        return 0
+        return set()
+    turns = list({t["turn_id"]: t for t in turns}.values())
     rows = [{
         "id": t["turn_id"], "session_id": t["session_id"], "seq": t["seq"],
         "npc_entry_id": t["npc_entry_id"],
@@ -35,7 +44,8 @@ def archive_turns(session: Session, turns: list[dict]) -> int:
     } for t in turns]
     stmt = (dialect_insert(session, Turn).values(rows)
             .on_conflict_do_nothing(index_elements=["id"]).returning(Turn.id))
-    return len(session.execute(stmt).all())  # rowcount is -1 for multi-row inserts on psycopg
+    # counted from RETURNING: rowcount is -1 for multi-row inserts on psycopg
+    return {row[0] for row in session.execute(stmt).all()}
 
 
 def _applied_at(event: dict) -> datetime:

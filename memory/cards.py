@@ -81,6 +81,9 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from rapidfuzz import fuzz, utils
 
+from memory.nearline import memory_versions_key, session_ttl_s
+from memory.summaries import queue_card_memories
+
 
 SCORE_MIN, SCORE_MAX = -100, 100
 """Bounds of ``trust`` and ``affinity`` (inclusive); a new card has 0 for both."""
@@ -474,6 +477,18 @@ def _load(model, raw: bytes | None, key: str):
         raise CardCorrupt(f"{key} does not hold a valid {model.__name__}: {exc}") from exc
 
 
+def cards_from_raw(session_id: str, npc_entry_id: int, raw_rel: bytes | None,
+                   raw_quest: bytes | None) -> Cards:
+    """Both cards from their stored JSON (as ``MGET`` of the two card keys returns it; None:
+    not written yet, an empty card).
+
+    Raises:
+        CardCorrupt: a stored card is not valid JSON of its model.
+    """
+    return Cards(_load(RelationshipCard, raw_rel, card_key(session_id, npc_entry_id, "relationship")),
+                 _load(QuestCard, raw_quest, card_key(session_id, npc_entry_id, "quest")))
+
+
 def get_cards(r: redis.Redis, session_id: str, npc_entry_id: int) -> Cards:
     """Both cards of (session, NPC) in one ``MGET``; empty cards when none was written.
 
@@ -573,6 +588,13 @@ def apply_events(r: redis.Redis, session_id: str, npc_entry_id: int,
                     pipe.set(qk, dump_card(cards.quest))
                 pipe.hset(ak, mapping={a["event_id"]: json.dumps(a) for a in applied})
                 pipe.zadd(ok, {a["event_id"]: now for a in applied})
+                # tells the dialogue servers' hot caches that these cards changed
+                pipe.hincrby(memory_versions_key(session_id), str(npc_entry_id), 1)
+                for key in (rk, qk, ak, ok, memory_versions_key(session_id)):
+                    pipe.expire(key, session_ttl_s())  # rolling session TTL
+                # salient memories and the emotional trajectory (memory.summaries), once per event
+                queue_card_memories(pipe, session_id, npc_entry_id, applied,
+                                    cards.relationship if "relationship" in changed else None)
                 if evict:
                     pipe.hdel(ak, *evict)
                     pipe.zrem(ok, *evict)

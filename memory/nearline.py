@@ -15,6 +15,8 @@ Key layout (all strings UTF-8; JSON values):
 - ``session:{session_id}:turns``               list  JSON turns, newest last, capped
 - ``session:{session_id}:seq``                 counter of turns
 - ``session:{session_id}:note:{lore_entry_id}`` string, the current session note
+- ``session:{session_id}:mver``                hash  lore entry id -> memory version, bumped
+  with every write of the entry's note or cards (the hot caches' invalidation signal)
 - ``session:{session_id}:card:{npc_entry_id}:relationship``  JSON relationship card (<= 2 KB)
 - ``session:{session_id}:card:{npc_entry_id}:quest``         JSON quest card (<= 2 KB)
 - ``session:{session_id}:card:{npc_entry_id}:applied``       hash event id -> JSON applied event
@@ -29,6 +31,15 @@ Key layout (all strings UTF-8; JSON values):
 - ``dead_letters:parked``                      list of JSON dead letters that could not be
   written while the database was down (``tasks.base.dead_letter``)
 - ``vectors:updates``                          stream of vector upserts (see ``vector_sync``)
+
+- ``session:{session_id}:touched``             hash  lore entry id -> unix time last touched (note
+  written, turn addressed to it): recency for ``memory.ranking``
+- ``session:{session_id}:summary``, ``session:{session_id}:salient:{npc_entry_id}``,
+  ``session:{session_id}:trajectory:{npc_entry_id}``  the session summary, salient memories and
+  emotional trajectory (``memory.summaries``)
+
+Session keys (the session hash, turns, seq, notes, cards, memory versions, summaries) expire
+``SESSION_TTL_S`` (30 days) after their last write: a rolling TTL, pushed back by every turn.
 
 Multi-key updates use MULTI/EXEC pipelines, never read-modify-write; card updates read under
 WATCH and write in MULTI/EXEC (optimistic, re-run on conflict).
@@ -116,7 +127,14 @@ def open_session(r: redis.Redis, session_id: str, world_id: int, player_name: st
     })
     pipe.hsetnx(f"session:{session_id}", "game_minutes", game_minutes)
     pipe.zadd("sessions:active", {session_id: now})
+    pipe.expire(f"session:{session_id}", session_ttl_s())
     pipe.execute()
+
+
+def session_ttl_s() -> int:
+    """Seconds a session's Redis keys live after their last write (``SESSION_TTL_S``, 30 days
+    by default; rolling: every turn, note and card write pushes it back)."""
+    return int(get_settings().session_ttl_s)
 
 
 def get_session(r: redis.Redis, session_id: str) -> dict | None:
@@ -200,6 +218,12 @@ def record_turn(r: redis.Redis, session_id: str, turn: dict) -> None:
     pipe = r.pipeline(transaction=True)
     pipe.rpush(f"session:{session_id}:turns", doc)
     pipe.ltrim(f"session:{session_id}:turns", -TURNS_CAP, -1)
+    ttl = session_ttl_s()  # rolling: a played session's keys live SESSION_TTL_S past its last turn
+    pipe.hset(touched_key(session_id), str(turn["npc_entry_id"]), now)
+    for key in (f"session:{session_id}", f"session:{session_id}:turns",
+                f"session:{session_id}:seq", memory_versions_key(session_id),
+                touched_key(session_id)):
+        pipe.expire(key, ttl)
     pipe.zadd("sessions:active", {session_id: now})
     pipe.zadd(OUTBOX, {turn["turn_id"]: now})
     pipe.hset(OUTBOX_PAYLOADS, turn["turn_id"], doc)
@@ -233,9 +257,30 @@ def recent_turns(r: redis.Redis, session_id: str, n: int) -> list[dict]:
     return [json.loads(x) for x in r.lrange(f"session:{session_id}:turns", -n, -1)] if n > 0 else []
 
 
+def memory_versions_key(session_id: str) -> str:
+    """Hash lore entry id -> counter, bumped in the same transaction as every write of the
+    entry's session note (``set_note``) or its memory cards (``memory.cards.apply_events``):
+    what the dialogue servers' hot caches compare to know their copy is current
+    (``memory.hot_cache``)."""
+    return f"session:{session_id}:mver"
+
+
+def touched_key(session_id: str) -> str:
+    """Hash lore entry id -> unix time the entry was last touched in the session (its note
+    written, or a turn addressed to it): the recency of ``memory.ranking``."""
+    return f"session:{session_id}:touched"
+
+
 def set_note(r: redis.Redis, session_id: str, entry_id: int, content: str) -> None:
-    """Publish a session note's current text to the nearline tier."""
-    r.set(f"session:{session_id}:note:{entry_id}", content)
+    """Publish a session note's current text to the nearline tier (and bump the entry's
+    memory version, in one MULTI/EXEC)."""
+    pipe = r.pipeline(transaction=True)
+    pipe.set(f"session:{session_id}:note:{entry_id}", content, ex=session_ttl_s())
+    pipe.hincrby(memory_versions_key(session_id), str(entry_id), 1)
+    pipe.expire(memory_versions_key(session_id), session_ttl_s())
+    pipe.hset(touched_key(session_id), str(entry_id), time.time())
+    pipe.expire(touched_key(session_id), session_ttl_s())
+    pipe.execute()
 
 
 def get_note(r: redis.Redis, session_id: str, entry_id: int) -> str:

@@ -27,7 +27,10 @@ import redis
 from memory import nearline
 from tasks.dispatch import TURN_TASKS as PIPELINE_TASKS
 from tasks.dispatch import Send, request_simulation, send_turn_tasks
+from settings import get_settings
 from tasks.payloads import TurnPayload
+
+SUMMARY_TASK = "npc_memory.summarize_session"
 
 
 class UnknownSession(LookupError):
@@ -120,7 +123,9 @@ def record_turn(
     Allocates the session's next ``seq``, appends the turn to its recent turns, then sends
     :data:`PIPELINE_TASKS` with the turn as kwargs; every ``every_turns`` turns of the session
     (the world's setting) it also requests a world tick for the session (tick id
-    ``turn-{seq}``), unless one is already queued or running.
+    ``turn-{seq}``), unless one is already queued or running, and every
+    ``SUMMARIZE_EVERY_TURNS`` turns it sends ``npc_memory.summarize_session`` (task id
+    ``npc_memory.summarize_session:{session_id}:{seq}``).
 
     Args:
         player_text: what was said to the NPC (1-4000 chars).
@@ -168,6 +173,10 @@ def record_turn(
     send_turn_tasks(send, r, kwargs)
     if target.every_turns and turn.seq % target.every_turns == 0:  # the every-N-turns tick
         request_simulation(send, r, target.session_id, f"turn-{turn.seq}")
+    every = get_settings().summarize_every_turns
+    if every and turn.seq % every == 0:  # the rolling session summary (memory.summaries)
+        send(SUMMARY_TASK, {"session_id": target.session_id, "upto_seq": turn.seq},
+             f"{SUMMARY_TASK}:{target.session_id}:{turn.seq}")
     return Recorded(turn)
 
 

@@ -77,3 +77,10 @@ class SimulationOutput(BaseModel):
     """The simulation model's answer: a list of off-screen updates (seed 004)."""
 
     updates: list[NoteUpdate] = Field(max_length=4)
+
+
+class SessionSummary(BaseModel):
+    """The maintenance model's rolling session summary (seed 001's Level 2), 300-600 chars."""
+
+    model_config = ConfigDict(extra="ignore")
+    summary: Annotated[str, StringConstraints(min_length=300, max_length=600)]

@@ -2,5 +2,5 @@
 ``inference/``. Importing this package registers every task."""
 
 from tasks import (  # noqa: F401
-    analysis, archive, embed, entity_creation, note_update, reconcile, simulate_world,
+    analysis, archive, embed, entity_creation, note_update, reconcile, simulate_world, summaries,
 )

@@ -1,22 +1,42 @@
-"""Queue ``archive``: ``npc_memory.archive_turn`` writes a turn into the archive table;
-``npc_memory.archive_cards`` writes memory-card snapshots and their events (seed 000's
-PostgreSQL tier)."""
+"""Queue ``archive``: ``npc_memory.archive_turn`` writes turns into the archive table in
+batches; ``npc_memory.archive_cards`` writes memory-card snapshots and their events (seed 000's
+PostgreSQL tier, seed 001's Level 3: asynchronous, batched writes only).
+
+``archive_turn`` keeps its one-turn payload (``TurnPayload``) and stable task id
+``npc_memory.archive_turn:{turn_id}``; the worker gathers its messages with celery-batches and
+writes up to ``ARCHIVE_BATCH_SIZE`` turns (default 100) in one multi-row
+``INSERT ... ON CONFLICT (id) DO NOTHING``, or what arrived within ``ARCHIVE_FLUSH_MS``
+(default 100 ms) of the first buffered one. See ``tasks.batch`` for acks, retries and dead
+letters.
+"""
 
 from __future__ import annotations
 
 from memory.archive import archive_cards as write_cards
-from memory.archive import archive_turns
+from sqlalchemy.orm import Session
+
+from memory.archive import insert_turns
 from memory.db import session_scope
+from settings import get_settings
 from tasks.base import TaskContext, npc_task
+from tasks.batch import npc_batch_task
 from tasks.payloads import CardArchivePayload, TurnPayload
 
+_s = get_settings()
 
-@npc_task("npc_memory.archive_turn", TurnPayload, soft_time_limit=30, time_limit=60)
-def archive_turn(p: TurnPayload, ctx: TaskContext) -> dict:
-    """Insert the turn; a turn id already archived is left as it is (idempotent)."""
-    with session_scope() as s:
-        written = archive_turns(s, [p.model_dump()])
-    return {"written": written}
+
+@npc_batch_task("npc_memory.archive_turn", TurnPayload, flush_every=_s.archive_batch_size,
+                flush_interval_s=_s.archive_flush_ms / 1000.0, soft_time_limit=30, time_limit=60)
+def archive_turn(s: Session, payloads: list[TurnPayload]) -> list[dict]:
+    """Insert a batch of turns in one statement; a turn id already archived is left as it is
+    (idempotent). Returns ``{"written": 1|0}`` per payload (0: archived before)."""
+    new = insert_turns(s, [p.model_dump() for p in payloads])
+    seen: set[str] = set()
+    out = []
+    for p in payloads:
+        out.append({"written": int(p.turn_id in new and p.turn_id not in seen)})
+        seen.add(p.turn_id)
+    return out
 
 
 @npc_task("npc_memory.archive_cards", CardArchivePayload, soft_time_limit=30, time_limit=60)

@@ -151,3 +151,17 @@ class ReconcilePayload(Payload):
     seconds, flush dead letters parked during a database outage."""
 
     older_than_s: float = Field(30.0, ge=0)
+
+
+class SummaryPayload(Payload):
+    """Summarize a session's turns up to ``upto_seq`` (``npc_memory.summarize_session``)."""
+
+    session_id: str = Field(min_length=1, max_length=64)
+    upto_seq: int = Field(ge=1)
+
+    def target(self) -> str:
+        return f"summary:{self.upto_seq}"
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"summary:{self.session_id}:{self.upto_seq}"

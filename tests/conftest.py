@@ -48,6 +48,7 @@ os.environ["LLM_BASE_URL"] = f"http://127.0.0.1:{LLM_PORT}/v1"
 os.environ["LLM_MAX_RETRIES"] = "2"
 os.environ["WORLD_TICK_SECONDS"] = "3600"
 os.environ["SIMULATE_EVERY_TURNS"] = "0"  # tests that want turn-triggered ticks set it per world
+os.environ.setdefault("SUMMARIZE_EVERY_TURNS", "0")  # tests that want summaries set it themselves
 if USE_PG:
     import psycopg
 

@@ -183,15 +183,17 @@ class _Subprocess:
 class SubprocessWorker(_Subprocess):
     """``celery -A workers.celery_app worker -Q <queues> -c 1 --pool prefork``."""
 
-    def __init__(self, env: dict[str, str], queues: str, log_name: str):
+    def __init__(self, env: dict[str, str], queues: str, log_name: str,
+                 extra_args: tuple[str, ...] = ()):
         super().__init__(env, log_name)
         self.queues = queues
+        self.extra_args = list(extra_args)
 
     def start(self, timeout: float = 90) -> None:
         self._spawn([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
                      "-Q", self.queues, "-c", "1", "--pool", "prefork", "--loglevel", "INFO",
                      "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
-                     "--without-mingle"])
+                     "--without-mingle", *self.extra_args])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -508,6 +508,7 @@ def _template_contexts() -> dict[str, dict]:
     return {
         "dialogue": dict(npc=npc, note="He lost his rolling pin.",
                          cards="Trust in the player: +20 of 100 (trusting).",
+                         memories="The player came to town at dusk.\n- gift: A sack of rye flour.",
                          recent_turns=[{"player_text": "Hello there", "npc_text": "Fresh rolls!"}],
                          retrieved=[("Town Square", "The square in the middle of town.")],
                          player_text="Do you have rye bread?"),
@@ -518,6 +519,11 @@ def _template_contexts() -> dict[str, dict]:
         "rewrite_note": dict(title="Baker", lore="A baker who rises before dawn.",
                              note="He lost his rolling pin.", event="He found it under the oven."),
         "create_entity": dict(entity_type="item", creation_summary="A silver key with a bat on it."),
+        "summarize_session": dict(player_name="Ann", previous="Ann came to town at dusk.",
+                                  turns=[{"npc": "Baker", "player_text": "Any rye bread?",
+                                          "npc_text": "Fresh at dawn."},
+                                         {"npc": "Baker", "speaker": "the smith",
+                                          "player_text": "Two loaves.", "npc_text": ""}]),
         "simulate_world": dict(world_title="Possibly Vampires", elapsed="2 hours",
                                now="day 1, 14:00",
                                targets=[{"key": "baker_27", "title": "Baker",
@@ -533,7 +539,13 @@ _EXPECTED = {
     "dialogue": (["Baker", "A baker who rises before dawn.", "He lost his rolling pin.",
                   "[What you remember about the player]\nTrust in the player: +20 of 100 (trusting).",
                   "Town Square: The square in the middle of town.", "Player: Hello there",
-                  "Baker: Fresh rolls!"], ["Do you have rye bread?"]),
+                  "Baker: Fresh rolls!",
+                  "[The story so far and what stayed with you]\nThe player came to town at dusk.\n"
+                  "- gift: A sack of rye flour."], ["Do you have rye bread?"]),
+    "summarize_session": (["running summary"], [
+        "Player: Ann", "Summary so far: Ann came to town at dusk.",
+        "- Ann to Baker: Any rye bread? / Baker: Fresh at dawn.",
+        "- the smith to Baker: Two loaves.\n", '{"summary": text}']),
     "analysis": ([], ["- baker_27: Baker (character)", "Player said to Baker: I found a silver key.",
                       "Baker answered: Keep it away from the crypt.",
                       "Known between the player and Baker: Open promises of the player: bring rye flour.",
@@ -578,12 +590,14 @@ def test_dialogue_user_message_is_the_player_text_and_optional_sections_vanish()
     import prompts
 
     msgs = prompts.messages("dialogue", npc={"title": "Baker", "content": "A baker."}, note="",
-                            cards="", recent_turns=[], retrieved=[], player_text="Hi!")
+                            cards="", memories="", recent_turns=[], retrieved=[],
+                            player_text="Hi!")
     assert msgs[1] == {"role": "user", "content": "Hi!"}
     assert "[What has happened" not in msgs[0]["content"]
     assert "[What you remember about the player]" not in msgs[0]["content"]
     assert "[Things you know about]" not in msgs[0]["content"]
     assert "[Recent conversation]" not in msgs[0]["content"]
+    assert "[The story so far" not in msgs[0]["content"]
 
 
 def test_analysis_without_hints_leaves_the_known_line_out():
@@ -664,7 +678,7 @@ def _extreme(schema, which: str):
 
 
 _SCHEMA_MODELS = {"analysis": "AnalysisOutput", "creation": "CreatedEntity",
-                  "simulation": "SimulationOutput"}
+                  "simulation": "SimulationOutput", "summary": "SessionSummary"}
 
 
 def test_every_schema_has_a_model():

@@ -227,7 +227,8 @@ def test_prompts_name_the_speaker_and_a_missing_reply():
     assert "Maria Lopez said to Klaus Mueller: Lunch?" in user
     assert "Klaus Mueller did not answer." in user and "answered:" not in user
     system = prompts.messages(
-        "dialogue", npc={"title": "Klaus Mueller", "content": "A student."}, note="", cards="",
+        "dialogue", npc={"title": "Klaus Mueller", "content": "A student."}, note="",
+        cards="", memories="",
         recent_turns=[{"player_text": "Lunch?", "npc_text": "", "speaker": "Maria Lopez"},
                       {"player_text": "Hi", "npc_text": "Hello."}],
         retrieved=[], player_text="How are you?")[0]["content"]

@@ -280,3 +280,38 @@ def test_openapi_lists_routes(client):
     assert "get" in paths["/v1/sessions/{session_id}/search"]
     assert "post" in paths["/v1/sessions/{session_id}/tick"]
     assert "get" in paths["/healthz"]
+
+
+def test_second_turn_is_served_from_the_hot_cache_with_no_database_query(client, session_id):
+    """The Level 1 cache answers the second turn of a (session, NPC) after one counter check
+    against Redis; a note written meanwhile by a worker is picked up, and still 0 SQL."""
+    from workers.state import state
+
+    body = {"npc_id": "baker_27", "player_text": "Do you bake on Sundays?"}
+    assert client.post(f"/v1/sessions/{session_id}/turns", json=body).status_code == 200
+    hits = state.hot.stats()["hits"]
+    refreshes = state.hot.stats()["refreshes"]
+    engine = get_engine()
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if not threading.current_thread().name.startswith("ThreadPoolExecutor"):
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        res = client.post(f"/v1/sessions/{session_id}/turns", json=body)
+        r = nearline.get_redis()
+        world_id = nearline.get_session(r, session_id)["world_id"]
+        entry_id = nearline.resolve_key(r, world_id, session_id, "baker_27")
+        nearline.set_note(r, session_id, entry_id, "Owes the baker a coin.")  # a worker's write
+        res2 = client.post(f"/v1/sessions/{session_id}/turns", json=body)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert res.status_code == 200 and res2.status_code == 200
+    assert statements == []
+    assert state.hot.stats()["hits"] == hits + 1  # the second turn
+    assert state.hot.stats()["refreshes"] == refreshes + 1  # the third: the note changed
+    key = (session_id, "baker_27")
+    assert key in state.hot.keys()
+    assert client.get("/healthz").json()["hot_cache"]["entries"] >= 1

@@ -129,7 +129,8 @@ def run_demo(opts: DemoOptions) -> dict:
             sup.spawn("worker", embedded.celery_worker_argv(
                 "worker", "analysis,note_update,entity_creation,simulate_world"))
             sup.spawn("embedder", embedded.celery_worker_argv("embedder", "embed"))
-            sup.spawn("archiver", embedded.celery_worker_argv("archiver", "archive"))
+            sup.spawn("archiver", embedded.celery_worker_argv(
+                "archiver", "archive", prefetch_multiplier=2 * get_settings().archive_batch_size))
             sup.spawn("beat", [embedded.sys.executable, "-m", "celery", "-A", "workers.celery_app",
                                "beat", "--loglevel", "INFO"])
             for var in ("LLM_BASE_URL", "GENERATION_BASE_URL"):

@@ -151,10 +151,16 @@ def llm_argv(port: int, alias: str, n_ctx: int, threads: int) -> list[str]:
             "--interrupt_requests", "false", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def celery_worker_argv(name: str, queues: str, concurrency: int = 1) -> list[str]:
-    """Command line of a Celery worker consuming ``queues`` (comma-separated)."""
+def celery_worker_argv(name: str, queues: str, concurrency: int = 1,
+                       prefetch_multiplier: int | None = None) -> list[str]:
+    """Command line of a Celery worker consuming ``queues`` (comma-separated).
+
+    ``prefetch_multiplier`` overrides celeryconfig's 1 for this worker: a worker of batch
+    tasks (the archiver) needs at least a batch's worth of prefetched messages.
+    """
+    extra = ["--prefetch-multiplier", str(prefetch_multiplier)] if prefetch_multiplier else []
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
-            "-n", f"{name}@%h", "-c", str(concurrency), "--loglevel", "INFO",
+            "-n", f"{name}@%h", "-c", str(concurrency), *extra, "--loglevel", "INFO",
             "--without-gossip", "--without-mingle"]
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from celery import Celery
 
+from memory.hot_cache import HotCache
 from memory.vector_index import VectorIndex, VectorSync
 
 
 class State:
-    """The in-process vector index, its sync thread, and the Celery app used to send tasks
-    (set by the server's lifespan)."""
+    """The in-process vector index, its sync thread, the Level 1 hot cache, and the Celery
+    app used to send tasks (set by the server's lifespan)."""
 
     index: VectorIndex
     sync: VectorSync
     celery: Celery
+    hot: HotCache
 
 
 state = State()

@@ -1,8 +1,9 @@
 """The thin synchronous dialogue server (``uvicorn workers.web:app``).
 
-A turn is answered from the nearline tier (Redis: recent turns, session note, the NPC's
-relationship and quest cards) and the in-process vector index only: the turn endpoint makes
-no database query. The cards enter the prompt within ``CARDS_PROMPT_CHARS`` characters. It
+A turn is answered from the in-process hot cache (Level 1, ``memory.hot_cache``: per session
+and NPC the resolved target, recent turns, session note and cards, checked against Redis with
+one pipelined round trip per turn), the nearline tier (Redis) and the in-process vector index
+only: the turn endpoint makes no database query. The cards enter the prompt within ``CARDS_PROMPT_CHARS`` characters. It
 records the turn in Redis and enqueues ``npc_memory.analyze_turn`` and
 ``npc_memory.archive_turn`` for the asynchronous pipeline (``memory.turns``). The event
 endpoint records a turn generated elsewhere through the same function, without calling the
@@ -16,6 +17,7 @@ not on the hot path.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -32,8 +34,8 @@ import celeryconfig
 from inference import calls
 from inference.embedding import get_embedder
 from inference.llm import ModelError
-from memory import cards as memory_cards
-from memory import nearline, turns
+from memory import nearline, ranking, turns
+from memory.hot_cache import HotCache
 from memory.db import session_scope
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
 from memory.worlds import base_entries, world_by_key
@@ -59,7 +61,12 @@ async def lifespan(_app: FastAPI):
     state.sync.start()
     state.celery = Celery("npc_memory-web")
     state.celery.config_from_object(celeryconfig)
+    s_ = get_settings()
+    state.hot = HotCache(max_entries=s_.hot_cache_max_entries, ttl_s=s_.hot_cache_ttl_s,
+                         turns=s_.recent_turns, evict_interval_s=s_.hot_cache_evict_interval_s)
+    state.hot.start()
     yield
+    state.hot.stop()
     state.sync.stop()
 
 
@@ -156,23 +163,17 @@ def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None, **options)
     return state.celery.send_task(name, kwargs=kwargs, task_id=task_id, **options).id
 
 
-def _cards_text(r, session_id: str, npc_entry_id: int, budget_chars: int) -> str:
-    """The NPC's cards as dialogue-prompt text within ``budget_chars`` (Redis only). A corrupt
-    card is logged and left out: the conversation goes on without it."""
-    if budget_chars <= 0:
-        return ""
-    try:
-        return memory_cards.render_cards(memory_cards.get_cards(r, session_id, npc_entry_id),
-                                         budget_chars)
-    except memory_cards.CardCorrupt as exc:
-        log.warning("turn without cards: %s", exc)
-        return ""
+def _retrieval_weights(s_) -> ranking.Weights:
+    return ranking.Weights(relevance=s_.retrieval_weight_relevance,
+                           recency=s_.retrieval_weight_recency,
+                           importance=s_.retrieval_weight_importance)
 
 
 @app.get("/healthz")
 def healthz() -> dict:
-    """Liveness plus the index size and vector sync position."""
-    return {"ok": True, "vectors": state.index.size(), "sync_applied": state.sync.applied}
+    """Liveness plus the index size, vector sync position and hot cache counters."""
+    return {"ok": True, "vectors": state.index.size(), "sync_applied": state.sync.applied,
+            "hot_cache": state.hot.stats()}
 
 
 @app.post("/v1/sessions", response_model=SessionOut, status_code=201)
@@ -213,37 +214,66 @@ def _turn_errors():
 
 
 @app.post("/v1/sessions/{session_id}/turns", response_model=TurnOut)
-def play_turn(session_id: str, body: TurnIn) -> TurnOut:
+def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
-    target that is not a character, 503 when the model server, Redis or the broker fails."""
+    target that is not a character, 503 when the model server, Redis or the broker fails.
+
+    The ``Server-Timing`` header gives the time of each stage in ms: ``context`` (hot cache
+    and its Redis check), ``embed`` (the player's line), ``retrieve`` (index search, ranking
+    and the documents), ``model`` (generation), ``record`` (Redis and broker)."""
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+    mark = [t0]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        stages[name] = (now - mark[0]) * 1000
+        mark[0] = now
+
     s_ = get_settings()
     r = nearline.get_redis()
     with _turn_errors():
-        target = turns.resolve_target(r, session_id, body.npc_id)
+        hot = state.hot.get(r, session_id, body.npc_id)  # Level 1, checked against Redis
+    target = hot.target
     world_id, npc_entry_id, npc = target.world_id, target.npc_entry_id, target.npc
-    note = nearline.get_note(r, session_id, npc_entry_id)
-    cards_text = _cards_text(r, session_id, npc_entry_id, s_.cards_prompt_chars)
-    recent = nearline.recent_turns(r, session_id, s_.recent_turns)
-    recent_npc = [t for t in recent if t["npc_entry_id"] == npc_entry_id]
+    note = hot.note
+    cards_text = hot.cards_text(s_.cards_prompt_chars)
+    memories_text = hot.memories_text(s_.memories_prompt_chars)
+    recent_npc = hot.recent_npc_turns()
+    lap("context")
     query = get_embedder().embed([body.player_text])[0]
-    hits = [h for h in state.index.search_session(world_id, session_id, query, s_.retrieval_k + 1)
-            if h.lore_entry_id != npc_entry_id][: s_.retrieval_k]
+    lap("embed")
+    n_candidates = max(s_.retrieval_candidates, s_.retrieval_k) + 1
+    hits = [(h.lore_entry_id, h.score)
+            for h in state.index.search_session(world_id, session_id, query, n_candidates)
+            if h.lore_entry_id != npc_entry_id]
+    ranked = ranking.rank_for_session(r, session_id, hits, half_life_s=s_.retrieval_half_life_s,
+                                      weights=_retrieval_weights(s_))[: s_.retrieval_k]
     retrieved = []
-    for h in hits:
-        doc = nearline.get_entry(r, world_id, h.lore_entry_id)
-        if doc is not None:
-            text = nearline.get_note(r, session_id, h.lore_entry_id) or doc["content"]
-            retrieved.append((doc["title"], text))
+    if ranked:  # the documents and their session notes in one round trip
+        pipe = r.pipeline(transaction=False)
+        for h in ranked:
+            pipe.get(f"world:{world_id}:entry:{h.lore_entry_id}")
+            pipe.get(f"session:{session_id}:note:{h.lore_entry_id}")
+        raw = pipe.execute()
+        for raw_doc, raw_note in zip(raw[::2], raw[1::2]):
+            if raw_doc is not None:
+                doc = json.loads(raw_doc)
+                retrieved.append((doc["title"], raw_note.decode() if raw_note else doc["content"]))
+    lap("retrieve")
     try:
         reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
-                                     cards=cards_text)
+                                     cards=cards_text, memories=memories_text)
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
+    lap("model")
     latency_ms = (time.perf_counter() - t0) * 1000
     with _turn_errors():
         turn = turns.record_turn(r, _send_kwargs, target, player_text=body.player_text,
                                  npc_text=reply.text or "...", latency_ms=latency_ms).turn
+    state.hot.record(session_id, body.npc_id, turns.turn_kwargs(turn))
+    lap("record")
+    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.3f}" for k, v in stages.items())
     return TurnOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id, npc_name=npc["title"],
                    npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
                    latency_ms=latency_ms)
