@@ -235,6 +235,12 @@ class WebServer(_Subprocess):
         raise RuntimeError(f"web server not ready in {timeout} s:\n{self.tail()}")
 
 
+def api_headers() -> dict[str, str]:
+    """``Authorization`` header with this test run's first API key (``API_KEYS``, set by
+    ``tests/conftest.py``), for HTTP clients of a :class:`WebServer`."""
+    return {"Authorization": f"Bearer {os.environ['API_KEYS'].split(',')[0]}"}
+
+
 def process_env(**overrides: str) -> dict[str, str]:
     """This test run's environment for a child process, with ``overrides``; Celery's separate
     broker/backend URLs are dropped so that ``REDIS_URL`` is the only one."""

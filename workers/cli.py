@@ -365,6 +365,9 @@ def replay_smallville(
                                    exists=True, file_okay=False,
                                    help="a Generative Agents run (*/nodes.json)"),
     limit: int | None = typer.Option(None, min=1, help="post at most N events"),
+    api_key: str | None = typer.Option(None, envvar="NPC_MEMORY_API_KEY", show_default=False,
+                                       help="bearer key for the server; default the first of "
+                                            "API_KEYS"),
 ) -> None:
     """Replay the recorded Smallville conversations as events into a session over HTTP
     (POST /v1/sessions/{id}/events); the pipeline runs on them as on played turns. Replaying
@@ -379,11 +382,13 @@ def replay_smallville(
 
     conversations = _load(load_smallville_conversations, directory)
     events = _load(conversation_events, conversations)[:limit]
+    cfg = get_settings()
     if server is None:
-        cfg = get_settings()
         server = f"http://{cfg.web_host}:{cfg.port}"
+    api_key = api_key or next(iter(cfg.api_key_list), None)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with httpx.Client(base_url=server, timeout=60) as client:
+        with httpx.Client(base_url=server, timeout=60, headers=headers) as client:
             sid = session_id or open_session(client, world, player_name="smallville replay")
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn()) as progress:

@@ -22,7 +22,7 @@ import uuid
 from contextlib import asynccontextmanager, contextmanager
 
 from celery import Celery
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -40,7 +40,7 @@ from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
-from workers import ops_api
+from workers import auth, health, ops_api
 from workers.state import state
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
+    auth.check_configured()  # no keys and API_AUTH not off: refuse to start
     embedder = get_embedder()
     r = nearline.get_redis()
     state.index = VectorIndex(embedder.dim)
@@ -64,7 +65,8 @@ async def lifespan(_app: FastAPI):
 
 
 app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan)
-app.include_router(ops_api.router)
+# Every route but the probes needs ``Authorization: Bearer <one of API_KEYS>`` (workers.auth).
+api = APIRouter(dependencies=[Depends(auth.require_api_key)])
 
 
 @app.exception_handler(RedisError)
@@ -169,13 +171,25 @@ def _cards_text(r, session_id: str, npc_entry_id: int, budget_chars: int) -> str
         return ""
 
 
-@app.get("/healthz")
+@app.get("/healthz", tags=["probes"])
 def healthz() -> dict:
-    """Liveness plus the index size and vector sync position."""
+    """Liveness (no authentication, no I/O): the process is up; the index size and the
+    vector sync position."""
     return {"ok": True, "vectors": state.index.size(), "sync_applied": state.sync.applied}
 
 
-@app.post("/v1/sessions", response_model=SessionOut, status_code=201)
+@app.get("/readyz", tags=["probes"], responses={503: {"description": "a dependency failed"}})
+def readyz() -> JSONResponse:
+    """Readiness (no authentication): broker, nearline Redis, database, model server(s) and
+    the vector index are reachable. 200 ``{"ready": true, "checks": {...}}``, or 503 with
+    ``failed`` naming the checks that failed and each check's detail."""
+    ok, checks = health.readiness(state)
+    body = {"ready": ok, "failed": [n for n, c in checks.items() if not c["ok"]],
+            "checks": checks}
+    return JSONResponse(status_code=200 if ok else 503, content=body)
+
+
+@api.post("/v1/sessions", response_model=SessionOut, status_code=201)
 def open_session(body: SessionIn) -> SessionOut:
     """Open a session on a world. 404 if the world was never imported."""
     r = nearline.get_redis()
@@ -212,7 +226,7 @@ def _turn_errors():
         raise HTTPException(503, f"broker or nearline store unavailable: {exc}") from exc
 
 
-@app.post("/v1/sessions/{session_id}/turns", response_model=TurnOut)
+@api.post("/v1/sessions/{session_id}/turns", response_model=TurnOut)
 def play_turn(session_id: str, body: TurnIn) -> TurnOut:
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
     target that is not a character, 503 when the model server, Redis or the broker fails."""
@@ -249,7 +263,7 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
                    latency_ms=latency_ms)
 
 
-@app.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
+@api.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
           responses={200: {"model": EventOut, "description": "event_id seen before: the "
                            "earlier turn, nothing recorded"}})
 def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
@@ -278,7 +292,7 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
                     created_at=turn.created_at, duplicate=rec.duplicate)
 
 
-@app.get("/v1/sessions/{session_id}/search")
+@api.get("/v1/sessions/{session_id}/search")
 def search(session_id: str, q: str, k: int = 3) -> dict:
     """Top-``k`` composite documents of the session for query ``q`` (titles, scores, scope)."""
     if not q.strip() or not 1 <= k <= 50:
@@ -297,7 +311,7 @@ def search(session_id: str, q: str, k: int = 3) -> dict:
     return {"query": q, "hits": out}
 
 
-@app.post("/v1/sessions/{session_id}/tick", status_code=202)
+@api.post("/v1/sessions/{session_id}/tick", status_code=202)
 def tick(session_id: str) -> dict:
     """Trigger a world tick for one session now (ops), even if one is pending; returns the
     tick id and the task id (the tick's trace is that task's result in the ledger)."""
@@ -314,3 +328,7 @@ def tick(session_id: str) -> dict:
 # Operator endpoints over ``memory.ops``: they read the database and are never on the dialogue
 # hot path. Unknown things are 404 with a message, a running task is 409, a broker or Redis
 # outage is 503.
+
+
+app.include_router(api)
+app.include_router(ops_api.router, dependencies=[Depends(auth.require_api_key)])
