@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     api_auth: Literal["on", "off"] = Field("on", description=(
         "off: serve without authentication (only when explicitly set; the server refuses to "
         "start with API_AUTH=on and no API_KEYS)"))
+    metrics_public: bool = Field(True, description=(
+        "serve /metrics without an API key (Prometheus scrapes without one); false: "
+        "/metrics needs a key like the API"))
     metrics_cache_s: float = Field(10.0, ge=0, description=(
         "how long /metrics reuses its database and broker readings"))
     web_host: str = "127.0.0.1"

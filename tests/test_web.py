@@ -411,3 +411,93 @@ def test_readyz_names_the_failed_dependency(client):
     assert body["ready"] is False
     assert body["failed"] == ["database", "model_server"]
     assert body["checks"]["broker"]["ok"] and body["checks"]["redis"]["ok"]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _scrape(client) -> dict[tuple[str, tuple], float]:
+    """``/metrics`` without a key, parsed: ``{(sample name, sorted labels): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    res = _without_auth(client, "GET", "/metrics")
+    assert res.status_code == 200, res.text
+    assert res.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(res.text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_lists_the_families_and_a_turn_counts(client, session_id):
+    before = _scrape(client)
+    names = {n for n, _ in before}
+    for expected in ("npc_turns_served_total", "npc_queue_length", "npc_vector_index_vectors",
+                     "npc_metrics_source_up", "npc_http_request_duration_seconds_bucket",
+                     "process_resident_memory_bytes"):
+        assert expected in names, expected
+    for q in ("analysis", "note_update", "entity_creation", "simulate_world", "embed", "archive"):
+        assert ("npc_queue_length", (("queue", q),)) in before
+    assert _value(before, "npc_metrics_source_up", source="broker") == 1
+    assert _value(before, "npc_metrics_source_up", source="database") == 1
+    assert _value(before, "npc_vector_index_vectors") > 0
+
+    res = client.post(f"/v1/sessions/{session_id}/turns",
+                      json={"npc_id": "baker_27", "player_text": "How much is a loaf?"})
+    assert res.status_code == 200, res.text
+    after = _scrape(client)
+    assert _value(after, "npc_turns_served_total", kind="turn") == \
+        _value(before, "npc_turns_served_total", kind="turn") + 1
+    route = "/v1/sessions/{session_id}/turns"
+    assert _value(after, "npc_http_request_duration_seconds_count", method="POST", route=route,
+                  status="200") >= 1
+    calls = _value(after, "npc_model_call_duration_seconds_count", role="generation",
+                   backend="llamacpp", outcome="ok")
+    assert calls >= _value(before, "npc_model_call_duration_seconds_count", role="generation",
+                           backend="llamacpp", outcome="ok") + 1
+    assert _value(after, "npc_model_tokens_total", role="generation", kind="completion") > \
+        _value(before, "npc_model_tokens_total", role="generation", kind="completion")
+    # an unknown path is one label value, whatever the path
+    _without_auth(client, "GET", f"/nothing/{uuid.uuid4().hex}")
+    unmatched = [k for k in _scrape(client) if k[0] == "npc_http_request_duration_seconds_count"
+                 and ("route", "unmatched") in k[1]]
+    assert unmatched and not any("nothing" in str(k) for k in _scrape(client))
+
+
+def test_metrics_ledger_counts_and_the_cache(client):
+    """Task outcomes and dead letters come from the ledger, read at most once per
+    METRICS_CACHE_S seconds."""
+    from models import DeadLetter, TaskRecord
+    from workers.web import store_metrics
+
+    name = f"npc_memory.metrics_probe_{uuid.uuid4().hex[:6]}"
+    with session_scope() as s:
+        s.add_all([TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="succeeded"),
+                   TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="succeeded"),
+                   TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="dead"),
+                   DeadLetter(task_id=uuid.uuid4().hex, task_name=name, queue="analysis",
+                              payload={}, error="probe")])
+    with _settings_env(METRICS_CACHE_S="0"):
+        got = _scrape(client)
+    assert _value(got, "npc_tasks", task=name, status="succeeded") == 2
+    assert _value(got, "npc_tasks", task=name, status="dead") == 1
+    assert _value(got, "npc_dead_letters", task=name, replayed="false") == 1
+    with _settings_env(METRICS_CACHE_S="3600"):
+        reads = dict(store_metrics.reads)
+        for _ in range(3):
+            _scrape(client)
+        assert store_metrics.reads == reads  # served from the cache
+    with session_scope() as s:  # leave the ledger as other modules expect it
+        s.query(TaskRecord).filter(TaskRecord.task_name == name).delete()
+        s.query(DeadLetter).filter(DeadLetter.task_name == name).delete()
+
+
+def test_metrics_can_require_a_key(client):
+    with _settings_env(METRICS_PUBLIC="false"):
+        assert _without_auth(client, "GET", "/metrics").status_code == 401
+        assert client.get("/metrics").status_code == 200

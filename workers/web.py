@@ -22,7 +22,7 @@ import uuid
 from contextlib import asynccontextmanager, contextmanager
 
 from celery import Celery
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -33,14 +33,14 @@ from inference import calls
 from inference.embedding import get_embedder
 from inference.llm import ModelError
 from memory import cards as memory_cards
-from memory import nearline, turns
+from memory import nearline, ops, turns
 from memory.db import session_scope
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
-from workers import auth, health, ops_api
+from workers import auth, health, metrics, ops_api
 from workers.state import state
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,57 @@ async def lifespan(_app: FastAPI):
 
 
 app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan)
+
+
+@app.middleware("http")
+async def _measure(request: Request, call_next):
+    """Request latency per route template (``npc_http_request_duration_seconds``)."""
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        route = request.scope.get("route")
+        metrics.observe_request(request.method, getattr(route, "path", None), status,
+                                time.perf_counter() - t0)
+
+
+def _ledger_counts() -> tuple[dict, dict]:
+    with session_scope() as s:
+        return ops.task_outcome_counts(s), ops.dead_letter_counts(s)
+
+
+def _queue_lengths() -> dict[str, int]:
+    r = ops_api._broker_redis()
+    if r is None:
+        raise RuntimeError("queue lengths need a Redis broker")
+    return ops.queue_lengths(r)
+
+
+store_metrics = metrics.StoreCollector(
+    read_queues=_queue_lengths, read_ledger=_ledger_counts,
+    index_size=lambda: state.index.size() if getattr(state, "index", None) else None,
+    ttl_s=lambda: get_settings().metrics_cache_s)
+metrics.REGISTRY.register(store_metrics)
+
+
+def _metrics_auth(credentials=Security(auth.bearer)) -> None:
+    """``/metrics`` is public unless ``METRICS_PUBLIC=false``; then it needs an API key."""
+    if not get_settings().metrics_public:
+        auth.require_api_key(credentials)
+
+
+@app.get("/metrics", tags=["probes"], response_class=Response,
+         dependencies=[Depends(_metrics_auth)])
+def metrics_endpoint() -> Response:
+    """Prometheus exposition (``workers.metrics`` lists the families). No API key unless
+    ``METRICS_PUBLIC=false``; store readings are cached ``METRICS_CACHE_S`` seconds."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
 # Every route but the probes needs ``Authorization: Bearer <one of API_KEYS>`` (workers.auth).
 api = APIRouter(dependencies=[Depends(auth.require_api_key)])
 
@@ -258,6 +309,7 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
     with _turn_errors():
         turn = turns.record_turn(r, _send_kwargs, target, player_text=body.player_text,
                                  npc_text=reply.text or "...", latency_ms=latency_ms).turn
+    metrics.TURNS.labels("turn").inc()
     return TurnOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id, npc_name=npc["title"],
                    npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
                    latency_ms=latency_ms)
@@ -285,6 +337,8 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
                                 created_at=body.created_at, event_id=body.event_id)
     if rec.duplicate:
         response.status_code = 200
+    else:
+        metrics.TURNS.labels("event").inc()
     turn = rec.turn
     return EventOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id,
                     npc_name=target.npc["title"], speaker=turn.speaker or target.player_name,
