@@ -2,7 +2,7 @@
 importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
 ``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
 ``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``,
-``queues``, ``export-session``, ``tick``."""
+``queues``, ``export-session``, ``tick``, ``task-contract``."""
 
 from __future__ import annotations
 
@@ -431,6 +431,22 @@ def tick(session_id: str = typer.Argument(..., help="session id")) -> None:
     tick_id = f"manual-{uuid.uuid4().hex}"
     request_simulation(app_sender(_celery()), r, session_id, tick_id, force=True)
     _echo({"tick_id": tick_id, "task_id": simulation_task_id(tick_id, session_id)})
+
+
+@cli.command("task-contract")
+def task_contract_cmd(
+    out: Path | None = typer.Option(None, help="write here (e.g. "
+                                    "npc_memory_client/task_contract.json) instead of stdout"),
+) -> None:
+    """Print (or write) the public task contract: task names, queues, payload JSON schemas."""
+    from tasks.payloads import task_contract
+
+    text = json.dumps(task_contract(), indent=2, sort_keys=True) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {out}")
 
 
 def main() -> None:
