@@ -211,9 +211,10 @@ class SubprocessWorker(_Subprocess):
 class WebServer(_Subprocess):
     """The dialogue server: ``uvicorn workers.web:app`` on a free port."""
 
-    def __init__(self, env: dict[str, str], log_name: str):
+    def __init__(self, env: dict[str, str], log_name: str, log_level: str = "warning"):
         super().__init__(env, log_name)
         self.port = free_port()
+        self.log_level = log_level
 
     @property
     def url(self) -> str:
@@ -221,7 +222,7 @@ class WebServer(_Subprocess):
 
     def start(self, timeout: float = 120) -> None:
         self._spawn([sys.executable, "-m", "uvicorn", "workers.web:app", "--host", "127.0.0.1",
-                     "--port", str(self.port), "--log-level", "warning"])
+                     "--port", str(self.port), "--log-level", self.log_level])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

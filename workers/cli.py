@@ -450,7 +450,11 @@ def task_contract_cmd(
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point (JSON logs on stderr at ``LOG_LEVEL``, default WARNING; the
+    commands' own output is on stdout)."""
+    from workers.logging_setup import configure_logging
+
+    configure_logging("cli", os.environ.get("LOG_LEVEL", "WARNING"))
     sys.exit(cli())
 
 

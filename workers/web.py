@@ -17,6 +17,7 @@ not on the hot path.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from contextlib import asynccontextmanager, contextmanager
@@ -40,7 +41,7 @@ from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
-from workers import auth, health, metrics, ops_api
+from workers import auth, health, logging_setup, metrics, ops_api
 from workers.state import state
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
+    logging_setup.configure_logging(os.environ.get("HONCHO_PROCESS_NAME") or "web")
     auth.check_configured()  # no keys and API_AUTH not off: refuse to start
     embedder = get_embedder()
     r = nearline.get_redis()
@@ -116,8 +118,15 @@ def metrics_endpoint() -> Response:
     return Response(body, media_type=content_type)
 
 
+async def _log_context(request: Request) -> None:
+    """Bind the route's session id to this request's log records (async: the context then
+    reaches the endpoint's worker thread)."""
+    logging_setup.clear()
+    logging_setup.bind(session_id=request.path_params.get("session_id"))
+
+
 # Every route but the probes needs ``Authorization: Bearer <one of API_KEYS>`` (workers.auth).
-api = APIRouter(dependencies=[Depends(auth.require_api_key)])
+api = APIRouter(dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
 
 
 @app.exception_handler(RedisError)
@@ -310,6 +319,9 @@ def play_turn(session_id: str, body: TurnIn) -> TurnOut:
         turn = turns.record_turn(r, _send_kwargs, target, player_text=body.player_text,
                                  npc_text=reply.text or "...", latency_ms=latency_ms).turn
     metrics.TURNS.labels("turn").inc()
+    logging_setup.bind(turn_id=turn.turn_id, idempotency_key=f"turn:{turn.turn_id}")
+    log.info("turn served", extra={"npc_id": body.npc_id, "seq": turn.seq,
+                                   "latency_ms": round(latency_ms, 1), "model": reply.model})
     return TurnOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id, npc_name=npc["title"],
                    npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
                    latency_ms=latency_ms)
@@ -340,6 +352,9 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
     else:
         metrics.TURNS.labels("event").inc()
     turn = rec.turn
+    logging_setup.bind(turn_id=turn.turn_id, idempotency_key=f"turn:{turn.turn_id}")
+    log.info("event recorded", extra={"npc_id": body.npc_id, "seq": turn.seq,
+                                      "event_id": body.event_id, "duplicate": rec.duplicate})
     return EventOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id,
                     npc_name=target.npc["title"], speaker=turn.speaker or target.player_name,
                     text=turn.player_text, npc_text=turn.npc_text or None,
@@ -385,4 +400,5 @@ def tick(session_id: str) -> dict:
 
 
 app.include_router(api)
-app.include_router(ops_api.router, dependencies=[Depends(auth.require_api_key)])
+app.include_router(ops_api.router,
+                   dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
