@@ -43,8 +43,8 @@ def check_configured(settings: Settings | None = None) -> None:
         return
     if not s.api_key_list:
         raise AuthNotConfigured(
-            "API_KEYS is empty: set API_KEYS=key1,key2 (bearer tokens clients must send) or "
-            "API_AUTH=off to serve without authentication")
+            "API_KEYS is empty: set API_KEYS=key1,key2 (clients send 'Authorization: Bearer "
+            "<key>') or API_AUTH=off to serve without authentication")
 
 
 def key_is_valid(candidate: str, keys: list[str]) -> bool:

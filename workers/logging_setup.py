@@ -33,7 +33,7 @@ _context: dict[str, contextvars.ContextVar[str | None]] = {
     name: contextvars.ContextVar(f"log_{name}", default=None) for name in CONTEXT_FIELDS}
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _NOT_SECRETS = {"", "not-needed"}
 
 
