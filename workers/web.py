@@ -12,6 +12,10 @@ database once and warms the nearline tier.
 The ops endpoints (note rollback, entry history, memory cards, dead letters, the task ledger,
 queues) read the database or Redis; they are thin HTTP wrappers over ``memory.ops`` and are
 not on the hot path.
+
+Every ``/v1`` route needs a bearer API key (``workers.auth``); the probes ``/healthz``
+(liveness), ``/readyz`` (``workers.health``) and ``/metrics`` (``workers.metrics``) do not.
+Logs are JSON lines with the session and turn ids (``workers.logging_setup``).
 """
 
 from __future__ import annotations
