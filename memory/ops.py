@@ -407,6 +407,14 @@ def task_outcome_counts(session: Session) -> dict[tuple[str, str], int]:
     return {(name, status): int(n) for name, status, n in rows}
 
 
+def task_token_sums(session: Session) -> dict[str, int]:
+    """Model tokens (prompt + completion) the ledger records per task name: the workers'
+    model usage per kind of task, summed over every worker process."""
+    rows = session.execute(select(TaskRecord.task_name, func.coalesce(func.sum(
+        TaskRecord.tokens_used), 0)).group_by(TaskRecord.task_name))
+    return {name: int(n) for name, n in rows}
+
+
 def dead_letter_counts(session: Session) -> dict[tuple[str, bool], int]:
     """Dead letters per ``(task_name, replayed)``: one ``GROUP BY`` over ``dead_letters``."""
     replayed = DeadLetter.replayed_at.is_not(None)

@@ -477,8 +477,10 @@ def test_metrics_ledger_counts_and_the_cache(client):
 
     name = f"npc_memory.metrics_probe_{uuid.uuid4().hex[:6]}"
     with session_scope() as s:
-        s.add_all([TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="succeeded"),
-                   TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="succeeded"),
+        s.add_all([TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="succeeded",
+                              tokens_used=120),
+                   TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="succeeded",
+                              tokens_used=30),
                    TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="dead"),
                    DeadLetter(task_id=uuid.uuid4().hex, task_name=name, queue="analysis",
                               payload={}, error="probe")])
@@ -487,6 +489,7 @@ def test_metrics_ledger_counts_and_the_cache(client):
     assert _value(got, "npc_tasks", task=name, status="succeeded") == 2
     assert _value(got, "npc_tasks", task=name, status="dead") == 1
     assert _value(got, "npc_dead_letters", task=name, replayed="false") == 1
+    assert _value(got, "npc_task_tokens", task=name) == 150
     with _settings_env(METRICS_CACHE_S="3600"):
         reads = dict(store_metrics.reads)
         for _ in range(3):

@@ -17,6 +17,8 @@ scrapes do not hammer the database (:class:`StoreCollector`):
 - ``npc_tasks{task, status}``: the task ledger's rows per task name and status; the workers'
   task outcomes come from here (the ledger is written by every worker, so no worker process
   needs an endpoint of its own or prometheus_client's multiprocess mode);
+- ``npc_task_tokens{task}``: model tokens the ledger records per task name (the workers'
+  model usage: analysis, rewrites, creations, simulation);
 - ``npc_dead_letters{task, replayed}``: dead letters per task name;
 - ``npc_vector_index_vectors``: vectors in this server's in-process index;
 - ``npc_metrics_source_up{source}``: 1 when the last reading of ``broker`` / ``database``
@@ -80,14 +82,15 @@ class StoreCollector(Collector):
 
     Args:
         read_queues: ``() -> {queue: waiting}`` (raises when the broker is unreachable).
-        read_ledger: ``() -> (task counts, dead-letter counts)`` as ``memory.ops``
-            ``task_outcome_counts`` and ``dead_letter_counts`` return them.
+        read_ledger: ``() -> (task counts, dead-letter counts, tokens per task)`` as
+            ``memory.ops`` ``task_outcome_counts``, ``dead_letter_counts`` and
+            ``task_token_sums`` return them.
         index_size: ``() -> vectors in the index`` (or None before the index is loaded).
         ttl_s: ``() -> seconds`` a reading is reused.
     """
 
     def __init__(self, read_queues: Callable[[], dict[str, int]],
-                 read_ledger: Callable[[], tuple[dict, dict]],
+                 read_ledger: Callable[[], tuple[dict, dict, dict]],
                  index_size: Callable[[], int | None], ttl_s: Callable[[], float]):
         self._read_queues = read_queues
         self._read_ledger = read_ledger
@@ -99,6 +102,7 @@ class StoreCollector(Collector):
         self._queues: dict[str, int] = {}
         self._tasks: dict[tuple[str, str], int] = {}
         self._dead: dict[tuple[str, bool], int] = {}
+        self._tokens: dict[str, int] = {}
         self.reads = {"broker": 0, "database": 0}
 
     def _refresh(self) -> None:
@@ -116,7 +120,7 @@ class StoreCollector(Collector):
             self._at["database"] = now
             self.reads["database"] += 1
             try:
-                self._tasks, self._dead = self._read_ledger()
+                self._tasks, self._dead, self._tokens = self._read_ledger()
                 self._up["database"] = 1
             except Exception:  # noqa: BLE001
                 self._up["database"] = 0
@@ -125,8 +129,9 @@ class StoreCollector(Collector):
         """Yield the gauge families (refreshing the readings when older than the TTL)."""
         with self._lock:
             self._refresh()
-            queues, tasks, dead, up = (dict(self._queues), dict(self._tasks), dict(self._dead),
-                                       dict(self._up))
+            queues, tasks, dead, tokens, up = (dict(self._queues), dict(self._tasks),
+                                               dict(self._dead), dict(self._tokens),
+                                               dict(self._up))
         g = GaugeMetricFamily("npc_queue_length", "Messages waiting per Celery queue",
                               labels=["queue"])
         for name, n in sorted(queues.items()):
@@ -136,6 +141,11 @@ class StoreCollector(Collector):
                               labels=["task", "status"])
         for (name, status), n in sorted(tasks.items()):
             g.add_metric([name, status], n)
+        yield g
+        g = GaugeMetricFamily("npc_task_tokens", "Model tokens recorded in the ledger per task",
+                              labels=["task"])
+        for name, n in sorted(tokens.items()):
+            g.add_metric([name], n)
         yield g
         g = GaugeMetricFamily("npc_dead_letters", "Dead letters per task name",
                               labels=["task", "replayed"])

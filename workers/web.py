@@ -88,9 +88,9 @@ async def _measure(request: Request, call_next):
                                 time.perf_counter() - t0)
 
 
-def _ledger_counts() -> tuple[dict, dict]:
+def _ledger_counts() -> tuple[dict, dict, dict]:
     with session_scope() as s:
-        return ops.task_outcome_counts(s), ops.dead_letter_counts(s)
+        return ops.task_outcome_counts(s), ops.dead_letter_counts(s), ops.task_token_sums(s)
 
 
 def _queue_lengths() -> dict[str, int]:
