@@ -222,7 +222,8 @@ class WebServer(_Subprocess):
 
     def start(self, timeout: float = 120) -> None:
         self._spawn([sys.executable, "-m", "uvicorn", "workers.web:app", "--host", "127.0.0.1",
-                     "--port", str(self.port), "--log-level", self.log_level])
+                     "--port", str(self.port), "--log-level", self.log_level,
+                     "--log-config", str(ROOT / "workers" / "uvicorn_logging.json")])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -108,6 +108,8 @@ def test_web_logs_json_with_session_and_turn_and_no_secret(web, light_world, wai
     assert served[-1]["npc_id"] == "baker_27"
     recorded = [r for r in records if r.get("message") == "event recorded"][-1]
     assert recorded["session_id"] == sid and recorded["event_id"] == "bye-1"
+    assert any(r.get("message", "").startswith("Started server process") for r in records), \
+        "uvicorn's start-up lines are JSON too (--log-config workers/uvicorn_logging.json)"
     access = [r for r in records if r.get("logger") == "uvicorn.access"]
     assert access, "uvicorn's access log goes through the JSON handler"
     assert any("token=***" in r["message"] for r in access)

@@ -130,7 +130,8 @@ def run_demo(opts: DemoOptions) -> dict:
             web_port = embedded.free_port()
             status.update("starting web, workers and beat")
             sup.spawn("web", [embedded.sys.executable, "-m", "uvicorn", "workers.web:app",
-                              "--host", "127.0.0.1", "--port", str(web_port)])
+                              "--host", "127.0.0.1", "--port", str(web_port),
+                              "--log-config", str(ROOT / "workers" / "uvicorn_logging.json")])
             sup.spawn("worker", embedded.celery_worker_argv(
                 "worker", "analysis,note_update,entity_creation,simulate_world"))
             sup.spawn("embedder", embedded.celery_worker_argv("embedder", "embed"))

@@ -127,13 +127,20 @@ def make_handler(process: str, stream=None, fmt: str | None = None) -> logging.H
     return handler
 
 
+def json_formatter(process: str = "web") -> logging.Formatter:
+    """The scrubbing JSON formatter, for ``logging.config.dictConfig`` (``"()"``): uvicorn's
+    ``--log-config workers/uvicorn_logging.json`` uses it so that even uvicorn's start-up
+    lines, before the app is loaded, are JSON."""
+    return make_handler(process, fmt="json").formatter
+
+
 def configure_logging(process: str, level: str | int | None = None) -> None:
     """Send every log record of this process (root, uvicorn's and Celery's loggers) through
     one JSON handler on stderr. Idempotent: calling again replaces the handler."""
     root = logging.getLogger()
     for h in list(root.handlers):
-        if getattr(h, "_npc_memory", False):
-            root.removeHandler(h)
+        if getattr(h, "_npc_memory", False) or isinstance(h.formatter, _Scrubbing):
+            root.removeHandler(h)  # ours, or uvicorn's --log-config one: replaced
     handler = make_handler(process)
     handler._npc_memory = True  # type: ignore[attr-defined]
     root.addHandler(handler)
