@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     llm_backend: Backend = "llamacpp"
     llm_base_url: str = "http://127.0.0.1:8089/v1"
     llm_model: str = "smollm2-135m-instruct"
-    llm_api_key: str = "not-needed"
+    llm_api_key: str = Field("not-needed", repr=False)
     llm_timeout_s: float = 120.0
     llm_max_retries: int = 4
 
@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     maintenance_base_url: str | None = None
     maintenance_model: str | None = None
 
-    mistral_api_key: str = ""
+    mistral_api_key: str = Field("", repr=False)
     mistral_server_url: str | None = None
 
     # Embedder: "minilm" (local, 384-d), "mistral" (mistral-embed, 1024-d), "openai" (HTTP)
@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     llm_threads: int = 2
 
     # Dialogue server
+    api_keys: str = Field("", repr=False, description=(
+        "comma-separated bearer tokens accepted by the dialogue server"))
+    api_auth: Literal["on", "off"] = Field("on", description=(
+        "off: serve without authentication (only when explicitly set; the server refuses to "
+        "start with API_AUTH=on and no API_KEYS)"))
+    metrics_public: bool = Field(True, description=(
+        "serve /metrics without an API key (Prometheus scrapes without one); false: "
+        "/metrics needs a key like the API"))
+    metrics_cache_s: float = Field(10.0, ge=0, description=(
+        "how long /metrics reuses its database and broker readings"))
     web_host: str = "127.0.0.1"
     port: int = 8000
     recent_turns: int = Field(12, ge=0, le=50, description="recent turns in the prompt (12-20)")
@@ -141,6 +151,11 @@ class Settings(BaseSettings):
             getattr(self, f"{role}_base_url") or self.llm_base_url,
             getattr(self, f"{role}_model") or self.llm_model,
         )
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """``API_KEYS`` split on commas, blanks dropped."""
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
     @property
     def sqlalchemy_url(self) -> str:

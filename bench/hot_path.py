@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

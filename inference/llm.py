@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -65,6 +67,28 @@ class Completion:
     def tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
+
+
+CallObserver = Callable[[str, str, float, "Completion | None"], None]
+"""``(role, backend, seconds, completion or None if the call failed)``, after each call."""
+
+_observers: list[CallObserver] = []
+
+
+def add_call_observer(observer: CallObserver) -> None:
+    """Call ``observer`` after every :meth:`ChatModel.complete` in this process (retries
+    included in the time; a failed call passes ``None``). The dialogue server's metrics
+    (``workers.metrics``) use it; an observer that raises is logged and ignored."""
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def _notify(role: str, backend: str, seconds: float, done: "Completion | None") -> None:
+    for observer in list(_observers):
+        try:
+            observer(role, backend, seconds, done)
+        except Exception:  # noqa: BLE001 - observing must never break a model call
+            log.exception("model call observer failed")
 
 
 class ChatModel:
@@ -127,12 +151,18 @@ class ChatModel:
             ModelError: non-transient failure, or transient failures beyond the retry budget.
         """
         call = transient_retry(self.max_attempts)(self._complete_once)
+        t0 = time.perf_counter()
+        done = None
         try:
-            return call(messages, max_tokens, temperature, json_schema, schema_name, seed)
+            done = call(messages, max_tokens, temperature, json_schema, schema_name, seed)
+            return done
         except ModelError:
             raise
         except Exception as exc:  # SDK errors -> one domain error type
             raise ModelError(f"{self.role} model call failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if _observers:
+                _notify(self.role, self.backend, time.perf_counter() - t0, done)
 
     def _complete_once(self, messages, max_tokens, temperature, json_schema, schema_name, seed):
         if self.backend == "mistral":

@@ -161,6 +161,10 @@ class NpcTask(Task):
                     f"{type(exc).__name__}: {exc}")
 
 
+REGISTERED_PAYLOADS: dict[str, type[Payload]] = {}
+"""Task name -> the payload model its task validates with (filled by :func:`npc_task`)."""
+
+
 def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
              soft_time_limit: int = 240, time_limit: int = 300) -> Callable:
     """Register ``fn(payload, ctx) -> dict`` as the Celery task ``name``.
@@ -179,6 +183,7 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     if name not in TASK_QUEUES:
         raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
     queue = TASK_QUEUES[name].value
+    REGISTERED_PAYLOADS[name] = payload_model
 
     def decorate(fn: Callable[[Payload, TaskContext], dict]):
         @shared_task(

@@ -41,12 +41,17 @@ DB_NAME = f"npcmem_test_{uuid.uuid4().hex[:8]}"
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))  # a DB of its own per concurrent run
 USE_REDIS = os.environ.get("TEST_REDIS", "auto") != "embedded" and _port_open(6379)
 LLM_PORT = _free_port()
+# The dialogue server refuses to start without keys (workers/auth.py): tests send this one.
+API_KEY = f"test-key-{uuid.uuid4().hex}"
+AUTH_HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 os.environ["DATA_DIR"] = str(TMP)
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 os.environ["LLM_BASE_URL"] = f"http://127.0.0.1:{LLM_PORT}/v1"
 os.environ["LLM_MAX_RETRIES"] = "2"
 os.environ["WORLD_TICK_SECONDS"] = "3600"
+os.environ["API_KEYS"] = f"{API_KEY},second-test-key-{uuid.uuid4().hex}"
+os.environ["API_AUTH"] = "on"
 os.environ["SIMULATE_EVERY_TURNS"] = "0"  # tests that want turn-triggered ticks set it per world
 os.environ.setdefault("SUMMARIZE_EVERY_TURNS", "0")  # tests that want summaries set it themselves
 if USE_PG:

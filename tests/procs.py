@@ -213,9 +213,10 @@ class SubprocessWorker(_Subprocess):
 class WebServer(_Subprocess):
     """The dialogue server: ``uvicorn workers.web:app`` on a free port."""
 
-    def __init__(self, env: dict[str, str], log_name: str):
+    def __init__(self, env: dict[str, str], log_name: str, log_level: str = "warning"):
         super().__init__(env, log_name)
         self.port = free_port()
+        self.log_level = log_level
 
     @property
     def url(self) -> str:
@@ -223,7 +224,8 @@ class WebServer(_Subprocess):
 
     def start(self, timeout: float = 120) -> None:
         self._spawn([sys.executable, "-m", "uvicorn", "workers.web:app", "--host", "127.0.0.1",
-                     "--port", str(self.port), "--log-level", "warning"])
+                     "--port", str(self.port), "--log-level", self.log_level,
+                     "--log-config", str(ROOT / "workers" / "uvicorn_logging.json")])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -235,6 +237,12 @@ class WebServer(_Subprocess):
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"web server not ready in {timeout} s:\n{self.tail()}")
+
+
+def api_headers() -> dict[str, str]:
+    """``Authorization`` header with this test run's first API key (``API_KEYS``, set by
+    ``tests/conftest.py``), for HTTP clients of a :class:`WebServer`."""
+    return {"Authorization": f"Bearer {os.environ['API_KEYS'].split(',')[0]}"}
 
 
 def process_env(**overrides: str) -> dict[str, str]:

@@ -445,9 +445,10 @@ def _result(task_id: str) -> dict | None:
 def client(light_world):
     from fastapi.testclient import TestClient
 
+    from tests.procs import api_headers
     from workers.web import app
 
-    with TestClient(app) as c:
+    with TestClient(app, headers=api_headers()) as c:
         yield c
     nearline.get_redis().delete("analysis", "archive")  # the turns' messages, never consumed
 

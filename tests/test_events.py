@@ -25,6 +25,7 @@ from memory import nearline
 from memory.db import session_scope
 from models import LoreEntry, TaskRecord, Turn
 from tests.broker import queued_messages
+from tests.procs import api_headers
 
 SHARED_DIR = Path(
     os.environ.get("SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared"
@@ -55,7 +56,7 @@ def smallville():
 def client(smallville):
     from workers.web import app
 
-    with TestClient(app) as c:
+    with TestClient(app, headers=api_headers()) as c:
         yield c
     nearline.get_redis().delete(*QUEUES_TOUCHED)
 

@@ -28,13 +28,14 @@ from models import (
     TaskRecord,
     Turn,
 )
+from tests.procs import api_headers
 
 
 @pytest.fixture(scope="module")
 def client():
     from workers.web import app
 
-    with TestClient(app) as c:
+    with TestClient(app, headers=api_headers()) as c:
         yield c
 
 

@@ -21,7 +21,8 @@ from memory.db import session_scope
 from models import DeadLetter, TaskRecord, Turn
 from tasks.base import PARKED_DEAD_LETTERS
 from tasks.dispatch import turn_task_id
-from tests.procs import PrivatePostgres, PrivateRedis, SubprocessWorker, WebServer, process_env
+from tests.procs import (PrivatePostgres, PrivateRedis, SubprocessWorker, WebServer, api_headers,
+                         process_env)
 
 TERMINAL = ("succeeded", "dead")
 LINES = ["Good evening. Have you seen anything strange in the village tonight?",
@@ -87,7 +88,7 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
     r = redis_py.Redis.from_url(broker.url)
     try:
         web.start()
-        client = httpx.Client(base_url=web.url, timeout=180)
+        client = httpx.Client(base_url=web.url, timeout=180, headers=api_headers())
         sid, npc = _open(client, light_world["key"])
         turn_ids = []
         for text in LINES[:2]:
@@ -166,7 +167,7 @@ def test_postgres_outage_turns_served_and_archive_catches_up(light_world_path, l
             world_key = world.key
         web.start()
         worker.start()
-        client = httpx.Client(base_url=web.url, timeout=180)
+        client = httpx.Client(base_url=web.url, timeout=180, headers=api_headers())
         sid, npc = _open(client, world_key)
         turn_ids = [_turn(client, sid, npc, LINES[0]).json()["turn_id"]]
         wait_for(lambda: _archived(sid, pg.url) == set(turn_ids), timeout=60)

@@ -4,7 +4,6 @@ and ``npc_memory.summarize_session`` through the real worker and model server.""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from sqlalchemy import select

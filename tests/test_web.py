@@ -4,6 +4,8 @@ messages are looked up in the broker's queues and the queues are cleaned up afte
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import uuid
 
@@ -15,6 +17,8 @@ from memory import nearline
 from memory.db import get_engine, session_scope
 from models import TaskRecord
 from tests.broker import queued_messages
+from tests.procs import api_headers
+from workers.embedded import free_port
 
 QUEUES_TOUCHED = ("analysis", "archive", "simulate_world")
 
@@ -23,7 +27,7 @@ QUEUES_TOUCHED = ("analysis", "archive", "simulate_world")
 def client(llm_server, light_world):
     from workers.web import app
 
-    with TestClient(app) as c:
+    with TestClient(app, headers=api_headers()) as c:
         yield c
     nearline.get_redis().delete(*QUEUES_TOUCHED)
 
@@ -315,3 +319,223 @@ def test_second_turn_is_served_from_the_hot_cache_with_no_database_query(client,
     key = (session_id, "baker_27")
     assert key in state.hot.keys()
     assert client.get("/healthz").json()["hot_cache"]["entries"] >= 1
+
+
+# --------------------------------------------------------------------------- auth, probes
+
+
+def _without_auth(client, method: str, url: str, **kwargs):
+    """Send a request on ``client`` without its default Authorization header."""
+    req = client.build_request(method, url, **kwargs)
+    del req.headers["Authorization"]
+    return client.send(req)
+
+
+def test_openapi_is_public_and_declares_the_bearer_scheme(client):
+    res = _without_auth(client, "GET", "/openapi.json")
+    assert res.status_code == 200
+    doc = res.json()
+    assert doc["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "http", "scheme": "bearer",
+        "description": "One of the dialogue server's API_KEYS: `Authorization: Bearer <key>`"}
+    paths = doc["paths"]
+    assert paths["/v1/sessions/{session_id}/turns"]["post"]["security"] == [{"ApiKey": []}]
+    assert paths["/v1/dead-letters"]["get"]["security"] == [{"ApiKey": []}]
+    assert "security" not in paths["/healthz"]["get"]
+    assert "security" not in paths["/readyz"]["get"]
+
+
+PROTECTED = [
+    ("POST", "/v1/sessions", {"json": {"world": "possibly-vampires"}}),
+    ("POST", "/v1/sessions/s1/turns", {"json": {"npc_id": "baker_27", "player_text": "Hi"}}),
+    ("POST", "/v1/sessions/s1/events", {"json": {"npc_id": "baker_27", "text": "Hi"}}),
+    ("GET", "/v1/sessions/s1/search", {"params": {"q": "baker"}}),
+    ("POST", "/v1/sessions/s1/tick", {}),
+    ("GET", "/v1/dead-letters", {}),
+    ("GET", "/v1/queues", {}),
+    ("GET", "/v1/sessions/s1/export", {}),
+]
+
+
+@pytest.mark.parametrize("method, url, kwargs", PROTECTED, ids=[p[1] + " " + p[0] for p in PROTECTED])
+def test_routes_reject_a_missing_key(client, method, url, kwargs):
+    res = _without_auth(client, method, url, **kwargs)
+    assert res.status_code == 401
+    assert res.json()["detail"] == "missing API key: send 'Authorization: Bearer <key>'"
+    assert res.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("header", ["Bearer wrong-key", "Bearer ", "Basic dXNlcjpwYXNz", "wrong"])
+@pytest.mark.parametrize("method, url, kwargs", PROTECTED[:4], ids=[p[1] for p in PROTECTED[:4]])
+def test_routes_reject_a_wrong_key(client, method, url, kwargs, header):
+    res = client.request(method, url, headers={"Authorization": header}, **kwargs)
+    assert res.status_code == 401
+    assert res.json()["detail"] in ("invalid API key",
+                                    "missing API key: send 'Authorization: Bearer <key>'")
+    assert res.headers["www-authenticate"].startswith("Bearer")
+    if header == "Bearer wrong-key":
+        assert res.json()["detail"] == "invalid API key"
+        assert 'error="invalid_token"' in res.headers["www-authenticate"]
+
+
+def test_every_configured_key_is_accepted(client):
+    for key in os.environ["API_KEYS"].split(","):
+        res = client.get(f"/v1/sessions/{uuid.uuid4().hex}/search", params={"q": "baker"},
+                         headers={"Authorization": f"Bearer {key}"})
+        assert res.status_code == 404  # past the key check: the session does not exist
+
+
+def test_probes_need_no_key(client):
+    assert _without_auth(client, "GET", "/healthz").status_code == 200
+    assert _without_auth(client, "GET", "/readyz").status_code == 200
+
+
+@contextlib.contextmanager
+def _settings_env(**env: str):
+    """Run with these environment variables and freshly read settings; restore both after."""
+    from settings import get_settings
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+
+
+def test_server_refuses_to_start_without_keys():
+    from workers.auth import AuthNotConfigured
+    from workers.web import app
+
+    with _settings_env(API_KEYS=" , ", API_AUTH="on"):
+        with pytest.raises(AuthNotConfigured, match="API_KEYS is empty.*API_AUTH=off"):
+            with TestClient(app):
+                pass
+
+
+def test_api_auth_off_serves_without_a_key(client):
+    with _settings_env(API_KEYS="", API_AUTH="off"):
+        res = _without_auth(client, "GET", f"/v1/sessions/{uuid.uuid4().hex}/search",
+                            params={"q": "baker"})
+    assert res.status_code == 404
+    assert _without_auth(client, "GET", "/v1/dead-letters").status_code == 401  # back on
+
+
+def test_readyz_checks_every_dependency(client):
+    res = client.get("/readyz")
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["ready"] is True and body["failed"] == []
+    assert set(body["checks"]) == {"broker", "redis", "database", "model_server", "vector_index"}
+    assert all(c["ok"] for c in body["checks"].values())
+    assert "vectors" in body["checks"]["vector_index"]["detail"]
+
+
+def test_readyz_names_the_failed_dependency(client):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with _settings_env(LLM_BASE_URL=dead, DATABASE_URL="postgresql://nobody@127.0.0.1:9/none"):
+        res = _without_auth(client, "GET", "/readyz")
+    assert res.status_code == 503
+    body = res.json()
+    assert body["ready"] is False
+    assert body["failed"] == ["database", "model_server"]
+    assert body["checks"]["broker"]["ok"] and body["checks"]["redis"]["ok"]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _scrape(client) -> dict[tuple[str, tuple], float]:
+    """``/metrics`` without a key, parsed: ``{(sample name, sorted labels): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    res = _without_auth(client, "GET", "/metrics")
+    assert res.status_code == 200, res.text
+    assert res.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(res.text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_lists_the_families_and_a_turn_counts(client, session_id):
+    before = _scrape(client)
+    names = {n for n, _ in before}
+    for expected in ("npc_turns_served_total", "npc_queue_length", "npc_vector_index_vectors",
+                     "npc_metrics_source_up", "npc_http_request_duration_seconds_bucket",
+                     "process_resident_memory_bytes"):
+        assert expected in names, expected
+    for q in ("analysis", "note_update", "entity_creation", "simulate_world", "embed", "archive"):
+        assert ("npc_queue_length", (("queue", q),)) in before
+    assert _value(before, "npc_metrics_source_up", source="broker") == 1
+    assert _value(before, "npc_metrics_source_up", source="database") == 1
+    assert _value(before, "npc_vector_index_vectors") > 0
+
+    res = client.post(f"/v1/sessions/{session_id}/turns",
+                      json={"npc_id": "baker_27", "player_text": "How much is a loaf?"})
+    assert res.status_code == 200, res.text
+    after = _scrape(client)
+    assert _value(after, "npc_turns_served_total", kind="turn") == \
+        _value(before, "npc_turns_served_total", kind="turn") + 1
+    route = "/v1/sessions/{session_id}/turns"
+    assert _value(after, "npc_http_request_duration_seconds_count", method="POST", route=route,
+                  status="200") >= 1
+    calls = _value(after, "npc_model_call_duration_seconds_count", role="generation",
+                   backend="llamacpp", outcome="ok")
+    assert calls >= _value(before, "npc_model_call_duration_seconds_count", role="generation",
+                           backend="llamacpp", outcome="ok") + 1
+    assert _value(after, "npc_model_tokens_total", role="generation", kind="completion") > \
+        _value(before, "npc_model_tokens_total", role="generation", kind="completion")
+    # an unknown path is one label value, whatever the path
+    _without_auth(client, "GET", f"/nothing/{uuid.uuid4().hex}")
+    unmatched = [k for k in _scrape(client) if k[0] == "npc_http_request_duration_seconds_count"
+                 and ("route", "unmatched") in k[1]]
+    assert unmatched and not any("nothing" in str(k) for k in _scrape(client))
+
+
+def test_metrics_ledger_counts_and_the_cache(client):
+    """Task outcomes and dead letters come from the ledger, read at most once per
+    METRICS_CACHE_S seconds."""
+    from models import DeadLetter, TaskRecord
+    from workers.web import store_metrics
+
+    name = f"npc_memory.metrics_probe_{uuid.uuid4().hex[:6]}"
+    with session_scope() as s:
+        s.add_all([TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="succeeded",
+                              tokens_used=120),
+                   TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="succeeded",
+                              tokens_used=30),
+                   TaskRecord(task_id=uuid.uuid4().hex, task_name=name, status="dead"),
+                   DeadLetter(task_id=uuid.uuid4().hex, task_name=name, queue="analysis",
+                              payload={}, error="probe")])
+    with _settings_env(METRICS_CACHE_S="0"):
+        got = _scrape(client)
+    assert _value(got, "npc_tasks", task=name, status="succeeded") == 2
+    assert _value(got, "npc_tasks", task=name, status="dead") == 1
+    assert _value(got, "npc_dead_letters", task=name, replayed="false") == 1
+    assert _value(got, "npc_task_tokens", task=name) == 150
+    with _settings_env(METRICS_CACHE_S="3600"):
+        reads = dict(store_metrics.reads)
+        for _ in range(3):
+            _scrape(client)
+        assert store_metrics.reads == reads  # served from the cache
+    with session_scope() as s:  # leave the ledger as other modules expect it
+        s.query(TaskRecord).filter(TaskRecord.task_name == name).delete()
+        s.query(DeadLetter).filter(DeadLetter.task_name == name).delete()
+
+
+def test_metrics_can_require_a_key(client):
+    with _settings_env(METRICS_PUBLIC="false"):
+        assert _without_auth(client, "GET", "/metrics").status_code == 401
+        assert client.get("/metrics").status_code == 200

@@ -9,7 +9,9 @@ from __future__ import annotations
 from celery import Celery
 
 import celeryconfig
+from workers.logging_setup import install_celery_signals
 
+install_celery_signals()  # JSON logs with the task's ids (workers/logging_setup.py)
 app = Celery("npc_memory")
 app.config_from_object(celeryconfig)
 

@@ -2,7 +2,7 @@
 importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
 ``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
 ``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``,
-``queues``, ``export-session``, ``tick``."""
+``queues``, ``export-session``, ``tick``, ``task-contract``."""
 
 from __future__ import annotations
 
@@ -365,6 +365,9 @@ def replay_smallville(
                                    exists=True, file_okay=False,
                                    help="a Generative Agents run (*/nodes.json)"),
     limit: int | None = typer.Option(None, min=1, help="post at most N events"),
+    api_key: str | None = typer.Option(None, envvar="NPC_MEMORY_API_KEY", show_default=False,
+                                       help="bearer key for the server; default the first of "
+                                            "API_KEYS"),
 ) -> None:
     """Replay the recorded Smallville conversations as events into a session over HTTP
     (POST /v1/sessions/{id}/events); the pipeline runs on them as on played turns. Replaying
@@ -379,11 +382,13 @@ def replay_smallville(
 
     conversations = _load(load_smallville_conversations, directory)
     events = _load(conversation_events, conversations)[:limit]
+    cfg = get_settings()
     if server is None:
-        cfg = get_settings()
         server = f"http://{cfg.web_host}:{cfg.port}"
+    api_key = api_key or next(iter(cfg.api_key_list), None)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with httpx.Client(base_url=server, timeout=60) as client:
+        with httpx.Client(base_url=server, timeout=60, headers=headers) as client:
             sid = session_id or open_session(client, world, player_name="smallville replay")
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn()) as progress:
@@ -428,8 +433,28 @@ def tick(session_id: str = typer.Argument(..., help="session id")) -> None:
     _echo({"tick_id": tick_id, "task_id": simulation_task_id(tick_id, session_id)})
 
 
+@cli.command("task-contract")
+def task_contract_cmd(
+    out: Path | None = typer.Option(None, help="write here (e.g. "
+                                    "npc_memory_client/task_contract.json) instead of stdout"),
+) -> None:
+    """Print (or write) the public task contract: task names, queues, payload JSON schemas."""
+    from tasks.payloads import task_contract
+
+    text = json.dumps(task_contract(), indent=2, sort_keys=True) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {out}")
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point (JSON logs on stderr at ``LOG_LEVEL``, default WARNING; the
+    commands' own output is on stdout)."""
+    from workers.logging_setup import configure_logging
+
+    configure_logging("cli", os.environ.get("LOG_LEVEL", "WARNING"))
     sys.exit(cli())
 
 

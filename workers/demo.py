@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import statistics
 import time
@@ -86,6 +87,10 @@ def run_demo(opts: DemoOptions) -> dict:
         with console.status("starting embedded services") as status:
             env: dict[str, str] = {"DATA_DIR": str(opts.data_dir),
                                    "WORLD_TICK_SECONDS": str(opts.tick_seconds)}
+            # The dialogue server refuses to start without API keys: the demo makes one for
+            # this run (unless API_KEYS is set) and its client sends it.
+            if not s.api_key_list and s.api_auth == "on":
+                env["API_KEYS"] = secrets.token_urlsafe(24)
             if not s.redis_url:
                 redis_srv = embedded.EmbeddedRedis(opts.data_dir)
                 env["REDIS_URL"] = redis_srv.url
@@ -125,7 +130,8 @@ def run_demo(opts: DemoOptions) -> dict:
             web_port = embedded.free_port()
             status.update("starting web, workers and beat")
             sup.spawn("web", [embedded.sys.executable, "-m", "uvicorn", "workers.web:app",
-                              "--host", "127.0.0.1", "--port", str(web_port)])
+                              "--host", "127.0.0.1", "--port", str(web_port),
+                              "--log-config", str(ROOT / "workers" / "uvicorn_logging.json")])
             sup.spawn("worker", embedded.celery_worker_argv(
                 "worker", "analysis,note_update,entity_creation,simulate_world"))
             sup.spawn("embedder", embedded.celery_worker_argv("embedder", "embed"))
@@ -196,7 +202,9 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
 
     console = opts.console
     r = nearline.get_redis()
-    client = httpx.Client(base_url=web, timeout=300)
+    api_key = get_settings().api_key_list[:1]
+    client = httpx.Client(base_url=web, timeout=300, headers={
+        "Authorization": f"Bearer {api_key[0]}"} if api_key else {})
     res = client.post("/v1/sessions", json={"world": world.key, "player_name": "demo player"})
     res.raise_for_status()
     session_id = res.json()["session_id"]

@@ -13,18 +13,23 @@ database once and warms the nearline tier.
 The ops endpoints (note rollback, entry history, memory cards, dead letters, the task ledger,
 queues) read the database or Redis; they are thin HTTP wrappers over ``memory.ops`` and are
 not on the hot path.
+
+Every ``/v1`` route needs a bearer API key (``workers.auth``); the probes ``/healthz``
+(liveness), ``/readyz`` (``workers.health``) and ``/metrics`` (``workers.metrics``) do not.
+Logs are JSON lines with the session and turn ids (``workers.logging_setup``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from contextlib import asynccontextmanager, contextmanager
 
 from celery import Celery
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -34,7 +39,7 @@ import celeryconfig
 from inference import calls
 from inference.embedding import get_embedder
 from inference.llm import ModelError
-from memory import nearline, ranking, turns
+from memory import nearline, ops, ranking, turns
 from memory.hot_cache import HotCache
 from memory.db import session_scope
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
@@ -42,7 +47,7 @@ from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
-from workers import ops_api
+from workers import auth, health, logging_setup, metrics, ops_api
 from workers.state import state
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
+    logging_setup.configure_logging(os.environ.get("HONCHO_PROCESS_NAME") or "web")
+    auth.check_configured()  # no keys and API_AUTH not off: refuse to start
     embedder = get_embedder()
     r = nearline.get_redis()
     state.index = VectorIndex(embedder.dim)
@@ -71,7 +78,66 @@ async def lifespan(_app: FastAPI):
 
 
 app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan)
-app.include_router(ops_api.router)
+
+
+@app.middleware("http")
+async def _measure(request: Request, call_next):
+    """Request latency per route template (``npc_http_request_duration_seconds``)."""
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        route = request.scope.get("route")
+        metrics.observe_request(request.method, getattr(route, "path", None), status,
+                                time.perf_counter() - t0)
+
+
+def _ledger_counts() -> tuple[dict, dict, dict]:
+    with session_scope() as s:
+        return ops.task_outcome_counts(s), ops.dead_letter_counts(s), ops.task_token_sums(s)
+
+
+def _queue_lengths() -> dict[str, int]:
+    r = ops_api._broker_redis()
+    if r is None:
+        raise RuntimeError("queue lengths need a Redis broker")
+    return ops.queue_lengths(r)
+
+
+store_metrics = metrics.StoreCollector(
+    read_queues=_queue_lengths, read_ledger=_ledger_counts,
+    index_size=lambda: state.index.size() if getattr(state, "index", None) else None,
+    ttl_s=lambda: get_settings().metrics_cache_s)
+metrics.REGISTRY.register(store_metrics)
+
+
+def _metrics_auth(credentials=Security(auth.bearer)) -> None:
+    """``/metrics`` is public unless ``METRICS_PUBLIC=false``; then it needs an API key."""
+    if not get_settings().metrics_public:
+        auth.require_api_key(credentials)
+
+
+@app.get("/metrics", tags=["probes"], response_class=Response,
+         dependencies=[Depends(_metrics_auth)])
+def metrics_endpoint() -> Response:
+    """Prometheus exposition (``workers.metrics`` lists the families). No API key unless
+    ``METRICS_PUBLIC=false``; store readings are cached ``METRICS_CACHE_S`` seconds."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+async def _log_context(request: Request) -> None:
+    """Bind the route's session id to this request's log records (async: the context then
+    reaches the endpoint's worker thread)."""
+    logging_setup.clear()
+    logging_setup.bind(session_id=request.path_params.get("session_id"))
+
+
+# Every route but the probes needs ``Authorization: Bearer <one of API_KEYS>`` (workers.auth).
+api = APIRouter(dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
 
 
 @app.exception_handler(RedisError)
@@ -169,14 +235,26 @@ def _retrieval_weights(s_) -> ranking.Weights:
                            importance=s_.retrieval_weight_importance)
 
 
-@app.get("/healthz")
+@app.get("/healthz", tags=["probes"])
 def healthz() -> dict:
-    """Liveness plus the index size, vector sync position and hot cache counters."""
+    """Liveness (no authentication, no I/O): the process is up; the index size, the vector
+    sync position and the hot cache counters."""
     return {"ok": True, "vectors": state.index.size(), "sync_applied": state.sync.applied,
             "hot_cache": state.hot.stats()}
 
 
-@app.post("/v1/sessions", response_model=SessionOut, status_code=201)
+@app.get("/readyz", tags=["probes"], responses={503: {"description": "a dependency failed"}})
+def readyz() -> JSONResponse:
+    """Readiness (no authentication): broker, nearline Redis, database, model server(s) and
+    the vector index are reachable. 200 ``{"ready": true, "checks": {...}}``, or 503 with
+    ``failed`` naming the checks that failed and each check's detail."""
+    ok, checks = health.readiness(state)
+    body = {"ready": ok, "failed": [n for n, c in checks.items() if not c["ok"]],
+            "checks": checks}
+    return JSONResponse(status_code=200 if ok else 503, content=body)
+
+
+@api.post("/v1/sessions", response_model=SessionOut, status_code=201)
 def open_session(body: SessionIn) -> SessionOut:
     """Open a session on a world. 404 if the world was never imported."""
     r = nearline.get_redis()
@@ -213,7 +291,7 @@ def _turn_errors():
         raise HTTPException(503, f"broker or nearline store unavailable: {exc}") from exc
 
 
-@app.post("/v1/sessions/{session_id}/turns", response_model=TurnOut)
+@api.post("/v1/sessions/{session_id}/turns", response_model=TurnOut)
 def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
     target that is not a character, 503 when the model server, Redis or the broker fails.
@@ -274,12 +352,16 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
     state.hot.record(session_id, body.npc_id, turns.turn_kwargs(turn))
     lap("record")
     response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.3f}" for k, v in stages.items())
+    metrics.TURNS.labels("turn").inc()
+    logging_setup.bind(turn_id=turn.turn_id, idempotency_key=f"turn:{turn.turn_id}")
+    log.info("turn served", extra={"npc_id": body.npc_id, "seq": turn.seq,
+                                   "latency_ms": round(latency_ms, 1), "model": reply.model})
     return TurnOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id, npc_name=npc["title"],
                    npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
                    latency_ms=latency_ms)
 
 
-@app.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
+@api.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
           responses={200: {"model": EventOut, "description": "event_id seen before: the "
                            "earlier turn, nothing recorded"}})
 def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
@@ -301,14 +383,19 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
                                 created_at=body.created_at, event_id=body.event_id)
     if rec.duplicate:
         response.status_code = 200
+    else:
+        metrics.TURNS.labels("event").inc()
     turn = rec.turn
+    logging_setup.bind(turn_id=turn.turn_id, idempotency_key=f"turn:{turn.turn_id}")
+    log.info("event recorded", extra={"npc_id": body.npc_id, "seq": turn.seq,
+                                      "event_id": body.event_id, "duplicate": rec.duplicate})
     return EventOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id,
                     npc_name=target.npc["title"], speaker=turn.speaker or target.player_name,
                     text=turn.player_text, npc_text=turn.npc_text or None,
                     created_at=turn.created_at, duplicate=rec.duplicate)
 
 
-@app.get("/v1/sessions/{session_id}/search")
+@api.get("/v1/sessions/{session_id}/search")
 def search(session_id: str, q: str, k: int = 3) -> dict:
     """Top-``k`` composite documents of the session for query ``q`` (titles, scores, scope)."""
     if not q.strip() or not 1 <= k <= 50:
@@ -327,7 +414,7 @@ def search(session_id: str, q: str, k: int = 3) -> dict:
     return {"query": q, "hits": out}
 
 
-@app.post("/v1/sessions/{session_id}/tick", status_code=202)
+@api.post("/v1/sessions/{session_id}/tick", status_code=202)
 def tick(session_id: str) -> dict:
     """Trigger a world tick for one session now (ops), even if one is pending; returns the
     tick id and the task id (the tick's trace is that task's result in the ledger)."""
@@ -344,3 +431,8 @@ def tick(session_id: str) -> dict:
 # Operator endpoints over ``memory.ops``: they read the database and are never on the dialogue
 # hot path. Unknown things are 404 with a message, a running task is 409, a broker or Redis
 # outage is 503.
+
+
+app.include_router(api)
+app.include_router(ops_api.router,
+                   dependencies=[Depends(auth.require_api_key), Depends(_log_context)])

@@ -1,0 +1,173 @@
+"""The dialogue server over HTTP (httpx), with typed answers (pydantic).
+
+Every call sends ``Authorization: Bearer <api_key>``. A non-2xx answer raises
+:class:`ApiError` (``status``, ``detail`` from the server's JSON); 401 is
+:class:`Unauthorized`. Transport errors are httpx's (``httpx.HTTPError``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+
+class ApiError(Exception):
+    """The server answered an error: ``status`` (HTTP code) and ``detail`` (its message)."""
+
+    def __init__(self, status: int, detail: Any, method: str, path: str):
+        super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class Unauthorized(ApiError):
+    """401: the API key is missing or not one of the server's ``API_KEYS``."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # newer servers may add fields
+
+
+class Character(_Model):
+    """A character of the session's world: its entry key (``npc_id``) and name."""
+
+    npc_id: str
+    name: str
+
+
+class Session(_Model):
+    """``POST /v1/sessions``: the new session and the world's characters."""
+
+    session_id: str
+    world: str
+    world_id: int
+    characters: list[Character]
+
+
+class TurnReply(_Model):
+    """``POST /v1/sessions/{id}/turns``: the NPC's reply; ``latency_ms`` is the server's."""
+
+    turn_id: str
+    seq: int
+    npc_id: str
+    npc_name: str
+    npc_text: str
+    retrieved: list[str]
+    model: str
+    latency_ms: float
+
+
+class Event(_Model):
+    """``POST /v1/sessions/{id}/events``: the recorded turn; ``duplicate`` is true when the
+    ``event_id`` had been posted before (nothing new recorded)."""
+
+    turn_id: str
+    seq: int
+    npc_id: str
+    npc_name: str
+    speaker: str
+    text: str
+    npc_text: str | None
+    created_at: float
+    duplicate: bool
+
+
+class Tick(_Model):
+    """``POST /v1/sessions/{id}/tick``: the tick id and the task that runs it."""
+
+    tick_id: str
+    task_id: str
+
+
+class NpcMemoryClient:
+    """Client of one dialogue server.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000``.
+        api_key: one of the server's ``API_KEYS`` (None: send no key, for ``API_AUTH=off``).
+        timeout: seconds per request (a turn waits for the model: allow tens of seconds).
+        transport: an httpx transport (tests; e.g. an ASGI app).
+    """
+
+    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 120.0,
+                 transport: httpx.BaseTransport | None = None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def __enter__(self) -> NpcMemoryClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        res = self._http.request(method, path, **kwargs)
+        if res.status_code >= 400:
+            try:
+                detail = res.json().get("detail", res.text)
+            except ValueError:
+                detail = res.text
+            cls = Unauthorized if res.status_code == 401 else ApiError
+            raise cls(res.status_code, detail, method, path)
+        return res.json()
+
+    def open_session(self, world: str, player_name: str = "player") -> Session:
+        """Open a session on an imported world (``world`` is its key).
+
+        Raises:
+            ApiError: 404 unknown world, 422 invalid input.
+        """
+        return Session.model_validate(self._call(
+            "POST", "/v1/sessions", json={"world": world, "player_name": player_name}))
+
+    def turn(self, session_id: str, npc_id: str, player_text: str) -> TurnReply:
+        """Play one turn: the NPC ``npc_id`` (its entry key) answers ``player_text``.
+
+        Raises:
+            ApiError: 404 unknown session or NPC, 422 not a character / invalid input,
+                503 model server, Redis or broker unavailable (retry later).
+        """
+        return TurnReply.model_validate(self._call(
+            "POST", f"/v1/sessions/{session_id}/turns",
+            json={"npc_id": npc_id, "player_text": player_text}))
+
+    def post_event(self, session_id: str, npc_id: str, text: str, *, speaker: str | None = None,
+                   npc_text: str | None = None, event_id: str | None = None,
+                   created_at: float | None = None) -> Event:
+        """Record a turn generated elsewhere; it runs through the same memory pipeline.
+        Give ``event_id`` when you may retry: the same id is recorded once.
+
+        Raises:
+            ApiError: 404 unknown session or NPC, 422 invalid input, 503 Redis or broker down.
+        """
+        body = {"npc_id": npc_id, "text": text, "speaker": speaker, "npc_text": npc_text,
+                "event_id": event_id, "created_at": created_at}
+        return Event.model_validate(self._call(
+            "POST", f"/v1/sessions/{session_id}/events",
+            json={k: v for k, v in body.items() if v is not None}))
+
+    def tick(self, session_id: str) -> Tick:
+        """Trigger a world tick for the session now.
+
+        Raises:
+            ApiError: 404 unknown session.
+        """
+        return Tick.model_validate(self._call("POST", f"/v1/sessions/{session_id}/tick"))
+
+    def search(self, session_id: str, query: str, k: int = 3) -> list[dict]:
+        """The top-``k`` documents of the session for ``query``: ``[{lore_entry_id, key,
+        title, score, scope}]``."""
+        return self._call("GET", f"/v1/sessions/{session_id}/search",
+                          params={"q": query, "k": k})["hits"]
+
+    def ready(self) -> dict:
+        """``GET /readyz`` without raising: ``{"ready": bool, "failed": [...], "checks"}``."""
+        res = self._http.get("/readyz")
+        return res.json()

@@ -1,0 +1,178 @@
+"""The game-backend client (``npc_memory_client``) against the real dialogue server (a
+uvicorn subprocess), the real broker and a real Celery worker subprocess; and the task
+contract file against the payload models it is generated from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from memory import nearline
+from memory.db import session_scope
+from models import LoreEntry, TaskRecord
+from npc_memory_client import (ApiError, InvalidPayload, NpcMemoryClient, TaskSender,
+                               Unauthorized, UnknownTask, load_contract)
+from npc_memory_client.contract import CONTRACT_PATH
+from tests.broker import queued_messages
+from tests.procs import ROOT, SubprocessWorker, WebServer, process_env
+
+API_KEY = os.environ["API_KEYS"].split(",")[0]
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_contract_file_matches_the_payload_models():
+    """``npc-memory task-contract --out npc_memory_client/task_contract.json`` is up to date."""
+    from tasks.payloads import task_contract
+
+    on_disk = json.loads(CONTRACT_PATH.read_text(encoding="utf-8"))
+    assert on_disk == json.loads(json.dumps(task_contract())), (
+        "task contract changed: run npc-memory task-contract --out "
+        "npc_memory_client/task_contract.json")
+
+
+def test_contract_names_every_task_with_the_model_it_validates_with():
+    import celeryconfig
+    from tasks.base import REGISTERED_PAYLOADS
+    from tasks.payloads import TASK_PAYLOADS
+    from workers.celery_app import app
+
+    assert set(TASK_PAYLOADS) == set(celeryconfig.TASK_QUEUES)
+    assert {n for n in app.tasks if n.startswith("npc_memory.")} == set(TASK_PAYLOADS)
+    assert REGISTERED_PAYLOADS == TASK_PAYLOADS
+    contract = load_contract()
+    assert contract.queues == tuple(q.value for q in celeryconfig.Queues)
+    for name, queue in celeryconfig.TASK_QUEUES.items():
+        assert contract.queue_of(name) == queue.value
+
+
+def test_contract_validation_reports_every_violation():
+    contract = load_contract()
+    good = {"session_id": "s1", "lore_entry_key": "baker_27", "update_summary": "Paid a debt.",
+            "idempotency_key": "k1"}
+    contract.validate("npc_memory.update_note", good)
+    with pytest.raises(InvalidPayload) as err:
+        contract.validate("npc_memory.update_note",
+                          {**good, "update_summary": "", "cause": "magic", "mood": 1})
+    text = "; ".join(err.value.errors)
+    assert "update_summary" in text and "cause" in text and "mood" in text
+    with pytest.raises(InvalidPayload, match="idempotency_key"):
+        contract.validate("npc_memory.update_note", {k: v for k, v in good.items()
+                                                      if k != "idempotency_key"})
+    with pytest.raises(UnknownTask, match="npc_memory.update_note"):
+        contract.validate("npc_memory.nothing", good)
+
+
+def test_client_imports_no_worker_code():
+    code = ("import sys, npc_memory_client\n"
+            "ours = {'tasks', 'workers', 'memory', 'inference', 'models', 'settings',"
+            " 'celeryconfig', 'prompts'}\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ours)\n"
+            "assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=process_env())
+    assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------- against the server
+
+
+@pytest.fixture(scope="module")
+def server(llm_server, light_world):
+    web = WebServer(process_env(), "client-web.log")
+    web.start()
+    try:
+        yield web.url
+    finally:
+        web.stop()
+        nearline.get_redis().delete("analysis", "archive", "simulate_world")
+
+
+@pytest.fixture()
+def npc(server):
+    with NpcMemoryClient(server, API_KEY, timeout=180) as c:
+        yield c
+
+
+def test_session_turn_event_tick(npc, light_world):
+    session = npc.open_session(light_world["key"], player_name="Ann")
+    assert session.world == light_world["key"]
+    assert "baker_27" in {c.npc_id for c in session.characters}
+
+    reply = npc.turn(session.session_id, "baker_27", "Is the bread fresh today?")
+    assert reply.seq == 1 and reply.npc_text.strip() and reply.npc_id == "baker_27"
+
+    event = npc.post_event(session.session_id, "baker_27", "The smith waves.",
+                           speaker="the smith", event_id="ev-1")
+    assert event.seq == 2 and not event.duplicate and event.speaker == "the smith"
+    again = npc.post_event(session.session_id, "baker_27", "The smith waves.",
+                           speaker="the smith", event_id="ev-1")
+    assert again.duplicate and again.turn_id == event.turn_id
+
+    tick = npc.tick(session.session_id)
+    assert tick.tick_id.startswith("manual-") and tick.task_id
+    assert npc.search(session.session_id, "bread", k=2)
+    assert npc.ready()["ready"] is True
+
+
+def test_errors_are_typed(npc, server, light_world):
+    with pytest.raises(ApiError) as err:
+        npc.open_session("no-such-world")
+    assert err.value.status == 404 and "no-such-world" in err.value.detail
+    with pytest.raises(ApiError) as err:
+        npc.turn(uuid.uuid4().hex, "baker_27", "Hello")
+    assert err.value.status == 404
+    session = npc.open_session(light_world["key"])
+    with pytest.raises(ApiError) as err:
+        npc.turn(session.session_id, "baker_27", "")
+    assert err.value.status == 422
+    with NpcMemoryClient(server, "not-a-key") as wrong, pytest.raises(Unauthorized) as err:
+        wrong.open_session(light_world["key"])
+    assert err.value.status == 401 and err.value.detail == "invalid API key"
+    with NpcMemoryClient(server, None) as anonymous, pytest.raises(Unauthorized):
+        anonymous.tick(session.session_id)
+
+
+# --------------------------------------------------------------------------- tasks by name
+
+
+def test_enqueue_validates_then_a_worker_runs_it(light_world, wait_for):
+    """A valid payload reaches a real worker through the broker (the ledger shows it
+    succeeded); an invalid one is refused before anything is sent."""
+    broker_url = os.environ["REDIS_URL"]
+    with session_scope() as s:
+        entry_id = s.scalar(select(LoreEntry.id).where(LoreEntry.world_id == light_world["id"],
+                                                       LoreEntry.key == "baker_27"))
+    worker = SubprocessWorker(process_env(), "embed", "client-embedder.log")
+    worker.start()
+    try:
+        with TaskSender(broker_url) as sender:
+            task_id = f"client-{uuid.uuid4().hex}"
+            assert sender.enqueue("npc_memory.embed", {"lore_entry_id": entry_id},
+                                  task_id=task_id) == task_id
+
+            def done():
+                with session_scope() as s:
+                    rec = s.scalar(select(TaskRecord).where(TaskRecord.task_id == task_id))
+                    return rec is not None and rec.status == "succeeded" and rec
+
+            rec = wait_for(done, timeout=120)
+            assert rec.queue == "embed" and rec.task_name == "npc_memory.embed"
+
+            before = len(queued_messages(nearline.get_redis(), "note_update"))
+            with pytest.raises(InvalidPayload, match="lore_entry_key"):
+                sender.enqueue("npc_memory.update_note", {"session_id": "s1",
+                                                          "update_summary": "x",
+                                                          "idempotency_key": "k"})
+            with pytest.raises(UnknownTask):
+                sender.enqueue("npc_memory.embedd", {"lore_entry_id": entry_id})
+            assert len(queued_messages(nearline.get_redis(), "note_update")) == before
+    finally:
+        worker.stop()

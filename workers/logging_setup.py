@@ -1,0 +1,181 @@
+"""Structured JSON logs for every process (python-json-logger), with request and task
+context, and secrets scrubbed.
+
+One JSON object per line on stderr: ``time``, ``level``, ``logger``, ``message``,
+``process`` (``web``, ``worker``, ``beat``, ...), and when known ``session_id``, ``turn_id``,
+``task_id``, ``task_name`` and ``idempotency_key``, plus any ``extra=`` fields.
+
+Context comes from context variables (:func:`bind`, :func:`clear`): the dialogue server binds
+the session from the route and the turn once it is recorded; workers bind the task from
+Celery's ``task_prerun`` signal (its id, name and the payload's ids) and clear it on
+``task_postrun``.
+
+Secrets never reach the output: every formatted line has the values of ``API_KEYS``,
+``LLM_API_KEY``, ``MISTRAL_API_KEY``, the password of ``FLOWER_BASIC_AUTH``, URL passwords
+(``scheme://user:password@``) and bearer tokens replaced by ``***``, whatever logged them
+(messages, arguments, tracebacks, access-log paths).
+
+``LOG_FORMAT=text`` keeps plain text lines (same scrubbing); ``LOG_LEVEL`` sets the level.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import re
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+CONTEXT_FIELDS = ("session_id", "turn_id", "task_id", "task_name", "idempotency_key")
+_context: dict[str, contextvars.ContextVar[str | None]] = {
+    name: contextvars.ContextVar(f"log_{name}", default=None) for name in CONTEXT_FIELDS}
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+_NOT_SECRETS = {"", "not-needed"}
+
+
+def bind(**values: str | int | None) -> None:
+    """Set context fields (``session_id``, ``turn_id``, ``task_id``, ``task_name``,
+    ``idempotency_key``) for this thread or task; None leaves a field as it is.
+
+    Raises:
+        KeyError: an unknown field name.
+    """
+    for name, value in values.items():
+        if value is not None:
+            _context[name].set(str(value))
+
+
+def clear() -> None:
+    """Forget every context field."""
+    for var in _context.values():
+        var.set(None)
+
+
+def current() -> dict[str, str]:
+    """The context fields that are set."""
+    return {n: v.get() for n, v in _context.items() if v.get() is not None}
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound context fields onto each record (a field the call set wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in current().items():
+            if not hasattr(record, name):
+                setattr(record, name, value)
+        return True
+
+
+def secret_values() -> list[str]:
+    """The secret values of this process's environment, longest first."""
+    from settings import get_settings
+
+    s = get_settings()
+    found = set(s.api_key_list) | {s.llm_api_key, s.mistral_api_key}
+    flower = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if ":" in flower:
+        found.add(flower.split(":", 1)[1])
+    return sorted((v for v in found if v not in _NOT_SECRETS and len(v) >= 4),
+                  key=len, reverse=True)
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with secrets, URL passwords and bearer tokens replaced by ``***``."""
+    for value in secrets:
+        text = text.replace(value, "***")
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***@", text)
+    return _BEARER.sub(r"\1***", text)
+
+
+class _Scrubbing:
+    """Mixin: scrub the formatted line (secrets are read once, when the handler is made)."""
+
+    secrets: list[str]
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record), self.secrets)
+
+
+class ScrubbingJsonFormatter(_Scrubbing, JsonFormatter):
+    """One JSON object per record, secrets scrubbed."""
+
+
+class ScrubbingTextFormatter(_Scrubbing, logging.Formatter):
+    """Plain text, secrets scrubbed."""
+
+
+def make_handler(process: str, stream=None, fmt: str | None = None) -> logging.Handler:
+    """A stream handler (default stderr) with the context filter and the scrubbing
+    formatter; ``fmt`` is ``json`` (default, or ``LOG_FORMAT``) or ``text``."""
+    fmt = (fmt or os.environ.get("LOG_FORMAT", "json")).lower()
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if fmt == "text":
+        formatter = ScrubbingTextFormatter(
+            f"%(asctime)s %(levelname)s {process} %(name)s: %(message)s")
+    else:
+        formatter = ScrubbingJsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            static_fields={"process": process}, timestamp=False)
+    formatter.secrets = secret_values()
+    handler.setFormatter(formatter)
+    handler.addFilter(ContextFilter())
+    return handler
+
+
+def json_formatter(process: str = "web") -> logging.Formatter:
+    """The scrubbing JSON formatter, for ``logging.config.dictConfig`` (``"()"``): uvicorn's
+    ``--log-config workers/uvicorn_logging.json`` uses it so that even uvicorn's start-up
+    lines, before the app is loaded, are JSON."""
+    return make_handler(process, fmt="json").formatter
+
+
+def configure_logging(process: str, level: str | int | None = None) -> None:
+    """Send every log record of this process (root, uvicorn's and Celery's loggers) through
+    one JSON handler on stderr. Idempotent: calling again replaces the handler."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_npc_memory", False) or isinstance(h.formatter, _Scrubbing):
+            root.removeHandler(h)  # ours, or uvicorn's --log-config one: replaced
+    handler = make_handler(process)
+    handler._npc_memory = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+
+
+def install_celery_signals() -> None:
+    """Workers and beat: JSON logging instead of Celery's (``setup_logging``), and the task
+    context bound from ``task_prerun`` to ``task_postrun``."""
+    from celery import signals
+
+    @signals.setup_logging.connect(weak=False)
+    def _setup(loglevel=None, **_kw):
+        argv = " ".join(sys.argv)
+        process = "beat" if " beat" in argv else "flower" if " flower" in argv else "worker"
+        configure_logging(os.environ.get("HONCHO_PROCESS_NAME") or process, loglevel)
+
+    task_log = logging.getLogger("npc_memory.task")
+
+    @signals.task_prerun.connect(weak=False)
+    def _prerun(task_id=None, task=None, kwargs=None, **_kw):
+        clear()
+        kwargs = kwargs or {}
+        turn_id = kwargs.get("turn_id")
+        bind(task_id=task_id, task_name=getattr(task, "name", None),
+             session_id=kwargs.get("session_id"), turn_id=turn_id,
+             idempotency_key=kwargs.get("idempotency_key") or (
+                 f"turn:{turn_id}" if turn_id and "seq" in kwargs else None))
+        task_log.info("task started")
+
+    @signals.task_postrun.connect(weak=False)
+    def _postrun(state=None, **_kw):
+        task_log.info("task finished", extra={"state": state})
+        clear()
