@@ -162,7 +162,8 @@ class NpcTask(Task):
 
 
 REGISTERED_PAYLOADS: dict[str, type[Payload]] = {}
-"""Task name -> the payload model its task validates with (filled by :func:`npc_task`)."""
+"""Task name -> the payload model its task validates with (filled by :func:`npc_task` and
+``tasks.batch.npc_batch_task``)."""
 
 
 def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,

@@ -46,7 +46,8 @@ from memory.db import dialect_insert, session_scope
 from models import TaskRecord
 from models.base import utcnow
 from tasks.base import (
-    DB_OUTAGE_MAX_BACKOFF_S, DB_OUTAGE_MAX_RETRIES, DELIVERY_TTL_S, MAX_REDELIVERIES, dead_letter,
+    DB_OUTAGE_MAX_BACKOFF_S, DB_OUTAGE_MAX_RETRIES, DELIVERY_TTL_S, MAX_REDELIVERIES,
+    REGISTERED_PAYLOADS, dead_letter,
 )
 from tasks.payloads import Payload
 
@@ -112,6 +113,7 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
     if name not in TASK_QUEUES:
         raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
     queue = TASK_QUEUES[name].value
+    REGISTERED_PAYLOADS[name] = payload_model
 
     def decorate(fn: BatchFn):
         @shared_task(name=name, bind=True, base=NpcBatchTask, queue_name=queue,
