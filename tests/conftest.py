@@ -105,7 +105,9 @@ def llm_server():
     from workers.embedded import llm_argv, wait_http
 
     log = open(TMP / "llm.log", "wb")
-    proc = subprocess.Popen(llm_argv(LLM_PORT, "smollm2-135m-instruct", 2048, 2), stdout=log,
+    # one thread: llama.cpp's threads spin, and the e2e demo starts a second server beside this
+    # one on a 2-core machine; oversubscribed, a token took 900 ms instead of 30 ms
+    proc = subprocess.Popen(llm_argv(LLM_PORT, "smollm2-135m-instruct", 2048, 1), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{LLM_PORT}/v1/models", 120)

