@@ -166,6 +166,19 @@ REGISTERED_PAYLOADS: dict[str, type[Payload]] = {}
 ``tasks.batch.npc_batch_task``)."""
 
 
+def declare_task(name: str, payload_model: type[Payload]) -> str:
+    """Record the payload model of task ``name`` and return its queue (the one check every
+    task decorator makes).
+
+    Raises:
+        RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
+    """
+    if name not in TASK_QUEUES:
+        raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
+    REGISTERED_PAYLOADS[name] = payload_model
+    return TASK_QUEUES[name].value
+
+
 def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
              soft_time_limit: int = 240, time_limit: int = 300) -> Callable:
     """Register ``fn(payload, ctx) -> dict`` as the Celery task ``name``.
@@ -181,10 +194,7 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     Raises:
         RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
     """
-    if name not in TASK_QUEUES:
-        raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
-    queue = TASK_QUEUES[name].value
-    REGISTERED_PAYLOADS[name] = payload_model
+    queue = declare_task(name, payload_model)
 
     def decorate(fn: Callable[[Payload, TaskContext], dict]):
         @shared_task(

@@ -41,13 +41,16 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from celeryconfig import TASK_QUEUES
 from memory.db import dialect_insert, session_scope
 from models import TaskRecord
 from models.base import utcnow
 from tasks.base import (
-    DB_OUTAGE_MAX_BACKOFF_S, DB_OUTAGE_MAX_RETRIES, DELIVERY_TTL_S, MAX_REDELIVERIES,
-    REGISTERED_PAYLOADS, dead_letter,
+    DB_OUTAGE_MAX_BACKOFF_S,
+    DB_OUTAGE_MAX_RETRIES,
+    DELIVERY_TTL_S,
+    MAX_REDELIVERIES,
+    dead_letter,
+    declare_task,
 )
 from tasks.payloads import Payload
 
@@ -110,10 +113,7 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
     Raises:
         RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
     """
-    if name not in TASK_QUEUES:
-        raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
-    queue = TASK_QUEUES[name].value
-    REGISTERED_PAYLOADS[name] = payload_model
+    queue = declare_task(name, payload_model)
 
     def decorate(fn: BatchFn):
         @shared_task(name=name, bind=True, base=NpcBatchTask, queue_name=queue,

@@ -164,6 +164,21 @@ class _Subprocess:
     def tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
 
+    def wait_http(self, url: str, timeout: float, what: str) -> None:
+        """Poll ``url`` until it answers 200. Raises RuntimeError (with the log's tail) if the
+        process exits or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{what} exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{what} not ready in {timeout} s:\n{self.tail()}")
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -226,17 +241,7 @@ class WebServer(_Subprocess):
         self._spawn([sys.executable, "-m", "uvicorn", "workers.web:app", "--host", "127.0.0.1",
                      "--port", str(self.port), "--log-level", self.log_level,
                      "--log-config", str(ROOT / "workers" / "uvicorn_logging.json")])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"web server exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"web server not ready in {timeout} s:\n{self.tail()}")
+        self.wait_http(f"{self.url}/healthz", timeout, "web server")
 
 
 def api_headers() -> dict[str, str]:

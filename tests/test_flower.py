@@ -45,17 +45,7 @@ class Flower(_Subprocess):
 
     def start(self, timeout: float = 90) -> None:
         self._spawn(["bash", "-c", f"exec {procfile_command('flower')}"])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"flower exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/healthcheck", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"flower not ready in {timeout} s:\n{self.tail()}")
+        self.wait_http(f"{self.url}/healthcheck", timeout, "flower")
 
 
 def test_procfile_flower_line_is_authenticated_and_bounded():
