@@ -6,15 +6,23 @@ import base64
 import json
 
 
-def queued_messages(r, queue: str) -> list[dict]:
-    """Task messages waiting in ``queue`` (kombu's Redis list of JSON envelopes), oldest
-    last: ``[{"task", "id", "kwargs"}]``."""
-    out = []
-    for raw in r.lrange(queue, 0, -1):
-        msg = json.loads(raw)
-        body = msg["body"]
-        if msg.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        _args, kwargs, _embed = json.loads(body)
-        out.append({"task": msg["headers"]["task"], "id": msg["headers"]["id"], "kwargs": kwargs})
+def _decode(msg: dict) -> dict:
+    body = msg["body"]
+    if msg.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    _args, kwargs, _embed = json.loads(body)
+    return {"task": msg["headers"]["task"], "id": msg["headers"]["id"], "kwargs": kwargs}
+
+
+def queued_messages(r, queue: str, reserved: bool = True) -> list[dict]:
+    """Task messages sent to ``queue`` and not yet acknowledged: those waiting in kombu's Redis
+    list (oldest last) and, with ``reserved``, those a worker has taken but not finished
+    (kombu's ``unacked`` hash of ``[message, exchange, routing_key]``; our routing keys are the
+    queue names). ``[{"task", "id", "kwargs"}]``."""
+    out = [_decode(json.loads(raw)) for raw in r.lrange(queue, 0, -1)]
+    if reserved:
+        for raw in r.hvals("unacked"):
+            msg, _exchange, routing_key = json.loads(raw)
+            if routing_key == queue:
+                out.append(_decode(msg))
     return out
