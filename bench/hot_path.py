@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,9 @@ async def _drive(base: str, world: str, npcs: list[str], sessions: int, turns: i
     import httpx
 
     limits = httpx.Limits(max_connections=sessions, max_keepalive_connections=sessions)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {os.environ['API_KEYS'].split(',')[0]}"}
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits,
+                                 headers=headers) as client:
         sids = []
         for _ in range(sessions):
             res = await client.post("/v1/sessions", json={"world": world})
@@ -151,6 +154,7 @@ def main() -> None:
            "EMBEDDING_BASE_URL": f"http://127.0.0.1:{zport}/v1", "EMBEDDING_MODEL": "zero",
            "LLM_BACKEND": "openai", "LLM_BASE_URL": f"http://127.0.0.1:{zport}/v1",
            "LLM_MODEL": "zero", "SIMULATE_EVERY_TURNS": "0", "SUMMARIZE_EVERY_TURNS": "0"}
+    env.setdefault("API_KEYS", f"bench-{uuid.uuid4().hex}")  # the server requires a key
     env.setdefault("DATABASE_URL", f"sqlite:///{tmp / 'bench.db'}")
     env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
     os.environ.update(env)
