@@ -55,16 +55,28 @@ def check_database() -> str:
 
 def check_models() -> str:
     """``GET {base_url}/models`` on every OpenAI-compatible model server the roles use
-    (hosted Mistral is not probed: its reachability is the provider's)."""
+    (hosted Mistral is not probed: its reachability is the provider's).
+
+    Reachable is what counts: a refused or failed connection, or an error status, is not
+    ready; a server that accepted the connection but did not answer within the probe's time
+    is busy generating (llama.cpp's server answers one request at a time) and counts as up.
+    """
     s = get_settings()
     urls = sorted({s.role(r)[1] for r in ("generation", "analysis", "maintenance")
                    if s.role(r)[0] != "mistral"})
+    busy = 0
     for url in urls:
-        res = httpx.get(f"{url.rstrip('/')}/models", timeout=TIMEOUT_S,
-                        headers={"Authorization": f"Bearer {s.llm_api_key}"})
+        try:
+            res = httpx.get(f"{url.rstrip('/')}/models", timeout=TIMEOUT_S,
+                            headers={"Authorization": f"Bearer {s.llm_api_key}"})
+        except httpx.ReadTimeout:
+            busy += 1
+            continue
         if res.status_code != 200:
             raise RuntimeError(f"model server /models answered HTTP {res.status_code}")
-    return f"{len(urls)} model server(s) answer" if urls else "hosted API only"
+    if not urls:
+        return "hosted API only"
+    return f"{len(urls)} model server(s) reachable" + (f", {busy} busy" if busy else "")
 
 
 def check_index(state) -> str:
