@@ -71,17 +71,9 @@ def zero_app():
 
 
 def _wait(url: str, timeout: float = 120) -> None:
-    import httpx
+    from workers.embedded import wait_http
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer in {timeout} s")
+    wait_http(url, timeout)
 
 
 def _pct(values: list[float], p: float) -> float:
