@@ -2,7 +2,8 @@
 importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
 ``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
 ``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``,
-``queues``, ``export-session``, ``tick``, ``task-contract``."""
+``queues``, ``export-session``, ``tick``, ``task-contract``; planning:
+``plan-capacity``."""
 
 from __future__ import annotations
 
@@ -447,6 +448,11 @@ def task_contract_cmd(
     else:
         out.write_text(text, encoding="utf-8")
         typer.echo(f"wrote {out}")
+
+
+from capacity.cli import plan_capacity  # noqa: E402 - registered on the app below
+
+cli.command("plan-capacity")(plan_capacity)
 
 
 def main() -> None:
