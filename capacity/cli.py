@@ -29,27 +29,27 @@ def plan_capacity(
     adapters_per_archetype: int = typer.Option(7, min=1, help="adapters per chain (no file)"),
     adapter_size_mb: float = typer.Option(100.0, min=0, help="MB per adapter (no file)"),
     base_params_b: float | None = typer.Option(None, help=f"base model parameters, billions "
-                                               f"[default: {_D.base_params_b}]"),
-    quant_bits: float | None = typer.Option(None, help=f"bits per base weight [default: "
-                                            f"{_D.quant_bits}]"),
+                                               f"(default {_D.base_params_b})"),
+    quant_bits: float | None = typer.Option(None, help=f"bits per base weight (default "
+                                            f"{_D.quant_bits})"),
     base_model_gb: float | None = typer.Option(None, help="base model memory in GB "
                                                "(overrides parameters x bits / 8)"),
     engine_overhead_gb: float | None = typer.Option(
-        None, help=f"inference engine overhead per server, GB [default: {_D.engine_overhead_gb}]"),
+        None, help=f"inference engine overhead per server, GB (default {_D.engine_overhead_gb})"),
     kv_cache_gb_per_npc: float | None = typer.Option(
-        None, help=f"KV cache per concurrent NPC, GB [default: {_D.kv_cache_gb_per_npc}]"),
+        None, help=f"KV cache per concurrent NPC, GB (default {_D.kv_cache_gb_per_npc})"),
     kv_reserve_npcs: int | None = typer.Option(
-        None, help=f"KV room every server keeps, NPCs [default: {_D.kv_reserve_npcs}]"),
+        None, help=f"KV room every server keeps, NPCs (default {_D.kv_reserve_npcs})"),
     gpu_memory_gb: float | None = typer.Option(
-        None, help=f"GPU memory per server, GB [default: {_D.gpu_memory_gb}]"),
-    target_npcs: int | None = typer.Option(None, help=f"concurrent NPCs [default: "
-                                           f"{_D.target_npcs}]"),
+        None, help=f"GPU memory per server, GB (default {_D.gpu_memory_gb})"),
+    target_npcs: int | None = typer.Option(None, help=f"concurrent NPCs (default "
+                                           f"{_D.target_npcs})"),
     actions_per_npc_s: float | None = typer.Option(
-        None, help=f"actions per NPC per second [default: {_D.actions_per_npc_s}]"),
+        None, help=f"actions per NPC per second (default {_D.actions_per_npc_s})"),
     inferences_per_action: float | None = typer.Option(
-        None, help=f"inferences per action [default: {_D.inferences_per_action}]"),
+        None, help=f"inferences per action (default {_D.inferences_per_action})"),
     server_inferences_per_s: float | None = typer.Option(
-        None, help=f"inferences/s one server sustains [default: {_D.server_inferences_per_s}]"),
+        None, help=f"inferences/s one server sustains (default {_D.server_inferences_per_s})"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Plan model servers for archetype chains: whether the chains fit, how many servers a
