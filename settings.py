@@ -138,6 +138,26 @@ class Settings(BaseSettings):
     rank_weight_staleness: float = 1.0
     beat_lock_timeout_s: int = 30
 
+    # Evaluation harness (evaluation/, seed 000 component 5): gate thresholds. Quality gates
+    # are shares 0..1 judged by the analysis model; performance gates are measured by the
+    # harness on the dialogue server (latency at the client, memory from its /metrics).
+    eval_min_lore_accuracy: float = Field(0.9, ge=0, le=1, description=(
+        "share of replies that do not contradict the NPC's lore entry (seed 000: >90%)"))
+    eval_min_consistency: float = Field(0.8, ge=0, le=1, description=(
+        "share of repeated questions whose two answers the judge finds in agreement"))
+    eval_min_sentiment_fit: float = Field(0.8, ge=0, le=1, description=(
+        "share of replies whose judged tone is one of EVAL_VAMPIRE_TONES"))
+    eval_vampire_tones: str = Field("cold,neutral,courteous,warm", description=(
+        "tones (hostile, cold, neutral, courteous, warm, cheerful) that fit the vampire"))
+    eval_max_p95_latency_ms: float = Field(250.0, gt=0, description=(
+        "p95 turn latency at the client, ms (seed 000: <250 ms at 500 concurrent NPCs)"))
+    eval_max_error_rate: float = Field(0.05, ge=0, le=1, description=(
+        "share of requests that failed (non-2xx or transport error)"))
+    eval_min_throughput_rps: float = Field(50.0, ge=0, description=(
+        "successful turns per second under the horde (seed 001: 50 inferences/s a server)"))
+    eval_max_memory_mb: float = Field(2048.0, gt=0, description=(
+        "peak resident memory of the dialogue server process, MB (its /metrics)"))
+
     def role(self, role: str) -> tuple[str, str, str]:
         """Return ``(backend, base_url, model)`` for ``role`` in generation/analysis/maintenance.
 

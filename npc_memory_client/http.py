@@ -167,6 +167,16 @@ class NpcMemoryClient:
         return self._call("GET", f"/v1/sessions/{session_id}/search",
                           params={"q": query, "k": k})["hits"]
 
+    def entry(self, session_id: str, key: str) -> dict:
+        """An entity as the session sees it (``GET /v1/sessions/{id}/entries/{key}``):
+        ``{"lore_entry": {key, title, content, archetype, ...}, "note", "composite_document",
+        "revisions"}``.
+
+        Raises:
+            ApiError: 404 unknown session or entry.
+        """
+        return self._call("GET", f"/v1/sessions/{session_id}/entries/{key}")
+
     def ready(self) -> dict:
         """``GET /readyz`` without raising: ``{"ready": bool, "failed": [...], "checks"}``."""
         res = self._http.get("/readyz")

@@ -84,3 +84,26 @@ class SessionSummary(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     summary: Annotated[str, StringConstraints(min_length=300, max_length=600)]
+
+
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=120)]
+Tone = Literal["hostile", "cold", "neutral", "courteous", "warm", "cheerful"]
+
+
+class ReplyVerdict(BaseModel):
+    """The evaluation judge's verdict on one NPC reply (evaluation/judge.py): whether it
+    contradicts the NPC's lore entry, its tone, and a one-sentence reason."""
+
+    model_config = ConfigDict(extra="ignore")
+    lore: Literal["consistent", "contradicts"]
+    tone: Tone
+    reason: Reason
+
+
+class ConsistencyVerdict(BaseModel):
+    """The evaluation judge's verdict on two replies to the same question: ``agree`` is
+    ``no`` when they contradict each other on a fact."""
+
+    model_config = ConfigDict(extra="ignore")
+    agree: Literal["yes", "no"]
+    reason: Reason

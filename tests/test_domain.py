@@ -531,6 +531,10 @@ def _template_contexts() -> dict[str, dict]:
                                          "note": "He lost his rolling pin."}],
                                places=[{"key": "town square_0", "title": "town square"}],
                                recent=["The player found a silver key."]),
+        "judge_reply": dict(npc_name="Baker", lore="A baker who rises before dawn.",
+                            player_text="When do you get up?", npc_text="At noon, lazily."),
+        "judge_consistency": dict(npc_name="Baker", question="When do you get up?",
+                                  first="Before dawn.", second="At noon."),
     }
 
 
@@ -560,6 +564,12 @@ _EXPECTED = {
                             "- baker_27: Baker: A baker who rises before dawn. Lately: He lost his rolling pin.",
                             "- town square_0: town square", "during these 2 hours",
                             "- The player found a silver key."]),
+    "judge_reply": ([], ["Character: Baker", "Lore: A baker who rises before dawn.",
+                         "The player said: When do you get up?", "Baker replied: At noon, lazily.",
+                         '"lore": "contradicts"', "hostile, cold, neutral, courteous, warm, cheerful"]),
+    "judge_consistency": ([], ["The player asked Baker: When do you get up?",
+                               "First answer: Before dawn.", "Second answer: At noon.",
+                               '"agree": "no"']),
 }
 
 
@@ -678,6 +688,7 @@ def _extreme(schema, which: str):
 
 
 _SCHEMA_MODELS = {"analysis": "AnalysisOutput", "creation": "CreatedEntity",
+                  "judge_consistency": "ConsistencyVerdict", "judge_reply": "ReplyVerdict",
                   "simulation": "SimulationOutput", "summary": "SessionSummary"}
 
 

@@ -2,8 +2,8 @@
 importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
 ``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
 ``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``,
-``queues``, ``export-session``, ``tick``, ``task-contract``; planning:
-``plan-capacity``."""
+``queues``, ``export-session``, ``tick``, ``task-contract``; planning and evaluation:
+``plan-capacity``, ``evaluate``."""
 
 from __future__ import annotations
 
@@ -451,8 +451,10 @@ def task_contract_cmd(
 
 
 from capacity.cli import plan_capacity  # noqa: E402 - registered on the app below
+from evaluation.cli import evaluate  # noqa: E402
 
 cli.command("plan-capacity")(plan_capacity)
+cli.command("evaluate")(evaluate)
 
 
 def main() -> None:

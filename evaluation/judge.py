@@ -1,0 +1,50 @@
+"""The analysis model as judge: JSON verdicts under ``prompts/schemas/judge_*.json``.
+
+The judge runs in the evaluating process on the ``analysis`` role (``ANALYSIS_*`` settings,
+falling back to ``LLM_*``), through :meth:`inference.llm.ChatModel.complete_json`: broken JSON
+is repaired, invalid output retried; a judge that still fails gives None (the reply then
+counts as unjudged and is left out of the shares, and the report says how many).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import prompts
+from inference.llm import ModelError, chat_model
+from prompts.outputs import ConsistencyVerdict, ReplyVerdict
+
+log = logging.getLogger(__name__)
+
+LORE_CHARS = 1200  # the lore entry as the judge sees it (a small model's context is short)
+
+
+def judge_reply(npc_name: str, lore: str, player_text: str, npc_text: str) -> ReplyVerdict | None:
+    """Does ``npc_text`` contradict ``lore``, and what is its tone? None if the judge gave
+    no valid verdict (model error or invalid output after retries)."""
+    msgs = prompts.messages("judge_reply", npc_name=npc_name, lore=lore[:LORE_CHARS],
+                            player_text=player_text, npc_text=npc_text)
+    try:
+        verdict, _ = chat_model("analysis").complete_json(
+            msgs, ReplyVerdict, prompts.schema("judge_reply"), max_tokens=120,
+            temperature=0.0, schema_name="judge_reply")
+        return verdict
+    except ModelError as exc:
+        log.warning("judge gave no reply verdict: %s", exc)
+        return None
+
+
+def judge_consistency(npc_name: str, question: str, first: str,
+                      second: str) -> ConsistencyVerdict | None:
+    """Do two replies to the same ``question`` agree? None if the judge gave no valid
+    verdict."""
+    msgs = prompts.messages("judge_consistency", npc_name=npc_name, question=question,
+                            first=first, second=second)
+    try:
+        verdict, _ = chat_model("analysis").complete_json(
+            msgs, ConsistencyVerdict, prompts.schema("judge_consistency"), max_tokens=100,
+            temperature=0.0, schema_name="judge_consistency")
+        return verdict
+    except ModelError as exc:
+        log.warning("judge gave no consistency verdict: %s", exc)
+        return None
