@@ -41,8 +41,9 @@ def render_markdown(results: list[EvaluationResult]) -> str:
         for g in r.gates:
             cmp = ">=" if g.op == "min" else "<="
             unit = f" {g.unit}" if g.unit else ""
-            lines.append(f"| {g.name} | {g.kind} | {_fmt(g.value)}{unit if g.value is not None else ''}"
-                         f" | {cmp} {_fmt(g.threshold)}{unit} | {g.status} |")
+            value = _fmt(g.value) + (unit if g.value is not None else "")
+            lines.append(f"| {g.name} | {g.kind} | {value} | {cmp} {_fmt(g.threshold)}{unit} "
+                         f"| {g.status} |")
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in r.metrics.items()]
         if r.records:

@@ -202,7 +202,8 @@ def test_evaluate_both_scenarios_end_to_end(server, saltmere, tmp_path):
     assert h["throughput_rps"] > 0 and 0 < h["p50_latency_ms"] <= h["p95_latency_ms"]
     assert h["peak_memory_mb"] > 10
     assert any("no zombie NPC" in n for n in horde["notes"])  # Saltmere has none
-    print(f"\nvampire (2 turns): p50 {m['p50_latency_ms']:.0f} ms, p95 {m['p95_latency_ms']:.0f} ms,"
+    print(f"\nvampire (2 turns): p50 {m['p50_latency_ms']:.0f} ms, "
+          f"p95 {m['p95_latency_ms']:.0f} ms,"
           f" lore {m['lore_accuracy']}, consistency {m['consistency']}, sentiment "
           f"{m['sentiment_fit']}; horde (4): p50 {h['p50_latency_ms']:.0f} ms, p95 "
           f"{h['p95_latency_ms']:.0f} ms, {h['throughput_rps']:.2f} req/s, server "
