@@ -8,6 +8,7 @@ import time
 from celery import current_app
 
 from inference import calls
+from inference.lora import routing
 from memory import nearline
 from memory.db import session_scope
 from memory.simulation import (
@@ -89,6 +90,18 @@ def _enqueue_updates(p: SimulationPayload, did: dict[str, str], clock: int) -> N
             idempotency_key=f"{p.tick_id}:{p.session_id}:{key}"))
 
 
+def _route(r, archetypes: list[str | None]) -> routing.ModelRoute:
+    """One simulation call covers several NPCs: it uses their archetype's ``action_policy``
+    adapter when they share one archetype, else the base model (an adapter speaks for one
+    archetype; mixing would put one archetype's policy in the others' mouths)."""
+    names = {routing.registry.normalise(a) for a in archetypes}
+    if len(names) == 1:
+        return routing.resolve(r, "simulation", archetype=names.pop())
+    base = routing.resolve(r, "simulation")
+    return routing.ModelRoute(base.purpose, base.role, base.backend, base.model,
+                              reason=f"{base.reason}; mixed archetypes")
+
+
 def _simulate(p: SimulationPayload, r) -> dict:
     earlier = nearline.get_tick_result(r, p.session_id, p.tick_id)
     if earlier is not None:  # a re-run of this tick: send the same updates again (idempotent)
@@ -110,6 +123,7 @@ def _simulate(p: SimulationPayload, r) -> dict:
         place_keys = sorted({k for c in chosen for k in (c.entry.relations or {}).get("located_in", [])})
         places = [{"key": k, "title": k.rsplit("_", 1)[0]} for k in place_keys][:3]
         world_title = world.title
+        archetypes = [c.entry.archetype for c in chosen]
         tick_minutes = world.tick_game_minutes or s_.tick_game_minutes
     recent = [t["player_text"][:120] for t in nearline.recent_turns(r, p.session_id, 3)]
     sess = nearline.get_session(r, p.session_id) or {}
@@ -130,8 +144,10 @@ def _simulate(p: SimulationPayload, r) -> dict:
         return trace
     clock = nearline.advance_clock_once(r, p.session_id, p.tick_id, tick_minutes)
     now_text = nearline.format_game_time(clock)
+    route = _route(r, archetypes[:n])
+    trace["model"] = route.as_dict()
     out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
-                                 max_tokens=completion)
+                                 max_tokens=completion, route=route)
     did = {}
     for u in out.updates:
         did.setdefault(u.lore_entry_id, u.update_summary)
