@@ -250,7 +250,8 @@ class FakeVllm:
     - ``POST /v1/unload_lora_adapter {"lora_name"}``: 200 text; 404 ``The lora adapter
       '<name>' cannot be found.``;
     - ``POST /v1/chat/completions``: ``model`` must be the base model or a loaded adapter,
-      else 404 ``The model `<model>` does not exist.``; the reply text names the model.
+      else 404 ``The model `<model>` does not exist.``; the reply is ``chat_content(body)``
+      (default: a line naming the model).
 
     Errors are vLLM's body ``{"error": {"message", "type", "param", "code"}}``.
     ``load_delay_s`` makes a load take that long (between its check and its registration, as
@@ -267,6 +268,8 @@ class FakeVllm:
         self.fail_loads: deque[int] = deque()
         self.load_requests = self.loads = self.unloads = 0
         self.chat_models: list[str] = []
+        self.chat_content: Callable[[dict], str] = lambda body: (
+            f"[{body.get('model')}] Well met, traveller.")
         self._state = threading.Lock()
 
     @property
@@ -313,7 +316,7 @@ class FakeVllm:
                 self.chat_models.append(model)
             if not known:
                 return openai_error(404, f"The model `{model}` does not exist.")
-            return openai_chat(f"[{model}] Well met, traveller.", model=model)
+            return openai_chat(self.chat_content(body), model=model)
         return Reply(404, {"detail": "Not Found"})
 
     def _load(self, body: dict) -> Reply:

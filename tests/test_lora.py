@@ -262,6 +262,31 @@ def test_simulation_of_mixed_archetypes_uses_the_base_model(r, vllm, tmp_path):
     assert mixed.adapter is None and "mixed archetypes" in mixed.reason
 
 
+def test_world_simulation_uses_the_archetypes_action_policy_adapter(r, vllm, world, tmp_path):
+    """A tick whose simulated NPCs share an archetype makes its call with that archetype's
+    ``action_policy`` adapter, and its trace says so."""
+    from models import GameSession
+    from tasks.payloads import SimulationPayload
+    from tasks.simulate_world import _simulate
+
+    name = _name()
+    provision(r, tmp_path, name, vllm.url)
+    for key in ("count_v", "miller"):
+        npc_with(r, world, key, name)
+    sid = uuid.uuid4().hex
+    with session_scope() as s:
+        s.add(GameSession(id=sid, world_id=world["id"]))
+    nearline.open_session(r, sid, world["id"], "tester")
+    vllm.chat_content = lambda body: json.dumps({"updates": [
+        {"lore_entry_id": "count_v", "update_summary": "Count V walked the crypt at dusk."}]})
+    try:
+        result = _simulate(SimulationPayload(session_id=sid, tick_id="t-1"), r)
+    finally:
+        r.delete("note_update")
+    assert result["model"]["adapter"] == vllm.chat_models[-1] == f"{name}-action_policy-v1"
+    assert result["did"] == {"count_v": "Count V walked the crypt at dusk."}
+
+
 def test_mistral_routes_to_the_fine_tuned_model_id(r, configure, tmp_path):
     configure(GENERATION_BACKEND="mistral", GENERATION_MODEL="mistral-small-latest")
     name = _name()
