@@ -8,6 +8,7 @@ import time
 from celery import current_app
 
 from inference import calls
+from inference.llm import ModelError
 from inference.lora import routing
 from memory import nearline
 from memory.db import session_scope
@@ -146,8 +147,16 @@ def _simulate(p: SimulationPayload, r) -> dict:
     now_text = nearline.format_game_time(clock)
     route = _route(r, archetypes[:n])
     trace["model"] = route.as_dict()
-    out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
-                                 max_tokens=completion, route=route)
+    try:
+        out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
+                                     max_tokens=completion, route=route)
+    except ModelError as exc:  # the server lost the adapter (restart): load it again, once
+        if not routing.forget_if_unloaded(r, route, exc):
+            raise
+        route = _route(r, archetypes[:n])
+        trace["model"] = route.as_dict()
+        out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
+                                     max_tokens=completion, route=route)
     did = {}
     for u in out.updates:
         did.setdefault(u.lore_entry_id, u.update_summary)

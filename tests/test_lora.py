@@ -534,3 +534,24 @@ def test_turn_uses_the_archetype_adapter_with_no_database_query(client, vllm, wo
     assert "route;dur=" in first.headers["server-timing"]
     assert second.json()["adapter"] is None and second.json()["model"] == BASE
     assert vllm.loads == 1
+
+
+def test_turn_reloads_an_adapter_the_server_lost(client, vllm, world, tmp_path):
+    """vLLM restarted (it forgets runtime adapters) while Redis still lists the adapter as
+    loaded: the call's 404 makes the coordinator forget it, load it again, and retry once."""
+    name = _name()
+    make_adapters(tmp_path, name)
+    assert client.post("/v1/archetypes/provision", json={
+        "root": str(tmp_path), "server_url": vllm.url}).status_code == 201
+    client.put(f"/v1/worlds/{world['key']}/characters/count_v/archetype", json={"archetype": name})
+    sid = client.post("/v1/sessions", json={"world": world["key"]}).json()["session_id"]
+    try:
+        turn = {"npc_id": "count_v", "player_text": "Good evening, Count."}
+        assert client.post(f"/v1/sessions/{sid}/turns", json=turn).json()["adapter"]
+        vllm.loaded.clear()  # the restart
+        res = client.post(f"/v1/sessions/{sid}/turns", json=turn)
+    finally:
+        nearline.get_redis().delete("analysis", "archive", "simulate_world")
+    assert res.status_code == 200, res.text
+    assert res.json()["adapter"] == f"{name}-dialogue_style-v1"
+    assert vllm.loads == 2

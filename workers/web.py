@@ -351,8 +351,15 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
         route = routing.resolve(r, "dialogue", npc=npc)
     lap("route")
     try:
-        reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
-                                     cards=cards_text, memories=memories_text, route=route)
+        try:
+            reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
+                                         cards=cards_text, memories=memories_text, route=route)
+        except ModelError as exc:  # the server lost the adapter (restart): load it again
+            if not routing.forget_if_unloaded(r, route, exc):
+                raise
+            route = routing.resolve(r, "dialogue", npc=npc)
+            reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
+                                         cards=cards_text, memories=memories_text, route=route)
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
     lap("model")

@@ -182,3 +182,16 @@ def resolve(r: redis.Redis, purpose: str, *, npc: dict | None = None,
     return ModelRoute(purpose, role, backend, name, base_url=server_url, adapter=name,
                       archetype=arch, reason=f"{arch} {task} adapter"
                       + ("" if loaded or ensure else " (not loaded)"))
+
+
+def forget_if_unloaded(r: redis.Redis, route: ModelRoute, exc: BaseException) -> bool:
+    """After a failed call on ``route``: True when the server did not know the adapter (vLLM
+    404 for the model: it restarted, or another client unloaded it), which is then forgotten
+    so that resolving the route again loads it; the caller retries once. False otherwise."""
+    import openai
+
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if route.adapter is None or route.base_url is None or not isinstance(cause, openai.NotFoundError):
+        return False
+    get_coordinator(r).forget(route.base_url, route.adapter)
+    return True
