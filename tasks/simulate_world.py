@@ -9,6 +9,7 @@ from celery import current_app
 
 from inference import calls
 from inference.llm import ModelError
+from inference.lora import registry as lora_registry
 from inference.lora import routing
 from memory import nearline
 from memory.db import session_scope
@@ -62,7 +63,9 @@ def simulate_world(p: SimulationPayload, ctx: TaskContext) -> dict:
     key ``{tick_id}:{session_id}:{entry key}``, cause ``simulation``).
 
     Returns the tick's trace: chosen NPCs with their scores and signals, the ones left
-    waiting, updates enqueued, model calls and tokens, in-game time before and after.
+    waiting, updates enqueued, model calls and tokens, in-game time before and after, and
+    the model route of the call (``model``: the simulated NPCs' archetype's ``action_policy``
+    adapter when they share an archetype, ``inference.lora.routing``).
     """
     r = nearline.get_redis()
     try:
@@ -95,7 +98,7 @@ def _route(r, archetypes: list[str | None]) -> routing.ModelRoute:
     """One simulation call covers several NPCs: it uses their archetype's ``action_policy``
     adapter when they share one archetype, else the base model (an adapter speaks for one
     archetype; mixing would put one archetype's policy in the others' mouths)."""
-    names = {routing.registry.normalise(a) for a in archetypes}
+    names = {lora_registry.normalise(a) for a in archetypes}
     if len(names) == 1:
         return routing.resolve(r, "simulation", archetype=names.pop())
     base = routing.resolve(r, "simulation")
