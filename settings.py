@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ROOT = Path(__file__).resolve().parent
 
 Backend = Literal["llamacpp", "vllm", "openai", "mistral"]
+ROLES = ("generation", "analysis", "maintenance")
 
 
 class Settings(BaseSettings):
@@ -158,13 +159,30 @@ class Settings(BaseSettings):
     eval_max_memory_mb: float = Field(2048.0, gt=0, description=(
         "peak resident memory of the dialogue server process, MB (its /metrics)"))
 
+    # Archetype LoRA adapters (inference/lora, seeds 000/001): which adapter task a call of
+    # each purpose uses (LORA_PURPOSE_TASKS, JSON), how many adapters one vLLM server keeps
+    # loaded before the least recently used is unloaded, the base model adapters must be
+    # trained on (empty: the generation role's model), and the load call's limits
+    lora_purpose_tasks: dict[str, str] = Field(
+        default_factory=lambda: {"dialogue": "dialogue_style", "simulation": "action_policy",
+                                 "analysis": "social_dynamics"},
+        description="call purpose -> adapter task (dialogue, simulation, analysis)")
+    lora_max_loaded_adapters: int = Field(35, ge=1, description=(
+        "adapters loaded per model server before LRU unloading (5 archetypes x 7)"))
+    lora_base_model: str = Field("", description=(
+        "base_model_name_or_path the adapters must name; empty = the generation model"))
+    lora_load_timeout_s: float = Field(120.0, gt=0)
+    lora_load_attempts: int = Field(4, ge=1, description="tries of a load answered 5xx")
+    lora_lock_timeout_s: float = Field(180.0, gt=0, description=(
+        "longest wait for another process's load on the same server"))
+
     def role(self, role: str) -> tuple[str, str, str]:
         """Return ``(backend, base_url, model)`` for ``role`` in generation/analysis/maintenance.
 
         Raises:
             ValueError: unknown role.
         """
-        if role not in ("generation", "analysis", "maintenance"):
+        if role not in ROLES:
             raise ValueError(f"unknown model role {role!r}")
         return (
             getattr(self, f"{role}_backend") or self.llm_backend,

@@ -7,10 +7,14 @@ callables, so the domain logic runs the same with any backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import prompts
 from inference.llm import chat_model
 from prompts.outputs import AnalysisOutput, CreatedEntity, SessionSummary, SimulationOutput
+
+if TYPE_CHECKING:
+    from inference.lora.routing import ModelRoute
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class Reply:
 
 def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
                    player_text: str, max_tokens: int = 80, cards: str = "",
-                   memories: str = "") -> Reply:
+                   memories: str = "", route: ModelRoute | None = None) -> Reply:
     """The NPC's in-character reply (generation role).
 
     Args:
@@ -36,11 +40,13 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
             budget (``memory.cards.render_cards``; '' when none).
         memories: the session summary and the NPC's salient memories, already within their
             budget (``memory.summaries.render_memories``; '' when none).
+        route: the NPC's model route (``inference.lora.routing.resolve``, purpose
+            ``dialogue``): its archetype's adapter; None: the generation role's model.
 
     Raises:
         inference.llm.ModelError: the model failed.
     """
-    model = chat_model("generation")
+    model = route.chat_model() if route is not None else chat_model("generation")
     msgs = prompts.messages("dialogue", npc=npc, note=note, cards=cards, memories=memories,
                             recent_turns=recent,
                             retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text)
@@ -111,7 +117,8 @@ def simulation_messages(world_title: str, elapsed: str, now: str, targets: list[
 
 
 def simulate(world_title: str, elapsed: str, now: str, targets: list[dict], places: list[dict],
-             recent: list[str], max_tokens: int = 700) -> tuple[SimulationOutput, int]:
+             recent: list[str], max_tokens: int = 700,
+             route: ModelRoute | None = None) -> tuple[SimulationOutput, int]:
     """What off-screen characters did (maintenance role, seed 004's simulation prompt).
 
     Args:
@@ -120,6 +127,8 @@ def simulate(world_title: str, elapsed: str, now: str, targets: list[dict], plac
         targets: ``[{key, title, content, note}]``; the answer may only name these keys and
             the ``places`` (``[{key, title}]``), an enum in the JSON schema.
         max_tokens: completion budget of the call.
+        route: the model route (purpose ``simulation``: the targets' archetype's
+            ``action_policy`` adapter); None: the maintenance role's model.
 
     Returns:
         The parsed output and the tokens the call used (prompt + completion).
@@ -132,9 +141,9 @@ def simulate(world_title: str, elapsed: str, now: str, targets: list[dict], plac
     # one update per target (and place) at most: a small model otherwise repeats items
     schema["properties"]["updates"]["maxItems"] = min(len(ids), schema["properties"]["updates"]["maxItems"])
     msgs = simulation_messages(world_title, elapsed, now, targets, places, recent)
-    return chat_model("maintenance").complete_json(msgs, SimulationOutput, schema,
-                                                   max_tokens=max_tokens, temperature=0.5,
-                                                   schema_name="simulation")
+    model = route.chat_model() if route is not None else chat_model("maintenance")
+    return model.complete_json(msgs, SimulationOutput, schema, max_tokens=max_tokens,
+                               temperature=0.5, schema_name="simulation")
 
 
 def summarize_session(player_name: str, previous: str, turns: list[dict],

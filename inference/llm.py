@@ -97,16 +97,19 @@ class ChatModel:
     Args:
         role: ``generation``, ``analysis`` or ``maintenance``; backend, base URL and model
             come from the settings (``{ROLE}_BACKEND`` etc., falling back to ``LLM_*``).
-        model: override the model name (e.g. a LoRA adapter name on vLLM).
+        model: override the model name (e.g. a LoRA adapter name on vLLM, a fine-tuned model
+            id on Mistral).
+        base_url: override the server (an archetype's own vLLM server, ``inference.lora``).
 
     Raises:
         ValueError: unknown role.
     """
 
-    def __init__(self, role: str, model: str | None = None):
+    def __init__(self, role: str, model: str | None = None, base_url: str | None = None):
         s = get_settings()
         self.role = role
-        self.backend, self.base_url, default_model = s.role(role)
+        self.backend, default_url, default_model = s.role(role)
+        self.base_url = base_url or default_url
         self.model = model or default_model
         self.max_attempts = max(1, s.llm_max_retries + 1)
         if self.backend == "mistral":
@@ -114,7 +117,7 @@ class ChatModel:
 
             self._mistral = Mistral(
                 api_key=s.mistral_api_key,
-                server_url=s.mistral_server_url,
+                server_url=base_url or s.mistral_server_url,
                 timeout_ms=int(s.llm_timeout_s * 1000),
             )
         else:
@@ -277,3 +280,11 @@ def parse_json(text: str) -> Any:
 def chat_model(role: str) -> ChatModel:
     """The process-wide ChatModel of ``role`` (clients are reused across calls)."""
     return ChatModel(role)
+
+
+@lru_cache(maxsize=256)
+def routed_chat_model(role: str, model: str, base_url: str | None = None) -> ChatModel:
+    """The process-wide ChatModel of ``role`` calling ``model`` on ``base_url`` (a routed
+    LoRA adapter or fine-tuned model, ``inference.lora.routing``); one client per server and
+    model, reused across calls."""
+    return ChatModel(role, model=model, base_url=base_url)

@@ -4,6 +4,8 @@ Key layout (all strings UTF-8; JSON values):
 
 - ``world:{world_id}:entry:{lore_entry_id}``  JSON ``{id, key, title, content, entity_type}``
 - ``world:{world_id}:keys``                    hash  entry key -> lore entry id
+- ``world:{world_id}:archetypes``              hash  lore entry id -> character's archetype
+  (lower-case; read by ``inference.lora.routing``)
 - ``session:{session_id}``                     hash  world_id, player_name, created_at,
   game_minutes (the in-game clock), every_turns (a world tick every N turns, 0 off),
   tick_minutes (in-game minutes per tick)
@@ -97,6 +99,9 @@ def cache_entries(r: redis.Redis, world_id: int, entries, session_id: str | None
         pipe.set(f"world:{world_id}:entry:{doc['id']}", json.dumps(doc))
         keys = f"session:{session_id}:keys" if session_id else f"world:{world_id}:keys"
         pipe.hset(keys, doc["key"], doc["id"])
+        archetype = (getattr(entry, "archetype", None) or "").strip().lower()
+        if archetype and doc["entity_type"] == "character":  # the LoRA router's lookup
+            pipe.hset(f"world:{world_id}:archetypes", doc["id"], archetype)
     pipe.execute()
 
 

@@ -1,10 +1,11 @@
 """SQLAlchemy 2 models: the canon (worlds, lore entries), the sessions and their archive, the
 session-note overlay with its revisions, the task ledger and dead letters, stored vectors, and
-the archived memory cards with their events.
+the archived memory cards with their events, the archetype adapter registry.
 
 Import ``Base`` from here so that Alembic sees every table.
 """
 
+from models.archetypes import Adapter, Archetype
 from models.base import Base
 from models.cards import CardEvent, NpcCard
 from models.ledger import DeadLetter, TaskRecord
@@ -14,6 +15,8 @@ from models.vectors import StoredVector
 from models.world import LoreEntry, World
 
 __all__ = [
+    "Adapter",
+    "Archetype",
     "AppliedNoteEvent",
     "Base",
     "CardEvent",

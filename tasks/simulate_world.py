@@ -8,6 +8,9 @@ import time
 from celery import current_app
 
 from inference import calls
+from inference.llm import ModelError
+from inference.lora import registry as lora_registry
+from inference.lora import routing
 from memory import nearline
 from memory.db import session_scope
 from memory.simulation import (
@@ -60,7 +63,9 @@ def simulate_world(p: SimulationPayload, ctx: TaskContext) -> dict:
     key ``{tick_id}:{session_id}:{entry key}``, cause ``simulation``).
 
     Returns the tick's trace: chosen NPCs with their scores and signals, the ones left
-    waiting, updates enqueued, model calls and tokens, in-game time before and after.
+    waiting, updates enqueued, model calls and tokens, in-game time before and after, and
+    the model route of the call (``model``: the simulated NPCs' archetype's ``action_policy``
+    adapter when they share an archetype, ``inference.lora.routing``).
     """
     r = nearline.get_redis()
     try:
@@ -89,6 +94,18 @@ def _enqueue_updates(p: SimulationPayload, did: dict[str, str], clock: int) -> N
             idempotency_key=f"{p.tick_id}:{p.session_id}:{key}"))
 
 
+def _route(r, archetypes: list[str | None]) -> routing.ModelRoute:
+    """One simulation call covers several NPCs: it uses their archetype's ``action_policy``
+    adapter when they share one archetype, else the base model (an adapter speaks for one
+    archetype; mixing would put one archetype's policy in the others' mouths)."""
+    names = {lora_registry.normalise(a) for a in archetypes}
+    if len(names) == 1:
+        return routing.resolve(r, "simulation", archetype=names.pop())
+    base = routing.resolve(r, "simulation")
+    return routing.ModelRoute(base.purpose, base.role, base.backend, base.model,
+                              reason=f"{base.reason}; mixed archetypes")
+
+
 def _simulate(p: SimulationPayload, r) -> dict:
     earlier = nearline.get_tick_result(r, p.session_id, p.tick_id)
     if earlier is not None:  # a re-run of this tick: send the same updates again (idempotent)
@@ -110,6 +127,7 @@ def _simulate(p: SimulationPayload, r) -> dict:
         place_keys = sorted({k for c in chosen for k in (c.entry.relations or {}).get("located_in", [])})
         places = [{"key": k, "title": k.rsplit("_", 1)[0]} for k in place_keys][:3]
         world_title = world.title
+        archetypes = [c.entry.archetype for c in chosen]
         tick_minutes = world.tick_game_minutes or s_.tick_game_minutes
     recent = [t["player_text"][:120] for t in nearline.recent_turns(r, p.session_id, 3)]
     sess = nearline.get_session(r, p.session_id) or {}
@@ -130,8 +148,18 @@ def _simulate(p: SimulationPayload, r) -> dict:
         return trace
     clock = nearline.advance_clock_once(r, p.session_id, p.tick_id, tick_minutes)
     now_text = nearline.format_game_time(clock)
-    out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
-                                 max_tokens=completion)
+    route = _route(r, archetypes[:n])
+    trace["model"] = route.as_dict()
+    try:
+        out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
+                                     max_tokens=completion, route=route)
+    except ModelError as exc:  # the server lost the adapter (restart): load it again, once
+        if not routing.forget_if_unloaded(r, route, exc):
+            raise
+        route = _route(r, archetypes[:n])
+        trace["model"] = route.as_dict()
+        out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
+                                     max_tokens=completion, route=route)
     did = {}
     for u in out.updates:
         did.setdefault(u.lore_entry_id, u.update_summary)

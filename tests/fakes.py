@@ -232,3 +232,110 @@ def mistral_embeddings(vectors_for: Callable[[list[str]], np.ndarray], *, order:
                            "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs),
                                      "completion_tokens": 0}})
     return respond
+
+
+# --- vLLM with runtime LoRA updating --------------------------------------------------------
+
+class FakeVllm:
+    """vLLM's OpenAI-compatible server with ``--enable-lora`` and
+    ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1``, over a :class:`FakeServer` (NOTES.md, vLLM's
+    ``serving_models.py``):
+
+    - ``GET /v1/models``: the base model, then each loaded adapter (``root`` its path,
+      ``parent`` the base);
+    - ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}``: 200 text ``Success: LoRA
+      adapter '<name>' added successfully.``; 400 ``The lora adapter '<name>' has already
+      been loaded.``; 400 when a field is missing; 404 ``Loading lora <name> failed: No
+      adapter found for <path>`` when ``<path>/adapter_config.json`` does not exist;
+    - ``POST /v1/unload_lora_adapter {"lora_name"}``: 200 text; 404 ``The lora adapter
+      '<name>' cannot be found.``;
+    - ``POST /v1/chat/completions``: ``model`` must be the base model or a loaded adapter,
+      else 404 ``The model `<model>` does not exist.``; the reply is ``chat_content(body)``
+      (default: a line naming the model).
+
+    Errors are vLLM's body ``{"error": {"message", "type", "param", "code"}}``.
+    ``load_delay_s`` makes a load take that long (between its check and its registration, as
+    vLLM awaits the engine there); ``fail_loads`` queues HTTP statuses (5xx) that the next
+    loads answer instead. ``load_requests`` counts load POSTs, ``loads`` successful loads.
+    """
+
+    def __init__(self, base_model: str = "base-model", load_delay_s: float = 0.0):
+        self.http = FakeServer()
+        self.http.default = self._respond
+        self.base_model = base_model
+        self.load_delay_s = load_delay_s
+        self.loaded: dict[str, str] = {}
+        self.fail_loads: deque[int] = deque()
+        self.load_requests = self.loads = self.unloads = 0
+        self.chat_models: list[str] = []
+        self.chat_content: Callable[[dict], str] = lambda body: (
+            f"[{body.get('model')}] Well met, traveller.")
+        self._state = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL (``.../v1``)."""
+        return f"{self.http.url}/v1"
+
+    def __enter__(self) -> "FakeVllm":
+        self.http.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.http.__exit__(*exc)
+
+    def _respond(self, req: Request) -> Reply:
+        path = req.path.split("?")[0]
+        body = req.body if isinstance(req.body, dict) else {}
+        if req.method == "GET" and path == "/v1/models":
+            now = int(time.time())
+            data = [{"id": self.base_model, "object": "model", "created": now,
+                     "owned_by": "vllm", "root": self.base_model, "parent": None,
+                     "max_model_len": 2048}]
+            with self._state:
+                data += [{"id": n, "object": "model", "created": now, "owned_by": "vllm",
+                          "root": p, "parent": self.base_model, "max_model_len": 2048}
+                         for n, p in self.loaded.items()]
+            return Reply(200, {"object": "list", "data": data})
+        if req.method == "GET" and path == "/health":
+            return Reply(200, "")
+        if path == "/v1/load_lora_adapter":
+            return self._load(body)
+        if path == "/v1/unload_lora_adapter":
+            name = body.get("lora_name")
+            with self._state:
+                if name not in self.loaded:
+                    return openai_error(404, f"The lora adapter '{name}' cannot be found.")
+                del self.loaded[name]
+                self.unloads += 1
+            return Reply(200, f"Success: LoRA adapter '{name}' removed successfully.")
+        if path == "/v1/chat/completions":
+            model = body.get("model")
+            with self._state:
+                known = model == self.base_model or model in self.loaded
+                self.chat_models.append(model)
+            if not known:
+                return openai_error(404, f"The model `{model}` does not exist.")
+            return openai_chat(self.chat_content(body), model=model)
+        return Reply(404, {"detail": "Not Found"})
+
+    def _load(self, body: dict) -> Reply:
+        name, path = body.get("lora_name"), body.get("lora_path")
+        with self._state:
+            self.load_requests += 1
+            if self.fail_loads:
+                return openai_error(self.fail_loads.popleft(), "engine unavailable",
+                                    retry_after="0")
+            if not name or not path:
+                return openai_error(400, "Both 'lora_name' and 'lora_path' must be provided.")
+            if name in self.loaded:
+                return openai_error(400, f"The lora adapter '{name}' has already been loaded.")
+        time.sleep(self.load_delay_s)
+        from pathlib import Path
+
+        if not (Path(path) / "adapter_config.json").is_file():
+            return openai_error(404, f"Loading lora {name} failed: No adapter found for {path}")
+        with self._state:
+            self.loaded[name] = path
+            self.loads += 1
+        return Reply(200, f"Success: LoRA adapter '{name}' added successfully.")

@@ -8,7 +8,10 @@ Measured in this process as they happen:
   (``event``; a duplicate ``event_id`` is not counted);
 - ``npc_model_call_duration_seconds{role, backend, outcome}`` and
   ``npc_model_tokens_total{role, kind}`` (``kind``: prompt/completion): every
-  ``inference.llm.ChatModel`` call made by this process (through ``add_call_observer``).
+  ``inference.llm.ChatModel`` call made by this process (through ``add_call_observer``);
+- ``npc_lora_loads_total{server, outcome}``, ``npc_lora_unloads_total{server, outcome}`` and
+  ``npc_lora_fallbacks_total{archetype, reason}``: archetype adapter loads, LRU unloads and
+  base-model fallbacks of this process (``inference.lora``, through ``add_lora_observer``).
 
 Read from the stores at scrape time, reused for ``METRICS_CACHE_S`` seconds so frequent
 scrapes do not hammer the database (:class:`StoreCollector`):
@@ -40,6 +43,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inference.llm import Completion, add_call_observer
+from inference.lora.coordinator import add_lora_observer
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
@@ -70,6 +74,29 @@ def observe_model_call(role: str, backend: str, seconds: float, done: Completion
 
 
 add_call_observer(observe_model_call)
+
+LORA_LOADS = Counter("npc_lora_loads", "LoRA adapter loads by this process per vLLM server and "
+                     "outcome (loaded/already_loaded/broken/failed)", ["server", "outcome"],
+                     registry=REGISTRY)
+LORA_UNLOADS = Counter("npc_lora_unloads", "LoRA adapter unloads (LRU) by this process per "
+                       "server and outcome (unloaded/not_loaded/failed)", ["server", "outcome"],
+                       registry=REGISTRY)
+LORA_FALLBACKS = Counter("npc_lora_fallbacks", "Calls of an NPC with an archetype that fell back "
+                         "to the base model, per archetype and reason (unregistered/no_adapter/"
+                         "broken/load_failed)", ["archetype", "reason"], registry=REGISTRY)
+
+
+def observe_lora(event: str, labels: dict) -> None:
+    """``inference.lora.coordinator`` observer: loads, unloads, fallbacks."""
+    if event == "load":
+        LORA_LOADS.labels(labels["server"], labels["outcome"]).inc()
+    elif event == "unload":
+        LORA_UNLOADS.labels(labels["server"], labels["outcome"]).inc()
+    elif event == "fallback":
+        LORA_FALLBACKS.labels(labels["archetype"], labels["reason"]).inc()
+
+
+add_lora_observer(observe_lora)
 
 
 def observe_request(method: str, route: str | None, status: int, seconds: float) -> None:

@@ -39,6 +39,8 @@ import celeryconfig
 from inference import calls
 from inference.embedding import get_embedder
 from inference.llm import ModelError
+from inference.lora import registry as lora_registry
+from inference.lora import routing
 from memory import nearline, ops, ranking, turns
 from memory.hot_cache import HotCache
 from memory.db import session_scope
@@ -47,7 +49,7 @@ from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
-from workers import auth, health, logging_setup, metrics, ops_api
+from workers import archetypes_api, auth, health, logging_setup, metrics, ops_api
 from workers.state import state
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,8 @@ async def lifespan(_app: FastAPI):
     state.sync.start_id()
     with session_scope() as s:
         loaded = load_from_db(state.index, s)
-    log.info("vector index loaded: %d vectors", loaded)
+        chains = lora_registry.publish_all(s, r)  # the router reads Redis only
+    log.info("vector index loaded: %d vectors; %d archetype chains published", loaded, chains)
     state.sync.start()
     state.celery = Celery("npc_memory-web")
     state.celery.config_from_object(celeryconfig)
@@ -222,6 +225,8 @@ class TurnOut(BaseModel):
     retrieved: list[str]
     model: str
     latency_ms: float
+    adapter: str | None = Field(None, description="the archetype's LoRA adapter, null: base")
+    route: str = Field("", description="why this model (inference.lora.routing)")
 
 
 def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None, **options) -> str:
@@ -298,7 +303,10 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
 
     The ``Server-Timing`` header gives the time of each stage in ms: ``context`` (hot cache
     and its Redis check), ``embed`` (the player's line), ``retrieve`` (index search, ranking
-    and the documents), ``model`` (generation), ``record`` (Redis and broker)."""
+    and the documents), ``route`` (the NPC's archetype adapter, ``inference.lora.routing``;
+    includes loading the adapter on its vLLM server the first time), ``model``
+    (generation), ``record`` (Redis and broker). ``model`` in the answer is what the call
+    named (the adapter on vLLM), ``adapter`` the archetype adapter or null, ``route`` why."""
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
     mark = [t0]
@@ -339,9 +347,19 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
                 doc = json.loads(raw_doc)
                 retrieved.append((doc["title"], raw_note.decode() if raw_note else doc["content"]))
     lap("retrieve")
+    with _turn_errors():  # the NPC's archetype adapter (Redis only; a load the first time)
+        route = routing.resolve(r, "dialogue", npc=npc)
+    lap("route")
     try:
-        reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
-                                     cards=cards_text, memories=memories_text)
+        try:
+            reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
+                                         cards=cards_text, memories=memories_text, route=route)
+        except ModelError as exc:  # the server lost the adapter (restart): load it again
+            if not routing.forget_if_unloaded(r, route, exc):
+                raise
+            route = routing.resolve(r, "dialogue", npc=npc)
+            reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
+                                         cards=cards_text, memories=memories_text, route=route)
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
     lap("model")
@@ -358,7 +376,7 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
                                    "latency_ms": round(latency_ms, 1), "model": reply.model})
     return TurnOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id, npc_name=npc["title"],
                    npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
-                   latency_ms=latency_ms)
+                   latency_ms=latency_ms, adapter=route.adapter, route=route.reason)
 
 
 @api.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
@@ -435,4 +453,6 @@ def tick(session_id: str) -> dict:
 
 app.include_router(api)
 app.include_router(ops_api.router,
+                   dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
+app.include_router(archetypes_api.router,
                    dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
