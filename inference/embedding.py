@@ -103,14 +103,31 @@ class OpenAIEmbedder:
         return _checked(out, len(texts), self.dim)
 
 
+EMBEDDER_KINDS = ("minilm", "mistral", "openai")
+
+
 @lru_cache(maxsize=1)
 def get_embedder() -> Embedder:
     """The process-wide embedder chosen by ``EMBEDDER`` (loaded once)."""
+    return make_embedder(get_settings().embedder)
+
+
+def make_embedder(kind: str) -> Embedder:
+    """A new embedder of ``kind`` (one of :data:`EMBEDDER_KINDS`) configured from the
+    settings (``EMBEDDING_MODEL``, ``MISTRAL_API_KEY``, ``MISTRAL_SERVER_URL``,
+    ``EMBEDDING_BASE_URL``, ...), whatever ``EMBEDDER`` says: ``npc-memory reindex
+    --embedder`` builds the target embedder of a switch with it.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    if kind not in EMBEDDER_KINDS:
+        raise ValueError(f"unknown embedder {kind!r}; one of {', '.join(EMBEDDER_KINDS)}")
     s = get_settings()
-    if s.embedder == "mistral":
+    if kind == "mistral":
         return MistralEmbedder(s.embedding_model, s.mistral_api_key, s.mistral_server_url,
                                s.llm_timeout_s, s.llm_max_retries + 1)
-    if s.embedder == "openai":
+    if kind == "openai":
         return OpenAIEmbedder(s.embedding_model, s.embedding_base_url or s.llm_base_url,
                               s.llm_api_key, timeout_s=s.llm_timeout_s,
                               max_attempts=s.llm_max_retries + 1)

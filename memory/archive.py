@@ -53,9 +53,13 @@ def _applied_at(event: dict) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc) if ts else datetime.now(timezone.utc)
 
 
+CARD_KINDS = ("relationship", "quest")
+
+
 def archive_cards(session: Session, session_id: str, npc_entry_id: int, cards: dict[str, dict],
                   events: list[dict]) -> dict:
-    """Archive card snapshots and the events applied to them (seed 000: Redis -> PostgreSQL).
+    """Archive card snapshots and the events applied to them (seed 000: Redis -> PostgreSQL);
+    one item of :func:`archive_card_batch`.
 
     Args:
         cards: ``{"relationship"|"quest": card dict}``, each with its ``rev``; a snapshot
@@ -72,26 +76,66 @@ def archive_cards(session: Session, session_id: str, npc_entry_id: int, cards: d
         ValueError: an unknown card kind.
         NotImplementedError: a database other than PostgreSQL or SQLite.
     """
-    snapshots = 0
-    for kind, card in cards.items():
-        if kind not in ("relationship", "quest"):
-            raise ValueError(f"unknown card kind {kind!r}")
-        ins = dialect_insert(session, NpcCard).values(
-            session_id=session_id, npc_entry_id=npc_entry_id, kind=kind, rev=int(card.get("rev", 0)),
-            card=card, updated_at=datetime.now(timezone.utc))
+    return archive_card_batch(session, [{"session_id": session_id, "npc_entry_id": npc_entry_id,
+                                         "cards": cards, "events": events}])[0]
+
+
+def archive_card_batch(session: Session, items: list[dict]) -> list[dict]:
+    """Archive the card snapshots and events of many ``archive_cards`` messages with two
+    statements: one multi-row ``INSERT ... ON CONFLICT (session_id, npc_entry_id, kind) DO
+    UPDATE ... WHERE stored.rev < new.rev`` for the snapshots (a higher ``rev`` wins) and one
+    multi-row ``INSERT ... ON CONFLICT (event_id) DO NOTHING`` for the events.
+
+    Args:
+        items: ``{"session_id", "npc_entry_id", "cards": {kind: card dict with rev},
+            "events": [applied event dict]}`` each (the fields of
+            ``tasks.payloads.CardArchivePayload``).
+
+    Within the batch, the snapshot with the highest ``rev`` per (session, NPC, kind) is the
+    one written (the first of equal revs), and an event id given twice is inserted once; it
+    is counted for the item that carried it first.
+
+    Returns:
+        one ``{"snapshots": rows written, "events": new events}`` per item, in order.
+
+    Raises:
+        ValueError: an unknown card kind (nothing written).
+        NotImplementedError: a database other than PostgreSQL or SQLite.
+    """
+    best: dict[tuple, tuple[int, dict]] = {}  # (session, npc, kind) -> (item index, row)
+    event_rows: dict[str, tuple[int, dict]] = {}  # event id -> (item index, row)
+    now = datetime.now(timezone.utc)
+    for i, item in enumerate(items):
+        sid, npc = item["session_id"], int(item["npc_entry_id"])
+        for kind, card in item["cards"].items():
+            if kind not in CARD_KINDS:
+                raise ValueError(f"unknown card kind {kind!r}")
+            key = (sid, npc, kind)
+            row = {"session_id": sid, "npc_entry_id": npc, "kind": kind,
+                   "rev": int(card.get("rev", 0)), "card": card, "updated_at": now}
+            if key not in best or row["rev"] > best[key][1]["rev"]:
+                best[key] = (i, row)
+        for e in item["events"]:
+            event_rows.setdefault(e["event_id"], (i, {
+                "event_id": e["event_id"], "session_id": sid, "npc_entry_id": npc,
+                "card": e["card"], "kind": e["kind"], "turn_id": e.get("turn_id"),
+                "seq": e.get("seq"), "data": e, "created_at": _applied_at(e)}))
+    out = [{"snapshots": 0, "events": 0} for _ in items]
+    if best:
+        ins = dialect_insert(session, NpcCard).values([row for _, row in best.values()])
         stmt = ins.on_conflict_do_update(
             index_elements=["session_id", "npc_entry_id", "kind"],
             set_={"rev": ins.excluded.rev, "card": ins.excluded.card,
                   "updated_at": ins.excluded.updated_at},
-            where=NpcCard.rev < ins.excluded.rev).returning(NpcCard.id)
+            where=NpcCard.rev < ins.excluded.rev,
+        ).returning(NpcCard.session_id, NpcCard.npc_entry_id, NpcCard.kind)
         # counted from RETURNING: SQLAlchemy 2.1 on psycopg reports INSERT rowcount as -1
-        snapshots += len(session.execute(stmt).all())
-    new_events = 0
-    if events:
-        rows = [{"event_id": e["event_id"], "session_id": session_id, "npc_entry_id": npc_entry_id,
-                 "card": e["card"], "kind": e["kind"], "turn_id": e.get("turn_id"),
-                 "seq": e.get("seq"), "data": e, "created_at": _applied_at(e)} for e in events]
-        stmt = dialect_insert(session, CardEvent).values(rows).on_conflict_do_nothing(
-            index_elements=["event_id"]).returning(CardEvent.id)
-        new_events = len(session.execute(stmt).all())
-    return {"snapshots": snapshots, "events": new_events}
+        for key in session.execute(stmt).all():
+            out[best[tuple(key)][0]]["snapshots"] += 1
+    if event_rows:
+        stmt = dialect_insert(session, CardEvent).values(
+            [row for _, row in event_rows.values()]).on_conflict_do_nothing(
+            index_elements=["event_id"]).returning(CardEvent.event_id)
+        for (event_id,) in session.execute(stmt).all():
+            out[event_rows[event_id][0]]["events"] += 1
+    return out

@@ -1,7 +1,8 @@
 """Operations on the memory pipeline (the reliability issue's operator surface, after seed 003's
 monitoring endpoints): roll a session note back, inspect an entity's composite document and
 revision history, show an NPC's memory cards, list/inspect/replay dead letters, list and retry
-a session's tasks from the ledger, and report queue lengths and workers.
+a session's tasks from the ledger, report queue lengths and workers, and trigger maintenance
+work: re-analyse a recorded turn, run a world tick now.
 
 Plain functions over a SQLAlchemy ``Session`` (and a Redis client or a ``send`` callable where
 they need one): no Celery app and no HTTP here, so the dialogue server (``workers.web``), the
@@ -19,6 +20,8 @@ has no queue; ``memory.notes.NoteConflict`` when a rollback keeps losing the ver
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -32,7 +35,9 @@ from memory import nearline
 from memory.composite import base_lore, composite_document
 from memory.notes import NoteConflict, commit_revision
 from memory.report import PENDING
-from models import DeadLetter, GameSession, LoreEntry, SessionNote, SessionNoteRevision, TaskRecord
+from models import (
+    DeadLetter, GameSession, LoreEntry, SessionNote, SessionNoteRevision, TaskRecord, Turn, World,
+)
 from models.base import utcnow
 
 Send = Callable[[str, dict], str]
@@ -474,3 +479,109 @@ def queue_status(r, active_queues: Callable[[], dict | None] | None = None) -> d
         except Exception as exc:  # noqa: BLE001
             errors.append(f"workers: {type(exc).__name__}: {exc}")
     return {"queues": queues, "workers": workers, "errors": errors}
+
+
+# --------------------------------------------------------------------------- maintenance triggers
+
+ANALYZE_TASK = "npc_memory.analyze_turn"
+WORLD_TICK_TASK = "npc_memory.world_tick"
+
+SendWithId = Callable[..., str]
+"""``(task_name, kwargs, task_id) -> task_id`` (``tasks.dispatch.Send``)."""
+
+
+def find_turn(session: Session, r, session_id: str, turn_id: str) -> tuple[dict, str]:
+    """A recorded turn of a session as ``analyze_turn`` kwargs, and where it was found.
+
+    Looked up in order: the session's recent turns in Redis (the last ``TURNS_CAP``) and the
+    turn outbox (``"redis"``); the task ledger's recorded payload of the turn's own
+    ``analyze_turn``/``archive_turn`` task (``"ledger"``); the turn archive (``"archive"``).
+    The archive keeps neither the speaker (a speaker other than the player is a ``"name: "``
+    prefix of ``player_text`` there) nor the in-game clock (``game_minutes`` 0).
+
+    Raises:
+        NotFound: unknown session, or no turn ``turn_id`` in that session.
+    """
+    from tasks.dispatch import TURN_TASKS, turn_task_id
+
+    game = _game(session, session_id)
+    for doc in reversed(nearline.recent_turns(r, session_id, nearline.TURNS_CAP)):
+        if doc.get("turn_id") == turn_id:
+            return doc, "redis"
+    raw = r.hget(nearline.OUTBOX_PAYLOADS, turn_id)
+    if raw is not None:
+        doc = json.loads(raw)
+        if doc.get("session_id") == session_id:
+            return doc, "redis"
+    payloads = session.scalars(select(TaskRecord.payload).where(
+        TaskRecord.task_id.in_([turn_task_id(n, turn_id) for n in TURN_TASKS]))).all()
+    for p in payloads:
+        if p and p.get("session_id") == session_id and p.get("turn_id") == turn_id:
+            return dict(p), "ledger"
+    t = session.get(Turn, turn_id)
+    if t is None or t.session_id != session_id:
+        raise NotFound(f"unknown turn {turn_id!r} in session {session_id!r}")
+    return {"turn_id": t.id, "session_id": t.session_id, "world_id": game.world_id, "seq": t.seq,
+            "npc_entry_id": t.npc_entry_id, "player_text": t.player_text, "npc_text": t.npc_text,
+            "latency_ms": t.latency_ms, "created_at": t.created_at.timestamp(),
+            "game_minutes": 0}, "archive"
+
+
+def reanalyze_turn(session: Session, r, session_id: str, turn_id: str,
+                   send: SendWithId) -> dict:
+    """Send ``npc_memory.analyze_turn`` again for a recorded turn (:func:`find_turn`).
+
+    The task id is new (``npc_memory.analyze_turn:{turn_id}:re-{12 hex}``): the turn's own id
+    ``npc_memory.analyze_turn:{turn_id}`` is skipped by ``tasks.base`` once it succeeded, so
+    re-sending it would run nothing. The analysis model is asked again, but the effects keep
+    the turn's idempotency keys: note updates ``{turn_id}:u{i}``, creations ``{turn_id}:c{i}``
+    and card events ``{turn_id}:r{i}``/``{turn_id}:q{i}`` that the first analysis applied are
+    not applied again; only positions it did not produce (it failed, was dead-lettered, or
+    produced fewer) take effect now.
+
+    Returns:
+        ``{"session_id", "turn_id", "source": "redis"|"ledger"|"archive", "task_name",
+        "task_id"}``.
+
+    Raises:
+        NotFound: unknown session or turn.
+        pydantic.ValidationError: the stored turn does not fit ``TurnPayload`` any more.
+    """
+    from tasks.dispatch import turn_task_id
+    from tasks.payloads import TurnPayload
+
+    doc, source = find_turn(session, r, session_id, turn_id)
+    kwargs = TurnPayload.model_validate(doc).model_dump(mode="json", exclude_none=True)
+    task_id = f"{turn_task_id(ANALYZE_TASK, turn_id)}:re-{uuid.uuid4().hex[:12]}"
+    send(ANALYZE_TASK, kwargs, task_id)
+    return {"session_id": session_id, "turn_id": turn_id, "source": source,
+            "task_name": ANALYZE_TASK, "task_id": task_id}
+
+
+def request_world_tick(session: Session, send: SendWithId, *, world_key: str | None = None,
+                       idle_after_s: float | None = None) -> dict:
+    """Send ``npc_memory.world_tick`` now: every session active within ``idle_after_s``
+    seconds (default ``SIMULATE_IDLE_AFTER_S``), or only those of world ``world_key``, gets
+    one ``simulate_world`` within the tick's budget (sessions whose simulation is still queued
+    or running are skipped, as on the beat's ticks). The tick id is the task id
+    (``manual-world-{32 hex}``); the tick's counts are its ledger result.
+
+    Returns:
+        ``{"world": key or None, "world_id", "task_name", "task_id", "tick_id"}``.
+
+    Raises:
+        NotFound: unknown world key.
+    """
+    from tasks.payloads import TickPayload
+
+    world_id = None
+    if world_key is not None:
+        world = session.scalar(select(World).where(World.key == world_key))
+        if world is None:
+            raise NotFound(f"unknown world {world_key!r}")
+        world_id = world.id
+    payload = TickPayload(idle_after_s=idle_after_s, world_id=world_id)
+    task_id = f"manual-world-{uuid.uuid4().hex}"
+    send(WORLD_TICK_TASK, payload.model_dump(mode="json", exclude_none=True), task_id)
+    return {"world": world_key, "world_id": world_id, "task_name": WORLD_TICK_TASK,
+            "task_id": task_id, "tick_id": task_id}

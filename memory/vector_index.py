@@ -9,6 +9,13 @@ scope minus the entries the session has its own document for.
 The stored vectors (``stored_vectors`` table) are the source of truth; ``load_from_db``
 rebuilds an index from them and ``VectorSync`` keeps it current from the ``vectors:updates``
 Redis stream that ``embed`` workers append to.
+
+Several embedders can have stored vectors side by side (issue 5: switching from the 384-d local
+MiniLM to the 1024-d ``mistral-embed`` re-embeds into a new index, ``npc-memory reindex``). An
+index belongs to one embedder: it loads, and takes from the stream, only that embedder's
+vectors of its dimension. The table's unique key is (scope, lore entry), so the rows of an
+embedder other than the default MiniLM are kept under the stored scope ``{scope}@{embedder}``
+(:func:`stored_scope`); the default's rows keep the plain scope, as before.
 """
 
 from __future__ import annotations
@@ -24,6 +31,29 @@ log = logging.getLogger(__name__)
 
 STREAM = "vectors:updates"
 STREAM_MAXLEN = 100_000
+
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+"""The embedder whose stored vectors use the plain scope names (the local default)."""
+
+
+def stored_scope(scope: str, embedder: str) -> str:
+    """The ``stored_vectors.scope`` of logical scope ``scope`` for embedder ``embedder``:
+    ``scope`` itself for :data:`DEFAULT_EMBEDDER`, ``{scope}@{embedder}`` for any other
+    (at most 100 characters).
+
+    Raises:
+        ValueError: the result is longer than the column (100 characters).
+    """
+    out = scope if embedder == DEFAULT_EMBEDDER else f"{scope}@{embedder}"
+    if len(out) > 100:
+        raise ValueError(f"stored scope {out!r} is longer than 100 characters")
+    return out
+
+
+def logical_scope(stored: str) -> str:
+    """The logical scope (``world:{id}`` / ``session:{id}``) of a stored scope."""
+    return stored.split("@", 1)[0]
 
 
 def world_scope(world_id: int) -> str:
@@ -50,10 +80,13 @@ class VectorIndex:
 
     Args:
         dim: vector dimension (384 for MiniLM, 1024 for mistral-embed).
+        embedder: the embedder whose vectors this index holds (its ``name``); None accepts
+            any embedder's vectors of dimension ``dim`` (tests of the index alone).
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, embedder: str | None = None):
         self.dim = dim
+        self.embedder = embedder
         self._scopes: dict[str, faiss.IndexIDMap2] = {}
         self._lock = threading.Lock()
 
@@ -126,34 +159,40 @@ class VectorIndex:
 
 
 def load_from_db(index: VectorIndex, session) -> int:
-    """Fill ``index`` from every stored vector of its dimension; returns the count loaded."""
+    """Fill ``index`` from the stored vectors of its embedder (``index.embedder``; any
+    embedder when None) and dimension, oldest first so the newest row of a (scope, entry)
+    wins; returns the count loaded. Vectors of other embedders or dimensions are never
+    loaded."""
     from sqlalchemy import select
 
     from models import StoredVector
 
-    rows = session.execute(
-        select(StoredVector.scope, StoredVector.lore_entry_id, StoredVector.vector)
-        .where(StoredVector.dim == index.dim)
-    ).all()
-    by_scope: dict[str, tuple[list[int], list[bytes]]] = {}
+    q = (select(StoredVector.scope, StoredVector.lore_entry_id, StoredVector.vector)
+         .where(StoredVector.dim == index.dim)
+         .order_by(StoredVector.updated_at, StoredVector.id))
+    if index.embedder is not None:
+        q = q.where(StoredVector.embedder == index.embedder)
+    rows = session.execute(q).all()
+    by_scope: dict[str, dict[int, bytes]] = {}
     for scope, entry_id, blob in rows:
-        ids, blobs = by_scope.setdefault(scope, ([], []))
-        ids.append(entry_id)
-        blobs.append(blob)
-    for scope, (ids, blobs) in by_scope.items():
-        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, index.dim)
-        index.upsert(scope, ids, vectors)
-    return len(rows)
+        by_scope.setdefault(logical_scope(scope), {})[entry_id] = blob
+    for scope, vectors_by_id in by_scope.items():
+        vectors = np.frombuffer(b"".join(vectors_by_id.values()),
+                                dtype=np.float32).reshape(-1, index.dim)
+        index.upsert(scope, list(vectors_by_id), vectors)
+    return sum(len(v) for v in by_scope.values())
 
 
-def publish_upsert(r, scope: str, lore_entry_id: int, vector: np.ndarray) -> None:
-    """Announce a stored vector to every dialogue server (``vectors:updates`` stream)."""
-    r.xadd(
-        STREAM,
-        {"scope": scope, "id": str(lore_entry_id),
-         "vector": np.asarray(vector, dtype=np.float32).tobytes()},
-        maxlen=STREAM_MAXLEN, approximate=True,
-    )
+def publish_upsert(r, scope: str, lore_entry_id: int, vector: np.ndarray,
+                   embedder: str | None = None) -> None:
+    """Announce a stored vector to every dialogue server (``vectors:updates`` stream):
+    logical ``scope``, lore entry id, float32 bytes and the embedder's name (servers of other
+    embedders skip it)."""
+    fields = {"scope": scope, "id": str(lore_entry_id),
+              "vector": np.asarray(vector, dtype=np.float32).tobytes()}
+    if embedder is not None:
+        fields["embedder"] = embedder
+    r.xadd(STREAM, fields, maxlen=STREAM_MAXLEN, approximate=True)
 
 
 class VectorSync:
@@ -179,13 +218,16 @@ class VectorSync:
         return self.last_id
 
     def poll(self) -> int:
-        """Apply every pending update once; returns how many were applied."""
+        """Apply every pending update of the index's embedder and dimension once (others are
+        skipped); returns how many were applied."""
         res = self.r.xread({STREAM: self.last_id}, count=500, block=self.block_ms)
         n = 0
         for _stream, entries in res or []:
             for entry_id, fields in entries:
                 vec = np.frombuffer(fields[b"vector"], dtype=np.float32)
-                if vec.shape[0] == self.index.dim:
+                other = (self.index.embedder is not None and b"embedder" in fields
+                         and fields[b"embedder"].decode() != self.index.embedder)
+                if vec.shape[0] == self.index.dim and not other:
                     self.index.upsert(fields[b"scope"].decode(), [int(fields[b"id"])], vec)
                     n += 1
                 self.last_id = entry_id.decode()

@@ -81,6 +81,24 @@ class Tick(_Model):
     task_id: str
 
 
+class Reanalysis(_Model):
+    """``POST /v1/sessions/{id}/turns/{turn_id}/analyze``: where the turn was found and the
+    analysis task sent."""
+
+    session_id: str
+    turn_id: str
+    source: str
+    task_id: str
+
+
+class WorldTick(_Model):
+    """``POST /v1/world/tick`` / ``/v1/worlds/{key}/tick``: the world tick task sent."""
+
+    world: str | None
+    task_id: str
+    tick_id: str
+
+
 class NpcMemoryClient:
     """Client of one dialogue server.
 
@@ -160,6 +178,24 @@ class NpcMemoryClient:
             ApiError: 404 unknown session.
         """
         return Tick.model_validate(self._call("POST", f"/v1/sessions/{session_id}/tick"))
+
+    def analyze_turn(self, session_id: str, turn_id: str) -> Reanalysis:
+        """Re-analyse a recorded turn (ops); effects it already had are not applied twice.
+
+        Raises:
+            ApiError: 404 unknown session or turn, 503 broker or Redis down.
+        """
+        return Reanalysis.model_validate(self._call(
+            "POST", f"/v1/sessions/{session_id}/turns/{turn_id}/analyze"))
+
+    def tick_world(self, world: str | None = None) -> WorldTick:
+        """Run a world tick now for every active session, or those of world key ``world``.
+
+        Raises:
+            ApiError: 404 unknown world, 503 broker down.
+        """
+        path = "/v1/world/tick" if world is None else f"/v1/worlds/{world}/tick"
+        return WorldTick.model_validate(self._call("POST", path))
 
     def search(self, session_id: str, query: str, k: int = 3) -> list[dict]:
         """The top-``k`` documents of the session for ``query``: ``[{lore_entry_id, key,

@@ -141,9 +141,12 @@ class SimulationPayload(Payload):
 
 
 class TickPayload(Payload):
-    """The beat's world tick: fan out to every active session."""
+    """A world tick (the beat's, or an operator's): fan out to every active session, or only
+    to those of world ``world_id``."""
 
-    idle_after_s: float | None = None
+    idle_after_s: float | None = Field(None, gt=0, description=(
+        "sessions without a turn for this long are skipped (default SIMULATE_IDLE_AFTER_S)"))
+    world_id: int | None = Field(None, description="only this world's sessions (default: all)")
 
 
 class ReconcilePayload(Payload):

@@ -32,7 +32,8 @@ TOKENS_PER_NPC = 80
 @npc_task("npc_memory.world_tick", TickPayload, soft_time_limit=30, time_limit=60, max_retries=0)
 def world_tick(p: TickPayload, ctx: TaskContext) -> dict:
     """Share the tick's budget among the sessions active within the idle window (least
-    recently simulated first) and request one ``simulate_world`` each; the tick id is this
+    recently simulated first; only world ``world_id``'s when given) and request one
+    ``simulate_world`` each; the tick id is this
     task's id, so a redelivered tick requests the same idempotent work. A session whose
     previous simulation is still queued or running is skipped.
 
@@ -41,6 +42,9 @@ def world_tick(p: TickPayload, ctx: TaskContext) -> dict:
     s_ = get_settings()
     r = nearline.get_redis()
     sessions = sessions_to_tick(r, p.idle_after_s or s_.simulate_idle_after_s)
+    if p.world_id is not None:  # an operator's tick of one world
+        sessions = [sid for sid in sessions
+                    if (nearline.get_session(r, sid) or {}).get("world_id") == p.world_id]
     allotted, waiting = allot_budget(sessions, s_.simulate_max_npcs, s_.simulate_max_tokens,
                                      s_.tick_max_npcs, s_.tick_max_tokens)
     sent, busy = [], []

@@ -21,6 +21,7 @@ import json
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Union
@@ -339,3 +340,37 @@ class FakeVllm:
             self.loaded[name] = path
             self.loads += 1
         return Reply(200, f"Success: LoRA adapter '{name}' added successfully.")
+def text_vectors(dim: int) -> Callable[[list[str]], np.ndarray]:
+    """``vectors_for`` for the embeddings responders: a deterministic pseudo-random vector of
+    ``dim`` per text (seeded by the text's SHA-256), so the same text always gets the same
+    vector and different texts are nearly orthogonal."""
+    import hashlib
+
+    def vectors_for(texts: list[str]) -> np.ndarray:
+        return np.stack([np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:16], 16))
+                         .standard_normal(dim).astype(np.float32) for t in texts]) \
+            if texts else np.zeros((0, dim), np.float32)
+    return vectors_for
+
+
+@contextmanager
+def role_on(url: str, *roles: str):
+    """Point model ``roles`` (``generation``, ``analysis``, ...) at ``url`` as a vLLM backend
+    (and re-read settings and clients) in this process; restored after."""
+    import pytest
+
+    import settings
+    from inference.llm import chat_model
+
+    mp = pytest.MonkeyPatch()
+    for role in roles:
+        mp.setenv(f"{role.upper()}_BASE_URL", url)
+        mp.setenv(f"{role.upper()}_BACKEND", "vllm")
+    settings.get_settings.cache_clear()
+    chat_model.cache_clear()
+    try:
+        yield
+    finally:
+        mp.undo()
+        settings.get_settings.cache_clear()
+        chat_model.cache_clear()

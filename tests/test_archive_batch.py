@@ -1,4 +1,5 @@
-"""The batched archive (seed 001's Level 3): ``npc_memory.archive_turn`` through a real
+"""The batched archive (seed 001's Level 3): ``npc_memory.archive_turn`` and
+``npc_memory.archive_cards`` through a real
 ``celery worker`` subprocess consuming only ``archive`` with a batch-sized prefetch (as the
 Procfile's ``archiver``), on the real broker and database."""
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from memory.db import session_scope
-from models import DeadLetter, TaskRecord, Turn
+from models import CardEvent, DeadLetter, LoreEntry, NpcCard, TaskRecord, Turn
 from tasks.dispatch import turn_task_id
 from tests.procs import SubprocessWorker, process_env
 
@@ -98,3 +99,76 @@ def test_burst_is_archived_in_few_batches_and_a_bad_payload_alone_is_dead(
     with session_scope() as s:
         dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == bad_id))
         assert dl is not None and dl.error.startswith("invalid payload")
+
+
+# --------------------------------------------------------------------------- card archives
+
+CARDS = "npc_memory.archive_cards"
+
+
+def _card_payload(session_id: str, npc: int, rev: int, turn: str, n_events: int = 2) -> dict:
+    events = [{"event_id": f"{turn}:r{i}", "card": "relationship", "kind": "gift", "turn_id": turn,
+               "seq": rev, "detail": f"gift {i}", "trust_delta": 1, "applied_at": time.time()}
+              for i in range(n_events)]
+    return {"session_id": session_id, "npc_entry_id": npc, "turn_id": turn,
+            "cards": {"relationship": {"rev": rev, "trust": rev},
+                      "quest": {"rev": rev, "quests": [{"name": "q", "goal": f"goal {rev}"}]}},
+            "events": events}
+
+
+def _cards(session_id: str) -> dict:
+    with session_scope() as s:
+        snaps = {(c.npc_entry_id, c.kind): c.rev for c in s.scalars(
+            select(NpcCard).where(NpcCard.session_id == session_id))}
+        events = dict(s.execute(select(CardEvent.event_id, func.count())
+                                .where(CardEvent.session_id == session_id)
+                                .group_by(CardEvent.event_id)).all())
+    return {"snapshots": snaps, "events": events}
+
+
+def test_card_archives_are_batched_idempotent_and_a_bad_one_is_dead_alone(
+        archiver, celery_app, game_session, wait_for):
+    sid = game_session["id"]
+    with session_scope() as s:
+        npcs = list(s.scalars(select(LoreEntry.id).where(
+            LoreEntry.world_id == game_session["world_id"]).order_by(LoreEntry.id).limit(3)))
+    # 3 NPCs x 20 turns each, sent newest revision first for the last one (late deliveries)
+    payloads = []
+    for npc in npcs:
+        revs = range(20, 0, -1) if npc == npcs[-1] else range(1, 21)
+        payloads += [_card_payload(sid, npc, rev, f"{sid[:8]}-{npc}-{rev}") for rev in revs]
+    ids = [uuid.uuid4().hex for _ in payloads]
+    bad_id = f"bad-{uuid.uuid4().hex}"
+    for i, (p, task_id) in enumerate(zip(payloads, ids)):
+        if i == 30:  # a malformed card: dead-lettered alone, its batch is written
+            celery_app.send_task(CARDS, kwargs={**p, "cards": {"relationship": {"trust": "x"}}},
+                                 task_id=bad_id)
+        celery_app.send_task(CARDS, kwargs=p, task_id=task_id)
+    wait_for(lambda: len(_ledger(ids)) == len(ids)
+             and all(r.status == "succeeded" for r in _ledger(ids).values()), timeout=120)
+    stored = _cards(sid)
+    # the highest revision wins whatever the arrival order; every event once
+    assert stored["snapshots"] == {(npc, kind): 20 for npc in npcs
+                                   for kind in ("relationship", "quest")}
+    assert stored["events"] == {e["event_id"]: 1 for p in payloads for e in p["events"]}
+    ledger = _ledger(ids)
+    assert sum(r.result["events"] for r in ledger.values()) == 120
+    sizes = {r.result["batch_id"]: r.result["batch_size"] for r in ledger.values()}
+    assert sum(sizes.values()) == len(ids) and max(sizes.values()) <= 100
+    assert len(sizes) < len(ids)  # several messages per multi-row write
+    wait_for(lambda: _ledger([bad_id]).get(bad_id) is not None
+             and _ledger([bad_id])[bad_id].status == "dead", timeout=30)
+    with session_scope() as s:
+        dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == bad_id))
+        assert dl is not None and dl.error.startswith("invalid payload")
+
+    # redelivery: the same task ids again (counted as second attempts, nothing rewritten) and
+    # the same payloads under new ids (a second sender: written as no-ops)
+    for p, task_id in zip(payloads[:10], ids[:10]):
+        celery_app.send_task(CARDS, kwargs=p, task_id=task_id)
+    again = [celery_app.send_task(CARDS, kwargs=p).id for p in payloads]
+    wait_for(lambda: len(_ledger(again)) == len(again)
+             and all(r.status == "succeeded" for r in _ledger(again).values()), timeout=120)
+    wait_for(lambda: all(r.attempts == 2 for r in _ledger(ids[:10]).values()), timeout=60)
+    assert sum(r.result["events"] + r.result["snapshots"] for r in _ledger(again).values()) == 0
+    assert _cards(sid) == stored

@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import pytest
 from pydantic import ValidationError
@@ -24,6 +23,7 @@ from sqlalchemy import event, func, select
 
 import settings
 from fakes import FakeServer, openai_chat  # tests/ is on sys.path (rootdir conftest)
+from fakes import role_on as _role_on
 from memory import cards as mc
 from memory import nearline
 from memory.db import get_engine, session_scope
@@ -403,25 +403,6 @@ def test_archive_keeps_the_newest_snapshot_and_each_event_once(game_session):
 
 
 # --------------------------------------------------------------------------- model stand-in
-
-
-@contextmanager
-def _role_on(url: str, *roles: str):
-    """Point model ``roles`` at ``url`` (and re-read settings and clients); restored after."""
-    from inference.llm import chat_model
-
-    mp = pytest.MonkeyPatch()
-    for role in roles:
-        mp.setenv(f"{role.upper()}_BASE_URL", url)
-        mp.setenv(f"{role.upper()}_BACKEND", "vllm")
-    settings.get_settings.cache_clear()
-    chat_model.cache_clear()
-    try:
-        yield
-    finally:
-        mp.undo()
-        settings.get_settings.cache_clear()
-        chat_model.cache_clear()
 
 
 def _analysis(relationship: list, quests: list) -> str:

@@ -2,9 +2,9 @@
 importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
 ``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
 ``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``,
-``queues``, ``export-session``, ``tick``, ``task-contract``; archetype adapters:
-``provision-archetypes``, ``archetypes``, ``set-archetype``; planning and evaluation:
-``plan-capacity``, ``evaluate``."""
+``queues``, ``export-session``, ``tick``, ``tick-world``, ``analyze-turn``, ``task-contract``;
+``replay-script``, ``reindex``; archetype adapters: ``provision-archetypes``, ``archetypes``,
+``set-archetype``; planning and evaluation: ``plan-capacity``, ``evaluate``."""
 
 from __future__ import annotations
 
@@ -206,9 +206,9 @@ def _celery():
     return app
 
 
-def _send(name: str, kwargs: dict) -> str:
-    """``memory.ops.Send`` over the project's Celery app."""
-    return _celery().send_task(name, kwargs=kwargs).id
+def _send(name: str, kwargs: dict, task_id: str | None = None) -> str:
+    """``memory.ops.Send`` (and ``SendWithId``) over the project's Celery app."""
+    return _celery().send_task(name, kwargs=kwargs, task_id=task_id).id
 
 
 def _echo(value) -> None:
@@ -407,6 +407,63 @@ def replay_smallville(
            "duplicates": result.duplicates})
 
 
+@cli.command("replay-script")
+def replay_script(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="a replay script (.json, .yaml) or an npc-memory.session"),
+    server: str | None = typer.Option(None, help="dialogue server URL; default "
+                                                 "http://WEB_HOST:PORT"),
+    api_key: str | None = typer.Option(None, envvar="NPC_MEMORY_API_KEY", show_default=False,
+                                       help="bearer key for the server; default the first of "
+                                            "API_KEYS"),
+    world: str | None = typer.Option(None, help="open the session on this world instead of "
+                                                "the script's"),
+    session_id: str | None = typer.Option(None, "--session", help="replay into this session; "
+                                          "default: open a new one"),
+) -> None:
+    """Replay a session script (player turns and events) against a running dialogue server
+    over HTTP, with a progress bar; each reply is printed on stderr as it comes, the summary
+    (session id, counts, every step's turn id and reply) as JSON on stdout. Events keep their
+    ids, so replaying into the same session records no event twice."""
+    import httpx
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from memory.replay import ReplayError
+    from memory.replay_script import load_replay_script, run_script
+    from npc_memory_client import NpcMemoryClient
+    from settings import get_settings
+
+    script = _load(load_replay_script, path)
+    cfg = get_settings()
+    server = server or f"http://{cfg.web_host}:{cfg.port}"
+    api_key = api_key or next(iter(cfg.api_key_list), None)
+    console = Console(stderr=True)
+    try:
+        with NpcMemoryClient(server, api_key, timeout=300) as client, Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=console) as progress:
+            bar = progress.add_task(f"replaying {path.name}", total=len(script.steps))
+
+            def on_step(step) -> None:
+                said = script.steps[step.index].text
+                progress.console.print(f"[{step.index}] {step.kind} -> {escape(step.npc_name)}: "
+                                       f"{escape(said[:80])}")
+                if step.reply:
+                    progress.console.print(f"    {escape(step.npc_name)}: {escape(step.reply)}")
+                if step.duplicate:
+                    progress.console.print("    (already recorded)")
+                progress.advance(bar)
+
+            result = run_script(client, script, name=path.stem, session_id=session_id,
+                                world=world, on_step=on_step)
+    except (ReplayError, httpx.HTTPError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _echo({"server": server, **result.as_dict()})
+
+
 @cli.command()
 def queues() -> None:
     """Messages waiting per queue and the workers that answer (with their queues)."""
@@ -433,6 +490,74 @@ def tick(session_id: str = typer.Argument(..., help="session id")) -> None:
     tick_id = f"manual-{uuid.uuid4().hex}"
     request_simulation(app_sender(_celery()), r, session_id, tick_id, force=True)
     _echo({"tick_id": tick_id, "task_id": simulation_task_id(tick_id, session_id)})
+
+
+@cli.command("analyze-turn")
+def analyze_turn(session_id: str = typer.Argument(..., help="session id"),
+                 turn_id: str = typer.Argument(..., help="turn id")) -> None:
+    """Re-analyse a recorded turn now: send npc_memory.analyze_turn under a new task id (the
+    turn from Redis, else the ledger, else the archive). Effects the turn already had (note
+    updates, creations, card events) are not applied twice."""
+    from memory import nearline, ops
+
+    r = nearline.get_redis()
+    _echo(_ops(ops.reanalyze_turn, r, session_id, turn_id, _send))
+
+
+@cli.command("tick-world")
+def tick_world(
+    world: str | None = typer.Option(None, help="only this world's sessions (world key)"),
+    idle_after: float | None = typer.Option(None, min=0.001, help="skip sessions idle this many "
+                                            "seconds (default SIMULATE_IDLE_AFTER_S)"),
+) -> None:
+    """Run a world tick now (npc_memory.world_tick, as beat does) for every active session,
+    or one world's; prints the task id whose ledger result has the tick's counts."""
+    from memory import ops
+
+    _echo(_ops(ops.request_world_tick, _send, world_key=world, idle_after_s=idle_after))
+
+
+@cli.command()
+def reindex(
+    world: str | None = typer.Option(None, help="only this world (key); default every world"),
+    embedder: str | None = typer.Option(None, help="minilm, mistral or openai; default "
+                                        "EMBEDDER (the embedder to switch to)"),
+    batch: int = typer.Option(64, min=1, max=1024, help="documents per embedder call"),
+) -> None:
+    """Rebuild the stored vectors from the database (lore entries and session notes ->
+    composite documents -> embeddings) for one embedder, beside other embedders' vectors: to
+    switch EMBEDDER, reindex with --embedder first, then restart the dialogue servers with the
+    new EMBEDDER. Current vectors (same content hash) are not embedded again. Prints counts."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from inference.embedding import EMBEDDER_KINDS, get_embedder, make_embedder
+    from memory import nearline
+    from memory.db import session_scope
+    from memory.reindex import reindex as do_reindex
+    from settings import get_settings
+
+    if embedder is not None and embedder not in EMBEDDER_KINDS:
+        raise typer.BadParameter(f"must be one of {', '.join(EMBEDDER_KINDS)}",
+                                 param_hint="--embedder")
+    kind = embedder or get_settings().embedder
+    emb = get_embedder() if kind == get_settings().embedder else make_embedder(kind)
+    r = nearline.get_redis()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True)) as progress:
+        bars: dict[str, int] = {}
+
+        def on_world(key: str, total: int) -> None:
+            bars["now"] = progress.add_task(f"{key} ({emb.name}, {emb.dim}-d)", total=total)
+
+        try:
+            with session_scope() as s:
+                res = do_reindex(s, r, emb, world_key=world, batch=batch, on_world=on_world,
+                                 on_batch=lambda n: progress.advance(bars["now"], n))
+        except LookupError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    _echo(res.as_dict())
 
 
 @cli.command("task-contract")

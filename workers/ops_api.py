@@ -1,6 +1,7 @@
 """Operations endpoints of the dialogue server (seed 003's monitoring API): note rollback,
 an entry's composite document and revisions, an NPC's memory cards, dead letters, the task
-ledger, queue status, and the export of a session's notes and created entities.
+ledger, queue status, the export of a session's notes and created entities, and seed 004's
+maintenance triggers (re-analyse a turn, tick the world now).
 
 They read the database or Redis (``memory/ops.py``) and are not on the dialogue hot path;
 unknown things answer 404 with a message, invalid input 422, conflicts 409, outages 503.
@@ -126,12 +127,29 @@ class QueuesOut(BaseModel):
     errors: list[str]
 
 
+class AnalyzeOut(BaseModel):
+    session_id: str
+    turn_id: str
+    source: Literal["redis", "ledger", "archive"] = Field(description="where the turn was found")
+    task_name: str
+    task_id: str = Field(description="id of the analyze_turn task sent now")
+
+
+class WorldTickOut(BaseModel):
+    world: str | None = Field(description="the world ticked; null: every world")
+    world_id: int | None
+    task_name: str
+    task_id: str = Field(description="id of the world_tick task sent now (its ledger result "
+                                     "has the tick's counts)")
+    tick_id: str
+
+
 TaskStatus = Literal["queued", "running", "succeeded", "retrying", "dead"]
 
 
-def _send_kwargs(name: str, kwargs: dict) -> str:
-    """``memory.ops.Send`` over this server's Celery app."""
-    return state.celery.send_task(name, kwargs=kwargs).id
+def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None) -> str:
+    """``memory.ops.Send`` (and ``SendWithId``) over this server's Celery app."""
+    return state.celery.send_task(name, kwargs=kwargs, task_id=task_id).id
 
 
 class _OpsErrors:
@@ -261,6 +279,45 @@ def export_session(session_id: str,
     session."""
     with _OpsErrors(), session_scope() as s:
         return export_session_doc(s, session_id, revisions=revisions)
+
+
+@router.post("/v1/sessions/{session_id}/turns/{turn_id}/analyze", response_model=AnalyzeOut,
+             status_code=202)
+def analyze_turn(session_id: str, turn_id: str) -> dict:
+    """Send ``npc_memory.analyze_turn`` again for a recorded turn (found in Redis, else in the
+    task ledger, else in the turn archive) under a new task id, so it really runs; effects
+    already applied for the turn (its note updates, creations and card events, keyed by turn
+    id and position) are not applied twice. 404 for an unknown session or turn, 503 if the
+    broker or Redis is down."""
+    if not 1 <= len(turn_id) <= 64:
+        raise HTTPException(422, "turn_id must be 1-64 characters")
+    with _OpsErrors(), session_scope() as s:
+        return ops.reanalyze_turn(s, nearline.get_redis(), session_id, turn_id, _send_kwargs)
+
+
+def _world_tick(world_key: str | None, idle_after_s: float | None) -> dict:
+    with _OpsErrors(), session_scope() as s:
+        return ops.request_world_tick(s, _send_kwargs, world_key=world_key,
+                                      idle_after_s=idle_after_s)
+
+
+_IDLE = Query(None, gt=0, description="skip sessions idle this many seconds "
+                                      "(default SIMULATE_IDLE_AFTER_S)")
+
+
+@router.post("/v1/world/tick", response_model=WorldTickOut, status_code=202)
+def world_tick(idle_after_s: float | None = _IDLE) -> dict:
+    """Run a world tick now (``npc_memory.world_tick``, as the beat does): every active
+    session gets a simulation within the tick's budget; sessions whose simulation is still
+    queued or running are skipped. 503 if the broker is down."""
+    return _world_tick(None, idle_after_s)
+
+
+@router.post("/v1/worlds/{world_key}/tick", response_model=WorldTickOut, status_code=202)
+def world_tick_one(world_key: str, idle_after_s: float | None = _IDLE) -> dict:
+    """Run a world tick now for the active sessions of one world only. 404 for an unknown
+    world, 503 if the broker is down."""
+    return _world_tick(world_key, idle_after_s)
 
 
 def _broker_redis():

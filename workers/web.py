@@ -61,7 +61,7 @@ async def lifespan(_app: FastAPI):
     auth.check_configured()  # no keys and API_AUTH not off: refuse to start
     embedder = get_embedder()
     r = nearline.get_redis()
-    state.index = VectorIndex(embedder.dim)
+    state.index = VectorIndex(embedder.dim, embedder.name)  # only this embedder's vectors
     state.sync = VectorSync(state.index, r)
     state.sync.start_id()
     with session_scope() as s:
