@@ -112,14 +112,13 @@ def _nearest_stored(session: Session, world_id: int, session_id: str, allowed: s
     """The stored vector (world or session scope) nearest to ``text``: ``(entry id, cosine)``."""
     import numpy as np
 
-    from memory.vector_index import stored_scope
+    from memory.vector_index import session_scope, world_scope
     from models import StoredVector
 
     rows = session.execute(select(StoredVector.lore_entry_id, StoredVector.vector).where(
         StoredVector.world_id == world_id, StoredVector.dim == embedder.dim,
         StoredVector.embedder == embedder.name,
-        StoredVector.scope.in_([stored_scope(f"world:{world_id}", embedder.name),
-                                stored_scope(f"session:{session_id}", embedder.name)]))).all()
+        StoredVector.scope.in_([world_scope(world_id), session_scope(session_id)]))).all()
     rows = [r for r in rows if r[0] in allowed]
     if not rows:
         return None

@@ -27,7 +27,7 @@ from memory.vectors import _store
 from models import LoreEntry, SessionNote, World
 
 Item = tuple[int, str, str, int, int]
-"""``(world_id, logical scope, lore_entry_id, document, note_version)``."""
+"""``(world_id, scope, lore_entry_id, document, note_version)``."""
 
 
 @dataclass

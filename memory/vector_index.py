@@ -13,9 +13,8 @@ Redis stream that ``embed`` workers append to.
 Several embedders can have stored vectors side by side (issue 5: switching from the 384-d local
 MiniLM to the 1024-d ``mistral-embed`` re-embeds into a new index, ``npc-memory reindex``). An
 index belongs to one embedder: it loads, and takes from the stream, only that embedder's
-vectors of its dimension. The table's unique key is (scope, lore entry), so the rows of an
-embedder other than the default MiniLM are kept under the stored scope ``{scope}@{embedder}``
-(:func:`stored_scope`); the default's rows keep the plain scope, as before.
+vectors of its dimension. Every embedder's rows use the plain scope names; the table's unique
+key is (scope, lore entry, embedder) (migration 0008).
 """
 
 from __future__ import annotations
@@ -34,26 +33,7 @@ STREAM_MAXLEN = 100_000
 
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-"""The embedder whose stored vectors use the plain scope names (the local default)."""
-
-
-def stored_scope(scope: str, embedder: str) -> str:
-    """The ``stored_vectors.scope`` of logical scope ``scope`` for embedder ``embedder``:
-    ``scope`` itself for :data:`DEFAULT_EMBEDDER`, ``{scope}@{embedder}`` for any other
-    (at most 100 characters).
-
-    Raises:
-        ValueError: the result is longer than the column (100 characters).
-    """
-    out = scope if embedder == DEFAULT_EMBEDDER else f"{scope}@{embedder}"
-    if len(out) > 100:
-        raise ValueError(f"stored scope {out!r} is longer than 100 characters")
-    return out
-
-
-def logical_scope(stored: str) -> str:
-    """The logical scope (``world:{id}`` / ``session:{id}``) of a stored scope."""
-    return stored.split("@", 1)[0]
+"""The name of the default embedder (``EMBEDDER=minilm``, the local MiniLM)."""
 
 
 def world_scope(world_id: int) -> str:
@@ -175,7 +155,7 @@ def load_from_db(index: VectorIndex, session) -> int:
     rows = session.execute(q).all()
     by_scope: dict[str, dict[int, bytes]] = {}
     for scope, entry_id, blob in rows:
-        by_scope.setdefault(logical_scope(scope), {})[entry_id] = blob
+        by_scope.setdefault(scope, {})[entry_id] = blob
     for scope, vectors_by_id in by_scope.items():
         vectors = np.frombuffer(b"".join(vectors_by_id.values()),
                                 dtype=np.float32).reshape(-1, index.dim)
@@ -186,7 +166,7 @@ def load_from_db(index: VectorIndex, session) -> int:
 def publish_upsert(r, scope: str, lore_entry_id: int, vector: np.ndarray,
                    embedder: str | None = None) -> None:
     """Announce a stored vector to every dialogue server (``vectors:updates`` stream):
-    logical ``scope``, lore entry id, float32 bytes and the embedder's name (servers of other
+    ``scope``, lore entry id, float32 bytes and the embedder's name (servers of other
     embedders skip it)."""
     fields = {"scope": scope, "id": str(lore_entry_id),
               "vector": np.asarray(vector, dtype=np.float32).tobytes()}

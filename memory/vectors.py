@@ -1,7 +1,7 @@
 """Embedding lore entries: composite document -> vector -> stored vector + index update.
 
-The stored vector row is upserted by (scope, lore entry); its content hash makes a repeated
-``embed`` of an unchanged document a no-op. Every new vector is announced on the
+The stored vector row is upserted by (scope, lore entry, embedder); its content hash makes a
+repeated ``embed`` of an unchanged document a no-op. Every new vector is announced on the
 ``vectors:updates`` stream so each dialogue server's in-memory index picks it up.
 """
 
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from memory.db import dialect_insert
 from memory.composite import base_lore, composite_document, content_hash
-from memory.vector_index import publish_upsert, session_scope, stored_scope, world_scope
+from memory.vector_index import publish_upsert, session_scope, world_scope
 from models import LoreEntry, SessionNote, StoredVector
 from models.base import utcnow
 
@@ -32,19 +32,18 @@ class EmbedResult:
 
 def _store(session: Session, r, embedder, world_id: int, scope: str,
            items: list[tuple[int, str, int]]) -> list[str]:
-    """Embed and upsert ``(lore_entry_id, document, note_version)`` items of one logical
-    scope, as vectors of ``embedder`` (stored under ``stored_scope(scope, embedder.name)``,
-    beside other embedders' vectors of the same documents).
+    """Embed and upsert ``(lore_entry_id, document, note_version)`` items of one scope, as
+    vectors of ``embedder`` (rows keyed by (scope, lore entry, ``embedder.name``), beside other
+    embedders' vectors of the same documents, which are neither read nor touched).
 
     A row is written only if its document changed and its note version is not older than the
     stored one (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``), so concurrent or late embeds
     of the same entry are safe. Returns ``embedded``/``unchanged`` per item.
     """
     hashes = [content_hash(doc, embedder.name) for _, doc, _ in items]
-    row_scope = stored_scope(scope, embedder.name)
     stored = dict(session.execute(
         select(StoredVector.lore_entry_id, StoredVector.content_hash).where(
-            StoredVector.scope == row_scope,
+            StoredVector.scope == scope, StoredVector.embedder == embedder.name,
             StoredVector.lore_entry_id.in_([i for i, _, _ in items]))
     ).all())
     todo = [n for n, (entry_id, _, _) in enumerate(items) if stored.get(entry_id) != hashes[n]]
@@ -56,12 +55,12 @@ def _store(session: Session, r, embedder, world_id: int, scope: str,
     for n, vec in zip(todo, vectors):
         entry_id, doc, version = items[n]
         ins = dialect_insert(session, StoredVector).values(
-            world_id=world_id, scope=row_scope, lore_entry_id=entry_id, embedder=embedder.name,
+            world_id=world_id, scope=scope, lore_entry_id=entry_id, embedder=embedder.name,
             dim=embedder.dim, vector=np.asarray(vec, dtype=np.float32).tobytes(), document=doc,
             content_hash=hashes[n], note_version=version, updated_at=utcnow())
         stmt = ins.on_conflict_do_update(
-            index_elements=["scope", "lore_entry_id"],
-            set_={c: ins.excluded[c] for c in ("embedder", "dim", "vector", "document",
+            index_elements=["scope", "lore_entry_id", "embedder"],
+            set_={c: ins.excluded[c] for c in ("dim", "vector", "document",
                                                "content_hash", "note_version", "updated_at")},
             where=(StoredVector.note_version <= ins.excluded.note_version)
             & (StoredVector.content_hash != ins.excluded.content_hash),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, utcnow
@@ -15,7 +17,11 @@ class StoredVector(Base):
 
     ``scope`` is ``world:{world_id}`` for base lore shared by all sessions of a world, or
     ``session:{session_id}`` for a session's composite document (base lore + session note) and
-    its dynamically created entries. One row per (scope, lore entry). ``vector`` holds
+    its dynamically created entries. One row per (scope, lore entry, embedder): several
+    embedders' vectors of the same document coexist (``npc-memory reindex --embedder``), each
+    under the plain scope name, and every read filters by ``embedder`` (the index
+    ``(embedder, scope)`` serves loading one embedder's vectors). ``embedder`` is the
+    embedder's ``name`` (``all-MiniLM-L6-v2``, ``mistral-embed``, ...). ``vector`` holds
     ``dim`` little-endian float32 values, L2-normalised. ``content_hash`` is the SHA-256 of
     the document and the embedder name, so re-embedding the same text is skipped;
     ``note_version`` is the session note's version the document was built from, so an embed
@@ -23,7 +29,11 @@ class StoredVector(Base):
     """
 
     __tablename__ = "stored_vectors"
-    __table_args__ = (UniqueConstraint("scope", "lore_entry_id", name="uq_stored_vectors_scope"),)
+    __table_args__ = (
+        UniqueConstraint("scope", "lore_entry_id", "embedder",
+                         name="uq_stored_vectors_scope_entry_embedder"),
+        Index("ix_stored_vectors_embedder_scope", "embedder", "scope"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     world_id: Mapped[int] = mapped_column(ForeignKey("worlds.id", ondelete="CASCADE"), index=True)
