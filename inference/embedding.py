@@ -112,6 +112,24 @@ def get_embedder() -> Embedder:
     return make_embedder(get_settings().embedder)
 
 
+def embedder_name(kind: str | None = None) -> str:
+    """The ``name`` an embedder of ``kind`` (default: the configured ``EMBEDDER``) gives its
+    vectors (``stored_vectors.embedder``), without loading or contacting it:
+    ``all-MiniLM-L6-v2`` for ``minilm``, ``EMBEDDING_MODEL`` for ``mistral`` and ``openai``.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    kind = kind or get_settings().embedder
+    if kind not in EMBEDDER_KINDS:
+        raise ValueError(f"unknown embedder {kind!r}; one of {', '.join(EMBEDDER_KINDS)}")
+    if kind == "minilm":
+        from inference.embedders.minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder.name
+    return get_settings().embedding_model
+
+
 def make_embedder(kind: str) -> Embedder:
     """A new embedder of ``kind`` (one of :data:`EMBEDDER_KINDS`) configured from the
     settings (``EMBEDDING_MODEL``, ``MISTRAL_API_KEY``, ``MISTRAL_SERVER_URL``,

@@ -63,8 +63,17 @@ def creation_stats(session: Session, session_ids: list[str]) -> dict:
             "duplicate_rate": round(sum(matched.values()) / total, 3) if total else 0.0}
 
 
-def session_summary(session: Session, session_id: str) -> dict:
-    """Notes, revisions, created entities, archived turns and vectors of one session."""
+def session_summary(session: Session, session_id: str, embedder: str | None = None) -> dict:
+    """Notes, revisions, created entities, archived turns and vectors of one session.
+
+    ``session_vectors`` counts the session scope's stored vectors of ``embedder`` (an
+    embedder's ``name``; default: the configured ``EMBEDDER``'s, ``inference.embedding.
+    embedder_name``), so vectors another embedder holds beside them are not counted twice.
+    """
+    if embedder is None:
+        from inference.embedding import embedder_name
+
+        embedder = embedder_name()
     revisions = session.execute(
         select(SessionNoteRevision, LoreEntry.title, LoreEntry.key)
         .join(SessionNote, SessionNote.id == SessionNoteRevision.note_id)
@@ -76,7 +85,8 @@ def session_summary(session: Session, session_id: str) -> dict:
         LoreEntry.created_in_session_id == session_id, LoreEntry.is_dynamically_generated.is_(True))).all()
     turns = session.scalar(select(func.count()).select_from(Turn).where(Turn.session_id == session_id))
     vectors = session.scalar(select(func.count()).select_from(StoredVector)
-                             .where(StoredVector.scope == f"session:{session_id}"))
+                             .where(StoredVector.scope == f"session:{session_id}",
+                                    StoredVector.embedder == embedder))
     notes = session.scalar(select(func.count()).select_from(SessionNote)
                            .where(SessionNote.session_id == session_id, SessionNote.version > 0))
     return {
