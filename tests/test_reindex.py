@@ -18,7 +18,9 @@ from inference.embedding import MistralEmbedder, get_embedder
 from memory import nearline
 from memory.composite import base_lore, composite_document
 from memory.db import session_scope
+from memory.entities import _nearest_stored
 from memory.reindex import count_documents, reindex
+from memory.report import session_summary
 from memory.vector_index import (
     DEFAULT_EMBEDDER, VectorIndex, VectorSync, load_from_db, publish_upsert, session_scope as vscope,
 )
@@ -97,8 +99,12 @@ def test_reindex_writes_each_embedder_beside_the_other(light_world, noted_sessio
         assert sorted(_rows(wid, DEFAULT_EMBEDDER)) == before
         mrows = _rows(wid, "mistral-embed")
         assert len(mrows) == total and {d for _, _, d in mrows} == {1024}
+        # under the same plain scopes as MiniLM's (the key is (scope, entry, embedder))
+        assert {(sc, e) for sc, e, _ in mrows} <= {(sc, e) for sc, e, _ in before}
+        assert {f"world:{wid}", vscope(sid)} <= {sc for sc, _, _ in mrows}
+        assert not [sc for sc, _, _ in mrows if "@" in sc]
 
-        # each index loads only its own embedder's vectors, under the logical scopes
+        # each index loads only its own embedder's vectors, all under the plain scopes
         with session_scope() as s:
             small, large = VectorIndex(384, DEFAULT_EMBEDDER), VectorIndex(1024, "mistral-embed")
             load_from_db(small, s)
@@ -118,6 +124,15 @@ def test_reindex_writes_each_embedder_beside_the_other(light_world, noted_sessio
             hit = index.search_session(wid, sid, emb.embed([doc])[0], 1)[0]
             assert hit.lore_entry_id == noted.id and hit.scope == vscope(sid)
             assert hit.score > 0.999
+
+        # other reads of the shared plain scopes go by embedder too: the session's vector
+        # count (the configured MiniLM's by default) and the entity dedup's embedding search
+        with session_scope() as s:
+            assert session_summary(s, sid)["session_vectors"] == 2
+            assert session_summary(s, sid, "mistral-embed")["session_vectors"] == 2
+            assert session_summary(s, sid, "no-such-embedder")["session_vectors"] == 0
+            found = _nearest_stored(s, wid, sid, set(noted_session["noted"]), mistral, doc)
+        assert found[0] == noted.id and found[1] > 0.999
 
 
 def test_stream_updates_of_another_embedder_are_skipped():
