@@ -60,12 +60,13 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
 
 def analyze_turn(npc_title: str, player_text: str, npc_text: str,
                  entities: list, speaker: str | None = None,
-                 hints: str = "") -> tuple[AnalysisOutput, int]:
+                 hints: str = "", route: ModelRoute | None = None) -> tuple[AnalysisOutput, int]:
     """Updates and creations implied by one turn (analysis role), ids limited to ``entities``,
     and the turn's relationship and quest events for the NPC's cards (seed 000).
     ``speaker`` names who said ``player_text`` when it was not the player; ``npc_text`` is ""
     when the NPC did not answer. ``hints``: open promises and active quests already on the
-    cards (``memory.cards.analysis_hints``).
+    cards (``memory.cards.analysis_hints``). ``route``: the NPC's model route (purpose
+    ``analysis``: its archetype's ``social_dynamics`` adapter on vLLM); None: the role's model.
 
     Raises:
         inference.llm.InvalidModelOutput: no valid answer after retries.
@@ -75,8 +76,9 @@ def analyze_turn(npc_title: str, player_text: str, npc_text: str,
     msgs = prompts.messages("analysis", npc_title=npc_title, player_text=player_text,
                             npc_text=npc_text, entities=entities, speaker=speaker,
                             hints=hints)
-    return chat_model("analysis").complete_json(msgs, AnalysisOutput, schema, max_tokens=700,
-                                                temperature=0.2, schema_name="analysis")
+    model = route.chat_model() if route is not None else chat_model("analysis")
+    return model.complete_json(msgs, AnalysisOutput, schema, max_tokens=700,
+                               temperature=0.2, schema_name="analysis")
 
 
 def rewrite_note(title: str, lore: str, note: str, event: str) -> tuple[str, int]:

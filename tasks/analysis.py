@@ -5,6 +5,7 @@ the NPC's memory cards (seed 000)."""
 from __future__ import annotations
 
 from inference import calls
+from inference.lora import routing
 from memory import cards, nearline
 from memory.db import session_scope
 from memory.scope import turn_scope
@@ -42,8 +43,12 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
         hints = cards.analysis_hints(cards.get_cards(r, p.session_id, p.npc_entry_id))
     except cards.CardCorrupt:
         hints = ""  # applying the events below reports it
-    out, tokens = calls.analyze_turn(npc_title, p.player_text, p.npc_text, scope,
-                                     speaker=p.speaker, hints=hints)
+    npc_ref = {"id": p.npc_entry_id, "world_id": p.world_id}  # archetype from Redis
+    (out, tokens), _route = routing.call_routed(
+        r, routing.resolve(r, "analysis", npc=npc_ref),
+        lambda rt: calls.analyze_turn(npc_title, p.player_text, p.npc_text, scope,
+                                      speaker=p.speaker, hints=hints, route=rt),
+        lambda: routing.resolve(r, "analysis", npc=npc_ref))
     seen = set()
     updates = 0
     for i, u in enumerate(out.updates):

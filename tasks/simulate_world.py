@@ -8,7 +8,6 @@ import time
 from celery import current_app
 
 from inference import calls
-from inference.llm import ModelError
 from inference.lora import registry as lora_registry
 from inference.lora import routing
 from memory import nearline
@@ -154,16 +153,11 @@ def _simulate(p: SimulationPayload, r) -> dict:
     now_text = nearline.format_game_time(clock)
     route = _route(r, archetypes[:n])
     trace["model"] = route.as_dict()
-    try:
-        out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
-                                     max_tokens=completion, route=route)
-    except ModelError as exc:  # the server lost the adapter (restart): load it again, once
-        if not routing.forget_if_unloaded(r, route, exc):
-            raise
-        route = _route(r, archetypes[:n])
-        trace["model"] = route.as_dict()
-        out, tokens = calls.simulate(world_title, elapsed, now_text, docs[:n], places, recent,
-                                     max_tokens=completion, route=route)
+    (out, tokens), route = routing.call_routed(  # a lost adapter is loaded again, once
+        r, route, lambda rt: calls.simulate(world_title, elapsed, now_text, docs[:n], places,
+                                            recent, max_tokens=completion, route=rt),
+        lambda: _route(r, archetypes[:n]))
+    trace["model"] = route.as_dict()
     did = {}
     for u in out.updates:
         did.setdefault(u.lore_entry_id, u.update_summary)

@@ -555,3 +555,29 @@ def test_turn_reloads_an_adapter_the_server_lost(client, vllm, world, tmp_path):
     assert res.status_code == 200, res.text
     assert res.json()["adapter"] == f"{name}-dialogue_style-v1"
     assert vllm.loads == 2
+
+
+def test_turn_analysis_uses_the_archetypes_social_dynamics_adapter(r, vllm, world, tmp_path,
+                                                                   celery_app):
+    """``npc_memory.analyze_turn`` for a vampire's turn asks the vampire chain's analysis
+    adapter (``LORA_PURPOSE_TASKS``: analysis -> social_dynamics); the Miller, who has no
+    archetype, gets the base model."""
+    from tasks.payloads import TurnPayload
+
+    name = _name()
+    provision(r, tmp_path, name, vllm.url)
+    npc_with(r, world, "count_v", name)
+    npc_with(r, world, "miller", None)
+    vllm.chat_content = lambda body: json.dumps({"updates": [], "creations": []})
+    task = celery_app.tasks["npc_memory.analyze_turn"]
+    used = []
+    for key in ("count_v", "miller"):
+        turn_id = uuid.uuid4().hex
+        payload = TurnPayload(turn_id=turn_id, session_id=uuid.uuid4().hex, world_id=world["id"],
+                              seq=1, npc_entry_id=world["npcs"][key]["id"],
+                              player_text="Good evening.", npc_text="Evening.", latency_ms=1,
+                              created_at=1_700_000_000.0)
+        result = task.apply(kwargs=payload.model_dump(mode="json"), task_id=turn_id).get()
+        assert result["updates"] == 0
+        used.append(vllm.chat_models[-1])
+    assert used == [f"{name}-social_dynamics-v1", BASE]

@@ -350,16 +350,12 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
     with _turn_errors():  # the NPC's archetype adapter (Redis only; a load the first time)
         route = routing.resolve(r, "dialogue", npc=npc)
     lap("route")
-    try:
-        try:
-            reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
-                                         cards=cards_text, memories=memories_text, route=route)
-        except ModelError as exc:  # the server lost the adapter (restart): load it again
-            if not routing.forget_if_unloaded(r, route, exc):
-                raise
-            route = routing.resolve(r, "dialogue", npc=npc)
-            reply = calls.generate_reply(npc, note, recent_npc, retrieved, body.player_text,
-                                         cards=cards_text, memories=memories_text, route=route)
+    try:  # a server that lost the adapter (restart) gets it loaded again, once
+        reply, route = routing.call_routed(
+            r, route, lambda rt: calls.generate_reply(
+                npc, note, recent_npc, retrieved, body.player_text, cards=cards_text,
+                memories=memories_text, route=rt),
+            lambda: routing.resolve(r, "dialogue", npc=npc))
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
     lap("model")

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
@@ -36,6 +38,8 @@ from inference.llm import ChatModel, chat_model, routed_chat_model
 from inference.lora import registry
 from inference.lora.coordinator import emit, get_coordinator, usage_key
 from settings import get_settings
+
+T = TypeVar("T")
 
 PURPOSE_ROLES = {"dialogue": "generation", "simulation": "maintenance", "analysis": "analysis"}
 """Call purpose -> model role (``settings.Settings.role``)."""
@@ -195,3 +199,23 @@ def forget_if_unloaded(r: redis.Redis, route: ModelRoute, exc: BaseException) ->
         return False
     get_coordinator(r).forget(route.base_url, route.adapter)
     return True
+
+
+def call_routed(r: redis.Redis, route: ModelRoute, call: Callable[[ModelRoute], T],
+                reresolve: Callable[[], ModelRoute]) -> tuple[T, ModelRoute]:
+    """``call(route)``; when it fails because the server lost the route's adapter
+    (:func:`forget_if_unloaded`), resolve the route again with ``reresolve()`` (which loads
+    the adapter again) and call once more. Returns ``(result, route used)``.
+
+    Raises:
+        inference.llm.ModelError: the call failed for another reason, or failed again.
+    """
+    from inference.llm import ModelError
+
+    try:
+        return call(route), route
+    except ModelError as exc:
+        if not forget_if_unloaded(r, route, exc):
+            raise
+    route = reresolve()
+    return call(route), route
