@@ -882,7 +882,7 @@ def test_check_topology_detects_a_task_without_queue():
     import celeryconfig
     from workers.celery_app import check_topology
 
-    other = Celery("topology-test")
+    other = Celery("topology-test", set_as_current=False)
     other.config_from_object(celeryconfig)
 
     @other.task(name="npc_memory.rogue")

@@ -104,7 +104,7 @@ def fault_app(private_redis):
 
     import celeryconfig
 
-    app = Celery("npc_memory_faults")
+    app = Celery("npc_memory_faults", set_as_current=False)  # never the tests' current app
     app.config_from_object(celeryconfig)
     app.conf.broker_url = private_redis.url
     app.conf.result_backend = private_redis.url

@@ -195,7 +195,8 @@ def test_broker_down_is_503(client, game_session, monkeypatch):
 
     sid = game_session["id"]
     turn_id = _event(client, sid)["turn_id"]
-    dead = Celery("dead-broker", broker="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    dead = Celery("dead-broker", broker="redis://127.0.0.1:1/0",  # nothing listens on port 1
+                  set_as_current=False)
     dead.conf.task_publish_retry = False
     monkeypatch.setattr(state, "celery", dead)
     res = client.post(f"/v1/sessions/{sid}/turns/{turn_id}/analyze")

@@ -63,7 +63,7 @@ def _send(redis_url: str, name: str, kwargs: dict) -> str:
 
     import celeryconfig
 
-    app = Celery("npc_memory_outages")
+    app = Celery("npc_memory_outages", set_as_current=False)  # never the tests' current app
     app.config_from_object(celeryconfig)
     app.conf.broker_url = redis_url
     app.conf.result_backend = redis_url

@@ -21,7 +21,7 @@ def test_honcho_scales_workers_with_unique_node_names():
     env = process_env(REDIS_URL=broker.url, WORKER_CONCURRENCY="1",
                       PATH=f"{Path(sys.executable).parent}:{process_env().get('PATH', '')}")
     honcho = _Subprocess(env, "honcho-workers.log")
-    app = Celery("honcho_probe")
+    app = Celery("honcho_probe", set_as_current=False)
     app.config_from_object(celeryconfig)
     app.conf.broker_url = broker.url
     app.conf.result_backend = broker.url
