@@ -13,7 +13,6 @@ beside it. Baseline: a bare Python interpreter's RSS, same run.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import threading
@@ -67,7 +66,6 @@ def run(env: Env, quick: bool) -> Result:
 
     sessions, turns = (10, 3) if quick else (100, 10)
     w = env.world()
-    os.environ["API_KEYS"] = env.api_key
     procs = {"web": env.web("memory-web")}
     try:
         for name, (queues, c, extra) in KINDS.items():
@@ -86,7 +84,7 @@ def run(env: Env, quick: bool) -> Result:
 
         th = threading.Thread(target=sample, daemon=True)
         th.start()
-        asyncio.run(_drive(procs["web"].url, w["key"], w["npcs"], sessions, turns))
+        asyncio.run(_drive(procs["web"].url, env.headers(), w["key"], w["npcs"], sessions, turns))
         env.wait_drained(300, queues=("analysis", "note_update", "embed", "archive"))
         stop.set()
         th.join(5)

@@ -3,11 +3,13 @@
 servers, beside raw Celery throughput of a no-op task on the same broker, same worker
 settings, same run; the ratio is note updates/min over no-op tasks/min.
 
-Turns are recorded through ``memory.turns.record_turn`` (the event endpoint's path) as fast as
-this process can, in many sessions; each analysis names two entries (``bench.zero``), so a
-turn makes two note updates. The clock runs from the first turn sent to the moment the three
-queues are empty with nothing reserved. CPU seconds of the worker, Redis, PostgreSQL, the
-zero server and this driver over the interval say what was busy.
+Turns are recorded through ``memory.turns.record_turn`` (the event endpoint's path) in many
+sessions before the worker starts, so their ``analyze_turn`` tasks wait in the broker; each
+analysis names two entries (``bench.zero``), so a turn makes up to two note updates (fewer
+when coalescing folds them). The clock runs from the worker's "ready" to the moment the three
+queues are empty with nothing reserved; the no-op baseline is queued and timed the same way.
+CPU seconds of the worker, Redis, PostgreSQL and the zero server over the interval say what
+was busy (the PostgreSQL figure is the whole local server's, other users included).
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def measure_pipeline(env: Env, sessions: int, turns: int, concurrency: int = 2,
                      pool: str = "prefork", timeout: float = 600) -> dict:
     """Run the pipeline once; returns a row: ``workers``, ``pool``, ``turns``, ``note_updates``
     (``update_note`` tasks that succeeded), ``embeds``, ``seconds``, ``updates_per_min``,
-    ``tasks_per_s`` (all pipeline tasks) and ``cpu_cores`` per process group.
+    ``tasks_per_s`` (all pipeline tasks) and ``cpu_<group>``: average cores busy per process
+    group (worker with its pool children, redis, postgres, zero_model).
 
     Raises:
         RuntimeError: the queues did not drain within ``timeout`` seconds.
@@ -87,14 +90,13 @@ def measure_pipeline(env: Env, sessions: int, turns: int, concurrency: int = 2,
     env.reset_queues()
     clear_ledger()
     sids = [env.new_session() for _ in range(sessions)]
+    send_turns(env, sids, turns)  # queued before the worker starts: the driver is not timed
     w = env.worker(f"pipeline-{pool}-{concurrency}", PIPELINE_QUEUES, concurrency, pool)
     try:
+        t0 = time.monotonic()  # the worker just said "ready"
         meter = CpuMeter({"worker": [w.proc.pid], "redis": [env.redis.proc.pid],
-                          "postgres": postgres_pids(), "zero_model": [env.zero_proc.pid],
-                          "driver": [psutil.Process().pid]})
+                          "postgres": postgres_pids(), "zero_model": [env.zero_proc.pid]})
         meter.start()
-        t0 = time.monotonic()
-        send_turns(env, sids, turns)
         done = env.wait_drained(timeout)
         meter.stop()
         if done is None:
@@ -112,23 +114,24 @@ def measure_pipeline(env: Env, sessions: int, turns: int, concurrency: int = 2,
             "note_updates": updates,
             "embeds": counts.get("npc_memory.embed", {}).get("succeeded", 0),
             "seconds": round(wall, 2), "updates_per_min": round(updates / wall * 60, 1),
-            "tasks_per_s": round(tasks / wall, 1), "cpu_cores": meter.cores(),
+            "tasks_per_s": round(tasks / wall, 1),
+            **{f"cpu_{k}": v for k, v in meter.cores().items()},
             "not_succeeded": {k: v for k, v in failed.items() if v}}
 
 
 def measure_noop(env: Env, n: int, concurrency: int = 2, pool: str = "prefork",
                  timeout: float = 300) -> dict:
-    """Raw Celery throughput: ``n`` no-op tasks (``bench.noop_app``) sent as fast as this
-    process can and consumed by one worker of the same concurrency and pool; returns
+    """Raw Celery throughput: ``n`` no-op tasks (``bench.noop_app``) queued, then consumed by
+    one worker of the same concurrency and pool (timed from its "ready"); returns
     ``{"tasks", "seconds", "tasks_per_min", "tasks_per_s"}``."""
     from bench.noop_app import QUEUE, app
 
     env.reset_queues()
+    for i in range(n):
+        app.send_task("bench.noop", kwargs={"i": i})
     w = env.worker(f"noop-{pool}-{concurrency}", QUEUE, concurrency, pool, app="bench.noop_app")
     try:
         t0 = time.monotonic()
-        for i in range(n):
-            app.send_task("bench.noop", kwargs={"i": i})
         done = env.wait_drained(timeout, queues=(QUEUE,))
         if done is None:
             raise RuntimeError(f"no-op tasks did not drain in {timeout} s")

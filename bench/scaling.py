@@ -24,7 +24,7 @@ def run(env: Env, quick: bool) -> Result:
     rows = []
     for c, pool in configs:
         row = measure_pipeline(env, sessions, turns, concurrency=c, pool=pool)
-        cores = row["cpu_cores"]
+        cores = {k[4:]: v for k, v in row.items() if k.startswith("cpu_")}
         row["cores_total"] = round(sum(cores.values()), 2)
         row["busiest"] = max(cores, key=cores.get) if cores else ""
         row["cpu_bound"] = row["cores_total"] >= 0.85 * (os.cpu_count() or 1)

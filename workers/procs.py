@@ -227,7 +227,7 @@ class SubprocessWorker(_Subprocess):
                 raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
             if b" ready." in self.log_path.read_bytes():
                 return
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise RuntimeError(f"worker not ready in {timeout} s:\n{self.tail()}")
 
     def children(self) -> list[psutil.Process]:
