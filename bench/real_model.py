@@ -1,9 +1,9 @@
 """Benchmark 8, real model, embedded default: the local llama.cpp server with SmolLM2-135M
-(``workers.embedded.llm_argv``, as ``npc-memory demo`` starts it) for every model role and
+(``workers.embedded.llm_argv``, as ``npc-memory demo`` starts it, one thread) for every model role and
 the local MiniLM embedder (``EMBEDDER=minilm``), one dialogue server, one ``worker``
 (analysis, note_update, -c 1) and one ``embedder`` (embed, -c 1).
 
-Two sessions play turns concurrently (20 turns in all; quick: 4). Reported: turns per minute,
+Two sessions play turns concurrently (20 turns in all; quick: 2 turns, one session). Reported: turns per minute,
 dialogue latency p50/p95 (client round trip), and the pipeline behind the dialogue: the model
 server is serial, so analysis and note rewrites queue up behind the dialogue's generations;
 queue depths are sampled every 0.5 s from the first turn until the pipeline drains (or the
@@ -77,14 +77,16 @@ async def _play(base: str, headers: dict, world: str, npcs: list[str], sessions:
 
 
 def run(env: Env, quick: bool) -> Result:
-    """20 turns over 2 sessions, drain limit 300 s (quick: 4 turns, 60 s)."""
+    """20 turns over 2 sessions, drain limit 300 s (quick: 2 turns in 1 session, 30 s)."""
     from workers.embedded import free_port, llm_argv, wait_http
 
-    sessions, turns, drain_s = (2, 2, 60) if quick else (2, 10, 300)
+    sessions, turns, drain_s = (1, 2, 30) if quick else (2, 10, 300)
     port = free_port()
     llm_url = f"http://127.0.0.1:{port}/v1"
     log = open(env.tmp / "llm.log", "wb")
-    llm = subprocess.Popen(llm_argv(port, ALIAS, 2048, 2), stdout=log, stderr=subprocess.STDOUT,
+    # one thread, as the tests run it: llama.cpp's threads spin, and on a busy 2-core machine
+    # two of them made a token ~30x slower (tests/conftest.py)
+    llm = subprocess.Popen(llm_argv(port, ALIAS, 2048, 1), stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)
     procs = []
     model_env = {"LLM_BACKEND": "llamacpp", "LLM_BASE_URL": llm_url, "LLM_MODEL": ALIAS,
@@ -92,7 +94,7 @@ def run(env: Env, quick: bool) -> Result:
                  "EMBEDDER": "minilm", "LLM_MAX_RETRIES": "2"}
     try:
         wait_http(f"{llm_url}/models", 180)
-        raw = _raw_model(llm_url, 3 if quick else 5)
+        raw = _raw_model(llm_url, 1 if quick else 5)
         w = env.world()
         env.reset_queues()
         procs.append(env.web("real-web", **model_env))
