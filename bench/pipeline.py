@@ -26,7 +26,8 @@ UPDATE = "npc_memory.update_note"
 
 class CpuMeter:
     """CPU seconds (user + system) of named process groups between ``start()`` and
-    ``stop()``; ``cores()`` gives each group's average cores busy over the interval."""
+    ``stop()``, and of the whole machine (``machine``: every process, other users' included);
+    ``cores()`` gives each one's average cores busy over the interval."""
 
     def __init__(self, groups: dict[str, list[int]]):
         self.groups = groups
@@ -47,7 +48,8 @@ class CpuMeter:
         return out
 
     def _read(self) -> dict[str, float]:
-        res = {}
+        t = psutil.cpu_times()
+        res = {"machine": t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)}
         for name, pids in self.groups.items():
             total = 0.0
             for p in self._procs(pids):
