@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.common import Env, Result, dist, pct
+from bench.common import Env, Result, dist
 
 
 async def _drive(base: str, headers: dict, world: str, npcs: list[str], sessions: int,
