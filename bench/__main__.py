@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "value": "" if t.value is None else round(t.value, 3),
                                 "target": f"{t.op} {t.threshold:g} {t.unit}".strip() if t.op else "",
                                 "met": {True: "yes", False: "NO", None: "-"}[t.met]})
+        console.print(f"[dim]logs: {env.tmp}[/dim]")
     console.rule("summary")
     print_table(f"summary ({time.monotonic() - t_all:.0f} s{', quick' if args.quick else ''})",
                 summary)

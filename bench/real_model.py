@@ -135,6 +135,8 @@ def run(env: Env, quick: bool) -> Result:
            "queued_at_last_turn": sum(v for k, v in at_last.items() if k != "reserved"),
            "peak_depth": peak,
            "lag_after_last_turn_s": round(done - t_last, 1) if done else None,
+           "queued_at_end": sum(v for k, v in samples[-1][1].items() if k != "reserved")
+           if samples else None,
            "drained": done is not None}
     step = max(1, len(samples) // 60)
     return Result(
