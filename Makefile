@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup demo demo-light test clean
+.PHONY: setup demo demo-light test bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ demo-light: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m bench
+
+bench-quick: setup
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) var

@@ -1,91 +1,33 @@
-"""Benchmark (not a test): hot-path overhead of the dialogue server under 100 and 500
-concurrent sessions, with zero-latency OpenAI-compatible model and embedding servers, so what
-is measured is the server's own work (Level 1 cache check, Redis, index search, ranking, prompt
-rendering, recording and enqueueing), not the model.
+"""Benchmark 7, hot path: the dialogue server's own overhead under 100 and 500 concurrent
+sessions (quick: 20), with the zero-latency model and embedding server (``bench.zero``), so
+what is measured is the server's work (Level 1 cache check, Redis, index search, ranking,
+prompt rendering, recording and enqueueing), not the model.
 
-    PYTHONPATH=. python bench/hot_path.py --sessions 100 500 --turns 5
-
-What it does: starts ``bench/hot_path.py serve-zero`` (a FastAPI app answering
-``/v1/chat/completions`` with a fixed line and ``/v1/embeddings`` with a deterministic 384-d
-hashed vector, both at once), imports the example world with that embedder into
-``DATABASE_URL`` (default: a fresh SQLite file in a temporary folder) and ``REDIS_URL``
-(default ``redis://127.0.0.1:6379/15``), starts ``uvicorn workers.web:app`` against them, opens
-N sessions and plays ``--turns`` turns in each, all sessions concurrently (asyncio + httpx).
-
-It prints, per concurrency level: client round trip and server hot-path overhead (server time
-minus the model stage) p50/p95/p99 in ms, turns/s, and each stage's share of the server time,
-read from the turn endpoint's ``Server-Timing`` header (context, embed, retrieve, model,
-record). The turn tasks it enqueues are deleted from the broker's queues at the end (only the
-queue keys; nothing else in the Redis database is touched).
+Starts ``uvicorn workers.web:app`` on the run's Redis and database (``bench.common.Env``),
+opens N sessions on the example world and plays ``turns`` turns in each, all sessions
+concurrently (asyncio + httpx). Per concurrency level: client round trip and server hot-path
+overhead (server time minus the model stage) p50/p95/p99 in ms, turns/s, and each stage's
+share of the server time, read from the turn endpoint's ``Server-Timing`` header (context,
+embed, retrieve, model, record). Baseline: ``GET /healthz`` round trips of the same server at
+the same concurrency (the HTTP and event-loop floor), same run.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import hashlib
-import os
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DIM = 384
+from bench.common import Env, Result, dist
 
 
-def zero_app():
-    """The zero-latency OpenAI-compatible model and embedding server."""
-    import numpy as np
-    from fastapi import FastAPI
-
-    app = FastAPI()
-
-    def vec(text: str) -> list[float]:
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-        v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-        return (v / np.linalg.norm(v)).tolist()
-
-    @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{"id": "zero", "object": "model"}]}
-
-    @app.post("/v1/embeddings")
-    def embeddings(body: dict):
-        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        return {"object": "list", "model": "zero", "usage": {"prompt_tokens": 1, "total_tokens": 1},
-                "data": [{"object": "embedding", "index": i, "embedding": vec(t)}
-                         for i, t in enumerate(texts)]}
-
-    @app.post("/v1/chat/completions")
-    def chat(body: dict):
-        return {"id": "zero", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model", "zero"),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "Aye, that I can."}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-
-    return app
-
-
-def _wait(url: str, timeout: float = 120) -> None:
-    from workers.embedded import wait_http
-
-    wait_http(url, timeout)
-
-
-def _pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-async def _drive(base: str, world: str, npcs: list[str], sessions: int, turns: int) -> dict:
+async def _drive(base: str, headers: dict, world: str, npcs: list[str], sessions: int,
+                 turns: int) -> dict:
+    """Open ``sessions`` sessions on ``world`` and play ``turns`` turns in each, all sessions
+    concurrently; returns ``{"rtt": [ms], "overhead": [ms], "stages": {stage: [ms]},
+    "errors": n, "wall": s}``."""
     import httpx
 
     limits = httpx.Limits(max_connections=sessions, max_keepalive_connections=sessions)
-    headers = {"Authorization": f"Bearer {os.environ['API_KEYS'].split(',')[0]}"}
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits,
                                  headers=headers) as client:
         sids = []
@@ -123,88 +65,51 @@ async def _drive(base: str, world: str, npcs: list[str], sessions: int, turns: i
     return {"rtt": rtt, "overhead": overhead, "stages": stages, "errors": errors, "wall": wall}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd")
-    z = sub.add_parser("serve-zero")
-    z.add_argument("--port", type=int, required=True)
-    ap.add_argument("--sessions", type=int, nargs="+", default=[100, 500])
-    ap.add_argument("--turns", type=int, default=5)
-    args = ap.parse_args()
-    if args.cmd == "serve-zero":
-        import uvicorn
+async def _floor(base: str, sessions: int, requests: int) -> list[float]:
+    """``GET /healthz`` round trips (ms), ``sessions`` concurrent clients."""
+    import httpx
 
-        uvicorn.run(zero_app(), host="127.0.0.1", port=args.port, log_level="warning")
-        return
+    limits = httpx.Limits(max_connections=sessions, max_keepalive_connections=sessions)
+    out: list[float] = []
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+        async def one(_i: int) -> None:
+            for _ in range(requests):
+                t0 = time.perf_counter()
+                await client.get("/healthz")
+                out.append((time.perf_counter() - t0) * 1000)
 
-    from workers.embedded import free_port
+        await asyncio.gather(*(one(i) for i in range(sessions)))
+    return out
 
-    tmp = Path(tempfile.mkdtemp(prefix="npcmem-bench-"))
-    zport, wport = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1",
-           "DATA_DIR": str(tmp), "EMBEDDER": "openai",
-           "EMBEDDING_BASE_URL": f"http://127.0.0.1:{zport}/v1", "EMBEDDING_MODEL": "zero",
-           "LLM_BACKEND": "openai", "LLM_BASE_URL": f"http://127.0.0.1:{zport}/v1",
-           "LLM_MODEL": "zero", "SIMULATE_EVERY_TURNS": "0", "SUMMARIZE_EVERY_TURNS": "0"}
-    env.setdefault("API_KEYS", f"bench-{uuid.uuid4().hex}")  # the server requires a key
-    env.setdefault("DATABASE_URL", f"sqlite:///{tmp / 'bench.db'}")
-    env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
-    os.environ.update(env)
-    procs = [subprocess.Popen([sys.executable, __file__, "serve-zero", "--port", str(zport)],
-                              env=env, cwd=ROOT)]
+
+def run(env: Env, quick: bool) -> Result:
+    """100 and 500 sessions x 5 turns (quick: 20 sessions x 2 turns)."""
+    levels, turns = ([20], 2) if quick else ([100, 500], 5)
+    w = env.world()
+    web = env.web("hot-path-web")
+    rows, base = [], {}
     try:
-        _wait(f"http://127.0.0.1:{zport}/v1/models")
-        from inference.embedding import get_embedder
-        from memory.db import migrate, session_scope
-        from memory.importers.examples import load_example
-        from memory.nearline import get_redis
-        from memory.vectors import embed_world_base
-        from memory.worlds import import_world
-
-        migrate()
-        spec, _script = load_example()
-        with session_scope() as s:
-            world, _ = import_world(s, spec)
-            embed_world_base(s, get_redis(), get_embedder(), world.id)
-            world_key = world.key
-        npcs = [e.key for e in spec.characters()]
-        log = open(tmp / "web.log", "wb")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "workers.web:app", "--host", "127.0.0.1", "--port",
-             str(wport), "--log-level", "warning", "--timeout-keep-alive", "120",
-             "--backlog", "4096"], env=env, cwd=ROOT, stdout=log,
-            stderr=subprocess.STDOUT))
-        _wait(f"http://127.0.0.1:{wport}/healthz")
-        print(f"world {world_key}: {len(npcs)} characters; database {env['DATABASE_URL']}; "
-              f"redis {env['REDIS_URL']}; {args.turns} turns per session")
-        for n in args.sessions:
-            out = asyncio.run(_drive(f"http://127.0.0.1:{wport}", world_key, npcs, n, args.turns))
+        for n in levels:
+            out = asyncio.run(_drive(web.url, env.headers(), w["key"], w["npcs"], n, turns))
+            floor = asyncio.run(_floor(web.url, n, turns))
             done = len(out["overhead"])
             total = {k: sum(v) for k, v in out["stages"].items()}
             grand = sum(total.values()) or 1.0
-            print(f"\n{n} concurrent sessions: {done} turns ok, {out['errors']} errors, "
-                  f"{done / out['wall']:.0f} turns/s")
-            for name, vals in (("client round trip", out["rtt"]),
-                               ("server hot-path overhead", out["overhead"])):
-                if vals:
-                    print(f"  {name:26s} p50 {_pct(vals, 50):8.2f} ms  p95 {_pct(vals, 95):8.2f} ms"
-                          f"  p99 {_pct(vals, 99):8.2f} ms")
-            print("  stage shares of server time: " + ", ".join(
-                f"{k} {100 * v / grand:.1f}%" for k, v in total.items()))
+            rtt, over = dist(out["rtt"], 2), dist(out["overhead"], 2)
+            rows.append({"sessions": n, "turns_ok": done, "errors": out["errors"],
+                         "turns_per_s": round(done / out["wall"], 1),
+                         "rtt_p50_ms": rtt["p50"], "rtt_p95_ms": rtt["p95"], "rtt_p99_ms": rtt["p99"],
+                         "overhead_p50_ms": over["p50"], "overhead_p95_ms": over["p95"],
+                         "overhead_p99_ms": over["p99"],
+                         "stage_share_pct": {k: round(100 * v / grand, 1) for k, v in total.items()}})
+            base[f"healthz_{n}"] = dist(floor, 2)
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        try:
-            from memory.nearline import get_redis
-
-            get_redis().delete("analysis", "archive", "simulate_world", "note_update")
-        except Exception:
-            pass
-
-
-if __name__ == "__main__":
-    main()
+        web.stop()
+    top = rows[-1]
+    floor_p50 = base[f"healthz_{top['sessions']}"]["p50"]
+    return Result(
+        "hot_path", rows, baseline=base,
+        ratio=round(top["rtt_p50_ms"] / floor_p50, 2) if floor_p50 else None,
+        targets=[],  # the memory-tiers issue states no number; the figures are reported
+        params={"turns_per_session": turns, "levels": levels},
+        notes="ratio = turn round trip p50 / GET /healthz round trip p50 at the top concurrency.")

@@ -1,0 +1,35 @@
+"""Smoke test of the benchmark suite: ``python -m bench retrieval archive --quick`` runs end to
+end and writes JSON with the runner's fields. Speed is not checked here (the figures are the
+benchmarks' output, never a test's assertion)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.procs import ROOT, process_env
+
+
+def test_quick_bench_writes_json(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "retrieval", "archive", "--quick", "--json-out",
+         str(tmp_path)], cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "summary" in done.stdout
+    for name in ("retrieval", "archive"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["name"] == name
+        assert data["params"]["quick"] is True
+        assert data["rows"] and data["baseline"]
+        assert isinstance(data["ratio"], float) and data["ratio"] > 0
+        assert data["machine"]["cpus"] >= 1
+        for t in data["targets"]:
+            assert set(t) >= {"figure", "value", "op", "threshold", "met"}
+            assert t["met"] in (True, False)
+    retrieval = json.loads((tmp_path / "retrieval.json").read_text())
+    assert [r["entries"] for r in retrieval["rows"]] == [10_000, 100_000]
+    assert all(r["p95_ms"] > 0 and r["raw_faiss_p95_ms"] > 0 for r in retrieval["rows"])
+    archive = json.loads((tmp_path / "archive.json").read_text())
+    assert [r["written"] for r in archive["rows"]] == [2000, 500]  # batched, Celery archiver
+    assert archive["baseline"]["written"] == 300  # one insert per turn
