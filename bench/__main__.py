@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 BENCHMARKS = ["retrieval", "archive", "pipeline", "freshness", "coalescing", "scaling",
-              "hot_path", "memory", "real_model"]
+              "hot_path", "lora_route", "memory", "real_model"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,84 +1,84 @@
-"""What routing an NPC to its archetype adapter adds to a dialogue turn.
+"""Benchmark 10, LoRA routing: what routing an NPC to its archetype adapter adds to a turn.
 
-Publishes a synthetic 7-adapter chain to Redis (``REDIS_URL``, default
-``redis://127.0.0.1:6379/15``), gives a character that archetype, marks its
-``dialogue_style`` adapter loaded, then times ``inference.lora.routing.resolve`` for a
-dialogue call: on ``vllm`` with the adapter loaded (the steady state: one Lua round trip), an
-unregistered archetype (fallback), and on ``llamacpp`` (no Redis at all). Prints p50/p95/p99
-in microseconds; the keys it wrote are deleted at the end. A benchmark, not a test.
-
-    python bench/lora_route.py --n 5000
+Publishes a synthetic 7-adapter chain to the run's Redis, gives a character that archetype,
+marks its ``dialogue_style`` adapter loaded, then times ``inference.lora.routing.resolve`` for
+a dialogue call: on ``vllm`` with the adapter loaded (the steady state: one Lua round trip),
+for an unregistered archetype (the fallback), and on ``llamacpp`` (no Redis at all, the
+baseline). In-process, one thread; the keys it wrote are deleted at the end.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import Env, Result, dist
 
-
-def _pct(xs: list[float], q: float) -> float:
-    return statistics.quantiles(xs, n=100)[int(q) - 1] if len(xs) > 1 else xs[0]
+SERVER = "http://gpu:8000/v1"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=5000)
-    args = ap.parse_args()
-    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
-    os.environ.update(GENERATION_BACKEND="vllm", GENERATION_BASE_URL="http://gpu:8000/v1",
-                      GENERATION_MODEL="base")
-
+def run(env: Env, quick: bool) -> Result:
+    """5,000 resolutions per case (500 quick); figures in microseconds."""
     from inference.lora import registry, routing
     from inference.lora.coordinator import loaded_key, usage_key
     from memory.nearline import get_redis
     from models.archetypes import ADAPTER_TASKS
     from settings import get_settings
 
+    n = 500 if quick else 5000
+    saved = {k: os.environ.get(k) for k in ("GENERATION_BACKEND", "GENERATION_BASE_URL",
+                                             "GENERATION_MODEL")}
     r = get_redis()
     arch, world_id, entry_id = f"bench{uuid.uuid4().hex[:6]}", 10**9, 1
-    server = "http://gpu:8000/v1"
-    chain = {"name": arch, "server_url": server, "server_id": "", "base_model": "base",
+    chain = {"name": arch, "server_url": SERVER, "server_id": "", "base_model": "base",
              "services": {}, "adapters": {t: {"name": f"{arch}-{t}-v1", "path": f"/a/{t}",
                                               "rank": 16, "size_mb": 100.0, "base_model": "base",
                                               "version": "1", "trained_on": "", "metrics": {},
                                               "mistral_model": None} for t in ADAPTER_TASKS}}
-    registry.publish(r, chain)
-    r.hset(registry.archetypes_key(world_id), entry_id, arch)
-    r.hset(registry.archetypes_key(world_id), entry_id + 1, "nobody" + arch)
-    r.zadd(loaded_key(server), {f"{arch}-dialogue_style-v1": time.time()})
     npc = {"id": entry_id, "world_id": world_id}
     ghost = {"id": entry_id + 1, "world_id": world_id}
 
-    def timed(label: str, fn) -> None:
-        fn()
+    def backend(name: str) -> None:
+        os.environ.update(GENERATION_BACKEND=name, GENERATION_BASE_URL=SERVER,
+                          GENERATION_MODEL="base")
+        get_settings.cache_clear()
+
+    def timed(case: str, fn) -> dict:
+        for _ in range(20):
+            fn()
         xs = []
-        for _ in range(args.n):
+        for _ in range(n):
             t0 = time.perf_counter()
             fn()
             xs.append((time.perf_counter() - t0) * 1e6)
-        print(f"{label:32s} p50 {_pct(xs, 50):8.1f} us  p95 {_pct(xs, 95):8.1f} us  "
-              f"p99 {_pct(xs, 99):8.1f} us")
+        d = dist(xs, 1)
+        return {"case": case, "calls": n, **{f"{k}_us": d[k] for k in ("p50", "p95", "p99")}}
 
+    registry.publish(r, chain)
+    r.hset(registry.archetypes_key(world_id), mapping={entry_id: arch, entry_id + 1: f"x{arch}"})
+    r.zadd(loaded_key(SERVER), {f"{arch}-dialogue_style-v1": time.time()})
     try:
+        backend("vllm")
         route = routing.resolve(r, "dialogue", npc=npc)
-        assert route.adapter == f"{arch}-dialogue_style-v1", route
-        timed("vllm, adapter loaded", lambda: routing.resolve(r, "dialogue", npc=npc))
-        timed("vllm, unregistered archetype", lambda: routing.resolve(r, "dialogue", npc=ghost))
-        os.environ["GENERATION_BACKEND"] = "llamacpp"
-        get_settings.cache_clear()
-        timed("llamacpp (no adapters)", lambda: routing.resolve(r, "dialogue", npc=npc))
+        if route.adapter != f"{arch}-dialogue_style-v1":
+            raise RuntimeError(f"routing did not pick the adapter: {route}")
+        rows = [timed("vllm, adapter loaded", lambda: routing.resolve(r, "dialogue", npc=npc)),
+                timed("vllm, unregistered archetype",
+                      lambda: routing.resolve(r, "dialogue", npc=ghost))]
+        backend("llamacpp")
+        base = timed("llamacpp (no adapters)", lambda: routing.resolve(r, "dialogue", npc=npc))
+        rows.append(base)
     finally:
-        r.delete(registry.chain_key(arch), registry.archetypes_key(world_id), loaded_key(server),
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        get_settings.cache_clear()
+        r.delete(registry.chain_key(arch), registry.archetypes_key(world_id), loaded_key(SERVER),
                  usage_key(f"{arch}-dialogue_style-v1"))
         r.srem(registry.CHAINS, arch)
-
-
-if __name__ == "__main__":
-    main()
+    return Result(
+        "lora_route", rows, baseline={"llamacpp_p50_us": base["p50_us"]},
+        ratio=round(rows[0]["p50_us"] / base["p50_us"], 1) if base["p50_us"] else None,
+        params={"calls": n, "adapter_tasks": len(ADAPTER_TASKS)},
+        notes="ratio = vLLM route p50 / llamacpp route p50 (no Redis); the adapter load itself "
+              "(first use on a server) is not included.")

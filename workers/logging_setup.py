@@ -149,6 +149,12 @@ def configure_logging(process: str, level: str | int | None = None) -> None:
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    # The HTTP clients' per-request INFO lines ("HTTP Request: POST .../chat/completions")
+    # repeat what the model-call metrics count, at two JSON lines per turn on the hot path:
+    # they are kept for LOG_LEVEL=DEBUG only.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for name in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 def install_celery_signals() -> None:
