@@ -42,10 +42,12 @@ def insert_turns(session: Session, turns: list[dict]) -> set[str]:
         "npc_text": t["npc_text"], "latency_ms": t.get("latency_ms", 0.0),
         "created_at": datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
     } for t in turns]
-    stmt = (dialect_insert(session, Turn).values(rows)
+    stmt = (dialect_insert(session, Turn)
             .on_conflict_do_nothing(index_elements=["id"]).returning(Turn.id))
-    # counted from RETURNING: rowcount is -1 for multi-row inserts on psycopg
-    return {row[0] for row in session.execute(stmt).all()}
+    # An executemany with RETURNING: SQLAlchemy's "insertmanyvalues" sends it as one multi-row
+    # INSERT per up to 1000 rows from a statement compiled once (a .values(rows) statement is
+    # compiled anew for every batch). Counted from RETURNING: rowcount is -1 here on psycopg.
+    return {row[0] for row in session.execute(stmt, rows).all()}
 
 
 def _applied_at(event: dict) -> datetime:
