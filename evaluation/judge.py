@@ -9,6 +9,7 @@ counts as unjudged and is left out of the shares, and the report says how many).
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import prompts
 from inference.llm import ModelError, chat_model
@@ -16,35 +17,35 @@ from prompts.outputs import ConsistencyVerdict, ReplyVerdict
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T", ConsistencyVerdict, ReplyVerdict)
+
 LORE_CHARS = 1200  # the lore entry as the judge sees it (a small model's context is short)
+
+
+def _verdict(template: str, output: type[T], max_tokens: int, **fields) -> T | None:
+    """The analysis model's JSON verdict from ``prompts/templates/{template}.j2`` under
+    ``prompts/schemas/{template}.json``; None (logged) when it gave none that validates."""
+    msgs = prompts.messages(template, **fields)
+    try:
+        verdict, _ = chat_model("analysis").complete_json(
+            msgs, output, prompts.schema(template), max_tokens=max_tokens, temperature=0.0,
+            schema_name=template)
+        return verdict
+    except ModelError as exc:
+        log.warning("judge gave no %s verdict: %s", template, exc)
+        return None
 
 
 def judge_reply(npc_name: str, lore: str, player_text: str, npc_text: str) -> ReplyVerdict | None:
     """Does ``npc_text`` contradict ``lore``, and what is its tone? None if the judge gave
     no valid verdict (model error or invalid output after retries)."""
-    msgs = prompts.messages("judge_reply", npc_name=npc_name, lore=lore[:LORE_CHARS],
-                            player_text=player_text, npc_text=npc_text)
-    try:
-        verdict, _ = chat_model("analysis").complete_json(
-            msgs, ReplyVerdict, prompts.schema("judge_reply"), max_tokens=120,
-            temperature=0.0, schema_name="judge_reply")
-        return verdict
-    except ModelError as exc:
-        log.warning("judge gave no reply verdict: %s", exc)
-        return None
+    return _verdict("judge_reply", ReplyVerdict, 120, npc_name=npc_name,
+                    lore=lore[:LORE_CHARS], player_text=player_text, npc_text=npc_text)
 
 
 def judge_consistency(npc_name: str, question: str, first: str,
                       second: str) -> ConsistencyVerdict | None:
     """Do two replies to the same ``question`` agree? None if the judge gave no valid
     verdict."""
-    msgs = prompts.messages("judge_consistency", npc_name=npc_name, question=question,
-                            first=first, second=second)
-    try:
-        verdict, _ = chat_model("analysis").complete_json(
-            msgs, ConsistencyVerdict, prompts.schema("judge_consistency"), max_tokens=100,
-            temperature=0.0, schema_name="judge_consistency")
-        return verdict
-    except ModelError as exc:
-        log.warning("judge gave no consistency verdict: %s", exc)
-        return None
+    return _verdict("judge_consistency", ConsistencyVerdict, 100, npc_name=npc_name,
+                    question=question, first=first, second=second)

@@ -164,8 +164,10 @@ def celery_worker_argv(name: str, queues: str, concurrency: int = 1,
             "--without-gossip", "--without-mingle"]
 
 
-def wait_http(url: str, timeout: float, sup: Supervisor | None = None) -> None:
-    """Poll ``url`` until it answers 200.
+def wait_http(url: str, timeout: float, sup: Supervisor | None = None,
+              interval: float = 0.3) -> None:
+    """Poll ``url`` every ``interval`` seconds until it answers 200; ``sup`` (anything with a
+    ``check()`` that raises when a watched process died) is checked before each poll.
 
     Raises:
         TimeoutError: not up within ``timeout`` seconds.
@@ -180,5 +182,5 @@ def wait_http(url: str, timeout: float, sup: Supervisor | None = None) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
+        time.sleep(interval)
     raise TimeoutError(f"{url} did not come up within {timeout:.0f} s")

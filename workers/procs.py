@@ -19,11 +19,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
-import httpx
 import psutil
 
-from workers.embedded import free_port
+from workers.embedded import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,17 +173,14 @@ class _Subprocess:
     def wait_http(self, url: str, timeout: float, what: str) -> None:
         """Poll ``url`` until it answers 200. Raises RuntimeError (with the log's tail) if the
         process exits or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def check() -> None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{what} exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{what} not ready in {timeout} s:\n{self.tail()}")
+
+        try:
+            wait_http(url, timeout, sup=SimpleNamespace(check=check), interval=0.2)
+        except TimeoutError:
+            raise RuntimeError(f"{what} not ready in {timeout} s:\n{self.tail()}") from None
 
     def stop(self) -> None:
         if self.proc is None:
