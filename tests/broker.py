@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from contextlib import contextmanager
 
 
 def _decode(msg: dict) -> dict:
@@ -26,3 +27,23 @@ def queued_messages(r, queue: str, reserved: bool = True) -> list[dict]:
             if routing_key == queue:
                 out.append(_decode(msg))
     return out
+
+
+@contextmanager
+def consumers_paused(app, timeout: float = 1.0):
+    """Within the block, no running worker of ``app``'s broker consumes any of its queues
+    (Celery remote control: ``cancel_consumer``, then ``add_consumer`` for exactly the queues
+    each worker had). For tests that inspect what a turn *sent* while the session-wide
+    in-process worker (``conftest.worker``), started by an earlier module, is still running.
+    With no worker answering, it costs one ``inspect`` round (``timeout`` s)."""
+    active = app.control.inspect(timeout=timeout).active_queues() or {}
+    had = {name: [q["name"] for q in queues] for name, queues in active.items()}
+    for name, queues in had.items():
+        for q in queues:
+            app.control.cancel_consumer(q, destination=[name], reply=True, timeout=timeout)
+    try:
+        yield
+    finally:
+        for name, queues in had.items():
+            for q in queues:
+                app.control.add_consumer(q, destination=[name], reply=True, timeout=timeout)

@@ -29,6 +29,7 @@ from memory.importers.spec import world_from_dict
 from memory.worlds import import_world
 from models import Adapter, Archetype, LoreEntry
 from models.archetypes import ADAPTER_TASKS
+from tests.broker import consumers_paused
 from tests.procs import api_headers
 
 BASE = "base-model"
@@ -422,12 +423,14 @@ def test_unload_of_an_adapter_the_server_lacks_is_not_an_error(r, vllm):
 # ------------------------------------------------------------------ API, CLI, turn path
 
 @pytest.fixture
-def client(vllm):
+def client(vllm, celery_app):
+    """The dialogue server in-process; a session-wide worker left running by an earlier
+    module does not consume meanwhile (its analyses would load adapters on ``vllm`` too)."""
     from fastapi.testclient import TestClient
 
     from workers.web import app
 
-    with TestClient(app, headers=api_headers()) as c:
+    with consumers_paused(celery_app), TestClient(app, headers=api_headers()) as c:
         yield c
 
 

@@ -25,7 +25,7 @@ from memory.archive import insert_turns
 from memory.db import session_scope
 from tasks.base import _ledger
 from tasks.dispatch import turn_task_id
-from tests.broker import queued_messages
+from tests.broker import consumers_paused, queued_messages
 from tests.fakes import FakeServer, openai_chat, role_on
 from tests.procs import api_headers
 
@@ -38,7 +38,8 @@ def client(light_world, celery_app):
     from workers.web import app
 
     celery_app.set_current()  # the tasks run by apply() enqueue through the current app
-    with TestClient(app, headers=api_headers()) as c:
+    # a session-wide worker left running by an earlier module must not run what the tests send
+    with consumers_paused(celery_app), TestClient(app, headers=api_headers()) as c:
         yield c
     nearline.get_redis().delete(*QUEUES)  # never consumed here
 
