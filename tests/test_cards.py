@@ -19,15 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 import settings
 from fakes import FakeServer, openai_chat  # tests/ is on sys.path (rootdir conftest)
 from fakes import role_on as _role_on
 from memory import cards as mc
 from memory import nearline
-from memory.db import get_engine, session_scope
+from memory.db import session_scope
 from models import CardEvent, LoreEntry, NpcCard, TaskRecord
+from tests.sqlcount import sql_statements
 
 
 def _rel(event_id: str, kind: str, detail: str = "Something happened.", intensity: int = 1,
@@ -440,20 +441,11 @@ def test_turn_prompt_carries_the_cards_from_redis_without_sql(client, light_worl
     baker_id = nearline.resolve_key(r, light_world["id"], sid, "baker_27")
     mc.apply_events(r, sid, baker_id, [_rel("t1:r0", "saved_life", "Pulled you out of the burning oven.", 8)],
                     [_quest("t1:q0", "quest_started", "Rebuild the oven", "Find bricks.")])
-    statements: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        if not threading.current_thread().name.startswith("ThreadPoolExecutor"):
-            statements.append(statement)
-
     with FakeServer() as srv, _role_on(srv.url + "/v1", "generation"):
         srv.default = openai_chat("You saved my life, friend.")
-        event.listen(get_engine(), "before_cursor_execute", count)
-        try:
+        with sql_statements() as statements:
             res = client.post(f"/v1/sessions/{sid}/turns",
                               json={"npc_id": "baker_27", "player_text": "How is the oven?"})
-        finally:
-            event.remove(get_engine(), "before_cursor_execute", count)
         system = srv.posts("/v1/chat/completions")[0].body["messages"][0]["content"]
     assert res.status_code == 200, res.text
     assert statements == []

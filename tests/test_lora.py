@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 import settings
@@ -24,12 +24,13 @@ from inference import calls, llm
 from inference.lora import coordinator as coord_mod
 from inference.lora import registry, routing
 from memory import nearline
-from memory.db import get_engine, session_scope
+from memory.db import session_scope
 from memory.importers.spec import world_from_dict
 from memory.worlds import import_world
 from models import Adapter, Archetype, LoreEntry
 from models.archetypes import ADAPTER_TASKS
 from tests.broker import consumers_paused
+from tests.sqlcount import sql_statements
 from tests.procs import api_headers
 
 BASE = "base-model"
@@ -504,30 +505,28 @@ def test_cli_provisions_lists_and_sets(r, vllm, world, tmp_path):
     assert res.exit_code == 1 and "someone/else" in res.output
 
 
-def test_turn_uses_the_archetype_adapter_with_no_database_query(client, vllm, world, tmp_path):
-    """A played turn routes to the NPC's dialogue adapter, loading it on first use, and the
-    turn path (route and load included) still makes no database query."""
+def _vampire_session(client, vllm, world, tmp_path: Path) -> tuple[str, str]:
+    """Over the API: provision a new archetype's chain on ``vllm``, give Count V that
+    archetype, open a session. Returns ``(archetype, session id)``."""
     name = _name()
     make_adapters(tmp_path, name)
     assert client.post("/v1/archetypes/provision", json={
         "root": str(tmp_path), "server_url": vllm.url}).status_code == 201
     client.put(f"/v1/worlds/{world['key']}/characters/count_v/archetype", json={"archetype": name})
-    sid = client.post("/v1/sessions", json={"world": world["key"]}).json()["session_id"]
-    engine = get_engine()
-    statements: list[str] = []
+    return name, client.post("/v1/sessions", json={"world": world["key"]}).json()["session_id"]
 
-    def count(conn, cursor, statement, parameters, context, executemany):
-        if not threading.current_thread().name.startswith("ThreadPoolExecutor"):
-            statements.append(statement)
 
-    event.listen(engine, "before_cursor_execute", count)
+def test_turn_uses_the_archetype_adapter_with_no_database_query(client, vllm, world, tmp_path):
+    """A played turn routes to the NPC's dialogue adapter, loading it on first use, and the
+    turn path (route and load included) still makes no database query."""
+    name, sid = _vampire_session(client, vllm, world, tmp_path)
     try:
-        first = client.post(f"/v1/sessions/{sid}/turns",
-                            json={"npc_id": "count_v", "player_text": "Good evening, Count."})
-        second = client.post(f"/v1/sessions/{sid}/turns",
-                             json={"npc_id": "miller", "player_text": "Flour?"})
+        with sql_statements() as statements:
+            first = client.post(f"/v1/sessions/{sid}/turns",
+                                json={"npc_id": "count_v", "player_text": "Good evening, Count."})
+            second = client.post(f"/v1/sessions/{sid}/turns",
+                                 json={"npc_id": "miller", "player_text": "Flour?"})
     finally:
-        event.remove(engine, "before_cursor_execute", count)
         nearline.get_redis().delete("analysis", "archive", "simulate_world")
     assert first.status_code == 200, first.text
     assert statements == []
@@ -542,12 +541,7 @@ def test_turn_uses_the_archetype_adapter_with_no_database_query(client, vllm, wo
 def test_turn_reloads_an_adapter_the_server_lost(client, vllm, world, tmp_path):
     """vLLM restarted (it forgets runtime adapters) while Redis still lists the adapter as
     loaded: the call's 404 makes the coordinator forget it, load it again, and retry once."""
-    name = _name()
-    make_adapters(tmp_path, name)
-    assert client.post("/v1/archetypes/provision", json={
-        "root": str(tmp_path), "server_url": vllm.url}).status_code == 201
-    client.put(f"/v1/worlds/{world['key']}/characters/count_v/archetype", json={"archetype": name})
-    sid = client.post("/v1/sessions", json={"world": world["key"]}).json()["session_id"]
+    name, sid = _vampire_session(client, vllm, world, tmp_path)
     try:
         turn = {"npc_id": "count_v", "player_text": "Good evening, Count."}
         assert client.post(f"/v1/sessions/{sid}/turns", json=turn).json()["adapter"]

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import uuid
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from memory import nearline
-from memory.db import get_engine, session_scope
+from memory.db import session_scope
 from models import TaskRecord
 from tests.broker import queued_messages
 from tests.procs import api_headers
+from tests.sqlcount import sql_statements
 from workers.embedded import free_port
 
 QUEUES_TOUCHED = ("analysis", "archive", "simulate_world")
@@ -136,21 +136,8 @@ def test_turn_answers_records_and_enqueues(client, session_id, light_world, wait
 ], ids=["turn", "event", "event-minimal"])
 def test_turn_makes_no_database_query(client, session_id, path, body):
     """Neither a played turn nor a posted event queries the database."""
-    engine = get_engine()
-    statements: list[tuple[str, str]] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        # a Celery worker started by another test module may run tasks in this process
-        # (threads pool: "ThreadPoolExecutor-*"); only the server's own queries count
-        name = threading.current_thread().name
-        if not name.startswith("ThreadPoolExecutor"):
-            statements.append((name, statement))
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with sql_statements() as statements:
         res = client.post(f"/v1/sessions/{session_id}/{path}", json=body)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert res.status_code in (200, 201), res.text
     assert res.json()["turn_id"]
     assert statements == []
@@ -158,18 +145,8 @@ def test_turn_makes_no_database_query(client, session_id, path, body):
 
 def test_turn_listener_sees_session_opening_queries(client, light_world):
     """The counting method works: opening a session does query the database."""
-    engine = get_engine()
-    statements: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        if not threading.current_thread().name.startswith("ThreadPoolExecutor"):
-            statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with sql_statements() as statements:
         res = client.post("/v1/sessions", json={"world": light_world["key"]})
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert res.status_code == 201
     assert statements
 
@@ -295,23 +272,13 @@ def test_second_turn_is_served_from_the_hot_cache_with_no_database_query(client,
     assert client.post(f"/v1/sessions/{session_id}/turns", json=body).status_code == 200
     hits = state.hot.stats()["hits"]
     refreshes = state.hot.stats()["refreshes"]
-    engine = get_engine()
-    statements: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):
-        if not threading.current_thread().name.startswith("ThreadPoolExecutor"):
-            statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with sql_statements() as statements:
         res = client.post(f"/v1/sessions/{session_id}/turns", json=body)
         r = nearline.get_redis()
         world_id = nearline.get_session(r, session_id)["world_id"]
         entry_id = nearline.resolve_key(r, world_id, session_id, "baker_27")
         nearline.set_note(r, session_id, entry_id, "Owes the baker a coin.")  # a worker's write
         res2 = client.post(f"/v1/sessions/{session_id}/turns", json=body)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert res.status_code == 200 and res2.status_code == 200
     assert statements == []
     assert state.hot.stats()["hits"] == hits + 1  # the second turn
