@@ -15,12 +15,20 @@ Secrets never reach the output: every formatted line has the values of ``API_KEY
 (``scheme://user:password@``) and bearer tokens replaced by ``***``, whatever logged them
 (messages, arguments, tracebacks, access-log paths).
 
+Every logged value is bounded before it is scrubbed: the message, each ``extra=`` and
+context field is cut to :data:`LOG_VALUE_CHARS` characters (with a ``...[N more chars]``
+mark), a traceback to its last :data:`LOG_TRACEBACK_CHARS`, and context fields to
+:data:`CONTEXT_VALUE_CHARS` when bound. The scrubbing patterns are structurally linear: no
+nested repetition, and every repetition is bounded unless the pattern starts with a literal
+(the bearer token), so scrubbing costs time proportional to the (bounded) line.
+
 ``LOG_FORMAT=text`` keeps plain text lines (same scrubbing); ``LOG_LEVEL`` sets the level.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
 import re
@@ -32,21 +40,37 @@ CONTEXT_FIELDS = ("session_id", "turn_id", "task_id", "task_name", "idempotency_
 _context: dict[str, contextvars.ContextVar[str | None]] = {
     name: contextvars.ContextVar(f"log_{name}", default=None) for name in CONTEXT_FIELDS}
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
-_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+# Linear-time by construction: the URL pattern can start anywhere, so all its repetitions are
+# bounded (a scheme of at most 32 characters, a user of at most 256, a password of at most
+# 1024); the bearer pattern starts with a literal and its one unbounded run cannot overlap
+# another match's run (a token holds no whitespace, the literal needs one after it).
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^:/@\s]{0,256}:)[^@\s/]{1,1024}@")
+_BEARER = re.compile(r"(Bearer\s{1,16})[A-Za-z0-9._~+/=-]{8,}")
+SCRUB_PATTERNS = (_URL_PASSWORD, _BEARER)
 _NOT_SECRETS = {"", "not-needed"}
+
+LOG_VALUE_CHARS = 4096
+"""The most characters of a message or of one field that reach a log line."""
+LOG_TRACEBACK_CHARS = 16384
+"""The most characters of a traceback that reach a log line (its end is kept)."""
+CONTEXT_VALUE_CHARS = 200
+"""Context fields (ids) are cut to this many characters when bound."""
+_SCRUB_MARGIN = 1024
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 def bind(**values: str | int | None) -> None:
     """Set context fields (``session_id``, ``turn_id``, ``task_id``, ``task_name``,
-    ``idempotency_key``) for this thread or task; None leaves a field as it is.
+    ``idempotency_key``) for this thread or task, each cut to :data:`CONTEXT_VALUE_CHARS`
+    characters; None leaves a field as it is.
 
     Raises:
         KeyError: an unknown field name.
     """
     for name, value in values.items():
         if value is not None:
-            _context[name].set(str(value))
+            _context[name].set(str(value)[:CONTEXT_VALUE_CHARS])
 
 
 def clear() -> None:
@@ -91,13 +115,63 @@ def scrub(text: str, secrets: list[str]) -> str:
     return _BEARER.sub(r"\1***", text)
 
 
+def bounded_scrub(text: str, secrets: list[str], limit: int = LOG_VALUE_CHARS, *,
+                  keep: str = "head") -> str:
+    """``text`` scrubbed (:func:`scrub`) and cut to ``limit`` characters plus a
+    ``...[N more chars]`` mark; ``keep="tail"`` keeps the end instead (tracebacks). Only
+    ``limit`` characters and a margin (at least the longest secret) are scrubbed, the margin
+    so that a secret or token across the cut is replaced before the cut."""
+    if len(text) <= limit:
+        return scrub(text, secrets)
+    margin = max([_SCRUB_MARGIN, *(len(v) for v in secrets)])
+    cut = len(text) - limit
+    if keep == "tail":
+        return f"[{cut} chars before]..." + scrub(text[-(limit + margin):], secrets)[-limit:]
+    return scrub(text[:limit + margin], secrets)[:limit] + f"...[{cut} more chars]"
+
+
+def _bounded_record(record: logging.LogRecord, secrets: list[str]) -> logging.LogRecord:
+    """A copy of ``record`` whose message and extra fields are bounded and scrubbed (the
+    record itself is left alone for other handlers)."""
+    message = record.getMessage()
+    fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS}
+    big = len(message) > LOG_VALUE_CHARS
+    bounded = {}
+    if record.exc_text and len(record.exc_text) > LOG_TRACEBACK_CHARS:  # cached elsewhere
+        bounded["exc_text"] = bounded_scrub(record.exc_text, secrets, LOG_TRACEBACK_CHARS,
+                                            keep="tail")
+    for key, value in fields.items():
+        if isinstance(value, str):
+            if len(value) > LOG_VALUE_CHARS:
+                bounded[key] = bounded_scrub(value, secrets)
+        elif not isinstance(value, (int, float, bool, type(None))):
+            try:
+                text = json.dumps(value, default=str)
+            except (TypeError, ValueError):
+                text = repr(value)
+            if len(text) > LOG_VALUE_CHARS:
+                bounded[key] = bounded_scrub(text, secrets)
+    if not big and not bounded:
+        return record
+    copy = logging.makeLogRecord(record.__dict__)
+    if big:
+        copy.msg, copy.args = bounded_scrub(message, secrets), None
+    copy.__dict__.update(bounded)
+    return copy
+
+
 class _Scrubbing:
-    """Mixin: scrub the formatted line (secrets are read once, when the handler is made)."""
+    """Mixin: bound each value, then scrub the formatted line (secrets are read once, when
+    the handler is made)."""
 
     secrets: list[str]
 
     def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record), self.secrets)
+        return scrub(super().format(_bounded_record(record, self.secrets)), self.secrets)
+
+    def formatException(self, ei) -> str:
+        return bounded_scrub(super().formatException(ei), self.secrets, LOG_TRACEBACK_CHARS,
+                             keep="tail")
 
 
 class ScrubbingJsonFormatter(_Scrubbing, JsonFormatter):
