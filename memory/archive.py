@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from sqlalchemy.orm import Session
 
 from memory.db import dialect_insert
+from memory.safe_input import clean_text
 from models import CardEvent, NpcCard, Turn
 
 
@@ -27,7 +28,8 @@ def insert_turns(session: Session, turns: list[dict]) -> set[str]:
     Each dict has ``turn_id, session_id, seq, npc_entry_id, player_text, npc_text,
     latency_ms, created_at`` (unix seconds) and optionally ``speaker``. The archive has no
     speaker column: a speaker other than the player is kept as a ``"<speaker>: "`` prefix of
-    the archived ``player_text``.
+    the archived ``player_text``. NUL and unpaired surrogates in the texts (which PostgreSQL
+    text columns refuse) are stored as U+FFFD.
 
     Raises:
         NotImplementedError: a database other than PostgreSQL or SQLite.
@@ -38,8 +40,9 @@ def insert_turns(session: Session, turns: list[dict]) -> set[str]:
     rows = [{
         "id": t["turn_id"], "session_id": t["session_id"], "seq": t["seq"],
         "npc_entry_id": t["npc_entry_id"],
-        "player_text": f"{t['speaker']}: {t['player_text']}" if t.get("speaker") else t["player_text"],
-        "npc_text": t["npc_text"], "latency_ms": t.get("latency_ms", 0.0),
+        "player_text": clean_text(f"{t['speaker']}: {t['player_text']}" if t.get("speaker")
+                                  else t["player_text"]),
+        "npc_text": clean_text(t["npc_text"]), "latency_ms": t.get("latency_ms", 0.0),
         "created_at": datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
     } for t in turns]
     stmt = (dialect_insert(session, Turn)

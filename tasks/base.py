@@ -41,6 +41,7 @@ from celeryconfig import TASK_QUEUES
 from inference.llm import InvalidModelOutput, ModelError
 from memory.cards import CardConflict
 from memory.db import dialect_insert, session_scope
+from memory.safe_input import clean_text, storable
 from memory.notes import NoteConflict, RejectedRewrite
 from models import DeadLetter, TaskRecord
 from models.base import utcnow
@@ -77,8 +78,37 @@ class TaskContext:
     retries: int
 
 
+TASK_ID_MAX_CHARS = 200
+"""The longest task id the ledger keeps (``task_records.task_id``); a longer one is
+dead-lettered as invalid (under its first 200 characters)."""
+
+
+def storable_id(task_id: str) -> str:
+    """``task_id`` as the ledger and the dead-letter store keep it: NUL and unpaired
+    surrogates replaced, cut to :data:`TASK_ID_MAX_CHARS`."""
+    return clean_text(str(task_id))[:TASK_ID_MAX_CHARS]
+
+
+def _storable_values(values: dict) -> dict:
+    """Ledger column values made storable: JSON columns through ``storable`` (no NaN, no
+    NUL), text columns without NUL."""
+    out = dict(values)
+    for key in ("payload", "result"):
+        if out.get(key) is not None:
+            out[key] = storable(out[key])
+    if isinstance(out.get("error"), str):
+        out["error"] = clean_text(out["error"])[:4000]
+    for key in ("session_id", "idempotency_key", "target"):
+        if isinstance(out.get(key), str):
+            out[key] = clean_text(out[key])
+    return out
+
+
 def _ledger(task_id: str, name: str, **values) -> None:
-    """Upsert the ledger row of ``task_id`` (safe when the same id runs twice at once)."""
+    """Upsert the ledger row of ``task_id`` (safe when the same id runs twice at once).
+    Payload and result are stored JSON-safe (``memory.safe_input.storable``)."""
+    task_id = storable_id(task_id)
+    values = _storable_values(values)
     with session_scope() as s:
         ins = dialect_insert(s, TaskRecord).values(task_id=task_id, task_name=name, **values)
         s.execute(ins.on_conflict_do_update(index_elements=["task_id"],
@@ -94,9 +124,24 @@ def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) 
     While the database is unreachable the dead letter is parked in Redis (list
     ``dead_letters:parked``) instead, never dropped; ``flush_parked_dead_letters`` writes it
     once the database is back.
+
+    Any payload can be dead-lettered: it is stored JSON-safe (``memory.safe_input.storable``:
+    NaN and infinities as strings, NUL removed, a ``repr`` if it still does not serialise),
+    the task id and the error without NUL and bounded. If the database still refuses the row
+    (not an outage), the payload is replaced by its ``repr`` and the row written again.
     """
+    task_id, error = storable_id(task_id), clean_text(str(error))[:4000]
+    payload = storable(payload)
     try:
-        _store_dead_letter(task_id, name, queue, payload, error)
+        try:
+            _store_dead_letter(task_id, name, queue, payload, error)
+        except OperationalError:
+            raise
+        except Exception as exc:  # a value the database refuses: keep the repr instead
+            log.warning("dead letter %s %s refused (%s): storing its payload as repr", name,
+                        task_id, type(exc).__name__)
+            _store_dead_letter(task_id, name, queue, storable(repr(payload)),
+                               f"{error}; payload stored as repr: {type(exc).__name__}"[:4000])
     except OperationalError as exc:
         from memory.nearline import get_redis
 
@@ -109,11 +154,12 @@ def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) 
 
 
 def _store_dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:
+    payload, error = storable(payload), clean_text(error)[:4000]
     with session_scope() as s:
-        s.add(DeadLetter(task_id=task_id, task_name=name, queue=queue, payload=payload,
-                         error=error[:4000]))
+        s.add(DeadLetter(task_id=storable_id(task_id), task_name=name, queue=queue,
+                         payload=payload, error=error))
     _ledger(task_id, name, queue=queue, payload=payload, status="dead",
-            error=error[:4000], finished_at=utcnow())
+            error=error, finished_at=utcnow())
 
 
 def flush_parked_dead_letters(limit: int = 1000) -> int:
@@ -219,6 +265,11 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
 
         def _run(self, kwargs: dict) -> dict:
             task_id = self.request.id or "local"
+            if len(task_id) > TASK_ID_MAX_CHARS:  # before it reaches a log line or the ledger
+                dead_letter(task_id, name, queue, kwargs,
+                            f"invalid task id: {len(task_id)} characters "
+                            f"(at most {TASK_ID_MAX_CHARS})")
+                return {"status": "dead"}
             deliveries = count_delivery(task_id)
             redeliveries = deliveries - self.request.retries - 1
             if redeliveries > MAX_REDELIVERIES:

@@ -10,7 +10,8 @@ contract of a plain ``npc_task`` (``tasks.base``):
   each request on return); a worker that dies mid-batch gives all of them back;
 - delivery counting per task id (a poison message is dead-lettered after ``MAX_REDELIVERIES``
   redeliveries, alone);
-- an invalid payload is dead-lettered alone, the rest of the batch is written;
+- an invalid payload, or a task id over 200 characters, is dead-lettered alone, the rest of
+  the batch is written;
 - a task id that already succeeded is not written again (``{"status": "duplicate"}``);
 - a database outage (``OperationalError``) re-sends every message of the batch with its own
   task id, ``retries + 1`` and a capped exponential backoff with full jitter (60 s at most), up
@@ -44,13 +45,16 @@ from sqlalchemy.orm import Session
 from memory.db import dialect_insert, session_scope
 from models import TaskRecord
 from models.base import utcnow
+from memory.safe_input import storable
 from tasks.base import (
     DB_OUTAGE_MAX_BACKOFF_S,
     DB_OUTAGE_MAX_RETRIES,
     DELIVERY_TTL_S,
     MAX_REDELIVERIES,
+    TASK_ID_MAX_CHARS,
     dead_letter,
     declare_task,
+    storable_id,
 )
 from tasks.payloads import Payload
 
@@ -87,8 +91,8 @@ def _ledger_rows(s: Session, name: str, queue: str, items: list[tuple], results:
     """One multi-row upsert of the ledger rows of ``items`` (``(req, payload, deliveries)``)."""
     rows = {}
     for (req, payload, deliveries), result in zip(items, results):
-        rows[req.id] = {"task_id": req.id, "task_name": name, "queue": queue,
-                        "payload": dict(req.kwargs), "status": "succeeded",
+        rows[req.id] = {"task_id": storable_id(req.id), "task_name": name, "queue": queue,
+                        "payload": storable(dict(req.kwargs)), "status": "succeeded",
                         "attempts": deliveries, "error": None, "result": result,
                         "idempotency_key": getattr(payload, "idempotency_key", None),
                         "session_id": getattr(payload, "session_id", None),
@@ -145,6 +149,12 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
             items: list[tuple] = []
             dead = 0
             for req, deliveries in zip(requests, counts):
+                if len(req.id) > TASK_ID_MAX_CHARS:
+                    dead_letter(req.id, name, queue, dict(req.kwargs),
+                                f"invalid task id: {len(req.id)} characters "
+                                f"(at most {TASK_ID_MAX_CHARS})")
+                    dead += 1
+                    continue
                 redeliveries = deliveries - _retries(req) - 1
                 if redeliveries > MAX_REDELIVERIES:
                     dead_letter(req.id, name, queue, dict(req.kwargs),

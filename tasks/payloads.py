@@ -1,7 +1,10 @@
 """Task payloads: the public contract of every task name (``send_task(name, kwargs=...)``).
 
 Each is validated with pydantic before the task runs; unknown fields are rejected so that a
-game backend's typo is dead-lettered with a message instead of silently ignored.
+game backend's typo is dead-lettered with a message instead of silently ignored. NaN and
+infinities are rejected, ids (``SafeStr``) must not contain NUL or unpaired surrogates and
+have a maximum length; in free text (``CleanStr``) those characters are replaced by U+FFFD, so
+a turn queued with one is still archived (``memory.safe_input``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from memory.cards import QuestCard, RelationshipCard
+from memory.safe_input import CleanStr, SafeStr
 
 Text = Field(min_length=1, max_length=4000)
 
@@ -18,7 +22,7 @@ Text = Field(min_length=1, max_length=4000)
 class Payload(BaseModel):
     """Base payload: strict fields; ``target()`` names what the task acts on (for the ledger)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     def target(self) -> str:
         """A short description of the task's target."""
@@ -30,17 +34,17 @@ class TurnPayload(Payload):
     when the NPC did not answer (an event without a reply). Senders leave ``speaker`` out
     when it is None, so a player's turn is the same message as before the field existed."""
 
-    turn_id: str = Field(min_length=1, max_length=64)
-    session_id: str = Field(min_length=1, max_length=64)
+    turn_id: SafeStr = Field(min_length=1, max_length=64)
+    session_id: SafeStr = Field(min_length=1, max_length=64)
     world_id: int
     seq: int = Field(ge=1)
     npc_entry_id: int
-    player_text: str = Text
-    npc_text: str = Field(max_length=8000)
+    player_text: CleanStr = Text
+    npc_text: CleanStr = Field(max_length=8000)
     latency_ms: float = 0.0
     created_at: float = Field(description="unix seconds")
     game_minutes: int = Field(0, ge=0, description="the session's in-game clock at the turn")
-    speaker: str | None = Field(None, min_length=1, max_length=200, description=(
+    speaker: CleanStr | None = Field(None, min_length=1, max_length=200, description=(
         "who said player_text: absent for the session's player; a name (an NPC's entry key "
         "or title, or anyone) for a turn posted as an event"))
 
@@ -56,11 +60,11 @@ class TurnPayload(Payload):
 class NoteUpdatePayload(Payload):
     """One session-note update: ``lore_entry_key`` names the entry within the session's world."""
 
-    session_id: str = Field(min_length=1, max_length=64)
-    lore_entry_key: str = Field(min_length=1, max_length=300)
-    update_summary: str = Text
-    idempotency_key: str = Field(min_length=1, max_length=200)
-    turn_id: str | None = None
+    session_id: SafeStr = Field(min_length=1, max_length=64)
+    lore_entry_key: SafeStr = Field(min_length=1, max_length=300)
+    update_summary: CleanStr = Text
+    idempotency_key: SafeStr = Field(min_length=1, max_length=200)
+    turn_id: SafeStr | None = Field(None, min_length=1, max_length=64)
     cause: Literal["turn", "simulation", "creation", "api"] = "turn"
     game_minutes: int | None = Field(None, ge=0, description="in-game time of the event")
 
@@ -71,11 +75,11 @@ class NoteUpdatePayload(Payload):
 class CreationPayload(Payload):
     """One entity creation from a summary."""
 
-    session_id: str = Field(min_length=1, max_length=64)
+    session_id: SafeStr = Field(min_length=1, max_length=64)
     entity_type: Literal["character", "location", "item"]
-    creation_summary: str = Text
-    idempotency_key: str = Field(min_length=1, max_length=200)
-    turn_id: str | None = None
+    creation_summary: CleanStr = Text
+    idempotency_key: SafeStr = Field(min_length=1, max_length=200)
+    turn_id: SafeStr | None = Field(None, min_length=1, max_length=64)
 
     def target(self) -> str:
         return f"create:{self.entity_type}"
@@ -85,11 +89,11 @@ class AppliedCardEvent(BaseModel):
     """An event as ``memory.cards.apply_events`` applied it; its other fields (detail,
     intensity, name, score changes) are kept as they are."""
 
-    model_config = ConfigDict(extra="allow")
-    event_id: str = Field(min_length=1, max_length=200)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    event_id: SafeStr = Field(min_length=1, max_length=200)
     card: Literal["relationship", "quest"]
-    kind: str = Field(min_length=1, max_length=30)
-    turn_id: str | None = Field(None, max_length=64)
+    kind: SafeStr = Field(min_length=1, max_length=30)
+    turn_id: SafeStr | None = Field(None, max_length=64)
     seq: int | None = None
     applied_at: float | None = Field(None, description="unix seconds")
 
@@ -97,7 +101,7 @@ class AppliedCardEvent(BaseModel):
 class CardSnapshots(BaseModel):
     """The cards of one (session, NPC) to archive (validated: a malformed card is refused)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     relationship: RelationshipCard | None = None
     quest: QuestCard | None = None
 
@@ -106,9 +110,9 @@ class CardArchivePayload(Payload):
     """Card snapshots of one (session, NPC) and the events applied to them, for the archive
     (``memory.archive.archive_cards``)."""
 
-    session_id: str = Field(min_length=1, max_length=64)
+    session_id: SafeStr = Field(min_length=1, max_length=64)
     npc_entry_id: int
-    turn_id: str | None = Field(None, max_length=64)
+    turn_id: SafeStr | None = Field(None, max_length=64)
     cards: CardSnapshots
     events: list[AppliedCardEvent] = Field(default_factory=list, max_length=100)
 
@@ -120,7 +124,7 @@ class EmbedPayload(Payload):
     """Embed one lore entry's composite document in a session (or its base lore)."""
 
     lore_entry_id: int
-    session_id: str | None = None
+    session_id: SafeStr | None = Field(None, min_length=1, max_length=64)
 
     def target(self) -> str:
         return f"entry:{self.lore_entry_id}"
@@ -131,8 +135,8 @@ class SimulationPayload(Payload):
     ``max_tokens`` are this session's share of the tick's budget (defaults: the settings'
     per-session budget)."""
 
-    session_id: str = Field(min_length=1, max_length=64)
-    tick_id: str = Field(min_length=1, max_length=100)
+    session_id: SafeStr = Field(min_length=1, max_length=64)
+    tick_id: SafeStr = Field(min_length=1, max_length=100)
     max_npcs: int | None = Field(None, ge=1, le=20)
     max_tokens: int | None = Field(None, ge=100, le=32000)
 
@@ -159,7 +163,7 @@ class ReconcilePayload(Payload):
 class SummaryPayload(Payload):
     """Summarize a session's turns up to ``upto_seq`` (``npc_memory.summarize_session``)."""
 
-    session_id: str = Field(min_length=1, max_length=64)
+    session_id: SafeStr = Field(min_length=1, max_length=64)
     upto_seq: int = Field(ge=1)
 
     def target(self) -> str:
