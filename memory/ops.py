@@ -271,9 +271,12 @@ def _dead_letter_dict(d: DeadLetter) -> dict:
 
 
 def list_dead_letters(session: Session, *, limit: int = 50, task_name: str | None = None,
-                      replayed: bool | None = None) -> list[dict]:
+                      replayed: bool | None = None, payload_chars: int | None = None
+                      ) -> list[dict]:
     """Dead letters, newest first; optionally only one task name, and only replayed
-    (``replayed=True``) or never replayed (``False``) ones.
+    (``replayed=True``) or never replayed (``False``) ones. With ``payload_chars``, a payload
+    longer than that as JSON is replaced by ``{"truncated": True, "chars": n, "preview":
+    <its first payload_chars characters of JSON>}`` (:func:`get_dead_letter` has it whole).
 
     Returns:
         ``[{id, task_id, task_name, queue, payload, error, created_at, replayed_at}]``
@@ -290,7 +293,14 @@ def list_dead_letters(session: Session, *, limit: int = 50, task_name: str | Non
         q = q.where(DeadLetter.replayed_at.is_not(None) if replayed
                     else DeadLetter.replayed_at.is_(None))
     rows = session.scalars(q.order_by(DeadLetter.id.desc()).limit(limit))
-    return [_dead_letter_dict(d) for d in rows]
+    out = [_dead_letter_dict(d) for d in rows]
+    if payload_chars is not None:
+        for d in out:
+            text = json.dumps(d["payload"], ensure_ascii=False)
+            if len(text) > payload_chars:
+                d["payload"] = {"truncated": True, "chars": len(text),
+                                "preview": text[:payload_chars]}
+    return out
 
 
 def get_dead_letter(session: Session, dead_letter_id: int) -> dict:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from kombu.exceptions import OperationalError as BrokerError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
@@ -22,6 +22,7 @@ from memory import nearline, ops
 from memory.db import session_scope
 from memory.export import export_session as export_session_doc
 from memory.notes import NoteConflict
+from memory.safe_input import RequestModel
 from settings import get_settings
 from tasks.payloads import EmbedPayload
 from workers.state import state
@@ -29,12 +30,21 @@ from workers.state import state
 router = APIRouter()
 
 
-class RollbackIn(BaseModel):
+INT_ID_MAX = 2**31 - 1
+"""The largest id or version the routes take (PostgreSQL ``integer``)."""
+DEAD_LETTERS_MAX_LIMIT = 100
+"""The most dead letters one listing returns."""
+LISTED_PAYLOAD_CHARS = 2000
+"""A listed dead letter's payload beyond this many characters (as JSON) is cut; the whole
+payload is at ``GET /v1/dead-letters/{id}``."""
+
+
+class RollbackIn(RequestModel):
     """``POST /v1/sessions/{id}/notes/{key}/rollback`` body: the revision to go back to
     (0 is the empty note)."""
 
-    model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=0, strict=True, description="revision whose content to restore")
+    version: int = Field(ge=0, le=INT_ID_MAX, strict=True,
+                         description="revision whose content to restore")
 
 
 class RollbackOut(BaseModel):
@@ -227,24 +237,30 @@ def session_cards(session_id: str, npc_id: str,
 
 
 @router.get("/v1/dead-letters", response_model=list[DeadLetterOut])
-def dead_letters(limit: int = Query(50, ge=1, le=500),
+def dead_letters(limit: int = Query(50, ge=1, le=DEAD_LETTERS_MAX_LIMIT),
                  task_name: str | None = Query(None, min_length=1, max_length=200),
                  replayed: bool | None = Query(None, description="only replayed / not replayed")
                  ) -> list[dict]:
-    """Dead-lettered tasks, newest first."""
+    """Dead-lettered tasks, newest first, at most 100; a payload longer than 2,000 characters
+    (as JSON) is listed as ``{"truncated": true, "chars": n, "preview": "..."}`` (the whole
+    one is at ``GET /v1/dead-letters/{id}``)."""
     with _OpsErrors(), session_scope() as s:
-        return ops.list_dead_letters(s, limit=limit, task_name=task_name, replayed=replayed)
+        return ops.list_dead_letters(s, limit=limit, task_name=task_name, replayed=replayed,
+                                     payload_chars=LISTED_PAYLOAD_CHARS)
+
+
+_DEAD_LETTER_ID = Path(ge=1, le=INT_ID_MAX)
 
 
 @router.get("/v1/dead-letters/{dead_letter_id}", response_model=DeadLetterOut)
-def dead_letter(dead_letter_id: int) -> dict:
+def dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
     """One dead letter with its whole payload and error; 404 if unknown."""
     with _OpsErrors(), session_scope() as s:
         return ops.get_dead_letter(s, dead_letter_id)
 
 
 @router.post("/v1/dead-letters/{dead_letter_id}/replay", response_model=ReplayOut)
-def replay_dead_letter(dead_letter_id: int) -> dict:
+def replay_dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
     """Send the dead letter's task again with its stored payload; returns the new task id and
     records ``replayed_at``. Calling it again sends again; the effects are applied once
     because every task is idempotent. 404 if unknown, 503 if the broker is down."""
@@ -301,7 +317,7 @@ def _world_tick(world_key: str | None, idle_after_s: float | None) -> dict:
                                       idle_after_s=idle_after_s)
 
 
-_IDLE = Query(None, gt=0, description="skip sessions idle this many seconds "
+_IDLE = Query(None, gt=0, allow_inf_nan=False, description="skip sessions idle this many seconds "
                                       "(default SIMULATE_IDLE_AFTER_S)")
 
 

@@ -32,7 +32,7 @@ from celery import Celery
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 import celeryconfig
@@ -43,13 +43,14 @@ from inference.lora import registry as lora_registry
 from inference.lora import routing
 from memory import nearline, ops, ranking, turns
 from memory.hot_cache import HotCache
+from memory.safe_input import FiniteFloat, NonBlankStr, RequestModel, SafeStr
 from memory.db import session_scope
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
-from workers import archetypes_api, auth, health, logging_setup, metrics, ops_api
+from workers import archetypes_api, auth, health, input_guard, logging_setup, metrics, ops_api
 from workers.state import state
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,11 @@ async def lifespan(_app: FastAPI):
     state.sync.stop()
 
 
-app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan)
+# Every path and query parameter of every route is checked for NUL and unpaired surrogates,
+# and every 422 body is bounded and encodable (workers.input_guard).
+app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan,
+              dependencies=[Depends(input_guard.safe_params)])
+input_guard.install(app)
 
 
 @app.middleware("http")
@@ -153,12 +158,12 @@ async def _store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
 
 
-class SessionIn(BaseModel):
+class SessionIn(RequestModel):
     """``POST /v1/sessions`` body."""
 
-    model_config = ConfigDict(extra="forbid")
-    world: str = Field(min_length=1, max_length=200, description="world key, e.g. possibly-vampires")
-    player_name: str = Field("player", min_length=1, max_length=200)
+    world: SafeStr = Field(min_length=1, max_length=200,
+                           description="world key, e.g. possibly-vampires")
+    player_name: NonBlankStr = Field("player", min_length=1, max_length=200)
 
 
 class SessionOut(BaseModel):
@@ -168,40 +173,34 @@ class SessionOut(BaseModel):
     characters: list[dict]
 
 
-class TurnIn(BaseModel):
-    """``POST /v1/sessions/{id}/turns`` body: the NPC's entry key and what the player says."""
+class TurnIn(RequestModel):
+    """``POST /v1/sessions/{id}/turns`` body: the NPC's entry key and what the player says
+    (not blank)."""
 
-    model_config = ConfigDict(extra="forbid")
-    npc_id: str = Field(min_length=1, max_length=300)
-    player_text: str = Field(min_length=1, max_length=2000)
+    npc_id: SafeStr = Field(min_length=1, max_length=300)
+    player_text: NonBlankStr = Field(min_length=1, max_length=2000)
 
 
-class EventIn(BaseModel):
+class EventIn(RequestModel):
     """``POST /v1/sessions/{id}/events`` body: a turn generated elsewhere.
 
     ``text`` is what ``speaker`` said to the NPC ``npc_id``; ``npc_text`` the NPC's reply if
     it answered. ``event_id`` makes the post idempotent within the session (use it when a
     client may retry); ``created_at`` is when it happened (unix seconds, default now).
+    Texts must not be blank.
     """
 
-    model_config = ConfigDict(extra="forbid")
-    npc_id: str = Field(min_length=1, max_length=300, description="the NPC's entry key")
-    text: str = Field(min_length=1, max_length=2000, description="what was said to the NPC")
-    speaker: str | None = Field(None, min_length=1, max_length=200, description=(
+    npc_id: SafeStr = Field(min_length=1, max_length=300, description="the NPC's entry key")
+    text: NonBlankStr = Field(min_length=1, max_length=2000,
+                              description="what was said to the NPC")
+    speaker: NonBlankStr | None = Field(None, min_length=1, max_length=200, description=(
         "who said it: an NPC's entry key or name, or anyone; default the session's player"))
-    npc_text: str | None = Field(None, min_length=1, max_length=8000,
-                                 description="the NPC's reply; absent if it did not answer")
-    event_id: str | None = Field(None, min_length=1, max_length=200,
-                                 description="idempotency key of this event in the session")
-    created_at: float | None = Field(None, ge=0, le=4102444800, allow_inf_nan=False,
-                                     description="when it happened, unix seconds")
-
-    @field_validator("text", "speaker", "npc_text", "event_id")
-    @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be blank")
-        return value
+    npc_text: NonBlankStr | None = Field(None, min_length=1, max_length=8000,
+                                         description="the NPC's reply; absent if it did not answer")
+    event_id: NonBlankStr | None = Field(None, min_length=1, max_length=200,
+                                         description="idempotency key of this event in the session")
+    created_at: FiniteFloat | None = Field(None, ge=0, le=4102444800,
+                                           description="when it happened, unix seconds")
 
 
 class EventOut(BaseModel):
