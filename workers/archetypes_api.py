@@ -6,48 +6,70 @@ They read and write the database (``inference.lora.registry``) and are not on th
 hot path; every route needs an API key like the other ``/v1`` routes. Invalid input answers
 422 with the reason (a base model mismatch names both models), unknown things 404.
 
-Provisioning reads folders on the dialogue server's disk: the adapters' ``path`` must also be
-valid on the model server (a shared volume), since vLLM loads them from there.
+Provisioning reads folders on the dialogue server's disk, and only inside ``ADAPTERS_ROOT``
+(default ``DATA_DIR/adapters``): a ``root`` (absolute, or relative to ``ADAPTERS_ROOT``) or an
+archetype folder that resolves outside it answers 422 without looking at it. The adapters'
+``path`` must also be valid on the model server (a shared volume), since vLLM loads them from
+there.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import select
 
 from inference.lora import registry, routing
 from inference.lora.coordinator import get_coordinator
 from memory import nearline
 from memory.db import session_scope
+from memory.safe_input import RequestModel, SafeStr
 from models import LoreEntry, World
+from settings import get_settings
 
 router = APIRouter()
 
 
-class ProvisionIn(BaseModel):
+class ProvisionIn(RequestModel):
     """``POST /v1/archetypes/provision`` body."""
 
-    model_config = ConfigDict(extra="forbid")
-    root: str = Field(min_length=1, max_length=1000, description=(
-        "folder of <archetype>/<task>/adapter_config.json (on the server's disk)"))
-    archetype: str | None = Field(None, min_length=1, max_length=100, description=(
+    root: SafeStr = Field(min_length=1, max_length=1000, description=(
+        "folder of <archetype>/<task>/adapter_config.json inside ADAPTERS_ROOT (absolute, or "
+        "relative to ADAPTERS_ROOT)"))
+    archetype: SafeStr | None = Field(None, min_length=1, max_length=100, description=(
         "provision only this archetype folder; default every folder under root"))
-    server_url: str | None = Field(None, min_length=1, max_length=500, description=(
+    server_url: SafeStr | None = Field(None, min_length=1, max_length=500, description=(
         "the archetype's vLLM server (OpenAI base URL, .../v1); default GENERATION_BASE_URL"))
-    server_id: str = Field("", max_length=200, description="e.g. g5-2xlarge-001")
-    base_model: str | None = Field(None, min_length=1, max_length=500, description=(
+    server_id: SafeStr = Field("", max_length=200, description="e.g. g5-2xlarge-001")
+    base_model: SafeStr | None = Field(None, min_length=1, max_length=500, description=(
         "served base model the adapters must name; default LORA_BASE_MODEL or the model"))
-    voice_service_url: str | None = Field(None, max_length=500)
-    facial_service_url: str | None = Field(None, max_length=500)
-    body_service_url: str | None = Field(None, max_length=500)
+    voice_service_url: SafeStr | None = Field(None, max_length=500)
+    facial_service_url: SafeStr | None = Field(None, max_length=500)
+    body_service_url: SafeStr | None = Field(None, max_length=500)
 
 
-class ArchetypeIn(BaseModel):
+class ArchetypeIn(RequestModel):
     """``PUT /v1/worlds/{world}/characters/{npc_id}/archetype`` body (null clears it)."""
 
-    model_config = ConfigDict(extra="forbid")
-    archetype: str | None = Field(max_length=100)
+    archetype: SafeStr | None = Field(max_length=100)
+
+
+def confined_root(root: str, archetype: str | None = None) -> Path:
+    """``root`` (absolute, or relative to ``ADAPTERS_ROOT``) resolved, symlinks followed.
+
+    Raises:
+        HTTPException: 422 when it, or ``root/archetype``, is outside ``ADAPTERS_ROOT`` (the
+            message names neither the folder's contents nor ``ADAPTERS_ROOT``).
+    """
+    base = get_settings().effective_adapters_root
+    path = (base / root).resolve()
+    for candidate in (path, (path / archetype).resolve() if archetype else path):
+        if candidate != base and base not in candidate.parents:
+            raise HTTPException(422, "root must be a folder inside the server's adapters "
+                                     "root (ADAPTERS_ROOT)")
+    return path
 
 
 def _with_runtime(chain: dict, r) -> dict:
@@ -63,15 +85,17 @@ def _with_runtime(chain: dict, r) -> dict:
 @router.post("/v1/archetypes/provision", status_code=201)
 def provision(body: ProvisionIn) -> dict:
     """Register archetype chains from PEFT adapters; 422 with the reason when a folder,
-    config or base model is wrong (then nothing is registered)."""
+    config or base model is wrong (then nothing is registered), and 422 without looking
+    when ``root`` is outside ``ADAPTERS_ROOT``."""
+    root = confined_root(body.root, body.archetype)
     r = nearline.get_redis()
     kwargs = body.model_dump(exclude={"root", "archetype"})
     try:
         with session_scope() as s:
             if body.archetype:
-                chains = [registry.provision(s, r, body.root, body.archetype, **kwargs)]
+                chains = [registry.provision(s, r, root, body.archetype, **kwargs)]
             else:
-                chains = registry.provision_root(s, r, body.root, **kwargs)
+                chains = registry.provision_root(s, r, root, **kwargs)
     except registry.ProvisionError as exc:
         raise HTTPException(422, str(exc)) from exc
     return {"archetypes": chains}
