@@ -151,3 +151,42 @@ def test_benchmark_runs_on_a_tiny_dataset(tmp_path):
     for q in p["per_question"]:
         assert q["ours"]["chars"] <= 300
         assert q["ours"]["in_context"] in (True, False)
+
+
+def test_evaluate_dataset_option_rejects_a_bad_dataset_by_field(tmp_path):
+    from typer.testing import CliRunner
+
+    from workers.cli import cli
+
+    data = json.loads(json.dumps(TINY))
+    data[0]["qa"][0]["evidence"] = ["D7:1"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    res = CliRunner().invoke(cli, ["evaluate", "--dataset", str(path), "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "[0].qa[0].evidence" in res.output and "'D7:1'" in res.output
+
+
+def test_scoring_pieces():
+    from bench.memory_quality import entity_quality, item_dia_ids, name_shaped, pack
+
+    assert pack(["aaaa", "bb", "cccc", "d"], 6, 200) == [0, 1]  # stops at the first misfit
+    assert pack(["a", "b", "c"], 100, 2) == [0, 1]
+    turn_dia = {"t1": ("D1:1", "D1:2"), "t2": ("D1:3",)}
+    assert item_dia_ids({"kind": "evidence", "event_id": "D1:1|D1:2", "part": 1}, turn_dia) \
+        == {"D1:2"}
+    assert item_dia_ids({"kind": "evidence", "event_id": "D1:3", "part": 0}, turn_dia) == {"D1:3"}
+    assert item_dia_ids({"kind": "evidence", "event_id": None, "part": 0}, turn_dia) == set()
+    assert item_dia_ids({"kind": "document", "turn_ids": ["t1", "t2", "tx"]}, turn_dia) \
+        == {"D1:1", "D1:2", "D1:3"}
+    assert name_shaped("Crumb & Co.") and name_shaped("Captain Yara Holt")
+    assert not name_shaped("The player asked about the road.  Then left")
+    assert not name_shaped("a, b")
+    q = entity_quality(
+        [{"world_id": 1, "title": "Lantern Fish"}, {"world_id": 1, "title": "the lantern fish"},
+         {"world_id": 1, "title": "Marta"}, {"world_id": 1, "title": "A new thing"}],
+        {1: ["Marta", "Osric"]}, {1: "Her boat is the Lantern Fish, moored at the north pier."})
+    assert q["created"] == 4 and q["precise"] == 2 and q["precision"] == 0.5
+    assert [e["duplicate_of"] for e in q["entities"]] == [None, "Lantern Fish", "Marta", None]
+    assert q["duplicate_rate"] == 0.5
+    assert entity_quality([], {}, {})["precision"] is None
