@@ -1,12 +1,15 @@
 """The benchmark suite's one entry point.
 
     python -m bench [names...] [--quick] [--json-out DIR] [--keep-db]
+                    [--dataset PATH] [--budget CHARS] [--k N] [--backend B] [--drain-timeout S]
 
 Runs the named benchmarks (all by default, in the order below) in one environment (private
 Redis, fresh PostgreSQL database, zero-latency model server; ``bench.common.Env``), prints
 each one's table, writes ``DIR/<name>.json`` (default ``var/bench``) and ends with a summary
 table of the targets and whether they were met. ``--quick`` shrinks every benchmark so the
-whole suite takes a few minutes (a smoke run; its figures mean little).
+whole suite takes a few minutes (a smoke run; its figures mean little). ``--dataset``,
+``--budget``, ``--k``, ``--backend`` and ``--drain-timeout`` are options of ``memory_quality``
+(a module's ``OPTIONS`` names the ones its ``run`` takes).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import traceback
 from pathlib import Path
 
 BENCHMARKS = ["retrieval", "archive", "pipeline", "freshness", "coalescing", "scaling",
-              "hot_path", "lora_route", "memory", "real_model"]
+              "hot_path", "lora_route", "memory", "real_model", "memory_quality"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +34,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder for <name>.json (default var/bench)")
     ap.add_argument("--keep-db", action="store_true",
                     help="keep the npcmem_bench_* database afterwards")
+    mq = ap.add_argument_group("memory_quality options")
+    mq.add_argument("--dataset", type=Path, default=None,
+                    help="conversations with questions (default evaluation/data/npc_conversations.json)")
+    mq.add_argument("--budget", type=int, default=1200, metavar="CHARS",
+                    help="context characters per retrieval (default 1200)")
+    mq.add_argument("--k", type=int, default=200, help="most items per retrieval, 1..200 (default 200)")
+    mq.add_argument("--backend", default="auto",
+                    choices=("auto", "llamacpp", "configured", "zero"),
+                    help="model servers: auto (configured if LLM_BASE_URL/Mistral is set, else "
+                         "the embedded llama.cpp SmolLM2), zero (plumbing smoke run)")
+    mq.add_argument("--drain-timeout", type=float, default=None, metavar="S",
+                    help="seconds to wait for the queues (default 900 quick, 3600 full)")
     args = ap.parse_args(argv)
     names = args.names or BENCHMARKS
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -48,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             mod = importlib.import_module(f"bench.{name}")
             t0 = time.monotonic()
             try:
-                res = mod.run(env, args.quick)
+                opts = {o: getattr(args, o) for o in getattr(mod, "OPTIONS", ())}
+                res = mod.run(env, args.quick, **opts)
             except Exception as exc:
                 failed += 1
                 traceback.print_exc()

@@ -141,6 +141,9 @@ class Env:
     """
 
     def __init__(self, keep: bool = False):
+        # the environment before the run's services override it (a benchmark on the
+        # configured model servers reads their variables from here)
+        self.outer_env = dict(os.environ)
         self.tmp = Path(tempfile.mkdtemp(prefix="npcmem-bench-"))
         self.keep = keep
         self.db_name: str | None = None

@@ -29,10 +29,22 @@ def evaluate(
     horde_npc: list[str] = typer.Option([], help="NPC id(s) for the horde (repeatable; "
                                         "default: the world's zombies, else every character)"),
     timeout: float = typer.Option(300.0, min=1.0, help="seconds per request"),
+    dataset: Path | None = typer.Option(
+        None, help="run the memory-quality benchmark on this conversation dataset instead "
+                   "(LoCoMo-style JSON, e.g. evaluation/data/npc_conversations.json): it starts "
+                   "its own stack and writes OUT/memory_quality.json"),
+    quick: bool = typer.Option(False, help="--dataset: first conversation, first 2 sessions"),
+    budget: int = typer.Option(1200, min=1, help="--dataset: context characters per retrieval"),
+    k: int = typer.Option(200, min=1, max=200, help="--dataset: most items per retrieval"),
+    backend: str = typer.Option("auto", help="--dataset: auto, llamacpp, configured or zero"),
 ) -> None:
     """Run the acceptance tests (seed 000): quality gates (lore accuracy, consistency,
     sentiment; judged by the analysis model) and performance gates (p95 latency, error rate,
-    throughput, memory) with thresholds from EVAL_* settings."""
+    throughput, memory) with thresholds from EVAL_* settings. With ``--dataset``: the
+    memory-quality benchmark instead (``python -m bench memory_quality``, same function)."""
+    if dataset is not None:
+        raise typer.Exit(evaluate_dataset(dataset, out, quick=quick, budget=budget, k=k,
+                                          backend=backend))
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -78,3 +90,28 @@ def evaluate(
     typer.echo(f"wrote {json_path} and {md_path}")
     if not all(r.passed for r in results):
         raise typer.Exit(1)
+
+
+def evaluate_dataset(dataset: Path, out: Path, quick: bool = False, budget: int = 1200,
+                     k: int = 200, backend: str = "auto") -> int:
+    """``python -m bench memory_quality`` on ``dataset`` (its own private stack; see
+    ``bench/memory_quality.py``), writing ``out/memory_quality.json``. Returns the runner's
+    exit status (0 ran, 1 the benchmark failed; 2 an invalid dataset, before anything
+    starts)."""
+    from evaluation.dataset import DatasetError, load_dataset
+
+    try:
+        load_dataset(dataset)
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as exc:  # bench/ lives in the repository, not in the installed package
+        typer.echo(f"error: the benchmark suite (bench/) is not importable: {exc}; run from "
+                   f"the repository root", err=True)
+        return 2
+
+    argv = ["memory_quality", "--dataset", str(dataset), "--json-out", str(out),
+            "--budget", str(budget), "--k", str(k), "--backend", backend]
+    return bench_main(argv + (["--quick"] if quick else []))
