@@ -65,7 +65,14 @@ class Settings(BaseSettings):
     # Embedded llama.cpp server (the local default model server)
     llm_port: int = 8089
     llm_n_ctx: int = 2048
-    llm_threads: int = 2
+    llm_threads: int = Field(0, ge=0, description=(
+        "threads of each embedded llama.cpp server; 0 = workers.embedded.llm_threads' rule"))
+    split_llm: bool = Field(True, description=(
+        "the embedded stack gives the dialogue its own llama.cpp server"))
+    dialogue_priority: Literal["auto", "on", "off"] = Field("auto", description=(
+        "pipeline model calls yield to dialogue calls on a shared server (inference.priority)"))
+    dialogue_priority_max_wait_s: float = Field(5.0, ge=0, description=(
+        "longest wait of one pipeline model call for dialogue calls to finish"))
 
     # Dialogue server
     api_keys: str = Field("", repr=False, description=(

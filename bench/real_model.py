@@ -1,7 +1,9 @@
-"""Benchmark 8, real model, embedded default: the local llama.cpp server with SmolLM2-135M
-(``workers.embedded.llm_argv``, as ``npc-memory demo`` starts it, one thread) for every model role and
-the local MiniLM embedder (``EMBEDDER=minilm``), one dialogue server, one ``worker``
-(analysis, note_update, -c 1) and one ``embedder`` (embed, -c 1).
+"""Benchmark 8, real model, embedded default: local llama.cpp servers with SmolLM2-135M
+(``workers.embedded.llm_argv``, one thread each, as the embedded stack starts them on 2 cores)
+and the local MiniLM embedder (``EMBEDDER=minilm``), one dialogue server, one ``worker``
+(analysis, note_update, -c 1) and one ``embedder`` (embed, -c 1). Two layouts in the same run:
+``split`` (the default: the dialogue has its own model server) and ``shared`` (one server,
+pipeline calls yielding to dialogue calls, ``inference.priority``).
 
 Two sessions play turns concurrently (20 turns in all; quick: 2 turns, one session). Reported: turns per minute,
 dialogue latency p50/p95 (client round trip), and the pipeline behind the dialogue: the model
@@ -21,7 +23,7 @@ import time
 
 import httpx
 
-from bench.common import Env, Result, dist
+from bench.common import Env, Result, Target, dist
 
 QUEUES = ("analysis", "note_update", "embed")
 ALIAS = "smollm2-135m-instruct"
@@ -76,30 +78,51 @@ async def _play(base: str, headers: dict, world: str, npcs: list[str], sessions:
         return lat, errors, time.perf_counter() - t0
 
 
-def run(env: Env, quick: bool) -> Result:
-    """20 turns over 2 sessions, drain limit 300 s (quick: 2 turns in 1 session, 30 s)."""
-    from workers.embedded import free_port, llm_argv, wait_http
+def _start_llm(env: Env, name: str) -> tuple[subprocess.Popen, str]:
+    from workers.embedded import free_port, llm_argv
 
-    sessions, turns, drain_s = (1, 2, 30) if quick else (2, 10, 300)
     port = free_port()
-    llm_url = f"http://127.0.0.1:{port}/v1"
-    log = open(env.tmp / "llm.log", "wb")
-    # one thread, as the tests run it: llama.cpp's threads spin, and on a busy 2-core machine
-    # two of them made a token ~30x slower (tests/conftest.py)
-    llm = subprocess.Popen(llm_argv(port, ALIAS, 2048, 1), stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True)
+    log = open(env.tmp / f"{name}.log", "wb")
+    # one thread each, the embedded stack's rule on 2 cores (workers.embedded.llm_threads)
+    proc = subprocess.Popen(llm_argv(port, ALIAS, 2048, 1), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    log.close()
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _config(env: Env, layout: str, sessions: int, turns: int, drain_s: float) -> dict:
+    """Play the turns with the pipeline busy on one model-server layout: ``split`` (the
+    embedded default: a llama.cpp server for the dialogue, another for the pipeline) or
+    ``shared`` (one server for both, pipeline calls yielding to dialogue calls)."""
+    from workers.embedded import wait_http
+
+    servers = [_start_llm(env, f"llm-{layout}")]
+    if layout == "split":
+        servers.append(_start_llm(env, f"llm-{layout}-dialogue"))
+    llm_url, gen_url = servers[0][1], servers[-1][1]
     procs = []
     model_env = {"LLM_BACKEND": "llamacpp", "LLM_BASE_URL": llm_url, "LLM_MODEL": ALIAS,
+                 "GENERATION_BASE_URL": gen_url, "DIALOGUE_PRIORITY": "auto",
                  "GENERATION_MODEL": "", "ANALYSIS_MODEL": "", "MAINTENANCE_MODEL": "",
                  "EMBEDDER": "minilm", "LLM_MAX_RETRIES": "2"}
     try:
-        wait_http(f"{llm_url}/models", 180)
-        raw = _raw_model(llm_url, 1 if quick else 5)
+        for _proc, url in servers:
+            wait_http(f"{url}/models", 180)
         w = env.world()
         env.reset_queues()
-        procs.append(env.web("real-web", **model_env))
-        procs.append(env.worker("real-worker", "analysis,note_update", 1, "prefork", **model_env))
-        procs.append(env.worker("real-embedder", "embed", 1, "prefork", **model_env))
+        procs.append(env.web(f"real-web-{layout}", **model_env))
+        procs.append(env.worker(f"real-worker-{layout}", "analysis,note_update", 1, "prefork",
+                                **model_env))
+        procs.append(env.worker(f"real-embedder-{layout}", "embed", 1, "prefork", **model_env))
         samples: list[tuple[float, dict]] = []
         stop = threading.Event()
         t_start = time.monotonic()
@@ -120,31 +143,50 @@ def run(env: Env, quick: bool) -> Result:
     finally:
         for p in reversed(procs):
             p.stop()
-        llm.terminate()
-        try:
-            llm.wait(10)
-        except subprocess.TimeoutExpired:
-            llm.kill()
-        log.close()
-    d, b = dist(lat, 1), dist(raw, 1)
+        for proc, _url in servers:
+            _stop(proc)
+    d = dist(lat, 1)
     peak = {q: max((s[q] for _, s in samples), default=0) for q in (*QUEUES, "reserved")}
     at_last = min(samples, key=lambda s: abs(s[0] - (t_last - t_start)))[1] if samples else {}
-    row = {"turns_ok": len(lat), "errors": errors,
-           "turns_per_min": round(len(lat) / wall * 60, 1) if wall else 0.0,
-           "latency_p50_ms": d["p50"], "latency_p95_ms": d["p95"],
-           "queued_at_last_turn": sum(v for k, v in at_last.items() if k != "reserved"),
-           "peak_depth": peak,
-           "lag_after_last_turn_s": round(done - t_last, 1) if done else None,
-           "queued_at_end": sum(v for k, v in samples[-1][1].items() if k != "reserved")
-           if samples else None,
-           "drained": done is not None}
     step = max(1, len(samples) // 60)
+    return {"layout": layout, "turns_ok": len(lat), "errors": errors,
+            "turns_per_min": round(len(lat) / wall * 60, 1) if wall else 0.0,
+            "latency_p50_ms": d["p50"], "latency_p95_ms": d["p95"],
+            "queued_at_last_turn": sum(v for k, v in at_last.items() if k != "reserved"),
+            "peak_depth": peak,
+            "lag_after_last_turn_s": round(done - t_last, 1) if done else None,
+            "queued_at_end": sum(v for k, v in samples[-1][1].items() if k != "reserved")
+            if samples else None,
+            "drained": done is not None,
+            "queue_depths": [{"t_s": t, **s} for t, s in samples[::step]]}
+
+
+def run(env: Env, quick: bool) -> Result:
+    """20 turns over 2 sessions per layout, drain limit 300 s (quick: 2 turns in 1 session,
+    30 s); layouts ``split`` (the embedded default) and ``shared``; the baseline is a bare
+    completion on an idle server of the same kind, measured first."""
+    sessions, turns, drain_s = (1, 2, 30) if quick else (2, 10, 300)
+    proc, url = _start_llm(env, "llm-baseline")
+    try:
+        from workers.embedded import wait_http
+
+        wait_http(f"{url}/models", 180)
+        raw = _raw_model(url, 2 if quick else 8)
+    finally:
+        _stop(proc)
+    rows = [_config(env, layout, sessions, turns, drain_s) for layout in ("split", "shared")]
+    b = dist(raw, 1)
+    depths = {r["layout"]: r.pop("queue_depths") for r in rows}
+    split = rows[0]
     return Result(
-        "real_model", [row], baseline={"raw_model_ms": b},
-        ratio=round(d["p50"] / b["p50"], 2) if b["p50"] else None,
+        "real_model", rows, baseline={"raw_model_ms": b},
+        ratio=round(split["latency_p95_ms"] / b["p95"], 2) if b["p95"] else None,
+        targets=[Target("split dialogue p95 / bare completion p95",
+                        round(split["latency_p95_ms"] / b["p95"], 2) if b["p95"] else None,
+                        "<=", 1.5)],
         params={"sessions": sessions, "turns_per_session": turns, "model": ALIAS,
-                "embedder": "minilm", "drain_limit_s": drain_s,
-                "queue_depths": [{"t_s": t, **s} for t, s in samples[::step]]},
-        notes="ratio = dialogue p50 / a bare 80-token completion p50 on the same server; "
-              "lag None = not drained within the limit (the serial model server is the "
-              "bottleneck: every turn adds one analysis and up to two rewrites behind it).")
+                "embedder": "minilm", "drain_limit_s": drain_s, "queue_depths": depths},
+        notes="ratio = dialogue p95 of the split layout (the embedded default) / a bare "
+              "80-token completion p95 on an idle server, same run (target <= 1.5); "
+              "shared = one server, pipeline calls yielding to dialogue calls "
+              "(inference.priority); lag None = not drained within the limit.")

@@ -29,6 +29,7 @@ import json_repair
 import openai
 from pydantic import BaseModel, ValidationError
 
+from inference import priority
 from inference.retry import transient_retry
 from settings import get_settings
 
@@ -157,7 +158,8 @@ class ChatModel:
         t0 = time.perf_counter()
         done = None
         try:
-            done = call(messages, max_tokens, temperature, json_schema, schema_name, seed)
+            with priority.admitted(self.role, self.base_url):
+                done = call(messages, max_tokens, temperature, json_schema, schema_name, seed)
             return done
         except ModelError:
             raise

@@ -213,6 +213,15 @@ class NpcMemoryClient:
         """
         return self._call("GET", f"/v1/sessions/{session_id}/entries/{key}")
 
+    def cards(self, session_id: str, npc_id: str) -> dict:
+        """An NPC's memory cards in the session (``GET /v1/sessions/{id}/cards/{npc_id}``):
+        its relationship and quest cards as the dialogue prompt sees them.
+
+        Raises:
+            ApiError: 404 unknown session or NPC.
+        """
+        return self._call("GET", f"/v1/sessions/{session_id}/cards/{npc_id}")
+
     def ready(self) -> dict:
         """``GET /readyz`` without raising: ``{"ready": bool, "failed": [...], "checks"}``."""
         res = self._http.get("/readyz")

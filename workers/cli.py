@@ -1,4 +1,4 @@
-"""Command line: ``npc-memory demo``, ``migrate``, ``serve-llm``, ``embedded-redis``;
+"""Command line: ``npc-memory demo``, ``up``, ``chat``, ``migrate``, ``serve-llm``, ``embedded-redis``;
 importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
 ``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
 ``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``,
@@ -27,11 +27,13 @@ cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 @cli.command()
 def demo(
     light: bool = typer.Option(False, help="run on LIGHT's possibly-vampires world"),
-    turns: int = typer.Option(6, min=1, max=200, help="player turns to play"),
+    turns: int = typer.Option(8, min=1, max=200, help="player turns to play"),
     tick_seconds: float = typer.Option(20.0, min=1.0, help="world tick interval"),
     summary: Path | None = typer.Option(None, help="write the summary JSON here"),
     light_world: Path | None = typer.Option(None, help="LIGHT world map to use with --light"),
-    split_llm: bool = typer.Option(False, help="a separate 1-thread model server for the dialogue role"),
+    split_llm: bool | None = typer.Option(None, "--split-llm/--shared-llm", help=(
+        "a separate llama.cpp server for the dialogue (default SPLIT_LLM, true); shared: "
+        "the pipeline's calls yield to dialogue calls")),
 ) -> None:
     """Start everything, play a session, let the pipeline work, print what happened."""
     from workers.demo import DemoOptions, run_demo
@@ -41,6 +43,69 @@ def demo(
     if light_world is not None:
         opts.light_world = light_world
     run_demo(opts)
+
+
+@cli.command()
+def up(
+    world: str = typer.Option("saltmere", help="world to import: saltmere, light, or a world "
+                              "JSON file; 'none' imports nothing"),
+    port: int = typer.Option(8000, min=0, max=65535, help="dialogue server port (0: any free)"),
+    host: str = typer.Option("127.0.0.1", help="dialogue server bind address"),
+    api_key: str = typer.Option("", help="API key to accept (default API_KEYS, else a new one)"),
+    flower: bool = typer.Option(False, help="also start Flower (user npc, password = API key)"),
+    split_llm: bool | None = typer.Option(None, "--split-llm/--shared-llm", help=(
+        "a separate llama.cpp server for the dialogue (default SPLIT_LLM, true)")),
+    data_dir: Path | None = typer.Option(None, help="where Redis, SQLite and logs go "
+                                         "(default DATA_DIR/stack, wiped at start)"),
+) -> None:
+    """Run the embedded stack in the foreground for a game to talk to; Ctrl-C stops it all."""
+    from settings import get_settings
+    from workers.stack import StackOptions
+    from workers.up import load_world, run_up
+
+    spec = None if world == "none" else _load(load_world, world, SHARED)
+    opts = StackOptions(port=port, host=host, api_key=api_key, flower=flower,
+                        split_llm=split_llm)
+    opts.data_dir = data_dir or get_settings().data_dir / "stack"
+    raise typer.Exit(run_up(opts, spec))
+
+
+@cli.command()
+def chat(
+    world: str = typer.Option("saltmere", help="world key to open a session on"),
+    npc: str | None = typer.Option(None, help="character to talk to first (default: the first)"),
+    url: str = typer.Option("", envvar="NPC_MEMORY_URL", help="a running dialogue server"),
+    api_key: str = typer.Option("", envvar="NPC_MEMORY_API_KEY", help="its API key"),
+    embedded: bool = typer.Option(False, help="start the embedded stack for this chat instead"),
+    player_name: str = typer.Option("player", help="your name in the session"),
+) -> None:
+    """Talk to one NPC in the terminal; /help lists the commands that show its memory."""
+    from npc_memory_client import ApiError, NpcMemoryClient
+    from workers.chat import run_chat
+
+    if not url and not embedded:
+        typer.echo("error: give --url (a running server, e.g. from `npc-memory up`) or "
+                   "--embedded", err=True)
+        raise typer.Exit(2)
+    stack = None
+    try:
+        if embedded:
+            from workers.stack import EmbeddedStack, StackOptions
+            from workers.up import load_world
+
+            stack = EmbeddedStack(StackOptions(worlds=[_load(load_world, world, SHARED)]))
+            typer.echo("starting the embedded stack ...", err=True)
+            stack.start()
+            url, api_key, world = stack.base_url, stack.api_key, stack.world_keys[0]
+        with NpcMemoryClient(url, api_key or None, timeout=300) as client:
+            try:
+                run_chat(client, world, npc, sys.stdin, sys.stdout)
+            except (ApiError, ValueError) as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from exc
+    finally:
+        if stack is not None:
+            stack.stop()
 
 
 @cli.command()
@@ -177,7 +242,9 @@ def serve_llm(port: int = typer.Option(8089)) -> None:
     from workers.embedded import llm_argv
 
     s = get_settings()
-    argv = llm_argv(port, s.llm_model, s.llm_n_ctx, s.llm_threads)
+    from workers.embedded import llm_threads
+
+    argv = llm_argv(port, s.llm_model, s.llm_n_ctx, s.llm_threads or llm_threads(1))
     # llama_cpp.server reads PORT/HOST from the environment over its flags; honcho sets PORT.
     env = {k: v for k, v in os.environ.items() if k not in ("PORT", "HOST")}
     os.execve(argv[0], argv, env)

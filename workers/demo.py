@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from rich.table import Table
 from celeryconfig import Queues
 from memory.importers.spec import SessionScript, WorldSpec
 from settings import ROOT, get_settings
-from workers import embedded
+from workers.stack import EmbeddedStack, StackOptions
 
 SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 
@@ -38,11 +36,11 @@ class DemoOptions:
     light: bool = False
     light_world: Path = SHARED / "data" / "light" / "possibly-vampires.json"
     parlai_dir: Path = SHARED / "data" / "light" / "parlai_fixtures"
-    turns: int = 6
+    turns: int = 8
     data_dir: Path = field(default_factory=lambda: get_settings().data_dir / "demo")
     tick_seconds: float = 20.0
     drain_timeout: float = 600.0
-    split_llm: bool = False
+    split_llm: bool | None = None
     summary_path: Path | None = None
     console: Console = field(default_factory=Console)
 
@@ -70,88 +68,28 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_demo(opts: DemoOptions) -> dict:
-    """Run the whole demo; returns the summary dict (also printed, and written as JSON).
+    """Run the whole demo on the embedded stack (``workers.stack``); returns the summary dict
+    (also printed, and written as JSON).
 
     Raises:
         RuntimeError / TimeoutError: a process died or the pipeline did not drain in time.
     """
-    console = opts.console
-    s = get_settings()
     world, script = load_inputs(opts)
-    if opts.data_dir.exists():
-        shutil.rmtree(opts.data_dir)
-    opts.data_dir.mkdir(parents=True)
-    redis_srv = None
-    sup = None
+    stack_opts = StackOptions(data_dir=opts.data_dir, worlds=[world], split_llm=opts.split_llm,
+                              tick_seconds=opts.tick_seconds)
+    with opts.console.status("starting embedded services") as status:
+        stack = EmbeddedStack(stack_opts, status=status.update)
+        try:
+            stack.start()
+        except BaseException:
+            stack.stop()
+            raise
     try:
-        with console.status("starting embedded services") as status:
-            env: dict[str, str] = {"DATA_DIR": str(opts.data_dir),
-                                   "WORLD_TICK_SECONDS": str(opts.tick_seconds)}
-            # The dialogue server refuses to start without API keys: the demo makes one for
-            # this run (unless API_KEYS is set) and its client sends it.
-            if not s.api_key_list and s.api_auth == "on":
-                env["API_KEYS"] = secrets.token_urlsafe(24)
-            if not s.redis_url:
-                redis_srv = embedded.EmbeddedRedis(opts.data_dir)
-                env["REDIS_URL"] = redis_srv.url
-            env["DATABASE_URL"] = s.database_url or f"sqlite:///{opts.data_dir / 'npc_memory.db'}"
-            os.environ.update(env)
-            get_settings.cache_clear()
-            s = get_settings()
-            sup = embedded.Supervisor(opts.data_dir / "logs", env)
-            if not os.environ.get("LLM_BASE_URL"):
-                status.update("starting the model server (llama.cpp, SmolLM2-135M)")
-                # llama.cpp serves one request at a time: with split_llm the dialogue gets its
-                # own server so a turn never waits behind background analysis.
-                servers = [("llm", "LLM_BASE_URL")]
-                if opts.split_llm:
-                    servers.append(("llm-dialogue", "GENERATION_BASE_URL"))
-                threads = 1 if opts.split_llm else s.llm_threads
-                for name, var in servers:
-                    port = embedded.free_port()
-                    base = f"http://127.0.0.1:{port}/v1"
-                    env[var] = sup.env[var] = os.environ[var] = base
-                    sup.spawn(name, embedded.llm_argv(port, s.llm_model, s.llm_n_ctx, threads))
-            get_settings.cache_clear()
-            s = get_settings()
-            status.update("migrating the database")
-            from memory.db import migrate, session_scope
-
-            migrate()
-            status.update(f"importing world {world.key!r} and embedding its lore")
-            from inference.embedding import get_embedder
-            from memory import nearline
-            from memory.vectors import embed_world_base
-            from memory.worlds import import_world
-
-            with session_scope() as db:
-                w, _created = import_world(db, world)
-                embed_world_base(db, nearline.get_redis(), get_embedder(), w.id)
-            web_port = embedded.free_port()
-            status.update("starting web, workers and beat")
-            sup.spawn("web", [embedded.sys.executable, "-m", "uvicorn", "workers.web:app",
-                              "--host", "127.0.0.1", "--port", str(web_port),
-                              "--log-config", str(ROOT / "workers" / "uvicorn_logging.json")])
-            sup.spawn("worker", embedded.celery_worker_argv(
-                "worker", "analysis,note_update,entity_creation,simulate_world"))
-            sup.spawn("embedder", embedded.celery_worker_argv("embedder", "embed"))
-            sup.spawn("archiver", embedded.celery_worker_argv(
-                "archiver", "archive", prefetch_multiplier=2 * get_settings().archive_batch_size))
-            sup.spawn("beat", [embedded.sys.executable, "-m", "celery", "-A", "workers.celery_app",
-                               "beat", "--loglevel", "INFO"])
-            for var in ("LLM_BASE_URL", "GENERATION_BASE_URL"):
-                if var in env:
-                    embedded.wait_http(f"{env[var]}/models", 120, sup)
-            web = f"http://127.0.0.1:{web_port}"
-            embedded.wait_http(f"{web}/healthz", 120, sup)
-        pids = [p.pid for p in sup.procs.values()] + ([redis_srv.pid] if redis_srv else [])
-        return _play_and_report(opts, sup, web, world, script, pids)
+        return _play_and_report(opts, stack.supervisor, stack.base_url, stack.api_key, world,
+                                script, stack.pids())
     finally:
-        if sup is not None:
-            with console.status("stopping processes"):
-                sup.stop()
-        if redis_srv is not None:
-            redis_srv.stop()
+        with opts.console.status("stopping processes"):
+            stack.stop()
 
 
 def _wait_for(opts: DemoOptions, sup, predicate, label: str) -> None:
@@ -193,8 +131,8 @@ def _drain(opts: DemoOptions, sup, r, session_id: str, label: str) -> None:
     raise TimeoutError(f"{label}: pipeline did not drain within {opts.drain_timeout:.0f} s")
 
 
-def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script: SessionScript,
-                     pids: list[int]) -> dict:
+def _play_and_report(opts: DemoOptions, sup, web: str, api_key: str, world: WorldSpec,
+                     script: SessionScript, pids: list[int]) -> dict:
     from memory import nearline
     from memory.db import session_scope
     from memory.report import (coalesced_updates, creation_stats, session_summary, task_counts,
@@ -202,9 +140,8 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
 
     console = opts.console
     r = nearline.get_redis()
-    api_key = get_settings().api_key_list[:1]
     client = httpx.Client(base_url=web, timeout=300, headers={
-        "Authorization": f"Bearer {api_key[0]}"} if api_key else {})
+        "Authorization": f"Bearer {api_key}"} if api_key else {})
     res = client.post("/v1/sessions", json={"world": world.key, "player_name": "demo player"})
     res.raise_for_status()
     session_id = res.json()["session_id"]
@@ -249,7 +186,8 @@ def _play_and_report(opts: DemoOptions, sup, web: str, world: WorldSpec, script:
         "world": world.key,
         "session_id": session_id,
         "turns": [{"npc": t["npc_name"], "player": t["player_text"], "npc_text": t["npc_text"],
-                   "latency_ms": round(t["latency_ms"], 1)} for t in turns],
+                   "latency_ms": round(t["latency_ms"], 1), "retrieved": t["retrieved"]}
+                  for t in turns],
         "turns_served": len(turns),
         "latency_ms": {"p50": round(_pct(latencies, 50), 1), "p95": round(_pct(latencies, 95), 1)},
         "tasks": counts,
@@ -284,6 +222,9 @@ def _print_summary(console: Console, out: dict) -> None:
     for t in out["turns"]:
         console.print(f"[cyan]player -> {t['npc']}:[/] {t['player']}")
         console.print(f"[green]{t['npc']}:[/] {t['npc_text']}  [dim]({t['latency_ms']} ms)[/]")
+        if t["retrieved"]:  # what memory put in front of the model for this reply
+            console.print("  [dim]retrieved for this reply:[/] " + " | ".join(
+                str(x)[:90] for x in t["retrieved"]))
     console.print(f"turns served: {out['turns_served']}   dialogue latency p50 "
                   f"{out['latency_ms']['p50']} ms, p95 {out['latency_ms']['p95']} ms")
     table = Table(title="tasks per queue")

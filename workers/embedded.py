@@ -118,13 +118,16 @@ class Supervisor:
                 raise RuntimeError(f"process {name} exited with {proc.returncode}:\n{tail}")
 
     def stop(self, name: str | None = None, timeout: float = 10.0) -> None:
-        """Stop one process (or all, in reverse start order): SIGTERM its group, then SIGKILL."""
+        """Stop one process (or all, in reverse start order): SIGTERM to the process itself,
+        which shuts down cleanly (a Celery worker stops its pool children without a
+        ``WorkerLostError``), then SIGKILL to its whole group after ``timeout`` seconds or
+        once it has exited, so nothing it started is left behind."""
         names = [name] if name else list(reversed(self.procs))
         for n in names:
             proc = self.procs.get(n)
             if proc is not None and proc.poll() is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.send_signal(signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + timeout
@@ -142,6 +145,23 @@ class Supervisor:
                 pass
             proc.wait()
             self.procs.pop(n, None)
+
+
+def llm_threads(servers: int, cores: int | None = None) -> int:
+    """Threads for each of ``servers`` embedded llama.cpp servers on this machine: one core
+    is left to the Python processes (dialogue server, workers, embedder) and the rest is
+    shared out, at least one thread each: ``max(1, (cores - 1) // servers)``. On 2 cores that
+    is 1 thread per server: two servers of 2 threads each on 2 cores were measured about 30x
+    slower whenever another process was busy (spinning llama.cpp threads fight for the
+    cores), one thread each held their speed. ``LLM_THREADS`` overrides the rule.
+
+    Args:
+        servers: how many llama.cpp servers will run (1 or 2).
+        cores: usable cores; default the CPUs this process may run on.
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, (cores - 1) // max(1, servers))
 
 
 def llm_argv(port: int, alias: str, n_ctx: int, threads: int) -> list[str]:

@@ -1,0 +1,306 @@
+"""Live use of the embedded stack: ``npc-memory up`` stops cleanly, ``npc-memory chat`` works in
+a terminal, pipeline model calls yield to dialogue calls on a shared server, and the model
+servers' thread rule."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from memory import nearline
+from tests.procs import ROOT, WebServer, process_env
+
+API_KEY = os.environ["API_KEYS"].split(",")[0]
+
+
+# ----------------------------------------------------------------------------- thread rule
+
+
+def test_llm_threads_leave_a_core_and_never_drop_below_one():
+    from workers.embedded import llm_threads
+
+    assert llm_threads(2, cores=2) == 1
+    assert llm_threads(1, cores=2) == 1
+    assert llm_threads(2, cores=8) == 3
+    assert llm_threads(1, cores=8) == 7
+    assert llm_threads(2, cores=1) == 1
+
+
+# ----------------------------------------------------------------------------- priority rule
+
+
+def _shared_server_settings(monkeypatch, url: str, priority: str = "auto", backend="llamacpp"):
+    from settings import get_settings
+
+    for role in ("GENERATION", "ANALYSIS", "MAINTENANCE"):
+        monkeypatch.delenv(f"{role}_BASE_URL", raising=False)
+    monkeypatch.setenv("LLM_BASE_URL", url)
+    monkeypatch.setenv("LLM_BACKEND", backend)
+    monkeypatch.setenv("DIALOGUE_PRIORITY", priority)
+    get_settings.cache_clear()
+
+
+@pytest.fixture()
+def settings_env(monkeypatch):
+    from settings import get_settings
+
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+def test_rule_is_on_only_for_a_shared_llamacpp_server(settings_env):
+    from inference import priority
+
+    url = "http://127.0.0.1:9/v1"
+    _shared_server_settings(settings_env, url)
+    assert priority.active("generation", url) and priority.active("analysis", url)
+    settings_env.setenv("GENERATION_BASE_URL", "http://127.0.0.1:10/v1")  # own dialogue server
+    from settings import get_settings
+
+    get_settings.cache_clear()
+    assert not priority.active("analysis", url)
+    assert not priority.active("generation", "http://127.0.0.1:10/v1")
+    _shared_server_settings(settings_env, url, backend="vllm")  # continuous batching
+    assert not priority.active("analysis", url) and not priority.active("generation", url)
+    _shared_server_settings(settings_env, url, priority="on", backend="vllm")
+    assert priority.active("analysis", url)
+    _shared_server_settings(settings_env, url, priority="off")
+    assert not priority.active("generation", url)
+
+
+def test_pipeline_call_waits_for_the_dialogue_call_then_goes(settings_env):
+    from inference import priority
+
+    url = f"http://127.0.0.1:9/v1/{time.time_ns()}"
+    _shared_server_settings(settings_env, url)
+    r = nearline.get_redis()
+    released = threading.Event()
+    order: list[str] = []
+
+    def dialogue():
+        with priority.dialogue_slot(url, r):
+            order.append("dialogue started")
+            released.wait(10)
+            order.append("dialogue done")
+
+    t = threading.Thread(target=dialogue)
+    t.start()
+    while not order:
+        time.sleep(0.01)
+    assert priority.dialogue_in_flight(url, r) == 1
+    threading.Timer(0.3, released.set).start()
+    priority.yield_to_dialogue(url, r, max_wait_s=30)
+    order.append("pipeline call")
+    t.join()
+    assert order == ["dialogue started", "dialogue done", "pipeline call"]
+    assert priority.dialogue_in_flight(url, r) == 0
+
+
+def test_pipeline_never_starves_behind_endless_dialogue(settings_env):
+    from inference import priority
+
+    url = f"http://127.0.0.1:9/v1/{time.time_ns()}"
+    _shared_server_settings(settings_env, url)
+    r = nearline.get_redis()
+    with priority.dialogue_slot(url, r):
+        waited = priority.yield_to_dialogue(url, r, max_wait_s=0.2)
+        assert priority.dialogue_in_flight(url, r) == 1  # still busy, yet the call went ahead
+    assert waited >= 0.2
+
+
+def test_a_dead_dialogue_process_cannot_hold_the_pipeline(settings_env):
+    from inference import priority
+
+    url = f"http://127.0.0.1:9/v1/{time.time_ns()}"
+    _shared_server_settings(settings_env, url)
+    settings_env.setenv("LLM_TIMEOUT_S", "1")
+    from settings import get_settings
+
+    get_settings.cache_clear()
+    r = nearline.get_redis()
+    slot = priority.dialogue_slot(url, r)
+    slot.__enter__()  # never left: the process "died" holding it
+    assert priority.dialogue_in_flight(url, r) == 1
+    time.sleep(2.1)
+    assert priority.dialogue_in_flight(url, r) == 0
+
+
+def test_model_calls_take_and_respect_slots_on_a_shared_server(settings_env, llm_server):
+    """A real llama.cpp call of the generation role holds a slot while it runs."""
+    from inference import priority
+    from inference.llm import ChatModel
+
+    _shared_server_settings(settings_env, llm_server)
+    r = nearline.get_redis()
+    seen = []
+
+    def watch():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not seen:
+            if priority.dialogue_in_flight(llm_server, r):
+                seen.append(True)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    done = ChatModel("generation").complete([{"role": "user", "content": "Say hello."}],
+                                            max_tokens=24)
+    t.join()
+    assert done.text and seen == [True]
+    assert priority.dialogue_in_flight(llm_server, r) == 0
+
+
+# ----------------------------------------------------------------------------- npc-memory up
+
+
+def _embedded_env(tmp_path, llm_url: str) -> dict[str, str]:
+    env = process_env(DATA_DIR=str(tmp_path), LLM_BASE_URL=llm_url, LOG_LEVEL="INFO")
+    for var in ("REDIS_URL", "DATABASE_URL", "API_KEYS"):
+        env.pop(var, None)  # the embedded Redis and SQLite, a key made by `up`
+    return env
+
+
+def _read_until(proc, pattern: str, timeout: float, out: list[str]) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        out.append(line)
+        found = re.search(pattern, "".join(out))
+        if found:
+            return found
+    pytest.fail(f"{pattern!r} not printed within {timeout} s:\n{''.join(out)}")
+
+
+def test_up_serves_then_stops_every_process_on_sigterm(tmp_path, llm_server):
+    data = tmp_path / "stack"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "up", "--port", "0", "--data-dir", str(data)],
+        cwd=ROOT, env=_embedded_env(tmp_path, llm_server), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out: list[str] = []
+    try:
+        _read_until(proc, r"Ctrl-C stops everything", 240, out)
+        text = "".join(out)
+        url = re.search(r"dialogue server: (\S+)", text).group(1)
+        key = re.search(r"API key:\s+(\S+)", text).group(1)
+        assert f"{url}/docs" in text and "curl -s -X POST" in text
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(f"{url}/openapi.json", timeout=10).status_code == 200
+        opened = httpx.post(f"{url}/v1/sessions", json={"world": "saltmere"}, headers=headers,
+                            timeout=30)
+        assert opened.status_code == 201, opened.text  # the built-in world was imported
+        assert httpx.post(f"{url}/v1/sessions", json={"world": "saltmere"}, timeout=30
+                          ).status_code == 401
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in descendants)
+        for part in ("uvicorn", "worker", "embedder", "archiver", "beat"):
+            assert part in names
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=90)
+        out.append(rest)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, "".join(out)
+    assert "stopped" in "".join(out)
+    alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], [p.cmdline() for p in alive]
+    logs = {p.name: p.read_text(errors="replace") for p in (data / "logs").glob("*.log")}
+    assert {"web.log", "worker.log", "beat.log"} <= set(logs)
+    for name, text in logs.items():  # an expected shutdown is not an error
+        assert "WorkerLostError" not in text, name
+        assert '"level": "ERROR"' not in text and '"levelname": "ERROR"' not in text, name
+
+
+# ----------------------------------------------------------------------------- npc-memory chat
+
+
+@pytest.fixture(scope="module")
+def saltmere_web(llm_server):
+    from inference.embedding import get_embedder
+    from memory.db import session_scope
+    from memory.importers.examples import load_example
+    from memory.vectors import embed_world_base
+    from memory.worlds import import_world
+
+    spec, _ = load_example()
+    with session_scope() as s:
+        world, _ = import_world(s, spec)
+        embed_world_base(s, nearline.get_redis(), get_embedder(), world.id)
+    web = WebServer(process_env(), "chat-web.log")
+    web.start()
+    yield web.url
+    web.stop()
+    nearline.get_redis().delete("analysis", "archive", "simulate_world")
+
+
+def _pty_read(fd: int, until: str, timeout: float, buf: list[str]) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096).decode(errors="replace")
+            except OSError:
+                break
+            buf.append(chunk)
+            if until in "".join(buf):
+                return "".join(buf)
+    pytest.fail(f"{until!r} not shown within {timeout} s:\n{''.join(buf)}")
+
+
+def test_chat_in_a_terminal(saltmere_web):
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "chat", "--url", saltmere_web, "--api-key", API_KEY,
+         "--world", "saltmere", "--npc", "marta_vell"],
+        cwd=ROOT, env=process_env(), stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    buf: list[str] = []
+    try:
+        _pty_read(master, "you> ", 60, buf)
+        assert "talking to Marta Vell" in "".join(buf)
+        os.write(master, b"I left a jar of heather honey for you, Marta.\n")
+        screen = _pty_read(master, "memories used", 180, buf)
+        assert re.search(r"Marta Vell: \S", screen)
+        os.write(master, b"/evidence\n")
+        screen = _pty_read(master, "retrieved for 'I left a jar", 30, buf)
+        os.write(master, b"/who\n")
+        screen = _pty_read(master, "wenna_pike", 30, buf)
+        os.write(master, b"/note\n")
+        screen = _pty_read(master, "note of Marta Vell", 30, buf)
+        os.write(master, b"/nonsense\n")
+        screen = _pty_read(master, "unknown command /nonsense", 30, buf)
+        os.write(master, b"/quit\n")
+        screen = _pty_read(master, "bye", 30, buf)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert "Traceback" not in screen
+
+
+def test_chat_refuses_an_unknown_npc(saltmere_web):
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "chat", "--url", saltmere_web, "--api-key", API_KEY,
+         "--world", "saltmere", "--npc", "nobody"],
+        cwd=ROOT, env=process_env(), input="", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "no character 'nobody'" in done.stderr
