@@ -25,9 +25,10 @@ def insert_turns(session: Session, turns: list[dict]) -> set[str]:
     the ids that were new. A turn id given twice in ``turns`` is written once.
 
     Each dict has ``turn_id, session_id, seq, npc_entry_id, player_text, npc_text,
-    latency_ms, created_at`` (unix seconds) and optionally ``speaker``. The archive has no
-    speaker column: a speaker other than the player is kept as a ``"<speaker>: "`` prefix of
-    the archived ``player_text``.
+    latency_ms, created_at`` (unix seconds) and optionally ``speaker`` (None: the session's
+    player), ``event_id`` and ``game_minutes`` (the fields of ``tasks.payloads.TurnPayload``),
+    each kept in its own column: the archived turn is the session's evidence
+    (``memory.evidence``).
 
     Raises:
         NotImplementedError: a database other than PostgreSQL or SQLite.
@@ -38,8 +39,9 @@ def insert_turns(session: Session, turns: list[dict]) -> set[str]:
     rows = [{
         "id": t["turn_id"], "session_id": t["session_id"], "seq": t["seq"],
         "npc_entry_id": t["npc_entry_id"],
-        "player_text": f"{t['speaker']}: {t['player_text']}" if t.get("speaker") else t["player_text"],
-        "npc_text": t["npc_text"], "latency_ms": t.get("latency_ms", 0.0),
+        "player_text": t["player_text"], "npc_text": t["npc_text"],
+        "latency_ms": t.get("latency_ms", 0.0), "speaker": t.get("speaker"),
+        "event_id": t.get("event_id"), "game_minutes": t.get("game_minutes", 0),
         "created_at": datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
     } for t in turns]
     stmt = (dialect_insert(session, Turn)

@@ -27,8 +27,9 @@ class Payload(BaseModel):
 
 class TurnPayload(Payload):
     """A finished turn: ``analyze_turn`` and ``archive_turn`` take it. ``npc_text`` is ""
-    when the NPC did not answer (an event without a reply). Senders leave ``speaker`` out
-    when it is None, so a player's turn is the same message as before the field existed."""
+    when the NPC did not answer (an event without a reply). Senders leave ``speaker`` and
+    ``event_id`` out when they are None, so a player's turn is the same message as before the
+    fields existed."""
 
     turn_id: str = Field(min_length=1, max_length=64)
     session_id: str = Field(min_length=1, max_length=64)
@@ -43,6 +44,8 @@ class TurnPayload(Payload):
     speaker: str | None = Field(None, min_length=1, max_length=200, description=(
         "who said player_text: absent for the session's player; a name (an NPC's entry key "
         "or title, or anyone) for a turn posted as an event"))
+    event_id: str | None = Field(None, min_length=1, max_length=200, description=(
+        "the caller's id of a turn posted as an event (absent for a played turn)"))
 
     def target(self) -> str:
         return f"turn:{self.turn_id}"
