@@ -6,9 +6,9 @@ game backend's typo is dead-lettered with a message instead of silently ignored.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from memory.cards import QuestCard, RelationshipCard
 
@@ -129,6 +129,17 @@ class EmbedPayload(Payload):
         return f"entry:{self.lore_entry_id}"
 
 
+class EvidencePayload(Payload):
+    """Embed the evidence of archived turns (``npc_memory.embed_evidence``): the archive
+    sends one per batch of turns it wrote (``memory.evidence.embed_turns``)."""
+
+    turn_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=1000)
+
+    def target(self) -> str:
+        return f"evidence:{len(self.turn_ids)} turns"
+
+
 class SimulationPayload(Payload):
     """One world tick for one session; ``tick_id`` makes the tick idempotent. ``max_npcs`` and
     ``max_tokens`` are this session's share of the tick's budget (defaults: the settings'
@@ -179,6 +190,7 @@ TASK_PAYLOADS: dict[str, type[Payload]] = {
     "npc_memory.update_note": NoteUpdatePayload,
     "npc_memory.create_entity": CreationPayload,
     "npc_memory.embed": EmbedPayload,
+    "npc_memory.embed_evidence": EvidencePayload,
     "npc_memory.archive_cards": CardArchivePayload,
     "npc_memory.simulate_world": SimulationPayload,
     "npc_memory.world_tick": TickPayload,
