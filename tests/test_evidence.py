@@ -201,6 +201,43 @@ def test_embed_turns_stores_publishes_once_and_a_rebuilt_index_has_the_evidence(
     assert index.search(scope, q, 1)[0].lore_entry_id == 4
 
 
+def test_reindex_embeds_the_evidence_for_another_embedder(light_world, game_session):
+    """Switching the embedder (``npc-memory reindex``) brings the evidence along: the
+    ``mistral-embed`` wire format is served by ``tests.fakes``, reached by the real SDK."""
+    from inference.embedding import MistralEmbedder
+    from memory.archive import insert_turns
+    from memory.reindex import reindex
+    from tests.fakes import FakeServer, mistral_embeddings, text_vectors
+
+    r, sid = nearline.get_redis(), game_session["id"]
+    baker = nearline.resolve_key(r, game_session["world_id"], sid, "baker_27")
+    turns = [_turn(game_session, baker, 1, "Where is the ferry?", "Down by the docks."),
+             _turn(game_session, baker, 2, "Thank you.", "")]
+    with session_scope() as s:
+        insert_turns(s, turns)
+    ids = [t["turn_id"] for t in turns]
+    with FakeServer() as server:
+        server.default = mistral_embeddings(text_vectors(1024))
+        mistral = MistralEmbedder("mistral-embed", "mistral-test-key", server.url)
+        with session_scope() as s:
+            first = reindex(s, r, mistral, world_key=light_world["key"])
+        with session_scope() as s:
+            rows = s.execute(select(EvidenceVector.turn_id, EvidenceVector.part,
+                                    EvidenceVector.dim).where(
+                EvidenceVector.turn_id.in_(ids),
+                EvidenceVector.embedder == "mistral-embed")).all()
+        assert sorted(rows) == sorted([(ids[0], 0, 1024), (ids[0], 1, 1024), (ids[1], 0, 1024)])
+        assert first.evidence >= 3 and first.worlds[light_world["key"]]["evidence"] >= 3
+        calls = len(server.posts("/v1/embeddings"))
+        with session_scope() as s:
+            again = reindex(s, r, mistral, world_key=light_world["key"])
+        assert again.evidence == 0 and len(server.posts("/v1/embeddings")) == calls
+    index = VectorIndex(1024, "mistral-embed")
+    with session_scope() as s:
+        load_from_db(index, s)
+    assert sorted(index.ids(evidence_scope(sid)).tolist()) == [2, 3, 4]
+
+
 def test_archive_batch_sends_one_evidence_task_for_its_turns(game_session):
     from tasks.archive import evidence_task_id, send_evidence
     from tasks.payloads import TurnPayload
