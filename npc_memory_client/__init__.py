@@ -24,5 +24,5 @@ from npc_memory_client.http import (ApiError, DocumentHit, Event, EvidenceHit, M
 from npc_memory_client.tasks import TaskSender
 
 __all__ = ["ApiError", "Contract", "DocumentHit", "Event", "EvidenceHit", "InvalidPayload",
-           "Memory", "NpcMemoryClient", "Reanalysis", "Session", "TaskSender", "Tick", "TurnReply", "Unauthorized", "UnknownTask",
-           "WorldTick", "load_contract"]
+           "Memory", "NpcMemoryClient", "Reanalysis", "Session", "TaskSender", "Tick",
+           "TurnReply", "Unauthorized", "UnknownTask", "WorldTick", "load_contract"]

@@ -13,12 +13,12 @@ import uuid
 
 import numpy as np
 import pytest
-from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from alembic import command
 from memory import nearline
 from memory.db import alembic_config, migrate, normalise_url, session_scope
 from memory.retrieval import RRF_K, fuse, merge, take_within
@@ -68,6 +68,27 @@ def test_merge_interleaves_documents_and_evidence_under_one_budget():
     assert out[0].score == pytest.approx(1 / (RRF_K + 1))
     assert [f.item[:2] for f in merge(docs, ev, text=lambda c: c[2], key=_ident, k=3)] == [
         ("document", 1), ("evidence", 4), ("document", 2)]
+
+
+def test_turn_items_and_their_prompt_lines():
+    import prompts
+    from memory.evidence import item_id, prompt_line, turn_items
+
+    turn = {"turn_id": "t1", "seq": 3, "player_text": "Lunch at one?", "npc_text": "Gladly.",
+            "created_at": 1.5, "game_minutes": 1890}
+    items = turn_items(turn, "Ann", "Klaus Mueller")
+    assert [(i["part"], i["speaker"], i["text"], item_id(i["seq"], i["part"])) for i in items] == [
+        (0, "Ann", "Ann: Lunch at one?", 6), (1, "Klaus Mueller", "Klaus Mueller: Gladly.", 7)]
+    assert items[0]["event_id"] is None and items[0]["game_minutes"] == 1890
+    said = turn_items({**turn, "npc_text": "  ", "speaker": "Maria", "event_id": "e"}, "Ann", "K")
+    assert [(i["speaker"], i["event_id"]) for i in said] == [("Maria", "e")]  # no reply: part 0
+    line = prompt_line(items[0])
+    assert line == "[day 2, 07:30] Ann: Lunch at one?"
+    system = prompts.messages(
+        "dialogue", npc={"title": "Klaus Mueller", "content": "A student."}, note="", cards="",
+        memories="", recent_turns=[], retrieved=[], evidence=[line],
+        player_text="Hi")[0]["content"]
+    assert f"[What was said earlier in this session]\n{line}" in system
 
 
 # --------------------------------------------------------------------------- migration
@@ -138,8 +159,8 @@ def test_embed_turns_stores_publishes_once_and_a_rebuilt_index_has_the_evidence(
     from inference.embedding import get_embedder
     from memory.archive import insert_turns
     from memory.evidence import all_items, embed_turns, evidence_key, get_items
-    from tasks.embed import embed_evidence
     from tasks.base import TaskContext
+    from tasks.embed import embed_evidence
     from tasks.payloads import EvidencePayload
 
     r, embedder, sid = nearline.get_redis(), get_embedder(), game_session["id"]

@@ -3,11 +3,12 @@
 A turn is answered from the in-process hot cache (Level 1, ``memory.hot_cache``: per session
 and NPC the resolved target, recent turns, session note and cards, checked against Redis with
 one pipelined round trip per turn), the nearline tier (Redis) and the in-process vector index
-only: the turn endpoint makes no database query. The cards enter the prompt within ``CARDS_PROMPT_CHARS`` characters; the retrieved documents and the session's evidence
-(earlier utterances, ``memory.evidence``), fused by reciprocal rank (``memory.retrieval``),
-within ``RETRIEVAL_PROMPT_CHARS``. It
-records the turn in Redis and enqueues ``npc_memory.analyze_turn`` and
-``npc_memory.archive_turn`` for the asynchronous pipeline (``memory.turns``). The event
+only: the turn endpoint makes no database query. The cards enter the prompt within
+``CARDS_PROMPT_CHARS`` characters; the retrieved documents and the session's evidence (earlier
+utterances, ``memory.evidence``), fused by reciprocal rank (``memory.retrieval``), within
+``RETRIEVAL_PROMPT_CHARS``. It records the turn in Redis and enqueues
+``npc_memory.analyze_turn`` and ``npc_memory.archive_turn`` for the asynchronous pipeline
+(``memory.turns``). The event
 endpoint records a turn generated elsewhere through the same function, without calling the
 model, and makes no database query either. Opening a session reads the world from the
 database once and warms the nearline tier.
@@ -331,8 +332,8 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
     target that is not a character, 503 when the model server, Redis or the broker fails.
 
     The ``Server-Timing`` header gives the time of each stage in ms: ``context`` (hot cache
-    and its Redis check), ``embed`` (the player's line), ``retrieve`` (index search, ranking
-    and the documents), ``route`` (the NPC's archetype adapter, ``inference.lora.routing``;
+    and its Redis check), ``embed`` (the player's line), ``retrieve`` (index searches,
+    ranking, the documents and evidence items, their fusion), ``route`` (the NPC's archetype adapter, ``inference.lora.routing``;
     includes loading the adapter on its vLLM server the first time), ``model``
     (generation), ``record`` (Redis and broker). ``model`` in the answer is what the call
     named (the adapter on vLLM), ``adapter`` the archetype adapter or null, ``route`` why."""
@@ -521,7 +522,7 @@ def session_memory(session_id: str) -> dict:
     sess = _open_session(r, session_id)
     world_id = sess["world_id"]
     own = sorted(int(i) for i in state.index.ids(session_scope_name(session_id)))
-    base = sorted(set(int(i) for i in state.index.ids(world_scope(world_id))) - set(own))
+    base = sorted({int(i) for i in state.index.ids(world_scope(world_id))} - set(own))
     docs, _ = _fetch(r, world_id, session_id, base + own, [])
     scopes = {**{i: world_scope(world_id) for i in base},
               **{i: session_scope_name(session_id) for i in own}}
