@@ -38,6 +38,8 @@ TASK_QUEUES: dict[str, Queues] = {
     "npc_memory.simulate_world": Queues.SIMULATE_WORLD,
     "npc_memory.world_tick": Queues.SIMULATE_WORLD,
     "npc_memory.embed": Queues.EMBED,
+    # one per archived batch of turns: their evidence items -> vectors -> index
+    "npc_memory.embed_evidence": Queues.EMBED,
     "npc_memory.archive_turn": Queues.ARCHIVE,
     "npc_memory.reconcile": Queues.ARCHIVE,
     "npc_memory.archive_cards": Queues.ARCHIVE,

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     retrieval_weight_recency: float = Field(1.0, ge=0)
     retrieval_weight_importance: float = Field(1.0, ge=0)
     retrieval_half_life_s: float = Field(3600.0, gt=0)
+    # Evidence (memory/evidence.py, memory/retrieval.py): the RETRIEVAL_EVIDENCE_K nearest
+    # utterances of the session join the ranked documents by reciprocal rank fusion, and the
+    # fused list enters the prompt within RETRIEVAL_PROMPT_CHARS characters
+    retrieval_evidence_k: int = Field(6, ge=0, le=100, description=(
+        "evidence items (utterances of the session) retrieved for the dialogue prompt"))
+    retrieval_prompt_chars: int = Field(1600, ge=0, le=20000, description=(
+        "budget of the retrieved documents and evidence lines in the dialogue prompt"))
     memories_prompt_chars: int = Field(500, ge=0, le=4000, description=(
         "budget of the session summary and salient memories in the dialogue prompt"))
     # Level 2 additions (memory/summaries.py): a session summary every N turns (0: off) and

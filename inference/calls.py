@@ -28,7 +28,8 @@ class Reply:
 
 def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
                    player_text: str, max_tokens: int = 80, cards: str = "",
-                   memories: str = "", route: ModelRoute | None = None) -> Reply:
+                   memories: str = "", route: ModelRoute | None = None,
+                   evidence: list[str] | None = None) -> Reply:
     """The NPC's in-character reply (generation role).
 
     Args:
@@ -42,13 +43,16 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
             budget (``memory.summaries.render_memories``; '' when none).
         route: the NPC's model route (``inference.lora.routing.resolve``, purpose
             ``dialogue``): its archetype's adapter; None: the generation role's model.
+        evidence: earlier utterances of the session as prompt lines
+            (``memory.evidence.prompt_line``: in-game time, speaker, text), already within
+            the retrieval budget; None or []: none.
 
     Raises:
         inference.llm.ModelError: the model failed.
     """
     model = route.chat_model() if route is not None else chat_model("generation")
     msgs = prompts.messages("dialogue", npc=npc, note=note, cards=cards, memories=memories,
-                            recent_turns=recent,
+                            recent_turns=recent, evidence=list(evidence or []),
                             retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text)
     done = model.complete(msgs, max_tokens=max_tokens, temperature=0.7)
     text = done.text.strip()

@@ -26,10 +26,11 @@ def insert_turns(session: Session, turns: list[dict]) -> set[str]:
     the ids that were new. A turn id given twice in ``turns`` is written once.
 
     Each dict has ``turn_id, session_id, seq, npc_entry_id, player_text, npc_text,
-    latency_ms, created_at`` (unix seconds) and optionally ``speaker``. The archive has no
-    speaker column: a speaker other than the player is kept as a ``"<speaker>: "`` prefix of
-    the archived ``player_text``. NUL and unpaired surrogates in the texts (which PostgreSQL
-    text columns refuse) are stored as U+FFFD.
+    latency_ms, created_at`` (unix seconds) and optionally ``speaker`` (None: the session's
+    player), ``event_id`` and ``game_minutes`` (the fields of ``tasks.payloads.TurnPayload``),
+    each kept in its own column: the archived turn is the session's evidence
+    (``memory.evidence``). NUL and unpaired surrogates in the texts (which PostgreSQL text
+    columns refuse) are stored as U+FFFD.
 
     Raises:
         NotImplementedError: a database other than PostgreSQL or SQLite.
@@ -40,9 +41,11 @@ def insert_turns(session: Session, turns: list[dict]) -> set[str]:
     rows = [{
         "id": t["turn_id"], "session_id": t["session_id"], "seq": t["seq"],
         "npc_entry_id": t["npc_entry_id"],
-        "player_text": clean_text(f"{t['speaker']}: {t['player_text']}" if t.get("speaker")
-                                  else t["player_text"]),
-        "npc_text": clean_text(t["npc_text"]), "latency_ms": t.get("latency_ms", 0.0),
+        "player_text": clean_text(t["player_text"]), "npc_text": clean_text(t["npc_text"]),
+        "latency_ms": t.get("latency_ms", 0.0),
+        "speaker": clean_text(t["speaker"]) if t.get("speaker") else None,
+        "event_id": clean_text(t["event_id"]) if t.get("event_id") else None,
+        "game_minutes": t.get("game_minutes", 0),
         "created_at": datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
     } for t in turns]
     stmt = (dialect_insert(session, Turn)

@@ -34,6 +34,9 @@ Key layout (all strings UTF-8; JSON values):
   written while the database was down (``tasks.base.dead_letter``)
 - ``vectors:updates``                          stream of vector upserts (see ``vector_sync``)
 
+- ``session:{session_id}:evidence``            hash  evidence item id (``seq * 2 + part``) ->
+  JSON item ``{turn_id, seq, part, speaker, event_id, created_at, game_minutes, text}``
+  (written by ``npc_memory.embed_evidence``, ``memory.evidence``)
 - ``session:{session_id}:touched``             hash  lore entry id -> unix time last touched (note
   written, turn addressed to it): recency for ``memory.ranking``
 - ``session:{session_id}:summary``, ``session:{session_id}:salient:{npc_entry_id}``,

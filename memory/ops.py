@@ -506,8 +506,9 @@ def find_turn(session: Session, r, session_id: str, turn_id: str) -> tuple[dict,
     Looked up in order: the session's recent turns in Redis (the last ``TURNS_CAP``) and the
     turn outbox (``"redis"``); the task ledger's recorded payload of the turn's own
     ``analyze_turn``/``archive_turn`` task (``"ledger"``); the turn archive (``"archive"``).
-    The archive keeps neither the speaker (a speaker other than the player is a ``"name: "``
-    prefix of ``player_text`` there) nor the in-game clock (``game_minutes`` 0).
+    The archive keeps the speaker, event id and in-game clock of turns archived since
+    migration 0009; older rows have the speaker as a ``"name: "`` prefix of ``player_text``
+    and ``game_minutes`` 0.
 
     Raises:
         NotFound: unknown session, or no turn ``turn_id`` in that session.
@@ -531,10 +532,12 @@ def find_turn(session: Session, r, session_id: str, turn_id: str) -> tuple[dict,
     t = session.get(Turn, turn_id)
     if t is None or t.session_id != session_id:
         raise NotFound(f"unknown turn {turn_id!r} in session {session_id!r}")
-    return {"turn_id": t.id, "session_id": t.session_id, "world_id": game.world_id, "seq": t.seq,
-            "npc_entry_id": t.npc_entry_id, "player_text": t.player_text, "npc_text": t.npc_text,
-            "latency_ms": t.latency_ms, "created_at": t.created_at.timestamp(),
-            "game_minutes": 0}, "archive"
+    doc = {"turn_id": t.id, "session_id": t.session_id, "world_id": game.world_id, "seq": t.seq,
+           "npc_entry_id": t.npc_entry_id, "player_text": t.player_text, "npc_text": t.npc_text,
+           "latency_ms": t.latency_ms, "created_at": t.created_at.timestamp(),
+           "game_minutes": t.game_minutes or 0}
+    doc.update({k: v for k, v in (("speaker", t.speaker), ("event_id", t.event_id)) if v})
+    return doc, "archive"
 
 
 def reanalyze_turn(session: Session, r, session_id: str, turn_id: str,

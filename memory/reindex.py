@@ -11,6 +11,10 @@ embedder's vectors of the same documents stay where they are, so dialogue server
 configured with the old embedder keep serving its index until they are restarted with the new
 ``EMBEDDER``. A document whose vector for this embedder is current (same content hash) is not
 embedded again, so running the rebuild twice embeds nothing the second time.
+
+The evidence of every archived turn of the world's sessions (``memory.evidence``) is embedded
+for the embedder too, unless ``evidence=False``: a dialogue server switched to the new
+embedder then retrieves what was said as before.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from memory.composite import base_lore, composite_document
+from memory.evidence import embed_turns
 from memory.vector_index import session_scope, world_scope
 from memory.vectors import _store
-from models import LoreEntry, SessionNote, World
+from models import GameSession, LoreEntry, SessionNote, Turn, World
+
+EVIDENCE_TURNS = 500
+"""Archived turns per evidence step (one commit each; the embedder calls are batched inside)."""
 
 Item = tuple[int, str, str, int, int]
 """``(world_id, scope, lore_entry_id, document, note_version)``."""
@@ -33,19 +41,22 @@ Item = tuple[int, str, str, int, int]
 @dataclass
 class ReindexResult:
     """Counts of a rebuild: ``documents`` seen, ``embedded`` (written now), ``unchanged``
-    (already current for this embedder), per world key in ``worlds``."""
+    (already current for this embedder), ``evidence`` (evidence vectors written now), per
+    world key in ``worlds``."""
 
     embedder: str
     dim: int
     documents: int = 0
     embedded: int = 0
     unchanged: int = 0
+    evidence: int = 0
     worlds: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """JSON-ready counts."""
         return {"embedder": self.embedder, "dim": self.dim, "documents": self.documents,
-                "embedded": self.embedded, "unchanged": self.unchanged, "worlds": self.worlds}
+                "embedded": self.embedded, "unchanged": self.unchanged,
+                "evidence": self.evidence, "worlds": self.worlds}
 
 
 def _worlds(session: Session, world_key: str | None) -> list[World]:
@@ -95,10 +106,21 @@ def world_documents(session: Session, world_id: int) -> Iterator[Item]:
                    composite_document(base_lore(e.title, e.content), None), 0)
 
 
+def world_turn_ids(session: Session, world_id: int) -> list[str]:
+    """The ids of every archived turn of the world's sessions, by session and ``seq``."""
+    return list(session.scalars(select(Turn.id).join(GameSession, GameSession.id == Turn.session_id)
+                                .where(GameSession.world_id == world_id)
+                                .order_by(Turn.session_id, Turn.seq)))
+
+
 def reindex(session: Session, r, embedder, *, world_key: str | None = None, batch: int = 64,
             on_world: Callable[[str, int], None] | None = None,
-            on_batch: Callable[[int], None] | None = None) -> ReindexResult:
-    """Rebuild the stored vectors of every world (or of ``world_key``) for ``embedder``.
+            on_batch: Callable[[int], None] | None = None,
+            evidence: bool = True) -> ReindexResult:
+    """Rebuild the stored vectors of every world (or of ``world_key``) for ``embedder``, and
+    with ``evidence`` the evidence vectors of the world's archived turns
+    (``memory.evidence.embed_turns``, :data:`EVIDENCE_TURNS` turns per step; items already
+    embedded for this embedder are skipped).
 
     Documents are embedded ``batch`` at a time per scope (one embedder call and one commit
     per batch; each changed vector is announced on ``vectors:updates`` with the embedder's
@@ -119,7 +141,7 @@ def reindex(session: Session, r, embedder, *, world_key: str | None = None, batc
         total = count_documents(session, wid)
         if on_world is not None:
             on_world(key, total)
-        counts = {"documents": 0, "embedded": 0, "unchanged": 0}
+        counts = {"documents": 0, "embedded": 0, "unchanged": 0, "evidence": 0}
         pending: dict[str, list[tuple[int, str, int]]] = {}
 
         def flush(scope: str) -> None:
@@ -138,8 +160,14 @@ def reindex(session: Session, r, embedder, *, world_key: str | None = None, batc
                 flush(scope)
         for scope in list(pending):
             flush(scope)
+        if evidence:
+            ids = world_turn_ids(session, wid)
+            for start in range(0, len(ids), EVIDENCE_TURNS):
+                counts["evidence"] += embed_turns(session, r, embedder,
+                                                  ids[start:start + EVIDENCE_TURNS])["embedded"]
         result.worlds[key] = counts
         result.documents += counts["documents"]
         result.embedded += counts["embedded"]
         result.unchanged += counts["unchanged"]
+        result.evidence += counts["evidence"]
     return result

@@ -133,9 +133,10 @@ def record_turn(
         speaker: who said ``player_text``; None for the session's player.
         latency_ms: generation time (0 for events).
         created_at: when the turn happened, unix seconds; default now.
-        event_id: the caller's idempotency key. The turn id is derived from it and the
-            first recording wins: posting the same ``event_id`` to the same session again
-            returns the earlier turn with ``duplicate=True`` and writes/sends nothing.
+        event_id: the caller's idempotency key, kept with the turn (its evidence items carry
+            it). The turn id is derived from it and the first recording wins: posting the
+            same ``event_id`` to the same session again returns the earlier turn with
+            ``duplicate=True`` and writes/sends nothing.
 
     Raises:
         pydantic.ValidationError: a field out of :class:`TurnPayload`'s bounds.
@@ -153,7 +154,7 @@ def record_turn(
         seq=nearline.next_turn_seq(r, target.session_id), npc_entry_id=target.npc_entry_id,
         player_text=player_text, npc_text=npc_text, speaker=speaker, latency_ms=latency_ms,
         created_at=time.time() if created_at is None else created_at,
-        game_minutes=target.game_minutes,
+        game_minutes=target.game_minutes, event_id=event_id,
     )
     kwargs = turn_kwargs(turn)
     if event_id and not r.hsetnx(_events_key(target.session_id), event_id, json.dumps(kwargs)):

@@ -1,8 +1,9 @@
 """The in-memory FAISS index of composite documents, updated by lore entry id.
 
 One ``IndexIDMap2(IndexFlatIP(dim))`` per scope (``world:{id}`` for base lore shared by a
-world's sessions, ``session:{id}`` for a session's composite documents); ids are lore entry
-ids, vectors are L2-normalised so inner product is cosine similarity (NOTES.md: HNSW cannot
+world's sessions, ``session:{id}`` for a session's composite documents, ``evidence:{id}`` for
+a session's evidence items, ``memory.evidence``); ids are lore entry ids (evidence: item
+ids), vectors are L2-normalised so inner product is cosine similarity (NOTES.md: HNSW cannot
 remove ids, IndexIDMap2 can). A session search looks in the session scope and in the world
 scope minus the entries the session has its own document for.
 
@@ -44,6 +45,11 @@ def world_scope(world_id: int) -> str:
 def session_scope(session_id: str) -> str:
     """Scope name of a session's documents."""
     return f"session:{session_id}"
+
+
+def evidence_scope(session_id: str) -> str:
+    """Scope name of a session's evidence items (ids: ``seq * 2 + part``, ``memory.evidence``)."""
+    return f"evidence:{session_id}"
 
 
 @dataclass(frozen=True)
@@ -141,8 +147,8 @@ class VectorIndex:
 def load_from_db(index: VectorIndex, session) -> int:
     """Fill ``index`` from the stored vectors of its embedder (``index.embedder``; any
     embedder when None) and dimension, oldest first so the newest row of a (scope, entry)
-    wins; returns the count loaded. Vectors of other embedders or dimensions are never
-    loaded."""
+    wins, and from the stored evidence vectors (``memory.evidence.load_vectors``); returns
+    the count loaded. Vectors of other embedders or dimensions are never loaded."""
     from sqlalchemy import select
 
     from models import StoredVector
@@ -160,7 +166,9 @@ def load_from_db(index: VectorIndex, session) -> int:
         vectors = np.frombuffer(b"".join(vectors_by_id.values()),
                                 dtype=np.float32).reshape(-1, index.dim)
         index.upsert(scope, list(vectors_by_id), vectors)
-    return sum(len(v) for v in by_scope.values())
+    from memory.evidence import load_vectors
+
+    return sum(len(v) for v in by_scope.values()) + load_vectors(index, session)
 
 
 def publish_upsert(r, scope: str, lore_entry_id: int, vector: np.ndarray,

@@ -11,7 +11,7 @@ from models.cards import CardEvent, NpcCard
 from models.ledger import DeadLetter, TaskRecord
 from models.notes import AppliedNoteEvent, SessionNote, SessionNoteRevision
 from models.sessions import GameSession, Turn
-from models.vectors import StoredVector
+from models.vectors import EvidenceVector, StoredVector
 from models.world import LoreEntry, World
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Base",
     "CardEvent",
     "DeadLetter",
+    "EvidenceVector",
     "GameSession",
     "LoreEntry",
     "NpcCard",

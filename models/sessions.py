@@ -27,9 +27,13 @@ class GameSession(Base):
 
 
 class Turn(Base):
-    """One archived player turn: the player's text and the NPC's reply.
+    """One archived turn: what was said to the NPC and the NPC's reply (the session's evidence,
+    ``memory.evidence``).
 
-    ``id`` is the turn id returned to the client; inserting it twice is a no-op.
+    ``id`` is the turn id returned to the client; inserting it twice is a no-op. ``speaker``
+    is who said ``player_text`` (None: the session's player), ``event_id`` the caller's id of a
+    posted event, ``game_minutes`` the session's in-game clock at the turn (None: archived
+    before the clock was kept).
     """
 
     __tablename__ = "turns"
@@ -43,4 +47,7 @@ class Turn(Base):
     player_text: Mapped[str] = mapped_column(Text)
     npc_text: Mapped[str] = mapped_column(Text)
     latency_ms: Mapped[float] = mapped_column(default=0.0)
+    speaker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    event_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    game_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -46,3 +46,31 @@ class StoredVector(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     note_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvidenceVector(Base):
+    """The embedding of one evidence item: part 0 (what was said to the NPC) or part 1 (the
+    NPC's reply) of an archived turn, as ``"Speaker: text"`` (``memory.evidence``).
+
+    One row per (turn, part, embedder); inserting it again is a no-op, so a redelivered
+    ``embed_evidence`` writes nothing twice. ``item_id`` is the item's id within its session
+    (``seq * 2 + part``), the id under which the vector sits in the index scope
+    ``evidence:{session_id}``. ``vector`` holds ``dim`` little-endian float32 values,
+    L2-normalised.
+    """
+
+    __tablename__ = "evidence_vectors"
+    __table_args__ = (
+        UniqueConstraint("turn_id", "part", "embedder", name="uq_evidence_vectors_turn_part_embedder"),
+        Index("ix_evidence_vectors_embedder_session", "embedder", "session_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    turn_id: Mapped[str] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"))
+    part: Mapped[int] = mapped_column(Integer)
+    session_id: Mapped[str] = mapped_column(ForeignKey("game_sessions.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(Integer)
+    embedder: Mapped[str] = mapped_column(String(100))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -18,10 +18,11 @@ It depends on httpx, pydantic, jsonschema and celery only; it never imports the 
 """
 
 from npc_memory_client.contract import (Contract, InvalidPayload, UnknownTask, load_contract)
-from npc_memory_client.http import (ApiError, Event, NpcMemoryClient, Reanalysis, Session, Tick,
-                                    TurnReply, Unauthorized, WorldTick)
+from npc_memory_client.http import (ApiError, DocumentHit, Event, EvidenceHit, Memory,
+                                    NpcMemoryClient, Reanalysis, Session, Tick, TurnReply,
+                                    Unauthorized, WorldTick)
 from npc_memory_client.tasks import TaskSender
 
-__all__ = ["ApiError", "Contract", "Event", "InvalidPayload", "NpcMemoryClient", "Reanalysis",
-           "Session", "TaskSender", "Tick", "TurnReply", "Unauthorized", "UnknownTask",
-           "WorldTick", "load_contract"]
+__all__ = ["ApiError", "Contract", "DocumentHit", "Event", "EvidenceHit", "InvalidPayload",
+           "Memory", "NpcMemoryClient", "Reanalysis", "Session", "TaskSender", "Tick",
+           "TurnReply", "Unauthorized", "UnknownTask", "WorldTick", "load_contract"]

@@ -7,10 +7,10 @@ Every call sends ``Authorization: Bearer <api_key>``. A non-2xx answer raises
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ApiError(Exception):
@@ -55,6 +55,7 @@ class TurnReply(_Model):
     npc_name: str
     npc_text: str
     retrieved: list[str]
+    evidence: list[str] = []
     model: str
     latency_ms: float
 
@@ -72,6 +73,59 @@ class Event(_Model):
     npc_text: str | None
     created_at: float
     duplicate: bool
+
+
+class DocumentHit(_Model):
+    """A composite document (base lore and the session's note) as ``/search`` and
+    ``/memory`` answer it; ``turn_ids`` are the turns the session note folds in ([] if
+    unknown); ``rank``/``score`` are 0 in ``/memory``."""
+
+    kind: Literal["document"] = "document"
+    rank: int
+    score: float
+    text: str
+    lore_entry_id: int
+    key: str | None
+    title: str | None
+    scope: str
+    turn_ids: list[str] = []
+
+
+class EvidenceHit(_Model):
+    """An evidence item: one utterance of the session, ``text`` = ``"Speaker: utterance"``;
+    ``part`` 0 is what was said to the NPC, 1 the NPC's reply; ``created_at`` unix seconds,
+    ``game_minutes`` the session's in-game clock at the turn."""
+
+    kind: Literal["evidence"] = "evidence"
+    rank: int
+    score: float
+    text: str
+    turn_id: str
+    seq: int
+    part: int
+    speaker: str
+    event_id: str | None = None
+    created_at: float
+    game_minutes: int
+
+
+SearchHit = Annotated[DocumentHit | EvidenceHit, Field(discriminator="kind")]
+"""One hit of ``/search``: a document or an evidence item (by ``kind``)."""
+
+
+class SearchResult(_Model):
+    """``GET /v1/sessions/{id}/search``: the query and the fused hits in rank order."""
+
+    query: str
+    hits: list[SearchHit]
+
+
+class Memory(_Model):
+    """``GET /v1/sessions/{id}/memory``: every composite document visible to the session and
+    every evidence item of the session."""
+
+    documents: list[DocumentHit]
+    evidence: list[EvidenceHit]
 
 
 class Tick(_Model):
@@ -197,11 +251,28 @@ class NpcMemoryClient:
         path = "/v1/world/tick" if world is None else f"/v1/worlds/{world}/tick"
         return WorldTick.model_validate(self._call("POST", path))
 
-    def search(self, session_id: str, query: str, k: int = 3) -> list[dict]:
-        """The top-``k`` documents of the session for ``query``: ``[{lore_entry_id, key,
-        title, score, scope}]``."""
-        return self._call("GET", f"/v1/sessions/{session_id}/search",
-                          params={"q": query, "k": k})["hits"]
+    def search(self, session_id: str, query: str, k: int = 3,
+               max_chars: int | None = None) -> list[DocumentHit | EvidenceHit]:
+        """What the session's memory holds for ``query``: composite documents and evidence
+        items fused in rank order, at most ``k`` (1..50; 1..200 with ``max_chars``) and,
+        with ``max_chars``, within that many characters of ``text``.
+
+        Raises:
+            ApiError: 404 unknown session, 422 invalid ``query``, ``k`` or ``max_chars``.
+        """
+        params: dict[str, Any] = {"q": query, "k": k}
+        if max_chars is not None:
+            params["max_chars"] = max_chars
+        return SearchResult.model_validate(self._call(
+            "GET", f"/v1/sessions/{session_id}/search", params=params)).hits
+
+    def memory(self, session_id: str) -> Memory:
+        """Everything the session's memory holds (its documents and its evidence).
+
+        Raises:
+            ApiError: 404 unknown session.
+        """
+        return Memory.model_validate(self._call("GET", f"/v1/sessions/{session_id}/memory"))
 
     def entry(self, session_id: str, key: str) -> dict:
         """An entity as the session sees it (``GET /v1/sessions/{id}/entries/{key}``):

@@ -6,13 +6,18 @@ too (seed 000's PostgreSQL tier, seed 001's Level 3: asynchronous, batched write
 ``npc_memory.archive_turn:{turn_id}``; the worker gathers its messages with celery-batches and
 writes up to ``ARCHIVE_BATCH_SIZE`` turns (default 100) in one multi-row
 ``INSERT ... ON CONFLICT (id) DO NOTHING``, or what arrived within ``ARCHIVE_FLUSH_MS``
-(default 100 ms) of the first buffered one. ``archive_cards`` keeps its payload
+(default 100 ms) of the first buffered one. Once a batch is committed it sends one
+``npc_memory.embed_evidence`` for its turns (queue ``embed``, ``memory.evidence``): the turns'
+evidence becomes searchable without a third task per turn. ``archive_cards`` keeps its payload
 (``CardArchivePayload``) and is batched the same way: one multi-row snapshot upsert and one
 multi-row event insert per batch. See ``tasks.batch`` for acks, retries and dead letters.
 """
 
 from __future__ import annotations
 
+import hashlib
+
+from celery import Celery
 from sqlalchemy.orm import Session
 
 from memory.archive import archive_card_batch, insert_turns
@@ -23,8 +28,28 @@ from tasks.payloads import CardArchivePayload, TurnPayload
 _s = get_settings()
 
 
+EVIDENCE_TASK = "npc_memory.embed_evidence"
+
+
+def evidence_task_id(turn_ids: list[str]) -> str:
+    """The task id of the evidence embedding of a set of turns: the same set (a redelivered
+    batch) gives the same id, so the ledger skips it once it succeeded."""
+    digest = hashlib.sha256("\n".join(sorted(set(turn_ids))).encode()).hexdigest()[:32]
+    return f"{EVIDENCE_TASK}:{digest}"
+
+
+def send_evidence(app: Celery, payloads: list[TurnPayload]) -> str:
+    """After a batch of turns is committed to the archive: send ONE
+    ``npc_memory.embed_evidence`` (queue ``embed``) for all of them; returns its task id."""
+    ids = list(dict.fromkeys(p.turn_id for p in payloads))
+    task_id = evidence_task_id(ids)
+    app.send_task(EVIDENCE_TASK, kwargs={"turn_ids": ids}, task_id=task_id)
+    return task_id
+
+
 @npc_batch_task("npc_memory.archive_turn", TurnPayload, flush_every=_s.archive_batch_size,
-                flush_interval_s=_s.archive_flush_ms / 1000.0, soft_time_limit=30, time_limit=60)
+                flush_interval_s=_s.archive_flush_ms / 1000.0, soft_time_limit=30, time_limit=60,
+                after_commit=send_evidence)
 def archive_turn(s: Session, payloads: list[TurnPayload]) -> list[dict]:
     """Insert a batch of turns in one statement; a turn id already archived is left as it is
     (idempotent). Returns ``{"written": 1|0}`` per payload (0: archived before)."""

@@ -34,7 +34,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from celery import shared_task
+from celery import Celery, shared_task
 from celery.utils.time import get_exponential_backoff_interval
 from celery_batches import Batches
 from pydantic import ValidationError
@@ -108,11 +108,16 @@ def _ledger_rows(s: Session, name: str, queue: str, items: list[tuple], results:
 
 def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
                    flush_interval_s: float, soft_time_limit: int = 60,
-                   time_limit: int = 120) -> Callable:
+                   time_limit: int = 120,
+                   after_commit: Callable[[Celery, list[Payload]], None] | None = None,
+                   ) -> Callable:
     """Register ``fn(db_session, payloads) -> [result per payload]`` as batch task ``name``.
 
     ``fn`` runs inside one transaction with the validated payloads of a batch, in arrival
-    order, and must be idempotent (a message may be delivered again).
+    order, and must be idempotent (a message may be delivered again). ``after_commit(app,
+    payloads)``, if given, runs once the transaction of those payloads is committed (e.g. to
+    send follow-up tasks that read what was written); an error it raises is logged and
+    does not undo the batch.
 
     Raises:
         RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
@@ -141,6 +146,11 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
                 results = fn(s, [p for _, p, _ in items])
                 results = [{**r, "batch_id": batch_id, "batch_size": len(items)} for r in results]
                 _ledger_rows(s, name, queue, items, results, started)
+            if after_commit is not None:
+                try:
+                    after_commit(run.app, [p for _, p, _ in items])
+                except Exception:  # the batch is durable; only the follow-up is missing
+                    log.exception("%s: after-commit step failed for batch %s", name, batch_id)
 
         def _run_batch(self, requests) -> dict:
             started = utcnow()

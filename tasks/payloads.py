@@ -9,9 +9,9 @@ a turn queued with one is still archived (``memory.safe_input``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from memory.cards import QuestCard, RelationshipCard
 from memory.safe_input import CleanStr, SafeStr
@@ -31,8 +31,9 @@ class Payload(BaseModel):
 
 class TurnPayload(Payload):
     """A finished turn: ``analyze_turn`` and ``archive_turn`` take it. ``npc_text`` is ""
-    when the NPC did not answer (an event without a reply). Senders leave ``speaker`` out
-    when it is None, so a player's turn is the same message as before the field existed."""
+    when the NPC did not answer (an event without a reply). Senders leave ``speaker`` and
+    ``event_id`` out when they are None, so a player's turn is the same message as before the
+    fields existed."""
 
     turn_id: SafeStr = Field(min_length=1, max_length=64)
     session_id: SafeStr = Field(min_length=1, max_length=64)
@@ -47,6 +48,8 @@ class TurnPayload(Payload):
     speaker: CleanStr | None = Field(None, min_length=1, max_length=200, description=(
         "who said player_text: absent for the session's player; a name (an NPC's entry key "
         "or title, or anyone) for a turn posted as an event"))
+    event_id: str | None = Field(None, min_length=1, max_length=200, description=(
+        "the caller's id of a turn posted as an event (absent for a played turn)"))
 
     def target(self) -> str:
         return f"turn:{self.turn_id}"
@@ -130,6 +133,17 @@ class EmbedPayload(Payload):
         return f"entry:{self.lore_entry_id}"
 
 
+class EvidencePayload(Payload):
+    """Embed the evidence of archived turns (``npc_memory.embed_evidence``): the archive
+    sends one per batch of turns it wrote (``memory.evidence.embed_turns``)."""
+
+    turn_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=1000)
+
+    def target(self) -> str:
+        return f"evidence:{len(self.turn_ids)} turns"
+
+
 class SimulationPayload(Payload):
     """One world tick for one session; ``tick_id`` makes the tick idempotent. ``max_npcs`` and
     ``max_tokens`` are this session's share of the tick's budget (defaults: the settings'
@@ -180,6 +194,7 @@ TASK_PAYLOADS: dict[str, type[Payload]] = {
     "npc_memory.update_note": NoteUpdatePayload,
     "npc_memory.create_entity": CreationPayload,
     "npc_memory.embed": EmbedPayload,
+    "npc_memory.embed_evidence": EvidencePayload,
     "npc_memory.archive_cards": CardArchivePayload,
     "npc_memory.simulate_world": SimulationPayload,
     "npc_memory.world_tick": TickPayload,

@@ -256,7 +256,8 @@ def test_archive_keeps_the_speaker(client, sid, smallville):
         archive_turns(s, [turn])
     with session_scope() as s:
         row = s.get(Turn, res.json()["turn_id"])
-        assert (row.player_text, row.npc_text, row.seq) == ("Maria Lopez: Hi!", "Hey.", 1)
+        assert (row.player_text, row.npc_text, row.seq, row.speaker, row.game_minutes) == (
+            "Hi!", "Hey.", 1, "Maria Lopez", 0)
 
 
 # --------------------------------------------------------------------------- replay
@@ -420,7 +421,8 @@ def test_replayed_event_runs_through_the_pipeline(worker, client, smallville, wa
             return s.get(Turn, turn_id)
 
     row = wait_for(archived, timeout=300)  # the shared worker may be busy with model calls
-    assert row.player_text == f"Klaus Mueller: {events[0].text}"
+    assert (row.speaker, row.player_text) == ("Klaus Mueller", events[0].text)
+    assert row.event_id == events[0].event_id
     assert row.npc_text == events[0].npc_text
 
     def analysed():

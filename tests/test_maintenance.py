@@ -101,14 +101,15 @@ def test_reanalysis_finds_the_turn_in_the_ledger_or_the_archive(client, game_ses
     turn = {"turn_id": uuid.uuid4().hex, "session_id": sid, "world_id": wid, "seq": 7,
             "npc_entry_id": baker, "player_text": "Is the bread fresh?", "npc_text": "At dawn.",
             "latency_ms": 2.0, "created_at": time.time(), "game_minutes": 30, "speaker": "guard_3"}
-    with session_scope() as s:  # archived only (the speaker becomes a prefix there)
+    with session_scope() as s:  # archived only: speaker and clock in their own columns
         insert_turns(s, [turn])
     res = client.post(f"/v1/sessions/{sid}/turns/{turn['turn_id']}/analyze")
     assert res.status_code == 202, res.text
     assert res.json()["source"] == "archive"
     sent = _message("analysis", res.json()["task_id"])["kwargs"]
-    assert sent["player_text"] == "guard_3: Is the bread fresh?" and sent["seq"] == 7
-    assert (sent["world_id"], sent["npc_entry_id"], sent["game_minutes"]) == (wid, baker, 0)
+    assert sent["player_text"] == "Is the bread fresh?" and sent["seq"] == 7
+    assert (sent["world_id"], sent["npc_entry_id"], sent["game_minutes"]) == (wid, baker, 30)
+    assert sent["speaker"] == "guard_3" and "event_id" not in sent
 
     # the ledger keeps the turn's payload whole (speaker, clock): preferred over the archive
     _ledger(turn_task_id(ANALYZE, turn["turn_id"]), ANALYZE, payload=turn, status="dead")

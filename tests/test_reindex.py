@@ -77,8 +77,9 @@ def test_reindex_writes_each_embedder_beside_the_other(light_world, noted_sessio
 
     with FakeServer() as server:
         server.default = mistral_embeddings(text_vectors(1024))
+        # documents only (--no-evidence): the request counts below are the documents'
         out = _run_cli("--world", light_world["key"], "--embedder", "mistral", "--batch", "32",
-                       EMBEDDER="minilm", MISTRAL_API_KEY="mistral-test-key",
+                       "--no-evidence", EMBEDDER="minilm", MISTRAL_API_KEY="mistral-test-key",
                        MISTRAL_SERVER_URL=server.url, EMBEDDING_MODEL="mistral-embed")
         calls = len(server.posts("/v1/embeddings"))
         assert out["embedder"] == "mistral-embed" and out["dim"] == 1024
@@ -89,7 +90,7 @@ def test_reindex_writes_each_embedder_beside_the_other(light_world, noted_sessio
         assert calls <= total // 32 + len(scopes)  # at most one partial batch per scope
         # a second run embeds nothing and asks the API nothing
         out2 = _run_cli("--world", light_world["key"], "--embedder", "mistral",
-                        EMBEDDER="minilm", MISTRAL_API_KEY="mistral-test-key",
+                        "--no-evidence", EMBEDDER="minilm", MISTRAL_API_KEY="mistral-test-key",
                         MISTRAL_SERVER_URL=server.url)
         assert (out2["embedded"], out2["unchanged"]) == (0, total)
         assert len(server.posts("/v1/embeddings")) == calls

@@ -590,9 +590,12 @@ def reindex(
     embedder: str | None = typer.Option(None, help="minilm, mistral or openai; default "
                                         "EMBEDDER (the embedder to switch to)"),
     batch: int = typer.Option(64, min=1, max=1024, help="documents per embedder call"),
+    evidence: bool = typer.Option(True, help="also embed the evidence (utterances) of every "
+                                  "archived turn"),
 ) -> None:
     """Rebuild the stored vectors from the database (lore entries and session notes ->
-    composite documents -> embeddings) for one embedder, beside other embedders' vectors: to
+    composite documents -> embeddings; with --evidence, the default, the utterances of the
+    archived turns) for one embedder, beside other embedders' vectors: to
     switch EMBEDDER, reindex with --embedder first, then restart the dialogue servers with the
     new EMBEDDER. Current vectors (same content hash) are not embedded again. Prints counts."""
     from rich.console import Console
@@ -620,7 +623,8 @@ def reindex(
         try:
             with session_scope() as s:
                 res = do_reindex(s, r, emb, world_key=world, batch=batch, on_world=on_world,
-                                 on_batch=lambda n: progress.advance(bars["now"], n))
+                                 on_batch=lambda n: progress.advance(bars["now"], n),
+                                 evidence=evidence)
         except LookupError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc

@@ -180,7 +180,8 @@ def _play_and_report(opts: DemoOptions, sup, web: str, api_key: str, world: Worl
         rev = summary["revisions"][-1]
         q = rev["title"]
         hits = client.get(f"/v1/sessions/{session_id}/search", params={"q": q, "k": 3}).json()["hits"]
-        example = {"query": q, "top3": [h["title"] for h in hits]}
+        example = {"query": q, "top3": [h["title"] if h["kind"] == "document" else h["text"]
+                                         for h in hits]}
     latencies = [t["latency_ms"] for t in turns]
     out = {
         "world": world.key,

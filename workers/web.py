@@ -3,9 +3,12 @@
 A turn is answered from the in-process hot cache (Level 1, ``memory.hot_cache``: per session
 and NPC the resolved target, recent turns, session note and cards, checked against Redis with
 one pipelined round trip per turn), the nearline tier (Redis) and the in-process vector index
-only: the turn endpoint makes no database query. The cards enter the prompt within ``CARDS_PROMPT_CHARS`` characters. It
-records the turn in Redis and enqueues ``npc_memory.analyze_turn`` and
-``npc_memory.archive_turn`` for the asynchronous pipeline (``memory.turns``). The event
+only: the turn endpoint makes no database query. The cards enter the prompt within
+``CARDS_PROMPT_CHARS`` characters; the retrieved documents and the session's evidence (earlier
+utterances, ``memory.evidence``), fused by reciprocal rank (``memory.retrieval``), within
+``RETRIEVAL_PROMPT_CHARS``. It records the turn in Redis and enqueues
+``npc_memory.analyze_turn`` and ``npc_memory.archive_turn`` for the asynchronous pipeline
+(``memory.turns``). The event
 endpoint records a turn generated elsewhere through the same function, without calling the
 model, and makes no database query either. Opening a session reads the world from the
 database once and warms the nearline tier.
@@ -34,6 +37,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
 
 import celeryconfig
 from inference import calls
@@ -41,11 +45,13 @@ from inference.embedding import get_embedder
 from inference.llm import ModelError
 from inference.lora import registry as lora_registry
 from inference.lora import routing
-from memory import nearline, ops, ranking, turns
+from memory import evidence, nearline, ops, ranking, retrieval, turns
+from memory.composite import base_lore, composite_document
 from memory.hot_cache import HotCache
 from memory.safe_input import FiniteFloat, NonBlankStr, RequestModel, SafeStr
 from memory.db import session_scope
-from memory.vector_index import VectorIndex, VectorSync, load_from_db
+from memory.vector_index import VectorIndex, VectorSync, evidence_scope, load_from_db, world_scope
+from memory.vector_index import session_scope as session_scope_name
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
@@ -221,11 +227,35 @@ class TurnOut(BaseModel):
     npc_id: str
     npc_name: str
     npc_text: str
-    retrieved: list[str]
+    retrieved: list[str] = Field(description="titles of the documents in the prompt")
+    evidence: list[str] = Field(default_factory=list, description=(
+        "earlier utterances of the session in the prompt: \"[in-game time] Speaker: text\""))
     model: str
     latency_ms: float
     adapter: str | None = Field(None, description="the archetype's LoRA adapter, null: base")
     route: str = Field("", description="why this model (inference.lora.routing)")
+
+
+def _fetch(r, world_id: int, session_id: str, entry_ids: list[int],
+           item_ids: list[int]) -> tuple[list[dict], list[dict]]:
+    """Lore entries (each with its session ``note``, '' when none) and evidence items of the
+    session, in the given orders, in one pipelined Redis round trip; ids missing from Redis
+    are left out."""
+    if not entry_ids and not item_ids:
+        return [], []
+    pipe = r.pipeline(transaction=False)
+    for entry_id in entry_ids:
+        pipe.get(f"world:{world_id}:entry:{entry_id}")
+        pipe.get(f"session:{session_id}:note:{entry_id}")
+    if item_ids:
+        pipe.hmget(evidence.evidence_key(session_id), [str(i) for i in item_ids])
+    raw = pipe.execute()
+    docs = []
+    for raw_doc, raw_note in zip(raw[:2 * len(entry_ids):2], raw[1:2 * len(entry_ids):2]):
+        if raw_doc is not None:
+            docs.append({**json.loads(raw_doc), "note": raw_note.decode() if raw_note else ""})
+    items = [json.loads(v) for v in raw[-1] if v is not None] if item_ids else []
+    return docs, items
 
 
 def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None, **options) -> str:
@@ -301,8 +331,8 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
     target that is not a character, 503 when the model server, Redis or the broker fails.
 
     The ``Server-Timing`` header gives the time of each stage in ms: ``context`` (hot cache
-    and its Redis check), ``embed`` (the player's line), ``retrieve`` (index search, ranking
-    and the documents), ``route`` (the NPC's archetype adapter, ``inference.lora.routing``;
+    and its Redis check), ``embed`` (the player's line), ``retrieve`` (index searches,
+    ranking, the documents and evidence items, their fusion), ``route`` (the NPC's archetype adapter, ``inference.lora.routing``;
     includes loading the adapter on its vLLM server the first time), ``model``
     (generation), ``record`` (Redis and broker). ``model`` in the answer is what the call
     named (the adapter on vLLM), ``adapter`` the archetype adapter or null, ``route`` why."""
@@ -334,17 +364,22 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
             if h.lore_entry_id != npc_entry_id]
     ranked = ranking.rank_for_session(r, session_id, hits, half_life_s=s_.retrieval_half_life_s,
                                       weights=_retrieval_weights(s_))[: s_.retrieval_k]
-    retrieved = []
-    if ranked:  # the documents and their session notes in one round trip
-        pipe = r.pipeline(transaction=False)
-        for h in ranked:
-            pipe.get(f"world:{world_id}:entry:{h.lore_entry_id}")
-            pipe.get(f"session:{session_id}:note:{h.lore_entry_id}")
-        raw = pipe.execute()
-        for raw_doc, raw_note in zip(raw[::2], raw[1::2]):
-            if raw_doc is not None:
-                doc = json.loads(raw_doc)
-                retrieved.append((doc["title"], raw_note.decode() if raw_note else doc["content"]))
+    # the session's own utterances, minus those the prompt shows as recent turns
+    shown = {evidence.item_id(t["seq"], part) for t in recent_npc for part in (0, 1)}
+    ev_ids = [h.lore_entry_id for h in state.index.search(
+        evidence_scope(session_id), query, s_.retrieval_evidence_k + len(shown))
+        if h.lore_entry_id not in shown][: s_.retrieval_evidence_k]
+    docs, items = _fetch(r, world_id, session_id, [h.lore_entry_id for h in ranked], ev_ids)
+    # (kind, id, prompt line, value): the budget counts the lines as the prompt shows them
+    doc_cands = [("document", d["id"], f"{d['title']}: {(d['note'] or d['content'])[:400]}",
+                  (d["title"], (d["note"] or d["content"])[:400])) for d in docs]
+    ev_cands = [("evidence", evidence.item_id(it["seq"], it["part"]), evidence.prompt_line(it),
+                 evidence.prompt_line(it)) for it in items]
+    chosen = [f.item for f in retrieval.merge(doc_cands, ev_cands, text=lambda c: c[2],
+                                              key=lambda c: c[:2],
+                                              max_chars=s_.retrieval_prompt_chars)]
+    retrieved = [c[3] for c in chosen if c[0] == "document"]
+    evidence_lines = [c[3] for c in chosen if c[0] == "evidence"]
     lap("retrieve")
     with _turn_errors():  # the NPC's archetype adapter (Redis only; a load the first time)
         route = routing.resolve(r, "dialogue", npc=npc)
@@ -353,7 +388,7 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
         reply, route = routing.call_routed(
             r, route, lambda rt: calls.generate_reply(
                 npc, note, recent_npc, retrieved, body.player_text, cards=cards_text,
-                memories=memories_text, route=rt),
+                memories=memories_text, route=rt, evidence=evidence_lines),
             lambda: routing.resolve(r, "dialogue", npc=npc))
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
@@ -370,7 +405,8 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
     log.info("turn served", extra={"npc_id": body.npc_id, "seq": turn.seq,
                                    "latency_ms": round(latency_ms, 1), "model": reply.model})
     return TurnOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id, npc_name=npc["title"],
-                   npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved], model=reply.model,
+                   npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved],
+                   evidence=evidence_lines, model=reply.model,
                    latency_ms=latency_ms, adapter=route.adapter, route=route.reason)
 
 
@@ -408,23 +444,90 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
                     created_at=turn.created_at, duplicate=rec.duplicate)
 
 
-@api.get("/v1/sessions/{session_id}/search")
-def search(session_id: str, q: str, k: int = 3) -> dict:
-    """Top-``k`` composite documents of the session for query ``q`` (titles, scores, scope)."""
-    if not q.strip() or not 1 <= k <= 50:
-        raise HTTPException(422, "q must be non-empty and 1 <= k <= 50")
-    r = nearline.get_redis()
+def _document_hit(doc: dict, scope: str, turn_ids: dict[int, list[str]]) -> dict:
+    """A composite document as ``/search`` and ``/memory`` answer it (rank and score 0)."""
+    return {"kind": "document", "rank": 0, "score": 0.0,
+            "text": composite_document(base_lore(doc["title"], doc["content"]), doc["note"]),
+            "lore_entry_id": doc["id"], "key": doc.get("key"), "title": doc.get("title"),
+            "scope": scope, "turn_ids": turn_ids.get(doc["id"], [])}
+
+
+def _evidence_hit(item: dict) -> dict:
+    """An evidence item as ``/search`` and ``/memory`` answer it (rank and score 0)."""
+    return {"kind": "evidence", "rank": 0, "score": 0.0, **item}
+
+
+def _note_turn_ids(session_id: str, entry_ids: list[int]) -> dict[int, list[str]]:
+    """``memory.retrieval.note_turn_ids`` from the database; {} (turn ids unknown) while the
+    database is unreachable, so search keeps answering from Redis and the index."""
+    try:
+        with session_scope() as s:
+            return retrieval.note_turn_ids(s, session_id, entry_ids)
+    except OperationalError as exc:
+        log.warning("note turn ids unavailable: %s", exc)
+        return {}
+
+
+def _open_session(r, session_id: str) -> dict:
     sess = nearline.get_session(r, session_id)
     if sess is None:
         raise HTTPException(404, f"unknown session {session_id!r}")
+    return sess
+
+
+@api.get("/v1/sessions/{session_id}/search")
+def search(session_id: str, q: str, k: int = 3, max_chars: int | None = None) -> dict:
+    """What the session's memory holds for query ``q``: its composite documents (base lore
+    and session note) and its evidence (what was said, ``memory.evidence``), fused by
+    reciprocal rank (``memory.retrieval.merge``): at most ``k`` hits in rank order and, with
+    ``max_chars``, only while the sum of their ``text`` lengths stays within it (an item that
+    does not fit is skipped). ``k``: 1..50, or 1..200 with ``max_chars`` (>= 1).
+
+    Answers ``{"query", "hits": [{"kind": "document", "rank", "score", "text",
+    "lore_entry_id", "key", "title", "scope", "turn_ids"} | {"kind": "evidence", "rank",
+    "score", "text", "turn_id", "seq", "part", "speaker", "event_id", "created_at",
+    "game_minutes"}]}`` (``score``: the fused score). 404 unknown session, 422 bad ``q``,
+    ``k`` or ``max_chars``."""
+    k_max = 50 if max_chars is None else 200
+    if not q.strip() or not 1 <= k <= k_max or (max_chars is not None and max_chars < 1):
+        raise HTTPException(422, f"q must be non-empty, 1 <= k <= {k_max} (200 with "
+                                 "max_chars) and max_chars >= 1")
+    r = nearline.get_redis()
+    sess = _open_session(r, session_id)
     query = get_embedder().embed([q])[0]
-    hits = state.index.search_session(sess["world_id"], session_id, query, k)
-    out = []
-    for h in hits:
-        doc = nearline.get_entry(r, sess["world_id"], h.lore_entry_id) or {}
-        out.append({"lore_entry_id": h.lore_entry_id, "key": doc.get("key"),
-                    "title": doc.get("title"), "score": round(h.score, 4), "scope": h.scope})
-    return {"query": q, "hits": out}
+    doc_hits = state.index.search_session(sess["world_id"], session_id, query, k)
+    ev_ids = [h.lore_entry_id for h in state.index.search(evidence_scope(session_id), query, k)]
+    docs, items = _fetch(r, sess["world_id"], session_id, [h.lore_entry_id for h in doc_hits],
+                         ev_ids)
+    scopes = {h.lore_entry_id: h.scope for h in doc_hits}
+    turn_ids = _note_turn_ids(session_id, [d["id"] for d in docs]) if docs else {}
+    merged = retrieval.merge(
+        [_document_hit(d, scopes[d["id"]], turn_ids) for d in docs],
+        [_evidence_hit(it) for it in items], text=lambda h: h["text"],
+        key=lambda h: (h["kind"], h.get("lore_entry_id", h.get("turn_id")), h.get("part")),
+        k=k, max_chars=max_chars)
+    return {"query": q, "hits": [{**f.item, "rank": f.rank, "score": round(f.score, 6)}
+                                 for f in merged]}
+
+
+@api.get("/v1/sessions/{session_id}/memory")
+def session_memory(session_id: str) -> dict:
+    """Everything the session's memory holds: ``{"documents": [...], "evidence": [...]}``,
+    each item as ``/search`` answers it with rank and score 0. The documents are every
+    composite document visible to the session (the world's base documents it has no document
+    of its own for, then its own documents, by lore entry id); the evidence every item of the
+    session by id (``seq``, then part). 404 unknown session."""
+    r = nearline.get_redis()
+    sess = _open_session(r, session_id)
+    world_id = sess["world_id"]
+    own = sorted(int(i) for i in state.index.ids(session_scope_name(session_id)))
+    base = sorted({int(i) for i in state.index.ids(world_scope(world_id))} - set(own))
+    docs, _ = _fetch(r, world_id, session_id, base + own, [])
+    scopes = {**{i: world_scope(world_id) for i in base},
+              **{i: session_scope_name(session_id) for i in own}}
+    turn_ids = _note_turn_ids(session_id, [d["id"] for d in docs]) if docs else {}
+    return {"documents": [_document_hit(d, scopes[d["id"]], turn_ids) for d in docs],
+            "evidence": [_evidence_hit(it) for it in evidence.all_items(r, session_id)]}
 
 
 @api.post("/v1/sessions/{session_id}/tick", status_code=202)
