@@ -223,9 +223,7 @@ def candidate_names(text: str, max_words: int = 5) -> list[str]:
         joined = run and gap.strip() == "" and "\n" not in gap
         cap = word[0].isupper() and not (len(word) > 1 and word.isupper())
         particle = word.casefold() in PARTICLES and word[0].islower()
-        if cap and joined:
-            run.append((word, start))
-        elif particle and joined:
+        if (cap or particle) and joined:
             run.append((word, start))
         else:
             if run:

@@ -13,9 +13,9 @@ from models import LoreEntry
 from tasks.base import TaskContext, enqueue, npc_task
 from tasks.note_update import enqueue_note_update
 from tasks.payloads import (
+    SOURCE_TEXT_MAX,
     CardArchivePayload,
     CardSnapshots,
-    SOURCE_TEXT_MAX,
     CreationPayload,
     NoteUpdatePayload,
     TurnPayload,
