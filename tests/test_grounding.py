@@ -232,9 +232,13 @@ def test_rejection_reason_is_kept_in_the_task_ledger(game_session):
         "creation_summary": "Someone said hello.", "idempotency_key": f"g:{uuid.uuid4().hex}",
         "source_text": "Greetings, I have no idea what you're talking to."}).get()
     assert out["status"] == "rejected" and out["reason"] == "no_candidate"
+    from memory.report import creation_stats
+
     with session_scope() as s:
         rec = s.scalar(select(TaskRecord).where(TaskRecord.task_id == tid))
+        stats = creation_stats(s, [game_session["id"]])
     assert rec.status == "succeeded" and rec.result["reason"] == "no_candidate"
+    assert stats["rejected"] == {"no_candidate": 1} and stats["created"] == 0
 
 
 # --------------------------------------------------------------------------- the analysis scope
