@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 PARTICLES = frozenset(
     "of the de van von der den da di du la le del della des dos das y al el bin ibn ben "
@@ -163,11 +164,12 @@ def name_part(title: str) -> str:
     return normalise_title(normalise_title(title).split(",")[0])
 
 
-def aliases(title: str, entity_type: str) -> list[str]:
+@lru_cache(maxsize=200_000)
+def aliases(title: str, entity_type: str) -> tuple[str, ...]:
     """Short forms a text may use for an entry: for a character whose name is capitalised
     and has two or more words, its first and last words that are not honorifics or
-    particles (``"Sergeant Ilsa Brenn"`` -> ``["Ilsa", "Brenn"]``; ``"Lady Elinor"`` ->
-    ``["Elinor"]``), each at least 3 letters; for a title with a descriptive tail, the name
+    particles (``"Sergeant Ilsa Brenn"`` -> ``("Ilsa", "Brenn")``; ``"Lady Elinor"`` ->
+    ``("Elinor",)``), each at least 3 letters; for a title with a descriptive tail, the name
     before the comma. Common-noun titles ("town guard") get none: their words are not names.
     """
     out: list[str] = []
@@ -175,14 +177,22 @@ def aliases(title: str, entity_type: str) -> list[str]:
     if name and fold(name) != fold(title):
         out.append(name)
     if entity_type != "character" or shape_problem(name) is not None:
-        return out
+        return tuple(out)
     words = [w for w in name.split() if fold(w) not in HONORIFICS and fold(w) not in PARTICLES]
     if len(name.split()) >= 2 and words:
         for w in dict.fromkeys((words[0], words[-1])):
             w = re.sub(r"['’]s$", "", w)
             if len(w) >= 3 and fold(w) != fold(name):
                 out.append(w)
-    return out
+    return tuple(out)
+
+
+@lru_cache(maxsize=200_000)
+def name_forms(title: str, entity_type: str) -> tuple[str, ...]:
+    """The folded forms (:func:`fold`) under which a text names an entry: its title and its
+    :func:`aliases`, empty forms left out. Cached: the analysis scope checks a world's
+    titles on every turn."""
+    return tuple(f for f in (fold(n) for n in (title, *aliases(title, entity_type))) if f)
 
 
 def _sentence_initial(text: str, start: int) -> bool:
@@ -265,16 +275,25 @@ is a spelling variant of a known one ("Ginna" ~ "Gina": 88.9) that cannot be tol
 from it: neither created nor attributed."""
 
 
+@lru_cache(maxsize=200_000)
+def _prepared(title: str) -> tuple[str, str, frozenset[str]]:
+    """``(name part, bare name, content words)`` of a title, cached: a world's titles are
+    compared again on every creation. The bare name drops a leading article; content words
+    drop honorifics, particles and a possessive ``s``."""
+    name = name_part(title)
+    words = fold(name).split()
+    content = frozenset(w for w in words if w not in HONORIFICS and w not in PARTICLES and w != "s")
+    while words and words[0] in ("the", "a", "an"):
+        words = words[1:]
+    return name, " ".join(words), content
+
+
 def _content_tokens(title: str) -> frozenset[str]:
-    words = fold(name_part(title)).split()
-    return frozenset(w for w in words if w not in HONORIFICS and w not in PARTICLES and w != "s")
+    return _prepared(title)[2]
 
 
 def _bare(title: str) -> str:
-    words = fold(name_part(title)).split()
-    while words and words[0] in ("the", "a", "an"):
-        words = words[1:]
-    return " ".join(words)
+    return _prepared(title)[1]
 
 
 def match_known(title: str, entity_type: str,
@@ -324,7 +343,7 @@ def match_known(title: str, entity_type: str,
             return "variant", [hits[0][0]]
         if hits:
             return "ambiguous", [k[0] for k in hits]
-    choices = {k[0]: name_part(k[1]) for k in known}
+    choices = {k[0]: _prepared(k[1])[0] for k in known}
     best = process.extractOne(name_part(title), choices, scorer=fuzz.token_sort_ratio,
                               processor=utils.default_process, score_cutoff=FUZZY_NAME_MIN)
     if best is not None:

@@ -78,8 +78,7 @@ def named_in(session: Session, world_id: int, session_id: str, text: str) -> lis
             LoreEntry.world_id == world_id,
             or_(LoreEntry.is_dynamically_generated.is_(False),
                 LoreEntry.created_in_session_id == session_id)).order_by(LoreEntry.id)):
-        where = [folded.find(f" {f} ") for f in
-                 (grounding.fold(n) for n in (title, *grounding.aliases(title, entity_type))) if f]
+        where = [folded.find(f" {f} ") for f in grounding.name_forms(title, entity_type)]
         where = [w for w in where if w >= 0]
         if where:
             hits.append((min(where), entry_id))
