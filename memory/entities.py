@@ -39,10 +39,11 @@ class CreationResult:
     """``status``: ``created``, ``duplicate`` (same task seen before), ``exists`` (the entity
     already exists; ``matched_by`` says how: ``exact``, ``variant``, ``fuzzy`` or
     ``embedding``) or ``rejected`` (nothing written; ``reason`` is ``no_candidate``,
-    ``not_name_shaped``, ``not_in_text`` or ``duplicate_variant``). ``entry_id`` the entry
-    (None when rejected); ``title`` the entry's title (when rejected: the model's title,
-    normalised); ``tokens`` model tokens; ``grounded_by``: ``title`` (the model's title
-    occurs in the text) or ``candidate`` (replaced by the one new name of the text that fits).
+    ``wrong_type``, ``not_name_shaped``, ``not_in_text`` or ``duplicate_variant``).
+    ``entry_id`` the entry (None when rejected); ``title`` the entry's title (when
+    rejected: the model's title, normalised); ``tokens`` model tokens; ``grounded_by``:
+    ``title`` (the model's title occurs in the text) or ``candidate`` (replaced by the one
+    new name of the text that fits).
     """
 
     status: str
@@ -180,7 +181,10 @@ def create_entity(
     1. the key already made an entry: ``duplicate``;
     2. no new name in the text (:func:`memory.grounding.new_candidates`: capitalised
        name-shaped spans that are not a known entry or a variant of one): ``rejected``
-       ``no_candidate``, and the model is not called;
+       ``no_candidate``, and the model is not called; new names, but none that can be of
+       ``entity_type`` (:func:`memory.grounding.fits_type`: a character only ever named
+       after "in"/"at", a place or item called "Lord ..."): ``rejected`` ``wrong_type``,
+       no model call either;
     3. ``create(entity_type, summary, names)`` with ``names`` the new names that fit the
        summary (or all new names when none occurs in it): the creation model must choose
        one as the title (an ``enum`` in its JSON schema);
@@ -197,6 +201,7 @@ def create_entity(
        does ("Jonathan Harker" -> "Harker" when the text says only "Harker";
        ``grounded_by="candidate"``); a title that is not name-shaped never falls back, so a
        sentence never becomes a name it happens to contain ("The Narrator left Munich");
+       the title must fit ``entity_type`` as in step 2 (else ``wrong_type``);
     7. a stored vector of the same type whose base lore embeds next to the new one:
        ``exists`` (``embedding``); else ``created``.
 
@@ -211,6 +216,9 @@ def create_entity(
     names = grounding.new_candidates(text, entity_type, known)
     if not names:
         return CreationResult("rejected", None, "", "", reason="no_candidate")
+    names = [n for n in names if grounding.fits_type(n, entity_type, text)]
+    if not names:
+        return CreationResult("rejected", None, "", "", reason="wrong_type")
     offered = [n for n in names if grounding.occurs_in(n, creation_summary)] or names
     made, tokens = _call_creator(create, entity_type, creation_summary, offered)
     title = clean_title(made.title)
@@ -235,6 +243,8 @@ def create_entity(
         if len(fits) != 1:
             return rejected("not_in_text")
         title, grounded_by = fits[0], "candidate"
+    if not grounding.fits_type(title, entity_type, text):
+        return rejected("wrong_type")
     made = made.model_copy(update={"title": title})
     same, how = find_existing(session, world_id, session_id, made, entity_type, embedder)
     if same is not None:

@@ -371,3 +371,31 @@ def fitting(names: list[str], title: str, summary: str) -> list[str]:
     model's ``title``, or occur in its ``summary``."""
     words = _content_tokens(title)
     return [n for n in names if (_content_tokens(n) & words) or occurs_in(n, summary)]
+
+
+LOCATIVES = frozenset(
+    "in at into inside near across through toward towards outside within beyond".split())
+"""Prepositions that put a place after them ("lives in Munich", "waits at the Rusty
+Anchor"); people rarely follow them."""
+PERSONAL_TITLES = HONORIFICS - frozenset(("old", "young", "the", "a", "an", "saint", "st",
+                                          "master", "chef"))
+"""Honorifics that only people carry: a name starting with one is not a place or an item."""
+
+
+def fits_type(name: str, entity_type: str, text: str) -> bool:
+    """Whether ``name`` can be an entity of ``entity_type`` by the cues of ``text`` (no NER):
+    a character's name is not one that ``text`` only ever puts after a locative
+    preposition (``LOCATIVES``: "born in Transylvania", "arrived at Bran Castle"); a
+    location's or item's name does not start with a personal title (``PERSONAL_TITLES``:
+    "Lord Varga", "Sergeant Brenn"). Unknown cues: True."""
+    words = fold(name).split()
+    if not words:
+        return False
+    if entity_type != "character":
+        return words[0] not in PERSONAL_TITLES
+    folded = fold(text).split()
+    n = len(words)
+    before = [folded[i - 1] if i and folded[i - 1] not in ("the", "a", "an") else
+              (folded[i - 2] if i >= 2 else "")
+              for i in range(len(folded) - n + 1) if folded[i:i + n] == words]
+    return not before or not all(b in LOCATIVES for b in before)

@@ -44,7 +44,8 @@ def turn_scope(session: Session, npc: LoreEntry, session_id: str, limit: int = M
         named = [i for i in named_in(session, world_id, session_id, text)
                  if i not in {e.id for e in out}][:max(0, limit - len(out))]
         if named:
-            rows = {e.id: e for e in session.scalars(select(LoreEntry).where(LoreEntry.id.in_(named)))}
+            rows = {e.id: e for e in session.scalars(
+                select(LoreEntry).where(LoreEntry.id.in_(named)))}
             out += [rows[i] for i in named if i in rows]
     out += [by_key[k] for k in wanted if k in by_key]
     if place and place in by_key:

@@ -103,6 +103,18 @@ def test_texts_without_names_have_no_candidates(text):
     assert candidate_names(text) == []
 
 
+def test_type_cues_keep_places_and_people_apart():
+    from memory.grounding import fits_type
+
+    assert not fits_type("Transylvania", "character", "Vlad was born in Transylvania.")
+    assert fits_type("Transylvania", "location", "Vlad was born in Transylvania.")
+    assert not fits_type("Rusty Anchor", "character", "I waited at the Rusty Anchor.")
+    assert fits_type("Gina", "character", "I met Gina in Rome.")
+    assert fits_type("Munich", "character", "Munich laughed; I slept in Munich.")  # no clear cue
+    assert not fits_type("Lord Varga", "location", "Lord Varga keeps the tower.")
+    assert fits_type("Old Lighthouse", "location", "at the Old Lighthouse")
+
+
 def test_match_known_compares_across_types_and_variants():
     known = [(1, "Gina", "character"), (2, "Transylvania", "location"),
              (3, "Sergeant Ilsa Brenn", "character"), (4, "Sir Edward", "character"),
@@ -141,30 +153,36 @@ def _create(game_session, title, source_text, entity_type="character", summary="
                              create=_creator(title, calls), source_text=source_text)
 
 
-@pytest.mark.parametrize("title, source, reason", [
-    ("GINNA: Good to see you!", "GINNA: Good to see you!", "no_candidate"),
-    ("GINNA: GINATES, STORAGE IS COOL!!!", "GINNA: GINATES, STORAGE IS COOL!!!", "no_candidate"),
+@pytest.mark.parametrize("title, source, reason, called", [
+    ("GINNA: Good to see you!", "GINNA: Good to see you!", "no_candidate", False),
+    ("GINNA: GINATES, STORAGE IS COOL!!!", "GINNA: GINATES, STORAGE IS COOL!!!", "no_candidate",
+     False),
     ("Greetings, I have no idea what you're talking to.",
-     "Greetings, I have no idea what you're talking to.", "no_candidate"),
-    ("Ginna-gnompanesSouls19B8A43D20", "Ginna met Tobias Crane at the gate.", "not_name_shaped"),
+     "Greetings, I have no idea what you're talking to.", "no_candidate", False),
+    ("Ginna-gnompanesSouls19B8A43D20", "Ginna met Tobias Crane at the gate.", "not_name_shaped",
+     True),
     ("Gina.DanceStudios8194DANCE-SHEBELYGOYS203765CALKIN", "Gina danced with Tobias Crane.",
-     "not_name_shaped"),
+     "not_name_shaped", True),
     ("The Narrator left Munich in a hurry and went home",
-     "The Narrator left Munich in a hurry and went home.", "not_name_shaped"),
+     "The Narrator left Munich in a hurry and went home.", "not_name_shaped", True),
     ("The Dungeon Master has been saved by Percy", "The Dungeon Master has been saved by Percy.",
-     "not_name_shaped"),
-    ("mina-harker", "I met Mina Harker at the inn.", "not_name_shaped"),
-    ("Count Orlok", "Tobias Crane came ashore at dawn.", "not_in_text"),
-    ("Ginna", "Ginna and Tobias Crane came in from the rain.", "duplicate_variant"),
-    ("Edward", "Edward told Tobias Crane to wait.", "duplicate_variant"),
+     "not_name_shaped", True),
+    ("mina-harker", "I met Mina Harker at the inn.", "not_name_shaped", True),
+    ("Count Orlok", "Tobias Crane came ashore at dawn.", "not_in_text", True),
+    ("Ginna", "Ginna and Tobias Crane came in from the rain.", "duplicate_variant", True),
+    ("Edward", "Edward told Tobias Crane to wait.", "duplicate_variant", True),
+    ("Transylvania", "Vlad Tepes was born in Transylvania.", "wrong_type", True),
+    ("Munich", "I lived in Munich, then at Munich again.", "wrong_type", False),
 ])
-def test_junk_creations_are_rejected_with_their_reason(game_session, title, source, reason):
+def test_junk_creations_are_rejected_with_their_reason(game_session, title, source, reason,
+                                                      called):
     gina = _create(game_session, "Gina", "Gina, the smith's daughter, waved from the door.")
     assert gina.status == "created"
     calls = []
     res = _create(game_session, title, source, calls=calls)
     assert (res.status, res.reason, res.entry_id) == ("rejected", reason, None)
-    assert (calls == []) == (reason == "no_candidate")  # no model call without a new name
+    # no model call without a new name, or without one that can be a character
+    assert bool(calls) == called
     with session_scope() as s:
         made = s.scalars(select(LoreEntry.title).where(
             LoreEntry.created_in_session_id == game_session["id"])).all()
@@ -191,7 +209,8 @@ def test_real_name_in_text_is_created_and_its_variants_are_not(game_session):
                   "Wenna, a deckhand called Tobias Crane came ashore last night.", calls=calls)
     assert res.status == "created" and res.title == "Tobias Crane" and res.grounded_by == "title"
     assert calls == [["Wenna", "Tobias Crane"]]  # the model chooses among the new names
-    for variant, how in (("Tobias", "variant"), ("TOBIAS CRANE", "exact"), ("Tobias Crain", "fuzzy")):
+    for variant, how in (("Tobias", "variant"), ("TOBIAS CRANE", "exact"),
+                         ("Tobias Crain", "fuzzy")):
         again = _create(game_session, variant, f"{variant} and Mirela Dusk drank at the tavern.")
         assert (again.status, again.entry_id, again.matched_by) == ("exists", res.entry_id, how)
 
@@ -203,7 +222,8 @@ def test_first_name_and_cross_type_matches_resolve_to_the_existing_entry(game_se
                     entity_type="location")
     assert place.status == "created"
     person = _create(game_session, "Transylvania", "Transylvania is where Vlad Tepes was born.")
-    assert (person.status, person.entry_id, person.matched_by) == ("exists", place.entry_id, "exact")
+    assert (person.status, person.entry_id, person.matched_by) == \
+        ("exists", place.entry_id, "exact")
 
 
 def test_ungrounded_name_falls_back_on_the_one_fitting_candidate(game_session):
