@@ -68,8 +68,8 @@ player dear alas ahem hmm hm huh wow whoa okay ok alright right wait stop help
 what's that's there's here's it's he's she's who's where's how's
 """.split())
 """Capitalised words that start sentences or address someone without being names
-(pronouns, greetings, function words, days and months); they are never candidates when
-they start a sentence or stand alone."""
+(pronouns, greetings, function words, days and months): dropped from the start of a
+candidate span."""
 
 _WORD = re.compile(r"[^\W\d_](?:[\w’'-]*\w)?|\d+", re.UNICODE)
 _SPEAKER = re.compile(r"^\s*[^:\n]{1,40}:\s+(?=\S)")
@@ -206,23 +206,16 @@ def _vocative(text: str, end: int) -> bool:
     return text[end:end + 1] in (",", "!", "?", ":")
 
 
-def candidate_names(text: str, max_words: int = 5) -> list[str]:
-    """Name-shaped capitalised spans of ``text``, in order of first occurrence, unique
-    (case-folded).
+SPLITTERS = frozenset(("and", "in", "at", "on"))
+"""Particles that may join two names as well as sit inside one ("Tobias Crane and Marta"
+vs "The Gull and Lantern"): a span holding one is also split there."""
 
-    A span is a run of capitalised words (name particles allowed between them) with no
-    punctuation between its words. Dropped: shouted words (all caps), words of ``STARTERS``
-    at the start of a span (sentence starters, greetings, pronouns), a sentence-initial
-    word that also occurs in lower case in the text (a common word), a possessive ``'s``;
-    a lone word at the start of a sentence counts only when it is an address or a speaker
-    label (followed by ``,`` ``!`` ``?`` ``:``) or also occurs capitalised inside a sentence
-    (without a lexicon, "True enough." and "Harker arrived." cannot be told apart: the
-    rule gives up the second to keep the first out).
-    Runs longer than ``max_words`` are not names (a headline, a shouted line).
 
-    Example: ``"Wenna, a deckhand called Tobias Crane came ashore"`` -> ``["Wenna",
-    "Tobias Crane"]``; ``"Greetings, I have no idea what you're talking to."`` -> ``[]``.
-    """
+def name_spans(text: str, max_words: int = 5) -> list[tuple[str | None, list[str]]]:
+    """The candidate names of ``text`` grouped by span: ``[(whole, pieces)]`` where
+    ``pieces`` are the names of the span split at ``SPLITTERS`` and ``whole`` the span as one
+    name when it holds a splitter ("Gull and Lantern"; None otherwise or when not a name).
+    See :func:`candidate_names` for what counts as a name."""
     lower_words = {m.group().casefold() for m in _WORD.finditer(text) if m.group()[0].islower()}
     spans: list[list[tuple[str, int]]] = []
     run: list[tuple[str, int]] = []
@@ -243,8 +236,8 @@ def candidate_names(text: str, max_words: int = 5) -> list[str]:
     if run:
         spans.append(run)
     later_caps = {w for span in spans for w, start in span if not _sentence_initial(text, start)}
-    out: dict[str, str] = {}
-    for span in spans:
+
+    def clean(span: list[tuple[str, int]]) -> str | None:
         while span and span[-1][0].casefold() in PARTICLES and span[-1][0][0].islower():
             span = span[:-1]
         while span and (span[0][0].casefold().replace("’", "'") in STARTERS
@@ -252,16 +245,50 @@ def candidate_names(text: str, max_words: int = 5) -> list[str]:
                             and span[0][0].casefold() in lower_words)):
             span = span[1:]
         if not span or len(span) > max_words:
-            continue
+            return None
         if len(span) == 1 and _sentence_initial(text, span[0][1]) \
                 and not _vocative(text, span[0][1] + len(span[0][0])) \
                 and span[0][0] not in later_caps:
-            continue  # "True enough.": a lone capitalised sentence start is a common word
+            return None  # "True enough.": a lone capitalised sentence start is a common word
         if len(span) == 1 and span[0][0].casefold() in HONORIFICS:
-            continue  # "Sir", "Captain" used as a form of address
-        name = " ".join(w for w, _ in span)
-        name = re.sub(r"['’]s$", "", name)
-        if shape_problem(name) is None:
+            return None  # "Sir", "Captain" used as a form of address
+        name = re.sub(r"['’]s$", "", " ".join(w for w, _ in span))
+        return name if shape_problem(name) is None else None
+
+    out = []
+    for span in spans:
+        cuts = [i for i, (w, _) in enumerate(span) if w in SPLITTERS]
+        if not cuts:
+            out.append((None, [n for n in [clean(span)] if n]))
+            continue
+        bounds = [-1, *cuts, len(span)]
+        pieces = [clean(span[lo + 1:hi]) for lo, hi in zip(bounds, bounds[1:])]
+        out.append((clean(span), [n for n in pieces if n]))
+    return out
+
+
+def candidate_names(text: str, max_words: int = 5) -> list[str]:
+    """Name-shaped capitalised spans of ``text``, in order of first occurrence, unique
+    (case-folded).
+
+    A span is a run of capitalised words (name particles allowed between them) with no
+    punctuation between its words. Dropped: shouted words (all caps), words of ``STARTERS``
+    at the start of a span (sentence starters, greetings, pronouns), a sentence-initial
+    word that also occurs in lower case in the text (a common word), a possessive ``'s``;
+    a lone word at the start of a sentence counts only when it is an address or a speaker
+    label (followed by ``,`` ``!`` ``?`` ``:``) or also occurs capitalised inside a sentence
+    (without a lexicon, "True enough." and "Harker arrived." cannot be told apart: the
+    rule gives up the second to keep the first out). Runs longer than ``max_words`` are not
+    names (a headline, a shouted line). A span joined by "and", "in", "at" or "on" gives
+    its parts ("Gina in Rome" -> "Gina", "Rome"); :func:`new_candidates` also tries it
+    whole against known entries ("The Gull and Lantern").
+
+    Example: ``"Wenna, a deckhand called Tobias Crane came ashore"`` -> ``["Wenna",
+    "Tobias Crane"]``; ``"Greetings, I have no idea what you're talking to."`` -> ``[]``.
+    """
+    out: dict[str, str] = {}
+    for _whole, pieces in name_spans(text, max_words):
+        for name in pieces:
             out.setdefault(fold(name), name)
     return list(out.values())
 
@@ -362,8 +389,16 @@ def match_known(title: str, entity_type: str,
 
 def new_candidates(text: str, entity_type: str, known: list[tuple[int, str, str]]) -> list[str]:
     """The names of :func:`candidate_names` in ``text`` that are not a known entry or a
-    variant of one (:func:`match_known` finds nothing): the names a creation may take."""
-    return [n for n in candidate_names(text) if match_known(n, entity_type, known)[0] == ""]
+    variant of one (:func:`match_known` finds nothing): the names a creation may take. A
+    span that is a known name as a whole ("the Gull and Lantern") gives no parts."""
+    out: dict[str, str] = {}
+    for whole, pieces in name_spans(text):
+        if whole and match_known(whole, entity_type, known)[0] in ("exact", "fuzzy"):
+            continue
+        for name in pieces:
+            if fold(name) not in out and match_known(name, entity_type, known)[0] == "":
+                out[fold(name)] = name
+    return list(out.values())
 
 
 def fitting(names: list[str], title: str, summary: str) -> list[str]:

@@ -92,6 +92,16 @@ def test_real_names_are_name_shaped_and_found_in_their_text(light_world_path):
     assert aliases("town guard", "character") == ()  # common nouns give no short forms
 
 
+def test_names_joined_by_and_or_in_are_split_unless_known_whole():
+    from memory.grounding import new_candidates
+
+    assert candidate_names("I met Gina in Rome with Tobias Crane and Marta Vell.") == [
+        "Gina", "Rome", "Tobias Crane", "Marta Vell"]
+    known = [(1, "The Gull and Lantern", "location"), (2, "Marta Vell", "character")]
+    text = "Meet me at the Gull and Lantern, then we see Tobias Crane and Marta Vell."
+    assert new_candidates(text, "character", known) == ["Tobias Crane"]
+
+
 @pytest.mark.parametrize("text", [
     "Greetings, I have no idea what you're talking to.",
     "GINNA: Good to see you!",
