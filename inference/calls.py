@@ -102,15 +102,22 @@ def rewrite_note(title: str, lore: str, note: str, event: str) -> tuple[str, int
     return text, done.tokens
 
 
-def create_lore(entity_type: str, creation_summary: str) -> tuple[CreatedEntity, int]:
+def create_lore(entity_type: str, creation_summary: str,
+                names: list[str] | None = None) -> tuple[CreatedEntity, int]:
     """A new lore entry ``{title, content, tags}`` from a summary (maintenance role).
+    ``names``: the titles allowed (the new names found in the source text), given to the
+    model in the prompt and as the ``enum`` of ``title`` in the JSON schema; None: any title.
 
     Raises:
         inference.llm.InvalidModelOutput: no valid answer after retries.
     """
     msgs = prompts.messages("create_entity", entity_type=entity_type,
-                            creation_summary=creation_summary)
-    return chat_model("maintenance").complete_json(msgs, CreatedEntity, prompts.schema("creation"),
+                            creation_summary=creation_summary, names=list(names or []))
+    schema = prompts.schema("creation", {"title": list(names)} if names else None)
+    if names:  # the enum alone decides; a pattern could contradict a name's spelling
+        for bound in ("pattern", "minLength", "maxLength"):
+            schema["properties"]["title"].pop(bound, None)
+    return chat_model("maintenance").complete_json(msgs, CreatedEntity, schema,
                                                    max_tokens=600, temperature=0.4,
                                                    schema_name="lore_entry")
 

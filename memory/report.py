@@ -47,8 +47,10 @@ def coalesced_updates(session: Session, session_ids: list[str]) -> dict[str, int
 
 
 def creation_stats(session: Session, session_ids: list[str]) -> dict:
-    """Entity creations of these sessions: ``{created, matched: {exact, fuzzy, embedding},
-    duplicate_rate}`` where the rate is matched / (created + matched)."""
+    """Entity creations of these sessions: ``{created, matched: {exact, variant, fuzzy,
+    embedding}, rejected: {reason: n}, duplicate_rate}`` where the rate is matched /
+    (created + matched); ``rejected`` counts creations that failed the grounding rule
+    (``memory.entities.create_entity``) by reason."""
     rows = session.scalars(select(TaskRecord.result).where(
         TaskRecord.task_name == "npc_memory.create_entity", TaskRecord.status == "succeeded",
         TaskRecord.session_id.in_(session_ids))).all()
@@ -58,8 +60,13 @@ def creation_stats(session: Session, session_ids: list[str]) -> dict:
         if (r or {}).get("status") == "exists":
             how = r.get("matched_by") or "exact"
             matched[how] = matched.get(how, 0) + 1
+    rejected: dict[str, int] = {}
+    for r in rows:
+        if (r or {}).get("status") == "rejected":
+            reason = r.get("reason") or "unknown"
+            rejected[reason] = rejected.get(reason, 0) + 1
     total = created + sum(matched.values())
-    return {"created": created, "matched": matched,
+    return {"created": created, "matched": matched, "rejected": rejected,
             "duplicate_rate": round(sum(matched.values()) / total, 3) if total else 0.0}
 
 

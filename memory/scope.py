@@ -5,17 +5,23 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from memory import grounding
 from models import LoreEntry
 
 MAX_SCOPE = 12
 
 
 def turn_scope(session: Session, npc: LoreEntry, session_id: str, limit: int = MAX_SCOPE,
-               speaker: str | None = None) -> list[LoreEntry]:
+               speaker: str | None = None, text: str | None = None) -> list[LoreEntry]:
     """Entries a turn with ``npc`` can affect, the NPC first: the speaker when it names an
-    entry (a turn posted as an event by another character), the NPC's location, what it
-    carries, characters in the same place, what the place holds, and entries created in this
-    session. At most ``limit`` entries, no duplicates.
+    entry (a turn posted as an event by another character), the entries named in the turn's
+    ``text`` (:func:`named_in`), the NPC's location, what it carries, characters in the same
+    place, what the place holds, then the 4 newest entries created in this session. At most
+    ``limit`` entries, no duplicates.
+
+    An entry named in the turn must be in scope: the analysis model can only update entries
+    in scope, so one it cannot see it can only ask to create again. Named entries come before
+    the surroundings, which a busy room would otherwise fill up to the limit.
     """
     world_id = npc.world_id
     rel = npc.relations or {}
@@ -34,6 +40,13 @@ def turn_scope(session: Session, npc: LoreEntry, session_id: str, limit: int = M
         said_by = speaker_entry(session, world_id, session_id, speaker)
         if said_by is not None:
             out.append(said_by)
+    if text:
+        named = [i for i in named_in(session, world_id, session_id, text)
+                 if i not in {e.id for e in out}][:max(0, limit - len(out))]
+        if named:
+            rows = {e.id: e for e in session.scalars(
+                select(LoreEntry).where(LoreEntry.id.in_(named)))}
+            out += [rows[i] for i in named if i in rows]
     out += [by_key[k] for k in wanted if k in by_key]
     if place and place in by_key:
         room = by_key[place]
@@ -51,6 +64,26 @@ def turn_scope(session: Session, npc: LoreEntry, session_id: str, limit: int = M
             seen.add(e.id)
             unique.append(e)
     return unique[:limit]
+
+
+def named_in(session: Session, world_id: int, session_id: str, text: str) -> list[int]:
+    """Ids of the entries (canon, or created in this session) named in ``text``: the title
+    or an alias (``memory.grounding.aliases``: a character's first name or surname, a title
+    without its descriptive tail) occurs as whole words, case ignored. Ordered by where the
+    name first occurs in ``text``. One query of the world's titles.
+    """
+    folded = f" {grounding.fold(text)} "
+    hits: list[tuple[int, int]] = []
+    for entry_id, title, entity_type in session.execute(select(
+            LoreEntry.id, LoreEntry.title, LoreEntry.entity_type).where(
+            LoreEntry.world_id == world_id,
+            or_(LoreEntry.is_dynamically_generated.is_(False),
+                LoreEntry.created_in_session_id == session_id)).order_by(LoreEntry.id)):
+        where = [folded.find(f" {f} ") for f in grounding.name_forms(title, entity_type)]
+        where = [w for w in where if w >= 0]
+        if where:
+            hits.append((min(where), entry_id))
+    return [entry_id for _, entry_id in sorted(hits)]
 
 
 def speaker_entry(session: Session, world_id: int, session_id: str, speaker: str) -> LoreEntry | None:

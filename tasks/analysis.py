@@ -13,6 +13,7 @@ from models import LoreEntry
 from tasks.base import TaskContext, enqueue, npc_task
 from tasks.note_update import enqueue_note_update
 from tasks.payloads import (
+    SOURCE_TEXT_MAX,
     CardArchivePayload,
     CardSnapshots,
     CreationPayload,
@@ -21,12 +22,21 @@ from tasks.payloads import (
 )
 
 
+def turn_text(p: TurnPayload) -> str:
+    """The turn as one text: ``"{speaker}: {player_text}"`` (the speaker only when the turn
+    was posted as an event), then the NPC's answer on its own line. The analysis scope
+    looks for entries named in it, and creations carry it as their ``source_text``."""
+    said = f"{p.speaker}: {p.player_text}" if p.speaker else p.player_text
+    return f"{said}\n{p.npc_text}".strip()
+
+
 @npc_task("npc_memory.analyze_turn", TurnPayload, soft_time_limit=120, time_limit=150)
 def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
     """Ask the analysis model what the turn changed; enqueue one ``update_note`` per update
     (idempotency key ``{turn_id}:u{i}``) and one ``create_entity`` per creation
-    (``{turn_id}:c{i}``); apply the relationship and quest events to the NPC's cards in Redis
-    atomically, once per event id (``{turn_id}:r{i}``, ``{turn_id}:q{i}``), and enqueue
+    (``{turn_id}:c{i}``, carrying the turn's text as ``source_text`` for grounding); apply
+    the relationship and quest events to the NPC's cards in Redis atomically, once per event
+    id (``{turn_id}:r{i}``, ``{turn_id}:q{i}``), and enqueue
     ``archive_cards`` with the snapshots and every event applied from this turn (also on a
     redelivery, whose events were applied by the first delivery). Returns counts and tokens.
 
@@ -36,7 +46,8 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
         npc = s.get(LoreEntry, p.npc_entry_id)
         if npc is None:
             raise LookupError(f"lore entry {p.npc_entry_id} does not exist")
-        scope = turn_scope(s, npc, p.session_id, speaker=p.speaker)
+        source = turn_text(p)
+        scope = turn_scope(s, npc, p.session_id, speaker=p.speaker, text=source)
         npc_title = npc.title
     r = nearline.get_redis()
     try:
@@ -63,7 +74,8 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
     for i, c in enumerate(out.creations):
         enqueue("npc_memory.create_entity", CreationPayload(
             session_id=p.session_id, entity_type=c.entity_type, creation_summary=c.creation_summary,
-            idempotency_key=f"{p.turn_id}:c{i}", turn_id=p.turn_id))
+            idempotency_key=f"{p.turn_id}:c{i}", turn_id=p.turn_id,
+            source_text=source[:SOURCE_TEXT_MAX]))
     rel, quests = cards.turn_events(p.turn_id, p.seq, out.relationship, out.quests)
     res = cards.apply_events(r, p.session_id, p.npc_entry_id, rel, quests)
     # this turn's events as applied by any delivery (a redelivery may sample other events)

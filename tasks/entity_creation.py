@@ -16,7 +16,9 @@ from tasks.payloads import CreationPayload, EmbedPayload, NoteUpdatePayload
 @npc_task("npc_memory.create_entity", CreationPayload, soft_time_limit=120, time_limit=150)
 def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
     """Create the entry (flagged ``is_dynamically_generated``) and enqueue ``embed``; if an
-    entry with that title exists, the summary becomes an ``update_note`` for it instead."""
+    entry with that title exists, the summary becomes an ``update_note`` for it instead. A
+    creation that fails the grounding rule (``memory.entities.create_entity``) writes nothing
+    and returns ``{"status": "rejected", "reason", "title", ...}`` (kept in the task ledger)."""
     with session_scope() as s:
         game = s.get(GameSession, p.session_id)
         if game is None:
@@ -26,10 +28,14 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
             s, world_id=world.id, session_id=p.session_id, entity_type=p.entity_type,
             creation_summary=p.creation_summary, idempotency_key=p.idempotency_key,
             create=calls.create_lore, turn_id=p.turn_id, embedder=get_embedder(),
+            source_text=p.source_text,
         )
-        entry = s.get(LoreEntry, res.entry_id)
         if res.status == "created":
+            entry = s.get(LoreEntry, res.entry_id)
             nearline.cache_entries(nearline.get_redis(), world.id, [entry], session_id=p.session_id)
+    if res.status == "rejected":
+        return {"status": "rejected", "reason": res.reason, "entry_id": None,
+                "title": res.title[:200], "tokens": res.tokens}
     if res.status == "exists":
         enqueue_note_update(NoteUpdatePayload(
             session_id=p.session_id, lore_entry_key=res.key, update_summary=p.creation_summary,
@@ -37,4 +43,4 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
     else:
         enqueue("npc_memory.embed", EmbedPayload(lore_entry_id=res.entry_id, session_id=p.session_id))
     return {"status": res.status, "entry_id": res.entry_id, "title": res.title,
-            "matched_by": res.matched_by, "tokens": res.tokens}
+            "matched_by": res.matched_by, "grounded_by": res.grounded_by, "tokens": res.tokens}

@@ -48,7 +48,7 @@ class TurnPayload(Payload):
     speaker: CleanStr | None = Field(None, min_length=1, max_length=200, description=(
         "who said player_text: absent for the session's player; a name (an NPC's entry key "
         "or title, or anyone) for a turn posted as an event"))
-    event_id: str | None = Field(None, min_length=1, max_length=200, description=(
+    event_id: CleanStr | None = Field(None, min_length=1, max_length=200, description=(
         "the caller's id of a turn posted as an event (absent for a played turn)"))
 
     def target(self) -> str:
@@ -75,14 +75,23 @@ class NoteUpdatePayload(Payload):
         return f"note:{self.lore_entry_key}"
 
 
+SOURCE_TEXT_MAX = 6000
+"""Characters of a turn's text a creation message carries (``CreationPayload.source_text``)."""
+
+
 class CreationPayload(Payload):
-    """One entity creation from a summary."""
+    """One entity creation from a summary. ``source_text`` is the text of the turn that
+    introduced the entity (``analyze_turn`` fills it, at most ``SOURCE_TEXT_MAX``
+    characters): the created name must occur in it. Without it (older messages) the name
+    must occur in the summary."""
 
     session_id: SafeStr = Field(min_length=1, max_length=64)
     entity_type: Literal["character", "location", "item"]
     creation_summary: CleanStr = Text
     idempotency_key: SafeStr = Field(min_length=1, max_length=200)
     turn_id: SafeStr | None = Field(None, min_length=1, max_length=64)
+    source_text: CleanStr | None = Field(None, max_length=SOURCE_TEXT_MAX, description=(
+        "the turn's text (who spoke, what was said): the created name must occur in it"))
 
     def target(self) -> str:
         return f"create:{self.entity_type}"

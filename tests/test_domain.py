@@ -438,9 +438,12 @@ def test_clean_note_bounds_length_at_a_sentence_end():
     ("Old Marta (location)", "Old Marta"),
     ("Silver Sword (Item) ", "Silver Sword"),
     ("  Brother Tam (character)", "Brother Tam"),
-    ("Marta (the elder)", "Marta (the elder)"),
+    ("Marta (the elder)", "Marta"),
+    ("Gina (char)", "Gina"),
+    ("Gina (d2", "Gina"),
+    ("Gina (DG)", "Gina"),
     ("Plain Name", "Plain Name"),
-    ("(item)", "(item)"),  # nothing left after the label: the title is kept
+    ("(item)", ""),  # nothing left after the label: no title
 ])
 def test_clean_title(raw, expected):
     assert clean_title(raw) == expected
@@ -895,7 +898,8 @@ def test_check_topology_detects_a_task_without_queue():
 
 def test_create_entity_finds_existing_title_and_creates_once(game_session):
     """A creation whose title matches an existing entry (any case or punctuation) is not
-    created; a new title is created once per idempotency key, flagged and keyed by slug."""
+    created; a new title is created once per idempotency key, flagged and keyed by slug.
+    (Each summary names someone new: without a new name the model is not asked at all.)"""
     from memory.entities import create_entity
     from prompts.outputs import CreatedEntity
 
@@ -909,17 +913,17 @@ def test_create_entity_finds_existing_title_and_creates_once(game_session):
 
     with session_scope() as s:
         res = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
-                            entity_type="character", creation_summary="the baker again",
+                            entity_type="character", creation_summary="The baker meets Count Vlad at the door.",
                             idempotency_key=f"t:{uuid.uuid4().hex}", create=creator("  BAKER "))
     assert res.status == "exists" and res.key == "baker_27"
     key = f"t:{uuid.uuid4().hex}"
     with session_scope() as s:
         made = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
-                             entity_type="character", creation_summary="a count arrives",
+                             entity_type="character", creation_summary="A pale man, Count Vlad, arrives.",
                              idempotency_key=key, create=creator("Count Vlad (character)"))
     with session_scope() as s:
         again = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
-                              entity_type="character", creation_summary="a count arrives",
+                              entity_type="character", creation_summary="A pale man, Count Vlad, arrives.",
                               idempotency_key=key, create=creator("Count Vlad"))
         entry = s.get(LoreEntry, made.entry_id)
         assert made.status == "created" and again.status == "duplicate"
@@ -998,7 +1002,7 @@ def test_creation_matches_existing_entity_fuzzily(game_session, light_world, tit
     content = _entry(light_world["id"], content_from).content if content_from else "A fierce warrior."
     with session_scope() as s:
         res = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
-                            entity_type="character", creation_summary="someone",
+                            entity_type="character", creation_summary=f"{title} came to town with Mirela Dusk.",
                             idempotency_key=f"t:{uuid.uuid4().hex}", embedder=get_embedder(),
                             create=lambda t, summary: (CreatedEntity(title=title, content=content[:800], tags=[]), 1))
     assert res.status == "exists" and res.matched_by == how
@@ -1014,7 +1018,7 @@ def test_distinct_new_entity_is_created_not_matched(game_session, light_world):
                          content="A sea captain who smuggles spices past the harbour chain at night.")
     with session_scope() as s:
         res = create_entity(s, world_id=game_session["world_id"], session_id=game_session["id"],
-                            entity_type="character", creation_summary="a captain",
+                            entity_type="character", creation_summary="Captain Orsolya Vey sails tonight.",
                             idempotency_key=f"t:{uuid.uuid4().hex}", embedder=get_embedder(),
                             create=lambda t, summary: (made, 1))
     assert res.status == "created" and res.matched_by == ""

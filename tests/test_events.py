@@ -343,9 +343,9 @@ def test_export_session_notes_and_created_entities(client, sid, smallville, tmp_
                           rewrite=lambda *_: ("Klaus read Maria's paper before lunch.", 3))
         made = create_entity(
             s, world_id=smallville["id"], session_id=sid, entity_type="item",
-            creation_summary="Maria's research paper on quantum computing.",
+            creation_summary="Maria's research paper, the Quantum Ledger, on quantum computing.",
             idempotency_key=f"{sid}:c0", turn_id="t-1",
-            create=lambda *_: (CreatedEntity(title="Quantum paper", tags=["paper"],
+            create=lambda *_: (CreatedEntity(title="Quantum Ledger", tags=["paper"],
                                              content="Maria's paper on quantum computing."), 5))
         assert made.status == "created"
 
@@ -360,13 +360,13 @@ def test_export_session_notes_and_created_entities(client, sid, smallville, tmp_
     assert "revisions" not in doc["notes"][0]
     created = doc["created_entities"]
     assert [(e["title"], e["entity_type"], e["tags"], e["created_by_turn_id"]) for e in created] \
-        == [("Quantum paper", "item", ["paper"], "t-1")]
+        == [("Quantum Ledger", "item", ["paper"], "t-1")]
     assert doc["counts"] == {"notes": 1, "revisions": 2, "created_entities": 1}
     # the created entities are entries of our world format
     fields = ("key", "entity_type", "title", "content", "tags", "archetype", "relations")
     again = world_from_dict({"key": "from-export", "title": "From export",
                              "entries": [{f: e[f] for f in fields} for e in created]})
-    assert again.items()[0].title == "Quantum paper"
+    assert again.items()[0].title == "Quantum Ledger"
 
     full = client.get(f"/v1/sessions/{sid}/export", params={"revisions": "true"}).json()
     revs = full["notes"][0]["revisions"]
