@@ -187,7 +187,7 @@ def check_rewrite(previous: str, candidate: str, events: list[str], *, title: st
     the previous note, ``lore``, ``title`` and the events); ``coverage`` of the previous
     note's terms >= ``retention_min`` (skipped for a first note); coverage of each sentence in
     ``must_keep`` (superseded facts that must stay, marked past) >= ``retention_min``; and
-    coverage of the events' terms >= ``event_min``.
+    coverage of each event's terms >= ``event_min`` (``event`` reports the lowest).
 
     Args:
         previous: the current note ('' for a first note).
@@ -197,7 +197,7 @@ def check_rewrite(previous: str, candidate: str, events: list[str], *, title: st
         retention_min, event_min: thresholds in [0, 1].
     """
     implied = title_tokens(title)
-    ev = coverage(terms(" \n".join(events)), candidate, implied)
+    ev = min((coverage(terms(e), candidate, implied) for e in events), default=1.0)
     if not candidate.strip():
         return Verdict(False, "empty rewrite", 0.0, 0.0)
     echo = prompt_echo(candidate)

@@ -215,7 +215,8 @@ def test_rollback_restores_the_turns_of_the_version_it_restores(game_session, li
                           rewrite=_returns("The baker owes Mira 3 coins. Mira paid him back."))
         assert note_turn_ids(s, sid, baker.id) == ["t-1", "t-2"]
     with session_scope() as s:
-        assert ops.rollback_note(s, sid, "baker_27", 1)["status"] == "written"
+        res = ops.rollback_note(s, sid, "baker_27", 1)
+    assert (res["status"], res["turn_ids"]) == ("written", ["t-1"])
     with session_scope() as s:
         assert note_turn_ids(s, sid, baker.id) == ["t-1"]
         assert note_turn_ids(s, sid, 10**9) == []
@@ -296,3 +297,17 @@ def test_update_note_through_celery_keeps_the_previous_facts(worker, celery_app,
     r = nearline.get_redis()
     assert nearline.get_note(r, sid, baker.id) == note
     assert nearline.get_note_turns(r, sid, baker.id) == ["t-first", "t-second"]
+
+
+def test_a_rewrite_must_state_every_folded_event():
+    """Two coalesced events: a rewrite that states only one of them is refused."""
+    before = "The baker owes Mira 3 coins."
+    one = "The baker owes Mira 3 coins. Tobias bought a pie."
+    out = _compose(before, _returns(one), ("Tobias bought a pie.", 60),
+                   ("Mira burnt the rye loaves in the oven.", 70))
+    assert out.mode == "appended" and out.reason.startswith("event 0.")
+    assert out.text.splitlines()[1:] == ["[Day 1, 01:00] Tobias bought a pie.",
+                                         "[Day 1, 01:10] Mira burnt the rye loaves in the oven."]
+    both = one + " Mira burnt the rye loaves in the oven."
+    assert _compose(before, _returns(both), ("Tobias bought a pie.", 60),
+                    ("Mira burnt the rye loaves in the oven.", 70)).mode == "rewritten"
