@@ -239,12 +239,13 @@ def compose_note(*, title: str, lore: str, before: str, events: list[PendingEven
             short, used = consolidate(title, lore, text, max_chars)
             tokens += used
             short = (short or "").strip()
-            cut = clean_note(short) if len(short) <= max_chars else ""
-            v = check_rewrite(text, cut, texts, title=title, lore=lore,
-                              retention_min=retention_min, event_min=event_min)
-            if v.ok:
-                text, consolidated = cut, True
-            refused = v.reason or (f"{len(short)} characters over the cap" if not cut else "")
+            if len(short) > max_chars:
+                refused = f"{len(short)} characters over the {max_chars}-character cap"
+            else:
+                cut = clean_note(short)
+                v = check_rewrite(text, cut, texts, title=title, lore=lore,
+                                  retention_min=retention_min, event_min=event_min)
+                text, consolidated, refused = (cut, True, "") if v.ok else (text, False, v.reason)
         if not consolidated:
             text, dropped = note_text.drop_oldest(
                 text, len(events) if mode == "appended" else 1, max_chars)

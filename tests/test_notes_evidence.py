@@ -144,15 +144,16 @@ def test_consolidation_under_the_cap_is_accepted_when_it_keeps_the_facts():
     assert out.tokens == 7 + 11
 
 
-@pytest.mark.parametrize("consolidate", [None, _returns("The baker is happy."),
-                                         _returns("x" * 500)],
-                         ids=["none", "loses-facts", "over-cap"])
-def test_refused_consolidation_drops_the_oldest_lines_to_fit(consolidate):
+@pytest.mark.parametrize("consolidate, why", [
+    (None, "no consolidator"), (_returns("The baker is happy."), "retention 0."),
+    (_returns("x" * 500), "500 characters over the 400-character cap")],
+    ids=["none", "loses-facts", "over-cap"])
+def test_refused_consolidation_drops_the_oldest_lines_to_fit(consolidate, why):
     before = "\n".join(f"[Day 1, {h:02d}:00] The baker sold loaf number {h} to Mira." for h in range(12))
     out = _compose(before, _returns(""), ("The baker burnt the oven.", 12 * 60),
                    consolidate=consolidate, max_chars=400)
     assert not out.consolidated and out.dropped > 0
-    assert "consolidation refused" in out.reason
+    assert out.reason.startswith("empty rewrite; consolidation refused: " + why)
     assert len(out.text) <= 400
     lines = out.text.splitlines()
     assert lines[-1] == "[Day 1, 12:00] The baker burnt the oven."
