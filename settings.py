@@ -126,6 +126,14 @@ class Settings(BaseSettings):
 
     # Fold the updates queued for one session note into a single rewrite
     note_coalescing: bool = True
+    # A note rewrite replaces the note only if it keeps at least NOTE_RETENTION_MIN of the
+    # previous note's weighted names and words and states at least NOTE_EVENT_MIN of the
+    # event's (memory/retention.py); otherwise the event is appended as a dated line.
+    # 0.75: a faithful paraphrase keeps every name and changes about one content word in
+    # four; dropping one fact of a three-fact note falls well below. 0.5: a rewrite in its
+    # own words keeps the event's names and at least half of its words.
+    note_retention_min: float = Field(0.75, ge=0.0, le=1.0)
+    note_event_min: float = Field(0.5, ge=0.0, le=1.0)
 
     # Outages: a task that cannot reach the database is retried with capped exponential
     # backoff (60 s at most) this many times, about 3 h, before it is dead-lettered; the

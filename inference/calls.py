@@ -85,21 +85,47 @@ def analyze_turn(npc_title: str, player_text: str, npc_text: str,
                                temperature=0.2, schema_name="analysis")
 
 
+def _complete_sentences(done) -> str:
+    text = done.text
+    if done.finish_reason == "length":  # keep the complete sentences of a cut-off answer
+        end = max(text.rfind(". "), text.rfind(".\n"), text.rfind("!"), text.rfind("?"))
+        text = text[: end + 1] if end > 0 else text
+    return text
+
+
 def rewrite_note(title: str, lore: str, note: str, event: str) -> tuple[str, int]:
-    """The rewritten session note (maintenance role, seed 003's rewrite prompt). Output cut
-    at the token limit keeps its complete sentences.
+    """The rewritten session note (maintenance role): the previous note with the event folded
+    in, superseded facts kept as "Formerly (until <time>)". Output cut at the token limit
+    keeps its complete sentences. The caller checks it (``memory.retention``): this is a
+    proposal, not a write.
+
+    Returns:
+        ``(text, tokens used)``.
 
     Raises:
         inference.llm.ModelError: the model failed.
     """
     msgs = prompts.messages("rewrite_note", title=title, lore=lore[:1200], note=note[:1200],
                             event=event)
-    done = chat_model("maintenance").complete(msgs, max_tokens=160, temperature=0.3)
-    text = done.text
-    if done.finish_reason == "length":  # keep the complete sentences of a cut-off rewrite
-        end = max(text.rfind(". "), text.rfind(".\n"), text.rfind("!"), text.rfind("?"))
-        text = text[: end + 1] if end > 0 else text
-    return text, done.tokens
+    done = chat_model("maintenance").complete(msgs, max_tokens=320, temperature=0.3)
+    return _complete_sentences(done), done.tokens
+
+
+def consolidate_note(title: str, lore: str, note: str, max_chars: int) -> tuple[str, int]:
+    """A shorter version of a session note that outgrew ``max_chars`` (maintenance role),
+    keeping its names, numbers, times and past facts; checked by the caller like a rewrite.
+
+    Returns:
+        ``(text, tokens used)``.
+
+    Raises:
+        inference.llm.ModelError: the model failed.
+    """
+    msgs = prompts.messages("consolidate_note", title=title, lore=lore[:600], note=note,
+                            max_chars=max_chars)
+    done = chat_model("maintenance").complete(msgs, max_tokens=max(64, max_chars // 3),
+                                              temperature=0.2)
+    return _complete_sentences(done), done.tokens
 
 
 def create_lore(entity_type: str, creation_summary: str,

@@ -17,6 +17,8 @@ Key layout (all strings UTF-8; JSON values):
 - ``session:{session_id}:turns``               list  JSON turns, newest last, capped
 - ``session:{session_id}:seq``                 counter of turns
 - ``session:{session_id}:note:{lore_entry_id}`` string, the current session note
+- ``session:{session_id}:note_turns:{lore_entry_id}`` JSON list of the turn ids the note folds
+  in, oldest first (``memory.notes.note_turn_ids``): a note's evidence without SQL
 - ``session:{session_id}:mver``                hash  lore entry id -> memory version, bumped
   with every write of the entry's note or cards (the hot caches' invalidation signal)
 - ``session:{session_id}:card:{npc_entry_id}:relationship``  JSON relationship card (<= 2 KB)
@@ -279,11 +281,16 @@ def touched_key(session_id: str) -> str:
     return f"session:{session_id}:touched"
 
 
-def set_note(r: redis.Redis, session_id: str, entry_id: int, content: str) -> None:
+def set_note(r: redis.Redis, session_id: str, entry_id: int, content: str,
+             turn_ids: list[str] | None = None) -> None:
     """Publish a session note's current text to the nearline tier (and bump the entry's
-    memory version, in one MULTI/EXEC)."""
+    memory version, in one MULTI/EXEC). ``turn_ids``: the turns the note folds in, written
+    beside it as ``session:{sid}:note_turns:{entry_id}`` (left as it was when None)."""
     pipe = r.pipeline(transaction=True)
     pipe.set(f"session:{session_id}:note:{entry_id}", content, ex=session_ttl_s())
+    if turn_ids is not None:
+        pipe.set(f"session:{session_id}:note_turns:{entry_id}", json.dumps(list(turn_ids)),
+                 ex=session_ttl_s())
     pipe.hincrby(memory_versions_key(session_id), str(entry_id), 1)
     pipe.expire(memory_versions_key(session_id), session_ttl_s())
     pipe.hset(touched_key(session_id), str(entry_id), time.time())
@@ -295,6 +302,12 @@ def get_note(r: redis.Redis, session_id: str, entry_id: int) -> str:
     """A session note's current text ('' when none)."""
     raw = r.get(f"session:{session_id}:note:{entry_id}")
     return raw.decode() if raw else ""
+
+
+def get_note_turns(r: redis.Redis, session_id: str, entry_id: int) -> list[str]:
+    """The turn ids a session note folds in, oldest first ([] when none published)."""
+    raw = r.get(f"session:{session_id}:note_turns:{entry_id}")
+    return json.loads(raw) if raw else []
 
 
 def active_sessions(r: redis.Redis, idle_after_s: float) -> list[str]:

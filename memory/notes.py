@@ -1,8 +1,18 @@
-"""Session notes: rewriting one entry's note in one session from a new event (seed 003).
+"""Session notes: folding new events into one entry's note in one session.
 
 ``apply_note_update`` reads the note at version v, asks the rewriter for the new text, and
 commits only if the note is still at v (an UPDATE ... WHERE version = v); otherwise it reads
 the fresh note and rewrites again, so concurrent updates are never lost.
+
+Conservative writes: the model adds structure, never removes evidence. A rewrite replaces the
+note only if ``memory.retention.check_rewrite`` accepts it (it keeps the previous note's
+names and words, states the event, echoes no prompt, invents no name); otherwise the events
+are appended to the previous note as dated lines (mode ``appended``). Knowledge updates are
+applied deterministically in both modes (``memory.knowledge``: the superseded fact stays,
+marked "Formerly (until <time>)"). A note that would exceed ``MAX_NOTE_CHARS`` is
+consolidated by the model under the same check, or else loses its oldest lines (which stay
+in the session's raw turns). Every revision records the turn ids of the events it folds in
+(``AppliedNoteEvent.turn_id``); ``note_turn_ids`` lists those behind the current note.
 
 Coalescing: the caller may pass the other updates queued for the same (session, entry); the
 rewrite folds every one not yet applied into one model call, in turn order, and records
@@ -21,11 +31,17 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from memory import note_text
+from memory.retention import check_rewrite
 from models import AppliedNoteEvent, LoreEntry, SessionNote, SessionNoteRevision
 from models.base import utcnow
+from settings import get_settings
 
 Rewriter = Callable[[str, str, str, str], tuple[str, int]]
 """``(title, lore_content, current_note, event) -> (new_note, tokens_used)``."""
+
+Consolidator = Callable[[str, str, str, int], tuple[str, int]]
+"""``(title, lore_content, note, max_chars) -> (shorter_note, tokens_used)``."""
 
 MAX_NOTE_CHARS = 1200
 _LABEL = re.compile(r"^\s*(\[[^\]]{1,40}\]|(new |the )?(session note|entity|new event|event|original lore)[^:]{0,20}):\s*", re.I)
@@ -33,10 +49,6 @@ _LABEL = re.compile(r"^\s*(\[[^\]]{1,40}\]|(new |the )?(session note|entity|new 
 
 class NoteConflict(Exception):
     """The note kept changing under us for every allowed attempt."""
-
-
-class RejectedRewrite(ValueError):
-    """The rewrite came back empty or longer than ``MAX_NOTE_CHARS``; the note is unchanged."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,13 @@ class NoteUpdateResult:
     """Outcome of one update: ``status`` is ``written``, ``duplicate`` (this key was applied
     by this update before) or ``coalesced`` (folded into another update's revision);
     ``version`` is the note's version after it; ``before``/``after`` the note text;
-    ``tokens`` model tokens; ``folded`` the idempotency keys applied by this revision."""
+    ``tokens`` model tokens; ``folded`` the idempotency keys applied by this revision.
+
+    For ``written``: ``mode`` is ``rewritten`` (the model's text passed the check) or
+    ``appended`` (dated event lines added to the previous note), ``reason`` why a rewrite was
+    refused ('' when none), ``consolidated`` whether the model shortened the note under the
+    cap, ``dropped`` how many oldest lines or sentences were cut to fit it, and
+    ``turn_ids`` the turns of the events this revision folded in."""
 
     status: str
     note_id: int
@@ -66,13 +84,11 @@ class NoteUpdateResult:
     after: str
     tokens: int = 0
     folded: tuple[str, ...] = ()
-
-
-def combine_events(events: list[PendingEvent]) -> str:
-    """One event text for the rewrite prompt: the event itself, or a numbered list in order."""
-    if len(events) == 1:
-        return events[0].event
-    return "\n".join(f"{n}. {e.event}" for n, e in enumerate(events, 1))
+    mode: str = ""
+    reason: str = ""
+    consolidated: bool = False
+    dropped: int = 0
+    turn_ids: tuple[str, ...] = ()
 
 
 def _applied(session: Session, key: str):
@@ -84,7 +100,8 @@ def _applied(session: Session, key: str):
 
 
 def clean_note(text: str) -> str:
-    """Normalise model output into a note: strip a leading label and bound its length."""
+    """Normalise model output into a note: strip prompt labels at line starts, drop blank
+    lines (the note's lines are kept), and bound the length at a sentence end."""
     lines = []
     for line in text.strip().splitlines():
         if _LABEL.match(line) and not _LABEL.sub("", line).strip():
@@ -92,10 +109,11 @@ def clean_note(text: str) -> str:
         if re.match(r"^\s*\[(entity|original lore)", line, re.I):
             continue
         lines.append(_LABEL.sub("", line).strip())
-    text = " ".join(x for x in lines if x)
+    text = "\n".join(x for x in lines if x)
     if len(text) > MAX_NOTE_CHARS:  # cut at a sentence end where there is one
         cut = text[:MAX_NOTE_CHARS]
-        text = cut[: cut.rfind(". ") + 1] if ". " in cut else cut
+        end = max(cut.rfind(". "), cut.rfind(".\n"))
+        text = cut[: end + 1] if end >= 0 else cut
     return text
 
 
@@ -164,6 +182,77 @@ def commit_revision(
     return True
 
 
+def combine_events(events: list[PendingEvent], stamped: bool = False) -> str:
+    """One event text: the event itself, or a numbered list in order. ``stamped``: each event
+    prefixed with its in-game time where known (``"[Day 2, 14:05] ..."``, the prompt's form)."""
+    texts = [note_text.event_line(e.event, e.game_minutes) if stamped else e.event for e in events]
+    if len(texts) == 1:
+        return texts[0]
+    return "\n".join(f"{n}. {t}" for n, t in enumerate(texts, 1))
+
+
+@dataclass(frozen=True)
+class Composed:
+    """The next text of a note and how it was made (fields as in ``NoteUpdateResult``)."""
+
+    text: str
+    mode: str
+    reason: str
+    consolidated: bool
+    dropped: int
+    tokens: int
+
+
+def compose_note(*, title: str, lore: str, before: str, events: list[PendingEvent],
+                 rewrite: Rewriter, consolidate: Consolidator | None = None,
+                 retention_min: float, event_min: float,
+                 max_chars: int = MAX_NOTE_CHARS) -> Composed:
+    """The note after ``events``: the model's rewrite if ``check_rewrite`` accepts it (and it
+    is within ``max_chars``), else the previous note with the events appended as dated lines;
+    knowledge updates applied either way; then kept under ``max_chars`` by ``consolidate``
+    (accepted under the same check) or by dropping the oldest lines.
+
+    Raises:
+        Whatever ``rewrite`` raises (model errors). A failing ``consolidate`` is not an
+        error: the oldest lines are dropped instead.
+    """
+    evs = [(e.event, e.game_minutes) for e in events]
+    texts = [e.event for e in events]
+    raw, tokens = rewrite(title, lore, before, combine_events(events, stamped=True))
+    raw = (raw or "").strip()
+    if len(raw) > max_chars:
+        ok, reason = False, f"rewrite of {len(raw)} characters over the {max_chars}-character cap"
+    else:
+        candidate = clean_note(raw)
+        verdict = check_rewrite(before, candidate, texts, title=title, lore=lore,
+                                retention_min=retention_min, event_min=event_min,
+                                must_keep=note_text.superseded_by(before, evs, title))
+        ok, reason = verdict.ok, verdict.reason
+    if ok:
+        mode, text = "rewritten", note_text.date_new_facts(candidate, evs, title)
+    else:
+        mode, text = "appended", note_text.append_events(before, evs, title)[0]
+    consolidated, dropped = False, 0
+    if len(text) > max_chars:
+        refused = "no consolidator"
+        if consolidate is not None:
+            short, used = consolidate(title, lore, text, max_chars)
+            tokens += used
+            short = (short or "").strip()
+            if len(short) > max_chars:
+                refused = f"{len(short)} characters over the {max_chars}-character cap"
+            else:
+                cut = clean_note(short)
+                v = check_rewrite(text, cut, texts, title=title, lore=lore,
+                                  retention_min=retention_min, event_min=event_min)
+                text, consolidated, refused = (cut, True, "") if v.ok else (text, False, v.reason)
+        if not consolidated:
+            text, dropped = note_text.drop_oldest(
+                text, len(events) if mode == "appended" else 1, max_chars)
+            reason = "; ".join(x for x in (reason, f"consolidation refused: {refused}") if x)
+    return Composed(text, mode, reason, consolidated, dropped, tokens)
+
+
 def apply_note_update(
     session: Session,
     *,
@@ -178,23 +267,32 @@ def apply_note_update(
     max_attempts: int = 3,
     pending: Callable[[], list[PendingEvent]] | None = None,
     game_minutes: int | None = None,
+    consolidate: Consolidator | None = None,
+    retention_min: float | None = None,
+    event_min: float | None = None,
 ) -> NoteUpdateResult:
-    """Rewrite the session note of one entry with ``event`` (and, with ``pending``, every
-    other queued event of that note not applied yet) and record one revision. The revision
-    carries the in-game time of its latest event (``game_minutes``) besides its wall-clock
-    ``created_at``.
+    """Fold ``event`` (and, with ``pending``, every other queued event of that note not
+    applied yet) into the session note of one entry and record one revision
+    (``compose_note`` decides the text: a checked rewrite, or the events appended). The
+    revision carries the in-game time of its latest event (``game_minutes``) besides its
+    wall-clock ``created_at``, and one ``AppliedNoteEvent`` (with its turn id) per event.
 
-    Commits its own transactions (the model call happens outside any open write).
+    ``retention_min``/``event_min`` default to the settings ``NOTE_RETENTION_MIN`` and
+    ``NOTE_EVENT_MIN``. Commits its own transactions (the model call happens outside any
+    open write).
 
     Raises:
         LookupError: the lore entry does not exist.
         NoteConflict: the note changed under every one of ``max_attempts`` rewrites.
-        RejectedRewrite: the rewrite is empty or over the cap; the note stays as it was.
         Whatever ``rewrite`` raises (model errors); the note is then left unchanged.
     """
+    cfg = get_settings()
+    retention_min = cfg.note_retention_min if retention_min is None else retention_min
+    event_min = cfg.note_event_min if event_min is None else event_min
     entry = session.get(LoreEntry, lore_entry_id)
     if entry is None:
         raise LookupError(f"lore entry {lore_entry_id} does not exist")
+    title, lore = entry.title, entry.content
     own = PendingEvent(idempotency_key, event, turn_id, cause, game_minutes=game_minutes)
     note = _get_or_create_note(session, session_id, lore_entry_id)
     session.commit()
@@ -215,25 +313,62 @@ def apply_note_update(
                              key=lambda e: e.order)
         session.refresh(note)
         version, before = note.version, note.content
-        combined = combine_events(events)
-        text, used = rewrite(entry.title, entry.content, before, combined)
-        tokens += used
-        if len(text.strip()) > MAX_NOTE_CHARS:
-            raise RejectedRewrite(f"rewrite of {len(text.strip())} characters exceeds the "
-                                  f"{MAX_NOTE_CHARS}-character note cap; note {note.id} unchanged")
-        after = clean_note(text)
-        if not after:
-            raise RejectedRewrite(f"rewrite came back empty; note {note.id} unchanged")
-        session.rollback()  # end the read transaction before writing
+        session.rollback()  # end the read transaction before the model call and the write
+        out = compose_note(title=title, lore=lore, before=before, events=events,
+                           rewrite=rewrite, consolidate=consolidate,
+                           retention_min=retention_min, event_min=event_min)
+        tokens += out.tokens
         causes = {e.cause for e in events}
         if not commit_revision(
-            session, note_id=note.id, version=version, before=before, after=after,
-            turn_id=turn_id, task_id=task_id, event_summary=combined,
+            session, note_id=note.id, version=version, before=before, after=out.text,
+            turn_id=turn_id, task_id=task_id, event_summary=combine_events(events),
             cause=cause if len(causes) == 1 else "coalesced", idempotency_key=idempotency_key,
             applied=events, game_minutes=max((e.game_minutes for e in events
                                               if e.game_minutes is not None), default=None),
         ):
             continue  # the note moved on, or one of these events was applied meanwhile
-        return NoteUpdateResult("written", note.id, version + 1, before, after, tokens,
-                                tuple(e.idempotency_key for e in events))
+        return NoteUpdateResult(
+            "written", note.id, version + 1, before, out.text, tokens,
+            tuple(e.idempotency_key for e in events), out.mode, out.reason, out.consolidated,
+            out.dropped, tuple(dict.fromkeys(e.turn_id for e in events if e.turn_id)))
     raise NoteConflict(f"session note {note.id} changed during {max_attempts} rewrites")
+
+
+_ROLLBACK = re.compile(r"rollback to version (\d+)")
+
+
+def note_turn_ids(session: Session, session_id: str, entry_id: int) -> list[str]:
+    """The turn ids whose events the current session note of ``entry_id`` folds in, oldest
+    first, without repeats ([] when there is no note or no event carried a turn id).
+
+    Walks the note's revisions in version order, adding the turn ids of each revision's
+    ``AppliedNoteEvent`` rows; a rollback revision (cause ``rollback``, event summary
+    ``"rollback to version N"``) restores the list of version N. Turns whose lines were later
+    dropped to fit the cap stay listed: the note's history folded them in, and the turns
+    themselves remain in the session's evidence.
+    """
+    note_id = session.scalar(select(SessionNote.id).where(
+        SessionNote.session_id == session_id, SessionNote.lore_entry_id == entry_id))
+    if note_id is None:
+        return []
+    revs = session.execute(select(SessionNoteRevision.id, SessionNoteRevision.version,
+                                  SessionNoteRevision.cause, SessionNoteRevision.event_summary)
+                           .where(SessionNoteRevision.note_id == note_id)
+                           .order_by(SessionNoteRevision.version)).all()
+    turns: dict[int, list[str]] = {}
+    for rev_id, turn in session.execute(
+            select(AppliedNoteEvent.revision_id, AppliedNoteEvent.turn_id)
+            .where(AppliedNoteEvent.revision_id.in_([r.id for r in revs]))
+            .order_by(AppliedNoteEvent.id)):
+        if turn:
+            turns.setdefault(rev_id, []).append(turn)
+    state: dict[int, list[str]] = {0: []}
+    current: list[str] = []
+    for rev in revs:
+        m = _ROLLBACK.fullmatch(rev.event_summary or "") if rev.cause == "rollback" else None
+        if m is not None:
+            current = list(state.get(int(m.group(1)), current))
+        else:
+            current = current + [t for t in turns.get(rev.id, []) if t not in current]
+        state[rev.version] = current
+    return current

@@ -33,7 +33,7 @@ from celeryconfig import TASK_QUEUES, Queues
 from memory import cards as memory_cards
 from memory import nearline
 from memory.composite import base_lore, composite_document
-from memory.notes import NoteConflict, commit_revision
+from memory.notes import NoteConflict, commit_revision, note_turn_ids
 from memory.report import PENDING
 from models import (
     DeadLetter, GameSession, LoreEntry, SessionNote, SessionNoteRevision, TaskRecord, Turn, World,
@@ -208,7 +208,8 @@ def rollback_note(session: Session, session_id: str, lore_entry_key: str, versio
         ``{"status": "written" | "unchanged", "session_id", "lore_entry_id",
         "lore_entry_key", "note_id" (None when the session never had a note),
         "version" (the note's version now), "previous_version", "rolled_back_to",
-        "content" (the note's text now)}``
+        "content" (the note's text now), "turn_ids" (the turns that text folds in:
+        ``memory.notes.note_turn_ids``)}``
 
     Raises:
         ValueError: ``version`` is negative.
@@ -230,7 +231,7 @@ def rollback_note(session: Session, session_id: str, lore_entry_key: str, versio
                 raise NotFound(f"{entry_key!r} has no note in session {session_id!r}, "
                                   f"so no version {version}")
             return {**out, "status": "unchanged", "note_id": None, "version": 0,
-                    "previous_version": 0, "content": ""}
+                    "previous_version": 0, "content": "", "turn_ids": []}
         note_id, current, before = note.id, note.version, note.content
         if version > current:
             session.rollback()
@@ -248,7 +249,8 @@ def rollback_note(session: Session, session_id: str, lore_entry_key: str, versio
         session.rollback()  # end the read transaction before the fenced write
         if target == before:
             return {**out, "status": "unchanged", "note_id": note_id, "version": current,
-                    "previous_version": current, "content": before}
+                    "previous_version": current, "content": before,
+                    "turn_ids": note_turn_ids(session, session_id, entry_id)}
         if not commit_revision(
             session, note_id=note_id, version=current, before=before, after=target,
             turn_id=target_turn, event_summary=f"rollback to version {version}",
@@ -256,7 +258,8 @@ def rollback_note(session: Session, session_id: str, lore_entry_key: str, versio
         ):
             continue  # another writer got there first, or the same rollback did: read again
         return {**out, "status": "written", "note_id": note_id, "version": current + 1,
-                "previous_version": current, "content": target}
+                "previous_version": current, "content": target,
+                "turn_ids": note_turn_ids(session, session_id, entry_id)}
     raise NoteConflict(f"note of {entry_key!r} in session {session_id!r} changed during "
                        f"{max_attempts} rollback attempts")
 

@@ -41,8 +41,8 @@ from celeryconfig import TASK_QUEUES
 from inference.llm import InvalidModelOutput, ModelError
 from memory.cards import CardConflict
 from memory.db import dialect_insert, session_scope
+from memory.notes import NoteConflict
 from memory.safe_input import clean_text, storable
-from memory.notes import NoteConflict, RejectedRewrite
 from models import DeadLetter, TaskRecord
 from models.base import utcnow
 from settings import get_settings
@@ -233,9 +233,9 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     ``send_task(name, kwargs={...})``. Model errors are retried with exponential backoff and
     jitter (at most ``max_retries`` times); database outages (``OperationalError``) with
     backoff capped at 60 s, up to ``DB_OUTAGE_MAX_RETRIES`` times; invalid model output and
-    invalid payloads are dead-lettered at once. A rejected rewrite (empty or over the note
-    cap) is retried like a model error: another sample usually passes; so is a card
-    transaction that kept losing the race (``CardConflict``).
+    invalid payloads are dead-lettered at once. A note that kept changing under its writer
+    (``NoteConflict``) is retried like a model error; so is a card transaction that kept
+    losing the race (``CardConflict``).
 
     Raises:
         RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
@@ -245,7 +245,7 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     def decorate(fn: Callable[[Payload, TaskContext], dict]):
         @shared_task(
             name=name, bind=True, base=NpcTask, queue_name=queue,
-            autoretry_for=(ModelError, NoteConflict, RejectedRewrite, CardConflict),
+            autoretry_for=(ModelError, NoteConflict, CardConflict),
             dont_autoretry_for=(InvalidModelOutput,),
             retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=max_retries,
             soft_time_limit=soft_time_limit, time_limit=time_limit,

@@ -1,4 +1,4 @@
-"""Queue ``note_update``: ``npc_memory.update_note`` rewrites one session note (seed 003)."""
+"""Queue ``note_update``: ``npc_memory.update_note`` folds an event into one session note."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from sqlalchemy import select
 from inference import calls
 from memory import nearline
 from memory.db import session_scope
-from memory.notes import PendingEvent, apply_note_update
+from memory.notes import PendingEvent, apply_note_update, note_turn_ids
 from models import GameSession, LoreEntry
 from settings import get_settings
 from tasks.base import TaskContext, enqueue, npc_task
@@ -16,8 +16,15 @@ from tasks.payloads import EmbedPayload, NoteUpdatePayload
 
 @npc_task("npc_memory.update_note", NoteUpdatePayload, soft_time_limit=120, time_limit=150)
 def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
-    """Rewrite the note of ``lore_entry_key`` in the session, publish it to the nearline tier
-    and enqueue ``embed``. Unknown session or entry raises LookupError (dead-lettered)."""
+    """Fold the event into the note of ``lore_entry_key`` in the session (a checked rewrite,
+    or the event appended: ``memory.notes``), publish the note and its turn ids to the
+    nearline tier and enqueue ``embed``. Unknown session or entry raises LookupError
+    (dead-lettered).
+
+    Returns (the ledger's result): ``{status, note_id, version, tokens, folded}`` and, when
+    written, ``mode`` (``rewritten`` | ``appended``), ``reason`` (why the rewrite was refused,
+    '' if it was not), ``consolidated`` (bool), ``dropped`` (oldest lines cut to fit the cap)
+    and ``turn_ids`` (the turns this revision folded in)."""
     with session_scope() as s:
         game = s.get(GameSession, p.session_id)
         if game is None:
@@ -36,14 +43,20 @@ def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
             idempotency_key=p.idempotency_key, rewrite=calls.rewrite_note, turn_id=p.turn_id,
             task_id=ctx.task_id, cause=p.cause, game_minutes=p.game_minutes,
             pending=pending if get_settings().note_coalescing else None,
+            consolidate=calls.consolidate_note,
         )
+        evidence = note_turn_ids(s, p.session_id, entry_id) if res.status == "written" else None
     nearline.drop_pending(r, p.session_id, p.lore_entry_key, res.folded or [p.idempotency_key])
     if res.status == "written":
-        nearline.set_note(r, p.session_id, entry_id, res.after)
+        nearline.set_note(r, p.session_id, entry_id, res.after, turn_ids=evidence)
     if res.status != "coalesced":  # a duplicate re-embeds too: its first run may have died before
         enqueue("npc_memory.embed", EmbedPayload(lore_entry_id=entry_id, session_id=p.session_id))
-    return {"status": res.status, "note_id": res.note_id, "version": res.version,
-            "tokens": res.tokens, "folded": len(res.folded)}
+    out = {"status": res.status, "note_id": res.note_id, "version": res.version,
+           "tokens": res.tokens, "folded": len(res.folded)}
+    if res.status == "written":
+        out.update(mode=res.mode, reason=res.reason, consolidated=res.consolidated,
+                   dropped=res.dropped, turn_ids=list(res.turn_ids))
+    return out
 
 
 def enqueue_note_update(p: NoteUpdatePayload) -> str:

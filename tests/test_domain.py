@@ -386,11 +386,12 @@ def test_update_of_unknown_entry_raises_lookup_error(game_session):
                               event="x", idempotency_key=uuid.uuid4().hex, rewrite=_appending())
 
 
-@pytest.mark.parametrize("bad_rewrite", ["New Session Note:", "   ", "x" * 1201],
-                         ids=["label-only", "blank", "over-cap"])
-def test_empty_or_oversized_rewrite_is_rejected_and_note_kept(game_session, light_world, bad_rewrite):
-    from memory.notes import MAX_NOTE_CHARS, RejectedRewrite
-
+@pytest.mark.parametrize("bad_rewrite, reason", [
+    ("New Session Note:", "empty rewrite"), ("   ", "empty rewrite"),
+    ("x" * 1201, "rewrite of 1201 characters over the 1200-character cap")],
+    ids=["label-only", "blank", "over-cap"])
+def test_empty_or_oversized_rewrite_appends_the_event_and_keeps_the_note(
+        game_session, light_world, bad_rewrite, reason):
     assert len("x" * 1201) > MAX_NOTE_CHARS
     sid = game_session["id"]
     baker = _entry(light_world["id"], "baker_27")
@@ -398,14 +399,17 @@ def test_empty_or_oversized_rewrite_is_rejected_and_note_kept(game_session, ligh
         apply_note_update(s, session_id=sid, lore_entry_id=baker.id, event="The player waved.",
                           idempotency_key=uuid.uuid4().hex, rewrite=_appending())
     key = uuid.uuid4().hex
-    with session_scope() as s, pytest.raises(RejectedRewrite):
-        apply_note_update(s, session_id=sid, lore_entry_id=baker.id, event="Nothing.",
-                          idempotency_key=key, rewrite=lambda *a: (bad_rewrite, 0))
-    note = _note(sid, baker.id)
-    assert note.content == "The player waved." and note.version == 1
     with session_scope() as s:
-        assert s.scalar(select(SessionNoteRevision).where(
-            SessionNoteRevision.idempotency_key == key)) is None
+        res = apply_note_update(s, session_id=sid, lore_entry_id=baker.id,
+                                event="The player shouted a greeting.", idempotency_key=key,
+                                rewrite=lambda *a: (bad_rewrite, 0), game_minutes=24 * 60 + 65)
+    assert (res.status, res.mode, res.reason) == ("written", "appended", reason)
+    note = _note(sid, baker.id)
+    assert note.version == 2
+    assert note.content == "The player waved.\n[Day 2, 01:05] The player shouted a greeting."
+    with session_scope() as s:
+        rev = s.scalar(select(SessionNoteRevision).where(SessionNoteRevision.idempotency_key == key))
+    assert rev.previous_content == "The player waved." and rev.content == note.content
 
 
 # --------------------------------------------------------------------------- cleaners
@@ -416,7 +420,7 @@ def test_empty_or_oversized_rewrite_is_rejected_and_note_kept(game_session, ligh
     ("  The baker is tired.  ", "The baker is tired."),
     ("[Entity]: Baker\nThe baker smiled.", "The baker smiled."),
     ("[Original Lore (Static)]: A baker.\nHe sold the oven.", "He sold the oven."),
-    ("Session Note:\nHe sold the oven.\nHe is poor now.", "He sold the oven. He is poor now."),
+    ("Session Note:\nHe sold the oven.\nHe is poor now.", "He sold the oven.\nHe is poor now."),
     ("[Session Note]: He left town.", "He left town."),
     ("", ""),
 ])
@@ -521,6 +525,8 @@ def _template_contexts() -> dict[str, dict]:
                          hints="Open promises of the player: bring rye flour."),
         "rewrite_note": dict(title="Baker", lore="A baker who rises before dawn.",
                              note="He lost his rolling pin.", event="He found it under the oven."),
+        "consolidate_note": dict(title="Baker", lore="A baker who rises before dawn.",
+                                 note="[Day 1, 06:00] He lost his rolling pin.", max_chars=400),
         "create_entity": dict(entity_type="item", creation_summary="A silver key with a bat on it."),
         "summarize_session": dict(player_name="Ann", previous="Ann came to town at dusk.",
                                   turns=[{"npc": "Baker", "player_text": "Any rye bread?",
@@ -560,6 +566,9 @@ _EXPECTED = {
     "rewrite_note": ([], ["[Entity]: Baker", "[Original Lore (Static)]: A baker who rises before dawn.",
                           "[Current Session Note]: He lost his rolling pin.",
                           "[New Event]: He found it under the oven."]),
+    "consolidate_note": ([], ["[Entity]: Baker",
+                              "[Current Session Note]: [Day 1, 06:00] He lost his rolling pin.",
+                              "at most 400 characters", "Formerly (until ...)"]),
     "create_entity": ([], ["new item",
                            "[Creation Summary]: A silver key with a bat on it."]),
     "simulate_world": ([], ["World: Possibly Vampires",

@@ -340,7 +340,8 @@ def test_export_session_notes_and_created_entities(client, sid, smallville, tmp_
                           rewrite=lambda *_: ("Klaus agreed to lunch with Maria at 1 pm.", 3))
         apply_note_update(s, session_id=sid, lore_entry_id=klaus,
                           event="Klaus read Maria's paper.", idempotency_key=f"{sid}:u1",
-                          rewrite=lambda *_: ("Klaus read Maria's paper before lunch.", 3))
+                          rewrite=lambda *_: ("Klaus agreed to lunch with Maria at 1 pm and "
+                                              "read Maria's paper before lunch.", 3))
         made = create_entity(
             s, world_id=smallville["id"], session_id=sid, entity_type="item",
             creation_summary="Maria's research paper, the Quantum Ledger, on quantum computing.",
@@ -356,7 +357,8 @@ def test_export_session_notes_and_created_entities(client, sid, smallville, tmp_
     assert doc["session"]["id"] == sid and doc["session"]["world_key"] == "smallville"
     assert doc["session"]["player_name"] == "tester"
     assert [(n["lore_entry_key"], n["content"], n["version"]) for n in doc["notes"]] == [
-        ("Klaus Mueller", "Klaus read Maria's paper before lunch.", 2)]
+        ("Klaus Mueller", "Klaus agreed to lunch with Maria at 1 pm and read Maria's paper "
+                          "before lunch.", 2)]
     assert "revisions" not in doc["notes"][0]
     created = doc["created_entities"]
     assert [(e["title"], e["entity_type"], e["tags"], e["created_by_turn_id"]) for e in created] \

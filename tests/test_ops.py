@@ -45,15 +45,26 @@ def _entry(world_id: int, key: str) -> LoreEntry:
 
 
 def _write_history(session_id: str, entry_id: int, texts: list[str]) -> int:
-    """Write one note revision per text (the rewriter returns the event as the new note);
-    returns the note id."""
-    for text in texts:
+    """Write one note revision per text, each replacing the note (through the fenced write
+    every note change uses: a rewrite that drops the previous note would be refused by
+    ``apply_note_update``); returns the note id."""
+    from memory.notes import PendingEvent, commit_revision
+
+    with session_scope() as s:  # the first write creates the note
+        first = apply_note_update(s, session_id=session_id, lore_entry_id=entry_id,
+                                  event=texts[0], idempotency_key=f"test:{uuid.uuid4().hex}",
+                                  rewrite=lambda title, lore, note, event: (event, 0))
+    assert first.after == texts[0]
+    for text in texts[1:]:
         with session_scope() as s:
-            res = apply_note_update(
-                s, session_id=session_id, lore_entry_id=entry_id, event=text,
-                idempotency_key=f"test:{uuid.uuid4().hex}",
-                rewrite=lambda title, lore, note, event: (event, 0))
-    return res.note_id
+            note = s.get(SessionNote, first.note_id)
+            version, before = note.version, note.content
+            s.rollback()
+            key = f"test:{uuid.uuid4().hex}"
+            assert commit_revision(s, note_id=first.note_id, version=version, before=before,
+                                   after=text, event_summary=text, cause="turn",
+                                   idempotency_key=key, applied=[PendingEvent(key, text)])
+    return first.note_id
 
 
 def _note(session_id: str, entry_id: int) -> SessionNote:

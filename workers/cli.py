@@ -343,7 +343,7 @@ def rollback_note(
     if res["note_id"] is not None:
         try:
             nearline.set_note(nearline.get_redis(), session_id, res["lore_entry_id"],
-                              res["content"])
+                              res["content"], turn_ids=res["turn_ids"])
             _celery()
             res["embed_task_id"] = enqueue("npc_memory.embed", EmbedPayload(
                 lore_entry_id=res["lore_entry_id"], session_id=session_id))

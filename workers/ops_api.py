@@ -57,6 +57,8 @@ class RollbackOut(BaseModel):
     previous_version: int
     rolled_back_to: int
     content: str
+    turn_ids: list[str] = Field(default_factory=list,
+                                description="the turns whose events the restored note folds in")
     embed_task_id: str | None = Field(None, description="the npc_memory.embed task enqueued")
 
 
@@ -199,7 +201,7 @@ def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> Rol
         if res["note_id"] is not None:
             try:
                 nearline.set_note(nearline.get_redis(), session_id, res["lore_entry_id"],
-                                  res["content"])
+                                  res["content"], turn_ids=res["turn_ids"])
                 # state.celery rather than tasks.base.enqueue: Celery's current_app is per
                 # thread, and in FastAPI's handler threads it is Celery's fallback default app
                 # (configured only because its loader happens to import ``celeryconfig``).
