@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="model servers: auto (configured if LLM_BASE_URL/Mistral is set, else "
                          "the embedded llama.cpp SmolLM2), zero (plumbing smoke run)")
     mq.add_argument("--drain-timeout", type=float, default=None, metavar="S",
-                    help="seconds to wait for the queues (default 900 quick, 3600 full)")
+                    help="seconds to wait for the queues (default 900 quick, 7200 full)")
     args = ap.parse_args(argv)
     names = args.names or BENCHMARKS
     unknown = [n for n in names if n not in BENCHMARKS]

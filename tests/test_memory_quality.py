@@ -124,7 +124,7 @@ def test_benchmark_runs_on_a_tiny_dataset(tmp_path):
     assert p["budget_chars"] == 300 and p["k"] == 200 and p["backend"] == "zero"
     assert p["ingest"]["events"] == 2 and p["ingest"]["conversations"] == 1
     assert p["ingest"]["drained"] is True and p["ingest"]["drain_seconds"] is not None
-    assert p["ingest"]["events_per_min"] > 0
+    assert p["ingest"]["events_per_min"] > 0 and p["ingest"]["events_per_min_processed"] > 0
     assert isinstance(p["ingest"]["model_tokens"], int)
     assert set(p["entities"]) >= {"created", "precision", "duplicate_rate", "entities"}
     assert [r["category"] for r in res["rows"]] == ["single-hop", "overall"]
