@@ -267,7 +267,8 @@ def test_a_turn_with_nul_is_archived_with_replacement_characters(game_session):
     assert new == {turn_id}
     with session_scope() as s:
         row = s.get(Turn, turn_id)
-        assert row.player_text == "Ann\ufffd: hello\ufffdworld" and row.npc_text == "\ufffd"
+        assert row.player_text == "hello\ufffdworld" and row.npc_text == "\ufffd"
+        assert row.speaker == "Ann\ufffd"
 
 
 def test_payload_models_refuse_non_finite_numbers_and_oversized_ids():
