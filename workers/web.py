@@ -43,14 +43,16 @@ from inference.lora import registry as lora_registry
 from inference.lora import routing
 from memory import nearline, ops, ranking, turns
 from memory.hot_cache import HotCache
-from memory.safe_input import FiniteFloat, NonBlankStr, RequestModel, SafeStr
 from memory.db import session_scope
+from memory.safe_input import FiniteFloat, NonBlankStr, RequestModel, SafeStr
 from memory.vector_index import VectorIndex, VectorSync, load_from_db
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
-from workers import archetypes_api, auth, health, input_guard, logging_setup, metrics, ops_api
+from workers import archetypes_api, auth, health, logging_setup, metrics, ops_api
+from workers.input_guard import install as install_input_guard
+from workers.input_guard import safe_params
 from workers.state import state
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,8 @@ async def lifespan(_app: FastAPI):
 # Every path and query parameter of every route is checked for NUL and unpaired surrogates,
 # and every 422 body is bounded and encodable (workers.input_guard).
 app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan,
-              dependencies=[Depends(input_guard.safe_params)])
-input_guard.install(app)
+              dependencies=[Depends(safe_params)])
+install_input_guard(app)
 
 
 @app.middleware("http")
