@@ -133,15 +133,7 @@ def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) 
     task_id, error = storable_id(task_id), clean_text(str(error))[:4000]
     payload = storable(payload)
     try:
-        try:
-            _store_dead_letter(task_id, name, queue, payload, error)
-        except OperationalError:
-            raise
-        except Exception as exc:  # a value the database refuses: keep the repr instead
-            log.warning("dead letter %s %s refused (%s): storing its payload as repr", name,
-                        task_id, type(exc).__name__)
-            _store_dead_letter(task_id, name, queue, storable(repr(payload)),
-                               f"{error}; payload stored as repr: {type(exc).__name__}"[:4000])
+        _store_safely(task_id, name, queue, payload, error)
     except OperationalError as exc:
         from memory.nearline import get_redis
 
@@ -151,6 +143,24 @@ def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) 
         log.warning("database down (%s): dead letter %s %s parked in redis", exc, name, task_id)
         return
     log.warning("dead-lettered %s %s: %s", name, task_id, error[:200])
+
+
+def _store_safely(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:
+    """:func:`_store_dead_letter`; if the database refuses the row for any reason but an
+    outage, store it again with the payload's ``repr``.
+
+    Raises:
+        OperationalError: the database is unreachable.
+    """
+    try:
+        _store_dead_letter(task_id, name, queue, payload, error)
+    except OperationalError:
+        raise
+    except Exception as exc:  # a value the database refuses: keep the repr instead
+        log.warning("dead letter %s %s refused (%s): storing its payload as repr", name,
+                    task_id, type(exc).__name__)
+        _store_dead_letter(task_id, name, queue, storable(repr(payload)),
+                           f"{error}; payload stored as repr: {type(exc).__name__}")
 
 
 def _store_dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:
@@ -177,7 +187,7 @@ def flush_parked_dead_letters(limit: int = 1000) -> int:
             break
         d = json.loads(raw)
         try:
-            _store_dead_letter(d["task_id"], d["name"], d["queue"], d["payload"], d["error"])
+            _store_safely(d["task_id"], d["name"], d["queue"], d["payload"], d["error"])
         except OperationalError:
             r.lpush(PARKED_DEAD_LETTERS, raw)
             break

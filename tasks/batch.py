@@ -43,9 +43,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from memory.db import dialect_insert, session_scope
+from memory.safe_input import storable
 from models import TaskRecord
 from models.base import utcnow
-from memory.safe_input import storable
 from tasks.base import (
     DB_OUTAGE_MAX_BACKOFF_S,
     DB_OUTAGE_MAX_RETRIES,

@@ -364,7 +364,7 @@ def test_scrub_patterns_are_structurally_linear():
     def walk(items, inside_repeat: bool, unbounded: list) -> None:
         for op, av in items:
             if op in repeats:
-                lo, hi, sub = av
+                _lo, hi, sub = av
                 assert not inside_repeat, "nested repetition"
                 if hi == c.MAXREPEAT:
                     unbounded.append(op)

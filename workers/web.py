@@ -48,15 +48,17 @@ from inference.lora import routing
 from memory import evidence, nearline, ops, ranking, retrieval, turns
 from memory.composite import base_lore, composite_document
 from memory.hot_cache import HotCache
-from memory.safe_input import FiniteFloat, NonBlankStr, RequestModel, SafeStr
 from memory.db import session_scope
+from memory.safe_input import FiniteFloat, NonBlankStr, RequestModel, SafeStr
 from memory.vector_index import VectorIndex, VectorSync, evidence_scope, load_from_db, world_scope
 from memory.vector_index import session_scope as session_scope_name
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
-from workers import archetypes_api, auth, health, input_guard, logging_setup, metrics, ops_api
+from workers import archetypes_api, auth, health, logging_setup, metrics, ops_api
+from workers.input_guard import install as install_input_guard
+from workers.input_guard import safe_params
 from workers.state import state
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,8 @@ async def lifespan(_app: FastAPI):
 # Every path and query parameter of every route is checked for NUL and unpaired surrogates,
 # and every 422 body is bounded and encodable (workers.input_guard).
 app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan,
-              dependencies=[Depends(input_guard.safe_params)])
-input_guard.install(app)
+              dependencies=[Depends(safe_params)])
+install_input_guard(app)
 
 
 @app.middleware("http")
