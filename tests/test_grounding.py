@@ -337,3 +337,28 @@ def test_analysis_sees_named_entries_and_sends_the_turn_text_with_creations(cele
             TaskRecord.idempotency_key == f"{turn.turn_id}:c0"))
     assert sent["source_text"] == ("Lady Elinor sent Mirela Dusk for bread.\n"
                                    "Tell Mirela the rye is ready.")
+
+
+def test_creation_model_may_only_choose_a_new_name(game_session):
+    """The creation call (its model a local vLLM stand-in) lists the new names in the prompt
+    and makes them the only titles the JSON schema allows."""
+    from fakes import FakeServer, openai_chat, role_on
+
+    from inference import calls
+    from memory.entities import create_entity
+
+    answer = json.dumps({"title": "Mirela Dusk", "content": "A quiet servant of the manor.",
+                         "tags": ["servant"]})
+    with FakeServer() as srv, role_on(srv.url + "/v1", "maintenance"):
+        srv.default = openai_chat(answer)
+        with session_scope() as s:
+            res = create_entity(s, world_id=game_session["world_id"],
+                                session_id=game_session["id"], entity_type="character",
+                                creation_summary="Mirela Dusk, a servant of Lady Elinor.",
+                                idempotency_key=f"g:{uuid.uuid4().hex}", create=calls.create_lore,
+                                source_text="Lady Elinor sent Mirela Dusk and Oskar Fenn for bread.")
+        body = srv.posts("/v1/chat/completions")[0].body
+    title = body["response_format"]["json_schema"]["schema"]["properties"]["title"]
+    assert title["enum"] == ["Mirela Dusk"] and "pattern" not in title  # the one in the summary
+    assert "The title is exactly one of these names: Mirela Dusk." in body["messages"][1]["content"]
+    assert res.status == "created" and res.title == "Mirela Dusk"
