@@ -323,7 +323,8 @@ def test_analysis_sees_named_entries_and_sends_the_turn_text_with_creations(cele
                        npc_entry_id=baker, player_text="Lady Elinor sent Mirela Dusk for bread.",
                        npc_text="Tell Mirela the rye is ready.", created_at=time.time())
     answer = json.dumps({"updates": [], "relationship": [], "quests": [], "creations": [
-        {"entity_type": "character", "creation_summary": "Mirela Dusk, a servant of Lady Elinor."}]})
+        {"entity_type": "character",
+         "creation_summary": "Mirela Dusk, a servant of Lady Elinor."}]})
     with FakeServer() as srv, role_on(srv.url + "/v1", "analysis"):
         srv.default = openai_chat(answer)
         out = analyze_turn.apply(task_id=f"ground-{turn.turn_id}",
@@ -356,7 +357,8 @@ def test_creation_model_may_only_choose_a_new_name(game_session):
                                 session_id=game_session["id"], entity_type="character",
                                 creation_summary="Mirela Dusk, a servant of Lady Elinor.",
                                 idempotency_key=f"g:{uuid.uuid4().hex}", create=calls.create_lore,
-                                source_text="Lady Elinor sent Mirela Dusk and Oskar Fenn for bread.")
+                                source_text="Lady Elinor sent Mirela Dusk and Oskar Fenn "
+                                            "for bread.")
         body = srv.posts("/v1/chat/completions")[0].body
     title = body["response_format"]["json_schema"]["schema"]["properties"]["title"]
     assert title["enum"] == ["Mirela Dusk"] and "pattern" not in title  # the one in the summary
