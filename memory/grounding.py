@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
+from itertools import pairwise
 
 PARTICLES = frozenset(
     "of the de van von der den da di du la le del della des dos das y al el bin ibn ben "
@@ -262,7 +263,7 @@ def name_spans(text: str, max_words: int = 5) -> list[tuple[str | None, list[str
             out.append((None, [n for n in [clean(span)] if n]))
             continue
         bounds = [-1, *cuts, len(span)]
-        pieces = [clean(span[lo + 1:hi]) for lo, hi in zip(bounds, bounds[1:])]
+        pieces = [clean(span[lo + 1:hi]) for lo, hi in pairwise(bounds)]
         out.append((clean(span), [n for n in pieces if n]))
     return out
 

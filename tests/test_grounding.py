@@ -301,3 +301,66 @@ def test_turn_text_carries_the_speaker_and_both_lines():
                        player_text="Tobias Crane is back.", npc_text="Tell Marta.",
                        created_at=0.0, speaker="Wenna Pike")
     assert turn_text(turn) == "Wenna Pike: Tobias Crane is back.\nTell Marta."
+
+
+def test_analysis_sees_named_entries_and_sends_the_turn_text_with_creations(celery_app,
+                                                                           game_session):
+    """analyze_turn (its model a local vLLM stand-in) lists the entry the player names in
+    the prompt's scope and sends each creation with the turn's text as ``source_text``."""
+    import time
+
+    from fakes import FakeServer, openai_chat, role_on
+
+    from memory import nearline
+    from tasks.analysis import analyze_turn
+    from tasks.payloads import TurnPayload
+
+    wid, sid = game_session["world_id"], game_session["id"]
+    with session_scope() as s:
+        baker = s.scalar(select(LoreEntry.id).where(LoreEntry.world_id == wid,
+                                                    LoreEntry.key == "baker_27"))
+    turn = TurnPayload(turn_id=uuid.uuid4().hex, session_id=sid, world_id=wid, seq=1,
+                       npc_entry_id=baker, player_text="Lady Elinor sent Mirela Dusk for bread.",
+                       npc_text="Tell Mirela the rye is ready.", created_at=time.time())
+    answer = json.dumps({"updates": [], "relationship": [], "quests": [], "creations": [
+        {"entity_type": "character",
+         "creation_summary": "Mirela Dusk, a servant of Lady Elinor."}]})
+    with FakeServer() as srv, role_on(srv.url + "/v1", "analysis"):
+        srv.default = openai_chat(answer)
+        out = analyze_turn.apply(task_id=f"ground-{turn.turn_id}",
+                                 kwargs=turn.model_dump(mode="json", exclude_none=True)).get()
+        prompt = srv.posts("/v1/chat/completions")[0].body["messages"][1]["content"]
+    nearline.get_redis().delete("entity_creation")  # the message no worker here consumes
+    assert out["creations"] == 1 and "- lady elinor_49: Lady Elinor (character)" in prompt
+    with session_scope() as s:
+        sent = s.scalar(select(TaskRecord.payload).where(
+            TaskRecord.task_name == "npc_memory.create_entity",
+            TaskRecord.idempotency_key == f"{turn.turn_id}:c0"))
+    assert sent["source_text"] == ("Lady Elinor sent Mirela Dusk for bread.\n"
+                                   "Tell Mirela the rye is ready.")
+
+
+def test_creation_model_may_only_choose_a_new_name(game_session):
+    """The creation call (its model a local vLLM stand-in) lists the new names in the prompt
+    and makes them the only titles the JSON schema allows."""
+    from fakes import FakeServer, openai_chat, role_on
+
+    from inference import calls
+    from memory.entities import create_entity
+
+    answer = json.dumps({"title": "Mirela Dusk", "content": "A quiet servant of the manor.",
+                         "tags": ["servant"]})
+    with FakeServer() as srv, role_on(srv.url + "/v1", "maintenance"):
+        srv.default = openai_chat(answer)
+        with session_scope() as s:
+            res = create_entity(s, world_id=game_session["world_id"],
+                                session_id=game_session["id"], entity_type="character",
+                                creation_summary="Mirela Dusk, a servant of Lady Elinor.",
+                                idempotency_key=f"g:{uuid.uuid4().hex}", create=calls.create_lore,
+                                source_text="Lady Elinor sent Mirela Dusk and Oskar Fenn "
+                                            "for bread.")
+        body = srv.posts("/v1/chat/completions")[0].body
+    title = body["response_format"]["json_schema"]["schema"]["properties"]["title"]
+    assert title["enum"] == ["Mirela Dusk"] and "pattern" not in title  # the one in the summary
+    assert "The title is exactly one of these names: Mirela Dusk." in body["messages"][1]["content"]
+    assert res.status == "created" and res.title == "Mirela Dusk"
