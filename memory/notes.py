@@ -226,7 +226,8 @@ def compose_note(*, title: str, lore: str, before: str, events: list[PendingEven
         candidate = clean_note(raw)
         verdict = check_rewrite(before, candidate, texts, title=title, lore=lore,
                                 retention_min=retention_min, event_min=event_min,
-                                must_keep=note_text.superseded_by(before, evs, title))
+                                must_keep=note_text.superseded_by(before, evs, title),
+                                event_times=[t for _, m in evs if (t := note_text.game_time(m))])
         ok, reason = verdict.ok, verdict.reason
     if ok:
         mode, text = "rewritten", note_text.date_new_facts(candidate, evs, title)
@@ -244,7 +245,8 @@ def compose_note(*, title: str, lore: str, before: str, events: list[PendingEven
             else:
                 cut = clean_note(short)
                 v = check_rewrite(text, cut, texts, title=title, lore=lore,
-                                  retention_min=retention_min, event_min=event_min)
+                                  retention_min=retention_min, event_min=event_min,
+                                  keep_times=False)
                 text, consolidated, refused = (cut, True, "") if v.ok else (text, False, v.reason)
         if not consolidated:
             text, dropped = note_text.drop_oldest(
