@@ -213,8 +213,9 @@ def compose_note(*, title: str, lore: str, before: str, events: list[PendingEven
     (accepted under the same check) or by dropping the oldest lines.
 
     Raises:
-        Whatever ``rewrite`` raises (model errors). A failing ``consolidate`` is not an
-        error: the oldest lines are dropped instead.
+        Whatever ``rewrite`` raises (model errors). A refused or failing ``consolidate`` (any
+        exception) is not an error: the oldest lines are dropped instead, and ``reason`` says
+        why.
     """
     evs = [(e.event, e.game_minutes) for e in events]
     texts = [e.event for e in events]
@@ -235,11 +236,15 @@ def compose_note(*, title: str, lore: str, before: str, events: list[PendingEven
         mode, text = "appended", note_text.append_events(before, evs, title)[0]
     consolidated, dropped = False, 0
     if len(text) > max_chars:
-        refused = "no consolidator"
+        refused, short = "no consolidator", None
         if consolidate is not None:
-            short, used = consolidate(title, lore, text, max_chars)
-            tokens += used
-            short = (short or "").strip()
+            try:
+                short, used = consolidate(title, lore, text, max_chars)
+                tokens += used
+            except Exception as exc:  # a failed model call: the note still fits by dropping lines
+                refused = f"{type(exc).__name__}: {exc}"[:200]
+        if short is not None:
+            short = short.strip()
             if len(short) > max_chars:
                 refused = f"{len(short)} characters over the {max_chars}-character cap"
             else:

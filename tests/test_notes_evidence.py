@@ -160,10 +160,15 @@ def test_consolidation_under_the_cap_is_accepted_when_it_keeps_the_facts():
     assert out.tokens == 7 + 11
 
 
+def _model_down(title, lore, note, max_chars):
+    raise ConnectionError("model server down")
+
+
 @pytest.mark.parametrize("consolidate, why", [
     (None, "no consolidator"), (_returns("The baker is happy."), "retention 0."),
-    (_returns("x" * 500), "500 characters over the 400-character cap")],
-    ids=["none", "loses-facts", "over-cap"])
+    (_returns("x" * 500), "500 characters over the 400-character cap"),
+    (_model_down, "ConnectionError: model server down")],
+    ids=["none", "loses-facts", "over-cap", "model-down"])
 def test_refused_consolidation_drops_the_oldest_lines_to_fit(consolidate, why):
     before = "\n".join(f"[Day 1, {h:02d}:00] The baker sold loaf number {h} to Mira." for h in range(12))
     out = _compose(before, _returns(""), ("The baker burnt the oven.", 12 * 60),
