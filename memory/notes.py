@@ -213,8 +213,9 @@ def compose_note(*, title: str, lore: str, before: str, events: list[PendingEven
     (accepted under the same check) or by dropping the oldest lines.
 
     Raises:
-        Whatever ``rewrite`` raises (model errors). A failing ``consolidate`` is not an
-        error: the oldest lines are dropped instead.
+        Whatever ``rewrite`` raises (model errors). A refused or failing ``consolidate`` (any
+        exception) is not an error: the oldest lines are dropped instead, and ``reason`` says
+        why.
     """
     evs = [(e.event, e.game_minutes) for e in events]
     texts = [e.event for e in events]
@@ -226,7 +227,8 @@ def compose_note(*, title: str, lore: str, before: str, events: list[PendingEven
         candidate = clean_note(raw)
         verdict = check_rewrite(before, candidate, texts, title=title, lore=lore,
                                 retention_min=retention_min, event_min=event_min,
-                                must_keep=note_text.superseded_by(before, evs, title))
+                                must_keep=note_text.superseded_by(before, evs, title),
+                                event_times=[t for _, m in evs if (t := note_text.game_time(m))])
         ok, reason = verdict.ok, verdict.reason
     if ok:
         mode, text = "rewritten", note_text.date_new_facts(candidate, evs, title)
@@ -234,17 +236,22 @@ def compose_note(*, title: str, lore: str, before: str, events: list[PendingEven
         mode, text = "appended", note_text.append_events(before, evs, title)[0]
     consolidated, dropped = False, 0
     if len(text) > max_chars:
-        refused = "no consolidator"
+        refused, short = "no consolidator", None
         if consolidate is not None:
-            short, used = consolidate(title, lore, text, max_chars)
-            tokens += used
-            short = (short or "").strip()
+            try:
+                short, used = consolidate(title, lore, text, max_chars)
+                tokens += used
+            except Exception as exc:  # a failed model call: the note still fits by dropping lines
+                refused = f"{type(exc).__name__}: {exc}"[:200]
+        if short is not None:
+            short = short.strip()
             if len(short) > max_chars:
                 refused = f"{len(short)} characters over the {max_chars}-character cap"
             else:
                 cut = clean_note(short)
                 v = check_rewrite(text, cut, texts, title=title, lore=lore,
-                                  retention_min=retention_min, event_min=event_min)
+                                  retention_min=retention_min, event_min=event_min,
+                                  keep_times=False)
                 text, consolidated, refused = (cut, True, "") if v.ok else (text, False, v.reason)
         if not consolidated:
             text, dropped = note_text.drop_oldest(

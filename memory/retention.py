@@ -8,8 +8,8 @@ Terms of a text (``terms``):
 
 - *names*: capitalised or all-caps word tokens, lower-cased, except stopwords and common
   sentence starters (``The``, ``She``, ``Later``...) and the note's own markers (``Day``,
-  ``Formerly``); and numbers (``3``, ``14:05``). In-game time stamps (``[Day 2, 14:05]``,
-  ``(until Day 3, 09:00)``) are removed first: they date facts but are not facts.
+  ``Formerly``); numbers (``3``); and in-game times (``Day 2, 14:05``, one term each, in any
+  bracketing): a rewrite that drops the date of a fact drops evidence.
 - *content words*: the other tokens of three letters or more, lower-cased, stopwords removed,
   reduced by a light suffix stemmer (``lives``/``lived``/``living`` -> ``liv``).
 
@@ -55,7 +55,7 @@ day formerly undated until
 """.split())
 """Capitalised words that start sentences (or are the note's own markers) without being names."""
 
-_STAMP = re.compile(r"\[(?:day \d+, \d{2}:\d{2}|undated)\]|\(until (?:day \d+, \d{2}:\d{2})\)", re.I)
+_TIME = re.compile(r"\bday (\d+),? (\d{1,2}):(\d{2})\b", re.I)
 _TOKEN = re.compile(r"\d+(?::\d+)?|[A-Za-z]+")
 
 _ECHO = re.compile(
@@ -94,9 +94,14 @@ class Terms:
     words: frozenset[str]
 
 
+def times(text: str) -> set[str]:
+    """The in-game times named in ``text``, normalised: ``{"day 2, 14:05"}``."""
+    return {f"day {int(d)}, {int(h):02d}:{m}" for d, h, m in _TIME.findall(text)}
+
+
 def _tokens(text: str) -> list[str]:
-    """Word and number tokens of ``text``, time stamps removed."""
-    return _TOKEN.findall(_STAMP.sub(" ", text))
+    """Word and number tokens of ``text``, in-game times removed."""
+    return _TOKEN.findall(_TIME.sub(" ", text))
 
 
 def _is_name(token: str) -> bool:
@@ -106,9 +111,10 @@ def _is_name(token: str) -> bool:
     return token[0].isupper() and len(token) > 1 and low not in STOPWORDS and low not in STARTERS
 
 
-def terms(text: str) -> Terms:
-    """Names and content words of ``text`` (see the module docstring)."""
-    names, words = set(), set()
+def terms(text: str, with_times: bool = True) -> Terms:
+    """Names and content words of ``text`` (see the module docstring); ``with_times=False``
+    leaves the in-game times out of the names."""
+    names, words = (times(text) if with_times else set()), set()
     for tok in _tokens(text):
         low = tok.lower()
         if _is_name(tok):
@@ -120,7 +126,7 @@ def terms(text: str) -> Terms:
 
 def _present(text: str) -> tuple[set[str], set[str]]:
     toks = [t.lower() for t in _tokens(text)]
-    return set(toks), {stem(t) for t in toks}
+    return set(toks) | times(text), {stem(t) for t in toks}
 
 
 def coverage(required: Terms, candidate: str, implied: frozenset[str] = frozenset()) -> float:
@@ -151,12 +157,14 @@ def prompt_echo(text: str) -> str | None:
 
 
 def invented_names(candidate: str, *sources: str) -> list[str]:
-    """Proper names of ``candidate`` (as written, in order, without repeats) that occur in none
-    of ``sources`` in any case: names the rewriter made up. Numbers are not names here."""
+    """Proper names and in-game times of ``candidate`` (as written, times first, in order,
+    without repeats) that occur in none of ``sources`` in any case: what the rewriter made
+    up. Plain numbers are not names here."""
     known = set()
     for src in sources:
         known |= _present(src)[0]
-    out: list[str] = []
+    out: list[str] = [m.group() for m in _TIME.finditer(candidate)
+                      if times(m.group()).pop() not in known]
     for tok in _tokens(candidate):
         if tok[0].isdigit() or not _is_name(tok):
             continue
@@ -179,7 +187,8 @@ class Verdict:
 
 def check_rewrite(previous: str, candidate: str, events: list[str], *, title: str, lore: str,
                   retention_min: float, event_min: float,
-                  must_keep: list[str] | tuple = ()) -> Verdict:
+                  must_keep: list[str] | tuple = (), event_times: list[str] | tuple = (),
+                  keep_times: bool = True) -> Verdict:
     """Judge a rewrite of ``previous`` that should fold in ``events``.
 
     Accepted only if all hold, checked in this order (the first failure is the reason):
@@ -195,6 +204,11 @@ def check_rewrite(previous: str, candidate: str, events: list[str], *, title: st
         events: the raw event texts being folded in (without time stamps).
         title, lore: the entry's title and base lore.
         retention_min, event_min: thresholds in [0, 1].
+        must_keep: sentences of ``previous`` that must survive (superseded facts).
+        event_times: the events' in-game times (``"Day 2, 14:05"``), which the rewrite may name.
+        keep_times: whether the previous note's in-game times count for retention (False for
+            a consolidation, which may merge the times of repeated events; it still may not
+            invent one).
     """
     implied = title_tokens(title)
     ev = min((coverage(terms(e), candidate, implied) for e in events), default=1.0)
@@ -203,10 +217,10 @@ def check_rewrite(previous: str, candidate: str, events: list[str], *, title: st
     echo = prompt_echo(candidate)
     if echo:
         return Verdict(False, f"prompt echo {echo!r}", 0.0, ev)
-    made_up = invented_names(candidate, previous, lore, title, *events)
+    made_up = invented_names(candidate, previous, lore, title, *events, *event_times)
     if made_up:
         return Verdict(False, f"invented name {made_up[0]!r}", 0.0, ev)
-    kept = coverage(terms(previous), candidate, implied) if previous.strip() else 1.0
+    kept = coverage(terms(previous, keep_times), candidate, implied) if previous.strip() else 1.0
     if kept < retention_min:
         return Verdict(False, f"retention {kept:.2f} < {retention_min:.2f}", kept, ev)
     for fact in must_keep:

@@ -67,6 +67,22 @@ def test_coverage_weighs_names_double_and_stems_words():
     assert coverage(terms(""), "anything") == 1.0
 
 
+def test_in_game_times_are_evidence_and_cannot_be_invented():
+    note = "[Day 1, 08:00] Mira bought bread.\n[Day 1, 09:00] Tobias bought a pie."
+    assert {"day 1, 08:00", "day 1, 09:00"} <= terms(note).names
+    undated = "Mira bought bread and Tobias bought a pie."
+    # names mira, tobias and the two times (weight 2 each), words bought, bread, pie
+    assert coverage(terms(note), undated) == pytest.approx(7 / 11)  # the two times lost
+    assert coverage(terms(note, with_times=False), undated) == 1.0
+    assert coverage(terms(note), "On day 1, 8:00 Mira bought bread; at Day 1, 09:00 Tobias "
+                                 "bought a pie.") == 1.0
+    assert invented_names("[Day 1, 20:35] Mira bought bread.", note) == ["Day 1, 20:35"]
+    verdict = check_rewrite(note, note + "\n[Day 1, 10:00] The baker closed the shop.",
+                            ["The baker closed the shop."], title="Baker", lore="",
+                            retention_min=0.75, event_min=0.5, event_times=["Day 1, 10:00"])
+    assert verdict.ok, verdict
+
+
 def test_prompt_echo_and_invented_names_are_found():
     assert prompt_echo("[Entity] The baker smiled.") == "[Entity]"
     assert prompt_echo("The new event has created a character named Tobias.") == "The new event"
@@ -133,7 +149,7 @@ def test_consolidation_under_the_cap_is_accepted_when_it_keeps_the_facts():
 
     def consolidate(title, lore, note, max_chars):
         asked.append((note, max_chars))
-        return ("[Day 1, 00:00-07:00] The baker sold rye bread to Mira every hour.\n"
+        return ("From Day 1, 00:00 to Day 1, 07:00 the baker sold rye bread to Mira every hour.\n"
                 "[Day 1, 08:00] The baker burnt the oven.", 11)
 
     out = _compose(before, _returns(""), ("The baker burnt the oven.", 8 * 60),
@@ -144,10 +160,15 @@ def test_consolidation_under_the_cap_is_accepted_when_it_keeps_the_facts():
     assert out.tokens == 7 + 11
 
 
+def _model_down(title, lore, note, max_chars):
+    raise ConnectionError("model server down")
+
+
 @pytest.mark.parametrize("consolidate, why", [
     (None, "no consolidator"), (_returns("The baker is happy."), "retention 0."),
-    (_returns("x" * 500), "500 characters over the 400-character cap")],
-    ids=["none", "loses-facts", "over-cap"])
+    (_returns("x" * 500), "500 characters over the 400-character cap"),
+    (_model_down, "ConnectionError: model server down")],
+    ids=["none", "loses-facts", "over-cap", "model-down"])
 def test_refused_consolidation_drops_the_oldest_lines_to_fit(consolidate, why):
     before = "\n".join(f"[Day 1, {h:02d}:00] The baker sold loaf number {h} to Mira." for h in range(12))
     out = _compose(before, _returns(""), ("The baker burnt the oven.", 12 * 60),
