@@ -146,6 +146,8 @@ def test_benchmark_runs_on_a_tiny_dataset(tmp_path):
         assert set(q) >= {"question", "answer", "category", "evidence", "ours", "baseline",
                           "whole_memory", "all_raw_turns"}
         assert q["baseline"]["chars"] <= 300
+        assert set(q["ours"]) >= {"in_context", "evidence_hit", "items", "chars", "dia_ids",
+                                  "kinds"}
     assert {t["figure"] for t in res["targets"]} == {
         "answer in context: ours minus baseline",
         "answer in context: whole memory / all raw turns",
