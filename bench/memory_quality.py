@@ -411,7 +411,7 @@ def _measure(env: Env, convs, budget: int, k: int, drain_s: float, model_env: di
                                     else answer_in_context(q.answer, whole),
                                     "chars": None if whole is None else len(whole)},
                    "ours": {"in_context": None, "evidence_hit": None, "items": None,
-                            "chars": None, "kinds": None}}
+                            "chars": None, "dia_ids": None, "kinds": None}}
             if contract:
                 r = client.get(f"/v1/sessions/{sid}/search",
                                params={"q": q.question, "k": k, "max_chars": budget})
@@ -425,6 +425,7 @@ def _measure(env: Env, convs, budget: int, k: int, drain_s: float, model_env: di
                     row["ours"] = {"in_context": answer_in_context(q.answer, ctx),
                                    "evidence_hit": bool(gold & got), "items": len(hits),
                                    "chars": sum(len(h["text"]) for h in hits),
+                                   "dia_ids": sorted(got),
                                    "kinds": {kd: sum(h["kind"] == kd for h in hits)
                                              for kd in ("document", "evidence")}}
             per_q.append(row)
@@ -432,7 +433,7 @@ def _measure(env: Env, convs, budget: int, k: int, drain_s: float, model_env: di
     if not contract:
         for row in per_q:
             row["ours"] = {"in_context": None, "evidence_hit": None, "items": None,
-                           "chars": None, "kinds": None}
+                           "chars": None, "dia_ids": None, "kinds": None}
             row["whole_memory"] = {"in_context": None, "chars": None}
 
     # ---- created entities and model tokens, from the database

@@ -24,11 +24,18 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 DEFAULT_DATASET = Path(__file__).resolve().parent / "data" / "npc_conversations.json"
 """The shipped dataset (3 conversations x 4 sessions, 57 questions)."""
@@ -36,12 +43,13 @@ DEFAULT_DATASET = Path(__file__).resolve().parent / "data" / "npc_conversations.
 CATEGORIES = ("single-hop", "multi-hop", "temporal", "knowledge-update")
 """The categories of the shipped dataset (others, such as LoCoMo's, are accepted)."""
 
-STOPWORDS = frozenset("""
+_STOPWORD_TEXT = """
 a an the of in on at to for from by with into onto through over under about as and or but nor
-is are was were be been being am it its it's his her hers their theirs he she they them him i
+is are was were be been being am it its his her hers their theirs he she they them him i
 me you your yours we us our ours my mine this that these those there here then than so such
 what which who whom whose when where why how do does did done has have had not
-""".split())
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 """Words dropped from a gold answer before the answer-in-context check. Numbers, names,
 modal verbs such as "may" (also a month) and "no" are kept."""
 
@@ -137,7 +145,7 @@ class Conversation:
         """``{dia_id: utterance}``."""
         return {u.dia_id: u for u in self.utterances()}
 
-    def truncated(self, n_sessions: int) -> "Conversation":
+    def truncated(self, n_sessions: int) -> Conversation:
         """The first ``n_sessions`` sessions and only the questions whose evidence all lies in
         them."""
         sessions = self.sessions[:n_sessions]
@@ -173,7 +181,7 @@ def parse_date_time(text: str) -> float:
     t = " ".join(text.split())
     for fmt in _DATE_FORMATS:
         try:
-            return datetime.strptime(t, fmt).replace(tzinfo=timezone.utc).timestamp()
+            return datetime.strptime(t, fmt).replace(tzinfo=UTC).timestamp()
         except ValueError:
             pass
     try:
@@ -181,7 +189,7 @@ def parse_date_time(text: str) -> float:
     except ValueError:
         raise DatasetError(f"unreadable session date_time {text!r} (expected e.g. "
                            f"'6:40 pm on 3 March, 2025' or ISO 8601)") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def _where(prefix: str, loc: tuple) -> str:
