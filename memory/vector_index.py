@@ -121,10 +121,16 @@ class VectorIndex:
         return int(sum(i.ntotal for i in self._scopes.values()))
 
     def search(self, scope: str, query: np.ndarray, k: int, exclude: np.ndarray | None = None) -> list[Hit]:
-        """Top-``k`` of one scope for one query vector (shape (dim,)), best first."""
+        """Top-``k`` of one scope for one query vector (shape (dim,)), best first.
+
+        The search runs single-threaded in the calling thread (OpenMP's thread count is per
+        thread): one query gains nothing from a team of threads, and starting one on busy
+        cores cost 1.6-7 ms per search of 1,000 x 384 vectors here, against 0.1 ms alone.
+        """
         index = self._scopes.get(scope)
         if index is None or index.ntotal == 0 or k <= 0:
             return []
+        faiss.omp_set_num_threads(1)
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
         params = None
         if exclude is not None and len(exclude):
