@@ -7,7 +7,9 @@ only: the turn endpoint makes no database query. The cards enter the prompt with
 records the turn in Redis and enqueues ``npc_memory.analyze_turn`` and
 ``npc_memory.archive_turn`` for the asynchronous pipeline (``memory.turns``). The event
 endpoint records a turn generated elsewhere through the same function, without calling the
-model, and makes no database query either. Opening a session reads the world from the
+model, and makes no database query either. A turn can be streamed as Server-Sent Events
+(``"stream": true`` or ``Accept: text/event-stream``; ``_stream_turn``), recorded the same way
+once its last token is sent. Opening a session reads the world from the
 database once and warms the nearline tier.
 
 The ops endpoints (note rollback, entry history, memory cards, dead letters, the task ledger,
