@@ -162,7 +162,7 @@ class TokenStream:
     the HTTP connection when not reading to the end.
     """
 
-    def __init__(self, owner: "ChatModel", raw: Any, pieces: Iterator[_Piece],
+    def __init__(self, owner: ChatModel, raw: Any, pieces: Iterator[_Piece],
                  head: list[_Piece], t0: float):
         self._owner = owner
         self._raw = raw
@@ -187,13 +187,13 @@ class TokenStream:
         """The text received so far."""
         return "".join(self._parts)
 
-    def __enter__(self) -> "TokenStream":
+    def __enter__(self) -> TokenStream:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __iter__(self) -> "TokenStream":
+    def __iter__(self) -> TokenStream:
         return self
 
     def _take(self, piece: _Piece) -> str:
@@ -218,7 +218,7 @@ class TokenStream:
                 except StopIteration:
                     self._end(self._finish or "stop")
                     raise
-                except Exception as exc:  # noqa: BLE001 - mid-stream: no retry, one error type
+                except Exception as exc:  # mid-stream: no retry, one error type
                     self.failed = True
                     self._release()
                     if _observers:
@@ -233,7 +233,7 @@ class TokenStream:
     def _release(self) -> None:
         try:
             self._raw.close()
-        except Exception:  # noqa: BLE001 - closing a broken connection may fail again
+        except Exception:  # closing a broken connection may fail again
             log.debug("closing the model stream failed", exc_info=True)
 
     def _end(self, finish_reason: str) -> None:
@@ -439,8 +439,8 @@ class ChatModel:
         except BaseException:
             try:
                 raw.close()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception:  # the original failure is the one to report
+                log.debug("closing a failed model stream failed", exc_info=True)
             raise
         return raw, pieces, head
 

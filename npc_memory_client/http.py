@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any, Union
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -69,7 +69,7 @@ class Token(_Model):
     text: str
 
 
-StreamEvent = Union[Token, TurnReply]
+StreamEvent = Token | TurnReply
 """What :meth:`NpcMemoryClient.turn_stream` yields: tokens, then the final reply."""
 
 

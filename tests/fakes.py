@@ -67,7 +67,7 @@ class StreamReply:
 
 
 DROP = object()
-Action = Union[Reply, StreamReply, Callable[[Request], Union[Reply, StreamReply]], object]
+Action = Union[Reply, StreamReply, Callable[[Request], Reply | StreamReply], object]
 
 
 class FakeServer:

@@ -395,7 +395,6 @@ def test_vllm_stream_yields_deltas_and_the_servers_usage(configure, server, obse
     assert req.body["stream_options"] == {"include_usage": True}
     assert req.body["model"] == "npc-analysis-lora" and req.body["messages"] == MSGS
     assert req.body["max_tokens"] == 40 and req.body["temperature"] == 0.3
-    assert req.headers["accept"] == "text/event-stream" or "stream" in req.body
     assert observed == [("analysis", "vllm", stream.completion)]
 
 
@@ -444,8 +443,8 @@ def test_stream_dropped_mid_way_is_a_model_error_and_not_retried(configure, serv
     stream = model.stream(MSGS)
     got = []
     with pytest.raises(ModelError, match="stream failed"):
-        for delta in stream:
-            got.append(delta)
+        for delta in stream:  # keep what arrived before the failure
+            got.append(delta)  # noqa: PERF402
     assert got == ["Well", " met"] and stream.text == "Well met"
     assert stream.completion is None
     assert len(server.posts(CHAT)) == 1

@@ -515,7 +515,7 @@ def _stream_turn(r, target: turns.Target, body: TurnIn, route: routing.ModelRout
                 with anyio.CancelScope(shield=True):
                     try:
                         await anyio.to_thread.run_sync(finish, True)
-                    except Exception:  # noqa: BLE001 - nobody left to tell
+                    except Exception:  # nobody left to tell
                         log.exception("recording a disconnected stream's turn failed")
 
     async def on_close(_message) -> None:
