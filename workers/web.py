@@ -39,6 +39,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 import celeryconfig
 from inference import calls
@@ -521,8 +522,13 @@ def _stream_turn(r, target: turns.Target, body: TurnIn, route: routing.ModelRout
     async def on_close(_message) -> None:
         log.info("stream client disconnected", extra={"npc_id": body.npc_id})
 
+    async def finish_if_open() -> None:  # the client left before the first event was written
+        if left["open"]:
+            await anyio.to_thread.run_sync(finish, True)
+
     return EventSourceResponse(events(), headers={"Server-Timing": timing},
-                               client_close_handler_callable=on_close)
+                               client_close_handler_callable=on_close,
+                               background=BackgroundTask(finish_if_open))
 
 
 @api.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
