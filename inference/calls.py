@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import prompts
-from inference.llm import chat_model
+from inference.llm import TokenStream, chat_model
 from prompts.outputs import AnalysisOutput, CreatedEntity, SessionSummary, SimulationOutput
 
 if TYPE_CHECKING:
@@ -51,15 +51,121 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
         inference.llm.ModelError: the model failed.
     """
     model = route.chat_model() if route is not None else chat_model("generation")
-    msgs = prompts.messages("dialogue", npc=npc, note=note, cards=cards, memories=memories,
-                            recent_turns=recent, evidence=list(evidence or []),
-                            retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text)
+    msgs = _dialogue_messages(npc, note, recent, retrieved, player_text, cards, memories,
+                              evidence)
     done = model.complete(msgs, max_tokens=max_tokens, temperature=0.7)
     text = done.text.strip()
     prefix = f"{npc['title']}:"
     if text.startswith(prefix):
         text = text[len(prefix):].strip()
     return Reply(text, done.tokens, model.model)
+
+
+def _dialogue_messages(npc: dict, note: str, recent: list[dict],
+                       retrieved: list[tuple[str, str]], player_text: str, cards: str,
+                       memories: str, evidence: list[str] | None) -> list[dict]:
+    """The dialogue prompt's chat messages (``generate_reply`` and ``stream_reply``)."""
+    return prompts.messages("dialogue", npc=npc, note=note, cards=cards, memories=memories,
+                            recent_turns=recent, evidence=list(evidence or []),
+                            retrieved=[(t, d[:400]) for t, d in retrieved],
+                            player_text=player_text)
+
+
+class ReplyStream:
+    """The NPC's reply as ``str`` deltas while the model generates it (``stream_reply``).
+
+    The deltas are cleaned as :func:`generate_reply` cleans a whole reply: leading
+    whitespace and a leading ``"<NPC name>:"`` are dropped, and whitespace at the end of the
+    reply is never sent (whitespace is held back until more text follows), so the deltas
+    joined are exactly :attr:`text`. After the last delta, :meth:`reply` gives the
+    :class:`Reply` (tokens as ``inference.llm.TokenStream`` counts them). Iterating may raise
+    ``inference.llm.ModelError`` (the model failed mid-way); :meth:`close` stops early.
+    """
+
+    def __init__(self, tokens: TokenStream, npc_title: str):
+        self._tokens = tokens
+        self._prefix = f"{npc_title}:"
+        self._head = ""  # text before the prefix decision
+        self._started = False  # prefix decided
+        self._pending = ""  # trailing whitespace held back
+        self._sent: list[str] = []
+
+    @property
+    def model(self) -> str:
+        """The model the call named."""
+        return self._tokens.model
+
+    @property
+    def text(self) -> str:
+        """The cleaned text sent so far."""
+        return "".join(self._sent)
+
+    def __iter__(self) -> ReplyStream:
+        return self
+
+    def _emit(self, text: str) -> str:
+        text = self._pending + text
+        if not self._sent:  # nothing sent yet: no leading whitespace (after a prefix too)
+            text = text.lstrip()
+        body = text.rstrip()
+        self._pending = text[len(body):]
+        if body:
+            self._sent.append(body)
+        return body
+
+    def __next__(self) -> str:
+        while True:
+            try:
+                delta = next(self._tokens)
+            except StopIteration:
+                if not self._started and self._head:  # the reply was shorter than the prefix
+                    self._started = True
+                    head = self._head.strip()
+                    head = "" if head == self._prefix else head
+                    if head:
+                        self._sent.append(head)
+                        return head
+                raise
+            if self._started:
+                out = self._emit(delta)
+            else:
+                self._head += delta
+                head = self._head.lstrip()
+                if not head or (len(head) < len(self._prefix) and self._prefix.startswith(head)):
+                    continue  # could still be the name prefix
+                self._started = True
+                if head.startswith(self._prefix):
+                    head = head[len(self._prefix):].lstrip()
+                out = self._emit(head) if head else ""
+            if out:
+                return out
+
+    def reply(self) -> Reply:
+        """The whole reply (call after the last delta)."""
+        done = self._tokens.completion
+        return Reply(self.text, done.tokens if done is not None else 0, self.model)
+
+    def close(self) -> None:
+        """Stop reading the model's stream (``TokenStream.close``)."""
+        self._tokens.close()
+
+
+def stream_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
+                 player_text: str, max_tokens: int = 80, cards: str = "",
+                 memories: str = "", route: ModelRoute | None = None,
+                 evidence: list[str] | None = None) -> ReplyStream:
+    """:func:`generate_reply` streamed: the same prompt and model, the reply as deltas.
+
+    The request is sent here and read to the model's first token (``ChatModel.stream``), so
+    a model that fails before answering raises here. Arguments as :func:`generate_reply`.
+
+    Raises:
+        inference.llm.ModelError: the model failed before its first token.
+    """
+    model = route.chat_model() if route is not None else chat_model("generation")
+    msgs = _dialogue_messages(npc, note, recent, retrieved, player_text, cards, memories,
+                              evidence)
+    return ReplyStream(model.stream(msgs, max_tokens=max_tokens, temperature=0.7), npc["title"])
 
 
 def analyze_turn(npc_title: str, player_text: str, npc_text: str,

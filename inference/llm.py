@@ -8,7 +8,13 @@ Backends (``*_BACKEND``):
 - ``vllm`` / ``openai``: OpenAI-compatible servers taking
   ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``; on vLLM a LoRA
   adapter is selected by ``model``.
-- ``mistral``: the Mistral API through the ``mistralai`` SDK (``chat.complete``).
+- ``mistral``: the Mistral API through the ``mistralai`` SDK (``chat.complete``,
+  ``chat.stream``).
+
+:meth:`ChatModel.stream` yields the reply as text deltas while the server generates it
+(OpenAI-style SSE ``data: {chunk}`` lines ending with ``data: [DONE]``; the Mistral SDK's
+``chat.stream`` reads the same framing). It retries like ``complete`` until the first text
+arrives, never after: the caller may already have shown those words.
 
 Transient failures (timeouts, connection errors, 429, 5xx) are retried with exponential
 backoff and jitter by tenacity, honouring ``Retry-After``; the SDKs' own retries are off so
@@ -17,10 +23,11 @@ that exactly one policy applies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -77,8 +84,9 @@ _observers: list[CallObserver] = []
 
 
 def add_call_observer(observer: CallObserver) -> None:
-    """Call ``observer`` after every :meth:`ChatModel.complete` in this process (retries
-    included in the time; a failed call passes ``None``). The dialogue server's metrics
+    """Call ``observer`` after every :meth:`ChatModel.complete` and every finished or closed
+    :meth:`ChatModel.stream` in this process (retries included in the time; a failed call
+    passes ``None``). The dialogue server's metrics
     (``workers.metrics``) use it; an observer that raises is logged and ignored."""
     if observer not in _observers:
         _observers.append(observer)
@@ -90,6 +98,166 @@ def _notify(role: str, backend: str, seconds: float, done: "Completion | None") 
             observer(role, backend, seconds, done)
         except Exception:  # noqa: BLE001 - observing must never break a model call
             log.exception("model call observer failed")
+
+
+@dataclass
+class _Piece:
+    """One decoded stream chunk: its text delta, finish reason and usage, each if present."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def _usage(piece: _Piece, usage: Any) -> _Piece:
+    if usage is not None:
+        piece.prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
+        piece.completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+    return piece
+
+
+def _openai_pieces(chunks: Any) -> Iterator[_Piece]:
+    """``ChatCompletionChunk`` objects -> pieces (the usage chunk of ``include_usage`` has no
+    choices)."""
+    for chunk in chunks:
+        piece = _usage(_Piece(), getattr(chunk, "usage", None))
+        if chunk.choices:
+            choice = chunk.choices[0]
+            piece.text = (choice.delta.content if choice.delta is not None else None) or ""
+            piece.finish_reason = choice.finish_reason or None
+        yield piece
+
+
+def _mistral_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content chunks: keep the text ones
+        return "".join(getattr(c, "text", "") or "" for c in content)
+    return ""
+
+
+def _mistral_pieces(events: Any) -> Iterator[_Piece]:
+    """``CompletionEvent`` objects (``.data``: a ``CompletionChunk``) -> pieces."""
+    for event in events:
+        chunk = event.data
+        piece = _usage(_Piece(), getattr(chunk, "usage", None))
+        if chunk.choices:
+            choice = chunk.choices[0]
+            piece.text = _mistral_text(getattr(choice.delta, "content", None))
+            piece.finish_reason = str(choice.finish_reason) if choice.finish_reason else None
+        yield piece
+
+
+class TokenStream:
+    """The text deltas of one streamed chat completion, as the server sends them.
+
+    Iterate it for ``str`` deltas (empty deltas are skipped). Errors while iterating are
+    :class:`ModelError` (never retried: text was already delivered). After the last delta,
+    or after :meth:`close`, :attr:`completion` holds the whole ``text``, the
+    ``finish_reason`` (``stop``/``length``/..., ``cancelled`` when closed early) and the
+    token counts: the server's usage when it reports one (vLLM with ``include_usage``,
+    Mistral), else ``completion_tokens`` is the number of text chunks (one per token on
+    llama.cpp) and ``prompt_tokens`` 0. The call observers are notified once, with the total
+    time since the request was first sent (retries included) and the completion, or ``None``
+    when the stream failed. Use it as a context manager, or call :meth:`close`, to release
+    the HTTP connection when not reading to the end.
+    """
+
+    def __init__(self, owner: ChatModel, raw: Any, pieces: Iterator[_Piece],
+                 head: list[_Piece], t0: float, on_release: Callable[[], Any] | None = None):
+        self._owner = owner
+        self._on_release = on_release
+        self._raw = raw
+        self._pieces = pieces
+        self._head = head
+        self._t0 = t0
+        self._parts: list[str] = []
+        self._chunks = 0
+        self._finish = ""
+        self._prompt: int | None = None
+        self._completion: int | None = None
+        self.completion: Completion | None = None
+        self.failed = False
+
+    @property
+    def model(self) -> str:
+        """The model name the call sent."""
+        return self._owner.model
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return "".join(self._parts)
+
+    def __enter__(self) -> TokenStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def _take(self, piece: _Piece) -> str:
+        if piece.finish_reason:
+            self._finish = piece.finish_reason
+        if piece.prompt_tokens is not None:
+            self._prompt, self._completion = piece.prompt_tokens, piece.completion_tokens
+        if piece.text:
+            self._parts.append(piece.text)
+            self._chunks += 1
+        return piece.text
+
+    def __next__(self) -> str:
+        if self.completion is not None or self.failed:
+            raise StopIteration
+        while True:
+            if self._head:
+                piece = self._head.pop(0)
+            else:
+                try:
+                    piece = next(self._pieces)
+                except StopIteration:
+                    self._end(self._finish or "stop")
+                    raise
+                except Exception as exc:  # mid-stream: no retry, one error type
+                    self.failed = True
+                    self._release()
+                    if _observers:
+                        _notify(self._owner.role, self._owner.backend,
+                                time.perf_counter() - self._t0, None)
+                    raise ModelError(f"{self._owner.role} model stream failed: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            text = self._take(piece)
+            if text:
+                return text
+
+    def _release(self) -> None:
+        try:
+            self._raw.close()
+        except Exception:  # closing a broken connection may fail again
+            log.debug("closing the model stream failed", exc_info=True)
+        if self._on_release is not None:  # e.g. give the dialogue-priority slot back
+            done, self._on_release = self._on_release, None
+            done()
+
+    def _end(self, finish_reason: str) -> None:
+        self._release()
+        self.completion = Completion(
+            text=self.text, finish_reason=finish_reason,
+            prompt_tokens=self._prompt or 0,
+            completion_tokens=self._completion if self._completion is not None else self._chunks)
+        if _observers:
+            _notify(self._owner.role, self._owner.backend, time.perf_counter() - self._t0,
+                    self.completion)
+
+    def close(self) -> None:
+        """Stop reading: release the connection (the server stops generating when it notices)
+        and set :attr:`completion` from what arrived (``finish_reason="cancelled"``). No-op
+        once the stream ended or failed."""
+        if self.completion is None and not self.failed:
+            self._end("cancelled")
 
 
 class ChatModel:
@@ -208,6 +376,83 @@ class ChatModel:
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
         )
+
+    def stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+    ) -> TokenStream:
+        """Send one chat completion with ``stream`` on and return its text deltas.
+
+        The request is sent and read up to the first text delta here (or to the end of a
+        reply without text), so that transient failures (timeouts, connection errors, 429,
+        5xx) are retried as in :meth:`complete`, and every failure before the first token
+        raises here. The OpenAI-compatible backends ask for usage in the last chunk
+        (``stream_options={"include_usage": true}``) except llama.cpp, whose server does not
+        report it (its tokens are then counted from the chunks); llama.cpp gets the same
+        ``repeat_penalty`` as :meth:`complete`.
+
+        Args:
+            messages: OpenAI-style ``[{"role", "content"}]``.
+            max_tokens: completion budget in tokens.
+            temperature: sampling temperature.
+
+        Returns:
+            A :class:`TokenStream` of ``str`` deltas; its ``completion`` is set at the end.
+
+        Raises:
+            ModelError: non-transient failure, or transient failures beyond the retry budget,
+                before the first token (later failures raise while iterating).
+        """
+        call = transient_retry(self.max_attempts)(self._open_stream)
+        t0 = time.perf_counter()
+        admission = contextlib.ExitStack()  # held until the stream ends (inference.priority)
+        admission.enter_context(priority.admitted(self.role, self.base_url))
+        try:
+            raw, pieces, head = call(messages, max_tokens, temperature)
+        except Exception as exc:
+            admission.close()
+            if _observers:
+                _notify(self.role, self.backend, time.perf_counter() - t0, None)
+            if isinstance(exc, ModelError):
+                raise
+            raise ModelError(f"{self.role} model call failed: {type(exc).__name__}: {exc}") from exc
+        return TokenStream(self, raw, pieces, head, t0, on_release=admission.close)
+
+    def _open_stream(self, messages, max_tokens, temperature):
+        """Send the request and read pieces until the first text: ``(raw stream, piece
+        iterator, pieces read)``. A failure closes the connection and is raised (retried by
+        the caller while transient)."""
+        if self.backend == "mistral":
+            raw = self._mistral.chat.stream(model=self.model, messages=messages,
+                                            max_tokens=max_tokens, temperature=temperature)
+            pieces = _mistral_pieces(raw)
+        else:
+            kwargs: dict[str, Any] = {}
+            if self.backend == "llamacpp":
+                kwargs["extra_body"] = {"repeat_penalty": 1.3}
+            else:
+                kwargs["stream_options"] = {"include_usage": True}
+            raw = self._openai.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens,
+                temperature=temperature, stream=True, **kwargs,
+            )
+            pieces = _openai_pieces(raw)
+        head: list[_Piece] = []
+        try:
+            for piece in pieces:
+                head.append(piece)
+                if piece.text:
+                    break
+        except BaseException:
+            try:
+                raw.close()
+            except Exception:  # the original failure is the one to report
+                log.debug("closing a failed model stream failed", exc_info=True)
+            raise
+        return raw, pieces, head
 
     def complete_json(
         self,

@@ -9,6 +9,8 @@ It depends on httpx, pydantic, jsonschema and celery only; it never imports the 
     with NpcMemoryClient("http://dialogue:8000", api_key="...") as npc:
         session = npc.open_session("saltmere", player_name="Ann")
         reply = npc.turn(session.session_id, "innkeeper", "Any rooms free?")
+        for event in npc.turn_stream(session.session_id, "innkeeper", "And supper?"):
+            ...  # Token(text) as the model generates, then the TurnReply
         npc.post_event(session.session_id, "innkeeper", "The bard sings.", event_id="e-1")
         npc.tick(session.session_id)
 
@@ -19,10 +21,11 @@ It depends on httpx, pydantic, jsonschema and celery only; it never imports the 
 
 from npc_memory_client.contract import (Contract, InvalidPayload, UnknownTask, load_contract)
 from npc_memory_client.http import (ApiError, DocumentHit, Event, EvidenceHit, Memory,
-                                    NpcMemoryClient, Reanalysis, Session, Tick, TurnReply,
-                                    Unauthorized, WorldTick)
+                                    NpcMemoryClient, Reanalysis, Session, StreamEvent, Tick,
+                                    Token, TurnReply, Unauthorized, WorldTick, sse_events)
 from npc_memory_client.tasks import TaskSender
 
 __all__ = ["ApiError", "Contract", "DocumentHit", "Event", "EvidenceHit", "InvalidPayload",
-           "Memory", "NpcMemoryClient", "Reanalysis", "Session", "TaskSender", "Tick",
-           "TurnReply", "Unauthorized", "UnknownTask", "WorldTick", "load_contract"]
+           "Memory", "NpcMemoryClient", "Reanalysis", "Session", "StreamEvent", "TaskSender",
+           "Tick", "Token", "TurnReply", "Unauthorized", "UnknownTask", "WorldTick",
+           "load_contract", "sse_events"]

@@ -7,6 +7,8 @@ Every call sends ``Authorization: Bearer <api_key>``. A non-2xx answer raises
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -47,7 +49,8 @@ class Session(_Model):
 
 
 class TurnReply(_Model):
-    """``POST /v1/sessions/{id}/turns``: the NPC's reply; ``latency_ms`` is the server's."""
+    """``POST /v1/sessions/{id}/turns``: the NPC's reply; ``latency_ms`` is the server's.
+    ``ttft_ms`` (model call to first token) is set on streamed turns only."""
 
     turn_id: str
     seq: int
@@ -58,6 +61,43 @@ class TurnReply(_Model):
     evidence: list[str] = []
     model: str
     latency_ms: float
+    ttft_ms: float | None = None
+
+
+class Token(_Model):
+    """A streamed turn's ``token`` event: the next piece of the NPC's reply."""
+
+    text: str
+
+
+StreamEvent = Token | TurnReply
+"""What :meth:`NpcMemoryClient.turn_stream` yields: tokens, then the final reply."""
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """Server-Sent Events from the lines of a ``text/event-stream`` body (line ends already
+    removed, as ``httpx.Response.iter_lines`` gives them): ``(event, data)`` per event, as
+    the HTML standard parses them: a blank line ends an event; ``:`` starts a comment (the
+    server's keep-alive pings); ``field: value`` loses one space after the colon; ``data``
+    lines are joined with newlines; the event name defaults to ``message``; an event without
+    data is not dispatched; ``id`` and ``retry`` are ignored."""
+    event, data = "", []
+    for line in lines:
+        if line == "":
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+    # an event not ended by a blank line (a body cut short) is dropped, as the standard says
 
 
 class Event(_Model):
@@ -182,13 +222,17 @@ class NpcMemoryClient:
     def _call(self, method: str, path: str, **kwargs) -> Any:
         res = self._http.request(method, path, **kwargs)
         if res.status_code >= 400:
-            try:
-                detail = res.json().get("detail", res.text)
-            except ValueError:
-                detail = res.text
-            cls = Unauthorized if res.status_code == 401 else ApiError
-            raise cls(res.status_code, detail, method, path)
+            self._raise(res, method, path)
         return res.json()
+
+    @staticmethod
+    def _raise(res: httpx.Response, method: str, path: str) -> None:
+        try:
+            detail = res.json().get("detail", res.text)
+        except ValueError:
+            detail = res.text
+        cls = Unauthorized if res.status_code == 401 else ApiError
+        raise cls(res.status_code, detail, method, path)
 
     def open_session(self, world: str, player_name: str = "player") -> Session:
         """Open a session on an imported world (``world`` is its key).
@@ -209,6 +253,37 @@ class NpcMemoryClient:
         return TurnReply.model_validate(self._call(
             "POST", f"/v1/sessions/{session_id}/turns",
             json={"npc_id": npc_id, "player_text": player_text}))
+
+    def turn_stream(self, session_id: str, npc_id: str, player_text: str) -> Iterator[StreamEvent]:
+        """Play one turn with the reply streamed: yields a :class:`Token` per piece of the
+        reply as the model generates it (their texts joined are the reply's ``npc_text``),
+        then the :class:`TurnReply` (with ``ttft_ms``). The request is sent when iteration
+        starts; stop iterating (or close the generator) to hang up: the server then records
+        the turn with what it generated so far.
+
+        Raises:
+            ApiError: before the stream: as :meth:`turn` (404, 422, 503 model unavailable);
+                during it: the ``error`` event's ``status`` and ``detail`` (503: the model
+                failed mid-way and the turn was not recorded, or recording failed).
+            httpx.HTTPError: transport failure, or the stream ended without ``done``.
+        """
+        path = f"/v1/sessions/{session_id}/turns"
+        body = {"npc_id": npc_id, "player_text": player_text, "stream": True}
+        with self._http.stream("POST", path, json=body,
+                               headers={"Accept": "text/event-stream"}) as res:
+            if res.status_code >= 400:
+                res.read()
+                self._raise(res, "POST", path)
+            for event, data in sse_events(res.iter_lines()):
+                if event == "token":
+                    yield Token.model_validate_json(data)
+                elif event == "done":
+                    yield TurnReply.model_validate_json(data)
+                    return
+                elif event == "error":
+                    err = json.loads(data)
+                    raise ApiError(int(err.get("status", 503)), err.get("detail"), "POST", path)
+            raise httpx.RemoteProtocolError(f"POST {path}: the stream ended without a reply")
 
     def post_event(self, session_id: str, npc_id: str, text: str, *, speaker: str | None = None,
                    npc_text: str | None = None, event_id: str | None = None,

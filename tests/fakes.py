@@ -10,8 +10,12 @@ real HTTP.
 request (method, path, headers, parsed JSON body) and answers from a per-test script:
 ``server.script(r1, r2, ...)`` queues replies used one per request, in order; once the queue is
 empty ``server.default`` answers (HTTP 500 unless a test sets it). A reply is a ``Reply``, a
-callable ``(Request) -> Reply``, or ``DROP`` (close the connection without answering: what a
-crashed or restarting server looks like to the client).
+``StreamReply``, a callable ``(Request) -> Reply | StreamReply``, or ``DROP`` (close the
+connection without answering: what a crashed or restarting server looks like to the client).
+
+A ``StreamReply`` is sent as the streaming servers send it: ``text/event-stream`` with chunked
+transfer encoding, one SSE ``data:`` event per chunk as it is written; it can stop short
+(close the connection mid-body, as a crashed server) or wait on a gate mid-way.
 """
 
 from __future__ import annotations
@@ -44,8 +48,26 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class StreamReply:
+    """A streamed answer: ``events`` are SSE ``data:`` payloads (JSON-serialised unless str),
+    each written as ``data: <payload>\n\n`` in its own HTTP chunk.
+
+    ``drop_after``: close the connection after that many events without ending the chunked
+    body (the client sees an incomplete read). ``gate``/``gate_after``: after that many
+    events wait until the gate is set (at most 60 s) before writing the rest.
+    """
+
+    events: list[Any]
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    drop_after: int | None = None
+    gate: threading.Event | None = None
+    gate_after: int = 1
+
+
 DROP = object()
-Action = Union[Reply, Callable[[Request], Reply], object]
+Action = Union[Reply, StreamReply, Callable[[Request], Reply | StreamReply], object]
 
 
 class FakeServer:
@@ -86,6 +108,9 @@ class FakeServer:
                     fake.errors.append(exc)
                     reply = Reply(500, {"error": {"message": f"fake responder failed: {exc!r}",
                                                   "type": "InternalServerError", "code": 500}})
+                if isinstance(reply, StreamReply):
+                    self._stream(reply)
+                    return
                 if isinstance(reply.body, (bytes, str)):
                     payload = reply.body.encode() if isinstance(reply.body, str) else reply.body
                     ctype = "text/plain; charset=utf-8"
@@ -99,6 +124,32 @@ class FakeServer:
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _stream(self, reply: StreamReply) -> None:
+                self.send_response(reply.status)
+                headers = {"content-type": "text/event-stream; charset=utf-8",
+                           "cache-control": "no-cache",
+                           **{k.lower(): v for k, v in reply.headers.items()},
+                           "transfer-encoding": "chunked"}
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    for i, event in enumerate(reply.events):
+                        if reply.drop_after is not None and i == reply.drop_after:
+                            self.wfile.flush()
+                            self.close_connection = True  # no terminating chunk
+                            return
+                        if reply.gate is not None and i == reply.gate_after:
+                            reply.gate.wait(60)
+                        data = event if isinstance(event, str) else json.dumps(event)
+                        payload = f"data: {data}\n\n".encode()
+                        self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except OSError:  # the client went away
+                    self.close_connection = True
 
             do_GET = do_POST = do_DELETE = _handle
 
@@ -148,6 +199,47 @@ def openai_chat(content: str, *, finish_reason: str = "stop", model: str = "m",
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     })
+
+
+def openai_stream(pieces: list[str], *, finish_reason: str = "stop", model: str = "m",
+                  prompt_tokens: int = 11, error: str | None = None,
+                  drop_after: int | None = None, gate: threading.Event | None = None,
+                  gate_after: int = 1) -> Callable[[Request], StreamReply]:
+    """A streamed ``/v1/chat/completions`` answer (``"stream": true``) as vLLM sends it.
+
+    Events: a first chunk with ``delta: {"role": "assistant", "content": ""}``, one chunk per
+    piece (``delta: {"content": piece}``), a last chunk with ``finish_reason``; when the
+    request asked for ``stream_options: {"include_usage": true}``, a chunk with ``choices:
+    []`` and ``usage`` (``completion_tokens``: the number of pieces); then ``data: [DONE]``.
+    ``error``: after the pieces, vLLM's mid-stream error event ``data: {"error": {"message",
+    "type", "param", "code"}}`` then ``[DONE]`` instead of the finish. ``drop_after``,
+    ``gate``, ``gate_after``: as :class:`StreamReply` (counted in events, the role chunk is
+    event 0).
+    """
+    def respond(req: Request) -> StreamReply:
+        ident, created = f"chatcmpl-{time.monotonic_ns()}", int(time.time())
+
+        def chunk(delta: dict, finish: str | None = None) -> dict:
+            return {"id": ident, "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                 "finish_reason": finish}]}
+
+        events: list[Any] = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": p}) for p in pieces]
+        if error is not None:
+            events.append({"error": {"message": error, "type": "InternalServerError",
+                                     "param": None, "code": 500}})
+        else:
+            events.append(chunk({"content": ""}, finish_reason))
+            if ((req.body or {}).get("stream_options") or {}).get("include_usage"):
+                events.append({"id": ident, "object": "chat.completion.chunk",
+                               "created": created, "model": model, "choices": [],
+                               "usage": {"prompt_tokens": prompt_tokens,
+                                         "completion_tokens": len(pieces),
+                                         "total_tokens": prompt_tokens + len(pieces)}})
+        events.append("[DONE]")
+        return StreamReply(events, drop_after=drop_after, gate=gate, gate_after=gate_after)
+    return respond
 
 
 def openai_error(status: int, message: str = "error", *, retry_after: str | None = None) -> Reply:
@@ -201,6 +293,32 @@ def mistral_chat(content: str, *, finish_reason: str = "stop", model: str = "mis
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     })
+
+
+def mistral_stream(pieces: list[str], *, finish_reason: str = "stop",
+                   model: str = "mistral-small-latest", prompt_tokens: int = 13,
+                   drop_after: int | None = None) -> StreamReply:
+    """A Mistral ``POST /v1/chat/completions`` answer to ``"stream": true``: SSE ``data:``
+    events of ``CompletionChunk`` JSON (the ``mistralai`` SDK wraps each as a
+    ``CompletionEvent``), the first with ``delta: {"role": "assistant", "content": ""}``, one
+    per piece, the last with ``finish_reason`` and ``usage``; then ``data: [DONE]``."""
+    ident, created = "cmpl-e5cc70bb28c444948073e77776eb30ef", int(time.time())
+
+    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> dict:
+        out = {"id": ident, "object": "chat.completion.chunk", "created": created,
+               "model": model, "choices": [{"index": 0, "delta": delta,
+                                            "finish_reason": finish}]}
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    events: list[Any] = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": p}) for p in pieces]
+    events.append(chunk({"content": ""}, finish_reason, {
+        "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
+        "total_tokens": prompt_tokens + len(pieces)}))
+    events.append("[DONE]")
+    return StreamReply(events, drop_after=drop_after)
 
 
 def mistral_error(status: int, message: str = "error", *, retry_after: str | None = None) -> Reply:
@@ -317,6 +435,10 @@ class FakeVllm:
                 self.chat_models.append(model)
             if not known:
                 return openai_error(404, f"The model `{model}` does not exist.")
+            if body.get("stream"):  # the reply in word pieces
+                words = self.chat_content(body).split(" ")
+                return openai_stream([w if i == 0 else f" {w}" for i, w in enumerate(words)],
+                                     model=model)(req)
             return openai_chat(self.chat_content(body), model=model)
         return Reply(404, {"detail": "Not Found"})
 

@@ -24,10 +24,13 @@ from fakes import (  # tests/ is on sys.path (rootdir conftest, no __init__.py)
     mistral_chat,
     mistral_embeddings,
     mistral_error,
+    mistral_stream,
     mistral_validation_error,
     openai_chat,
     openai_embeddings,
     openai_error,
+    openai_stream,
+    role_on,
 )
 
 MAX_RETRIES = 2  # -> 3 attempts per call
@@ -352,6 +355,190 @@ def test_mistral_dropped_connection_is_retried(configure, server, backoff):
     server.script(DROP, mistral_chat("back"))
     assert model.complete(MSGS).text == "back"
     assert len(server.posts(CHAT)) == 2
+
+
+# --- 5. streaming -----------------------------------------------------------------------------
+
+@pytest.fixture
+def observed():
+    """The (role, backend, completion or None) of every model call observed meanwhile."""
+    from inference import llm
+
+    calls: list[tuple] = []
+
+    def observe(role, backend, seconds, done):
+        assert seconds >= 0
+        calls.append((role, backend, done))
+
+    llm.add_call_observer(observe)
+    try:
+        yield calls
+    finally:
+        llm._observers.remove(observe)
+
+
+PIECES = ["Well", " met", ",", " traveller", "."]
+
+
+def test_vllm_stream_yields_deltas_and_the_servers_usage(configure, server, observed):
+    model = vllm_model(configure, server)
+    server.script(openai_stream(PIECES, prompt_tokens=31, model="npc-analysis-lora"))
+
+    stream = model.stream(MSGS, max_tokens=40, temperature=0.3)
+    assert observed == []  # not before the end
+    deltas = list(stream)
+
+    assert deltas == PIECES
+    assert stream.completion == Completion("Well met, traveller.", "stop", 31, len(PIECES))
+    [req] = server.posts(CHAT)
+    assert req.body["stream"] is True
+    assert req.body["stream_options"] == {"include_usage": True}
+    assert req.body["model"] == "npc-analysis-lora" and req.body["messages"] == MSGS
+    assert req.body["max_tokens"] == 40 and req.body["temperature"] == 0.3
+    assert observed == [("analysis", "vllm", stream.completion)]
+
+
+def test_llamacpp_stream_counts_chunks_without_usage(configure, server):
+    configure(GENERATION_BACKEND="llamacpp", GENERATION_BASE_URL=f"{server.url}/v1",
+              GENERATION_MODEL="smollm2-135m-instruct")
+    server.script(openai_stream(PIECES))
+    stream = ChatModel("generation").stream(MSGS)
+    assert "".join(stream) == "Well met, traveller."
+    assert stream.completion.completion_tokens == len(PIECES)  # one chunk per token
+    assert stream.completion.prompt_tokens == 0  # llama.cpp reports no usage in a stream
+    [req] = server.posts(CHAT)
+    assert "stream_options" not in req.body and req.body["repeat_penalty"] == 1.3
+
+
+def test_stream_retries_before_the_first_token(configure, server, backoff):
+    model = vllm_model(configure, server)
+    server.script(openai_error(503, retry_after="0"), DROP, openai_stream(PIECES))
+    assert "".join(model.stream(MSGS)) == "Well met, traveller."
+    assert len(server.posts(CHAT)) == 3
+
+
+def test_stream_dropped_before_the_first_token_is_retried(configure, server, backoff):
+    model = vllm_model(configure, server)
+    server.script(openai_stream(PIECES, drop_after=1), openai_stream(["again"]))
+    assert list(model.stream(MSGS)) == ["again"]
+    assert len(server.posts(CHAT)) == 2
+
+
+@pytest.mark.parametrize("reply", [openai_error(400, "context length exceeded"),
+                                   openai_error(404, "The model `x` does not exist.")],
+                         ids=["400", "404"])
+def test_stream_client_errors_raise_at_once(configure, server, backoff, observed, reply):
+    model = vllm_model(configure, server)
+    server.script(reply, openai_stream(PIECES))
+    with pytest.raises(ModelError):
+        model.stream(MSGS)
+    assert len(server.posts(CHAT)) == 1
+    assert observed == [("analysis", "vllm", None)]
+
+
+def test_stream_dropped_mid_way_is_a_model_error_and_not_retried(configure, server, backoff,
+                                                                 observed):
+    model = vllm_model(configure, server)
+    server.script(openai_stream(PIECES, drop_after=3), openai_stream(["never"]))
+    stream = model.stream(MSGS)
+    got = []
+    with pytest.raises(ModelError, match="stream failed"):
+        for delta in stream:  # keep what arrived before the failure
+            got.append(delta)  # noqa: PERF402
+    assert got == ["Well", " met"] and stream.text == "Well met"
+    assert stream.completion is None
+    assert len(server.posts(CHAT)) == 1
+    assert observed == [("analysis", "vllm", None)]
+    assert list(stream) == []  # a failed stream stays ended
+
+
+def test_stream_error_event_mid_way_is_a_model_error(configure, server):
+    model = vllm_model(configure, server)
+    server.script(openai_stream(PIECES[:2], error="engine dead"))
+    stream = model.stream(MSGS)
+    assert next(stream) == "Well"
+    with pytest.raises(ModelError, match="engine dead"):
+        list(stream)
+
+
+def test_stream_closed_early_reports_what_arrived(configure, server, observed):
+    model = vllm_model(configure, server)
+    server.script(openai_stream(PIECES))
+    with model.stream(MSGS) as stream:
+        assert next(stream) == "Well"
+    assert stream.completion == Completion("Well", "cancelled", 0, 1)
+    assert observed == [("analysis", "vllm", stream.completion)]
+    assert list(stream) == []
+
+
+def test_mistral_stream_reads_the_sdk_event_stream(configure, server, observed):
+    model = mistral_model(configure, server)
+    server.script(mistral_stream(PIECES, prompt_tokens=17, finish_reason="length"))
+
+    stream = model.stream(MSGS, max_tokens=5, temperature=0.2)
+    assert list(stream) == PIECES
+    assert stream.completion == Completion("Well met, traveller.", "length", 17, len(PIECES))
+    [req] = server.posts(CHAT)
+    assert req.body["stream"] is True and req.body["model"] == "mistral-small-latest"
+    assert req.body["max_tokens"] == 5 and req.body["temperature"] == 0.2
+    assert req.headers["accept"] == "text/event-stream"
+    assert req.headers["authorization"] == "Bearer mistral-test-key"
+    assert observed == [("generation", "mistral", stream.completion)]
+
+
+def test_mistral_stream_retries_before_the_first_token_only(configure, server, backoff):
+    model = mistral_model(configure, server)
+    server.script(mistral_error(429, retry_after="0"), mistral_stream(PIECES, drop_after=2),
+                  mistral_stream(["never"]))
+    stream = model.stream(MSGS)
+    assert next(stream) == "Well"
+    with pytest.raises(ModelError):
+        list(stream)
+    assert len(server.posts(CHAT)) == 2
+
+
+def test_mistral_stream_client_error_is_not_retried(configure, server, backoff):
+    model = mistral_model(configure, server)
+    server.script(mistral_validation_error(), mistral_stream(PIECES))
+    with pytest.raises(ModelError):
+        model.stream(MSGS)
+    assert len(server.posts(CHAT)) == 1
+
+
+def test_stream_reply_strips_the_name_prefix_like_generate_reply(server):
+    """The dialogue prompt's two calls give the same text; the stream's deltas join to it."""
+    from inference import calls
+
+    npc = {"title": "Mara the Baker", "content": "Bakes bread.", "entity_type": "character"}
+    pieces = ["  Mara", " the", " Baker", ":", " Fresh", " bread", ",", " friend", ".", "  \n"]
+    args = (npc, "", [], [("Crypt", "Old bones.")], "Is the bread fresh?")
+    with role_on(f"{server.url}/v1", "generation"):
+        server.script(openai_chat("".join(pieces)), openai_stream(pieces))
+        whole = calls.generate_reply(*args)
+        stream = calls.stream_reply(*args)
+        deltas = list(stream)
+    assert whole.text == "Fresh bread, friend."
+    assert "".join(deltas) == whole.text == stream.reply().text
+    assert deltas[0] == "Fresh"
+    assert stream.reply().tokens == 11 + len(pieces)
+    first, second = server.posts(CHAT)
+    assert first.body["messages"] == second.body["messages"]  # one prompt for both
+
+
+@pytest.mark.parametrize("pieces, text", [
+    (["Mara"], "Mara"),  # shorter than the prefix: kept
+    (["Mara the Baker:"], ""),
+    (["Mar", "ket", " day!"], "Market day!"),
+    ([" ", "Hi"], "Hi"),
+], ids=["short", "only-prefix", "looks-like-prefix", "leading-space"])
+def test_stream_reply_prefix_edge_cases(server, pieces, text):
+    from inference import calls
+
+    npc = {"title": "Mara the Baker", "content": "", "entity_type": "character"}
+    with role_on(f"{server.url}/v1", "generation"):
+        server.script(openai_stream(pieces))
+        stream = calls.stream_reply(npc, "", [], [], "Hello")
+        assert "".join(stream) == text == stream.reply().text
 
 
 # --- embeddings -------------------------------------------------------------------------------

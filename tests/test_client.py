@@ -16,8 +16,8 @@ from sqlalchemy import select
 from memory import nearline
 from memory.db import session_scope
 from models import LoreEntry, TaskRecord
-from npc_memory_client import (ApiError, InvalidPayload, NpcMemoryClient, TaskSender,
-                               Unauthorized, UnknownTask, load_contract)
+from npc_memory_client import (ApiError, InvalidPayload, NpcMemoryClient, TaskSender, Token,
+                               TurnReply, Unauthorized, UnknownTask, load_contract, sse_events)
 from npc_memory_client.contract import CONTRACT_PATH
 from tests.broker import queued_messages
 from tests.procs import ROOT, SubprocessWorker, WebServer, process_env
@@ -122,6 +122,42 @@ def test_session_turn_event_tick(npc, light_world):
     ready = npc.ready()  # the model server may be busy with the test worker's calls: not asserted
     assert set(ready["checks"]) == {"broker", "redis", "database", "model_server", "vector_index"}
     assert all(ready["checks"][k]["ok"] for k in ("broker", "redis", "database", "vector_index"))
+
+
+def test_turn_stream_yields_tokens_then_the_reply(npc, light_world):
+    session = npc.open_session(light_world["key"])
+    events = list(npc.turn_stream(session.session_id, "baker_27", "What do you bake?"))
+    *tokens, reply = events
+    assert isinstance(reply, TurnReply) and all(isinstance(t, Token) for t in tokens)
+    assert len(tokens) >= 2
+    assert "".join(t.text for t in tokens) == reply.npc_text
+    assert reply.seq == 1 and reply.ttft_ms is not None and reply.ttft_ms <= reply.latency_ms
+    recorded = nearline.recent_turns(nearline.get_redis(), session.session_id, 10)
+    assert [(t["turn_id"], t["npc_text"]) for t in recorded] == [(reply.turn_id, reply.npc_text)]
+    assert npc.turn(session.session_id, "baker_27", "Thanks.").ttft_ms is None
+
+
+def test_turn_stream_errors_are_typed(npc, light_world):
+    with pytest.raises(ApiError) as err:
+        list(npc.turn_stream(uuid.uuid4().hex, "baker_27", "Hello"))
+    assert err.value.status == 404 and "session" in err.value.detail
+    session = npc.open_session(light_world["key"])
+    with pytest.raises(ApiError) as err:
+        list(npc.turn_stream(session.session_id, "baker_27", ""))
+    assert err.value.status == 422
+
+
+@pytest.mark.parametrize("lines, events", [
+    (["event: token", 'data: {"text": "Hi"}', "", "event: done", "data: {}", ""],
+     [("token", '{"text": "Hi"}'), ("done", "{}")]),
+    ([": ping - 2026-12-01", "", "data:a", "data:  b", "", "event: x", ""],
+     [("message", "a\n b")]),  # comment, no-space value, joined data, data-less event
+    (["event: token", "data: {}", "id: 7", "retry: 10", "", "event: done", "data: cut"],
+     [("token", "{}")]),  # an event not ended by a blank line is dropped
+    (["data", "", "event", "data: y", ""], [("message", ""), ("message", "y")]),
+], ids=["two", "comment-and-multiline", "unterminated", "bare-fields"])
+def test_sse_parser(lines, events):
+    assert list(sse_events(lines)) == events
 
 
 def test_errors_are_typed(npc, server, light_world):

@@ -538,19 +538,31 @@ def test_turn_uses_the_archetype_adapter_with_no_database_query(client, vllm, wo
     assert vllm.loads == 1
 
 
-def test_turn_reloads_an_adapter_the_server_lost(client, vllm, world, tmp_path):
+@pytest.mark.parametrize("stream", [False, True], ids=["reply", "stream"])
+def test_turn_reloads_an_adapter_the_server_lost(client, vllm, world, tmp_path, stream):
     """vLLM restarted (it forgets runtime adapters) while Redis still lists the adapter as
-    loaded: the call's 404 makes the coordinator forget it, load it again, and retry once."""
+    loaded: the call's 404 makes the coordinator forget it, load it again, and retry once
+    (a streamed turn too: the 404 comes before its first token)."""
+    from npc_memory_client import sse_events
+
     name, sid = _vampire_session(client, vllm, world, tmp_path)
     try:
         turn = {"npc_id": "count_v", "player_text": "Good evening, Count."}
         assert client.post(f"/v1/sessions/{sid}/turns", json=turn).json()["adapter"]
         vllm.loaded.clear()  # the restart
-        res = client.post(f"/v1/sessions/{sid}/turns", json=turn)
+        res = client.post(f"/v1/sessions/{sid}/turns", json={**turn, "stream": stream})
     finally:
         nearline.get_redis().delete("analysis", "archive", "simulate_world")
     assert res.status_code == 200, res.text
-    assert res.json()["adapter"] == f"{name}-dialogue_style-v1"
+    if stream:
+        events = list(sse_events(res.text.splitlines()))
+        assert events[-1][0] == "done"
+        out = json.loads(events[-1][1])
+        assert "".join(json.loads(d)["text"] for e, d in events if e == "token") == \
+            out["npc_text"] == f"[{out['model']}] Well met, traveller."
+    else:
+        out = res.json()
+    assert out["adapter"] == f"{name}-dialogue_style-v1"
     assert vllm.loads == 2
 
 

@@ -2,7 +2,7 @@
 
 It opens a session on a world of a running dialogue server (``--url``, ``--api-key``; or the
 embedded stack it starts itself with ``--embedded``) and reads lines from standard input.
-A plain line is said to the current NPC; the reply is printed as it arrives. Lines starting
+A plain line is said to the current NPC; the reply is printed as the model streams it. Lines starting
 with ``/`` are commands (``/help`` lists them):
 
     /note       the NPC's session note and its last revisions
@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable
 from typing import TextIO
 
-from npc_memory_client import ApiError, NpcMemoryClient
+from npc_memory_client import ApiError, NpcMemoryClient, Token
 
 HELP = """commands:
   /note       the NPC's session note and its last revisions
@@ -99,26 +99,22 @@ class ChatSession:
         return True
 
     def _say(self, text: str) -> None:
+        """Say ``text`` to the NPC; print the reply as the model streams it."""
         self.last_player_text = text
-        name = self.characters[self.npc]
-        stream = getattr(self.client, "turn_stream", None)
-        if stream is None:
-            reply = self.client.turn(self.session_id, self.npc, text)
-            self._print(f"{name}: {reply.npc_text}")
-        else:
-            self.out.write(f"{name}: ")
-            reply = None
-            for event in stream(self.session_id, self.npc, text):
-                if getattr(event, "text", None) is not None and getattr(event, "reply", None) is None:
-                    self.out.write(event.text)
-                    self.out.flush()
-                else:
-                    reply = getattr(event, "reply", event)
-            self._print()
-        self.last_retrieved = list(reply.retrieved) if reply is not None else []
-        if reply is not None:
-            self._print(f"  ({reply.latency_ms:.0f} ms, {len(self.last_retrieved)} memories used; "
-                        "/evidence shows them)")
+        self.out.write(f"{self.characters[self.npc]}: ")
+        self.out.flush()
+        reply = None
+        for event in self.client.turn_stream(self.session_id, self.npc, text):
+            if isinstance(event, Token):
+                self.out.write(event.text)
+                self.out.flush()
+            else:
+                reply = event
+        self._print()
+        self.last_retrieved = list(reply.retrieved) + list(reply.evidence)
+        ttft = f", first words after {reply.ttft_ms:.0f} ms" if reply.ttft_ms is not None else ""
+        self._print(f"  ({reply.latency_ms:.0f} ms{ttft}; {len(self.last_retrieved)} memories "
+                    "used: /evidence shows them)")
 
     def _note(self, _arg: str) -> None:
         entry = self.client.entry(self.session_id, self.npc)

@@ -6,6 +6,9 @@ Measured in this process as they happen:
   (unmatched paths share ``route="unmatched"``, so scans cannot grow the label set);
 - ``npc_turns_served_total{kind}``: turns answered (``turn``) and events recorded
   (``event``; a duplicate ``event_id`` is not counted);
+- ``npc_dialogue_ttft_seconds{mode}``: time to first token of a played turn, from the start
+  of its model call: to the first streamed delta (``mode="stream"``), or to the whole reply
+  when it is not streamed (``mode="reply"``: the ``model`` stage of ``Server-Timing``);
 - ``npc_model_call_duration_seconds{role, backend, outcome}`` and
   ``npc_model_tokens_total{role, kind}`` (``kind``: prompt/completion): every
   ``inference.llm.ChatModel`` call made by this process (through ``add_call_observer``);
@@ -55,6 +58,10 @@ HTTP_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 TURNS = Counter("npc_turns_served", "Turns answered (kind=turn) and events recorded (kind=event)",
                 ["kind"], registry=REGISTRY)
+TTFT = Histogram(
+    "npc_dialogue_ttft_seconds", "Played turns: model call start to the first token "
+    "(mode=stream) or to the whole reply (mode=reply)", ["mode"], registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
 MODEL_LATENCY = Histogram(
     "npc_model_call_duration_seconds", "Model calls of this process, retries included",
     ["role", "backend", "outcome"], registry=REGISTRY,
@@ -63,6 +70,8 @@ MODEL_TOKENS = Counter("npc_model_tokens", "Model tokens of this process's calls
                        ["role", "kind"], registry=REGISTRY)
 for _kind in ("turn", "event"):
     TURNS.labels(_kind)
+for _mode in ("stream", "reply"):
+    TTFT.labels(_mode)
 
 
 def observe_model_call(role: str, backend: str, seconds: float, done: Completion | None) -> None:

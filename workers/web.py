@@ -10,7 +10,9 @@ utterances, ``memory.evidence``), fused by reciprocal rank (``memory.retrieval``
 ``npc_memory.analyze_turn`` and ``npc_memory.archive_turn`` for the asynchronous pipeline
 (``memory.turns``). The event
 endpoint records a turn generated elsewhere through the same function, without calling the
-model, and makes no database query either. Opening a session reads the world from the
+model, and makes no database query either. A turn can be streamed as Server-Sent Events
+(``"stream": true`` or ``Accept: text/event-stream``; ``_stream_turn``), recorded the same way
+once its last token is sent. Opening a session reads the world from the
 database once and warms the nearline tier.
 
 The ops endpoints (note rollback, entry history, memory cards, dead letters, the task ledger,
@@ -29,8 +31,10 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, contextmanager
 
+import anyio
 from celery import Celery
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.responses import JSONResponse
@@ -38,6 +42,8 @@ from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
+from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 import celeryconfig
 from inference import calls
@@ -56,6 +62,7 @@ from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
+from tasks.payloads import TurnPayload
 from workers import archetypes_api, auth, health, logging_setup, metrics, ops_api
 from workers.input_guard import install as install_input_guard
 from workers.input_guard import safe_params
@@ -183,10 +190,13 @@ class SessionOut(BaseModel):
 
 class TurnIn(RequestModel):
     """``POST /v1/sessions/{id}/turns`` body: the NPC's entry key and what the player says
-    (not blank)."""
+    (not blank); ``stream`` asks for the reply as Server-Sent Events (as
+    ``Accept: text/event-stream`` does)."""
 
     npc_id: SafeStr = Field(min_length=1, max_length=300)
     player_text: NonBlankStr = Field(min_length=1, max_length=2000)
+    stream: bool = Field(False, description="answer with Server-Sent Events as the model "
+                                            "generates (token events, then done)")
 
 
 class EventIn(RequestModel):
@@ -236,6 +246,12 @@ class TurnOut(BaseModel):
     latency_ms: float
     adapter: str | None = Field(None, description="the archetype's LoRA adapter, null: base")
     route: str = Field("", description="why this model (inference.lora.routing)")
+
+
+class TurnStreamDone(TurnOut):
+    """The ``done`` event of a streamed turn: the non-streamed reply plus ``ttft_ms``."""
+
+    ttft_ms: float = Field(description="ms from the model call's start to the first token")
 
 
 def _fetch(r, world_id: int, session_id: str, entry_ids: list[int],
@@ -327,10 +343,17 @@ def _turn_errors():
         raise HTTPException(503, f"broker or nearline store unavailable: {exc}") from exc
 
 
-@api.post("/v1/sessions/{session_id}/turns", response_model=TurnOut)
-def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
+@api.post("/v1/sessions/{session_id}/turns", response_model=TurnOut, responses={200: {
+    "content": {"text/event-stream": {"schema": {"type": "string", "description": (
+        "with stream: events `token` {text}, then `done` (TurnStreamDone) or `error` "
+        "{status, detail}")}}}}})
+def play_turn(session_id: str, body: TurnIn, request: Request, response: Response):
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
     target that is not a character, 503 when the model server, Redis or the broker fails.
+
+    With ``"stream": true`` in the body or ``Accept: text/event-stream``, the reply comes as
+    Server-Sent Events once the model's first token is there (:func:`_stream_turn`); every
+    error up to that token is the same JSON answer as without streaming.
 
     The ``Server-Timing`` header gives the time of each stage in ms: ``context`` (hot cache
     and its Redis check), ``embed`` (the player's line), ``retrieve`` (index searches,
@@ -386,30 +409,163 @@ def play_turn(session_id: str, body: TurnIn, response: Response) -> TurnOut:
     with _turn_errors():  # the NPC's archetype adapter (Redis only; a load the first time)
         route = routing.resolve(r, "dialogue", npc=npc)
     lap("route")
+    prompt = {"npc": npc, "note": note, "recent": recent_npc, "retrieved": retrieved,
+              "player_text": body.player_text, "cards": cards_text, "memories": memories_text,
+              "evidence": evidence_lines}
+    if body.stream or _wants_event_stream(request):
+        return _stream_turn(r, target, body, route, prompt, t0, stages)
     try:  # a server that lost the adapter (restart) gets it loaded again, once
         reply, route = routing.call_routed(
-            r, route, lambda rt: calls.generate_reply(
-                npc, note, recent_npc, retrieved, body.player_text, cards=cards_text,
-                memories=memories_text, route=rt, evidence=evidence_lines),
+            r, route, lambda rt: calls.generate_reply(**prompt, route=rt),
             lambda: routing.resolve(r, "dialogue", npc=npc))
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
     lap("model")
+    metrics.TTFT.labels("reply").observe(stages["model"] / 1000)  # the whole reply at once
     latency_ms = (time.perf_counter() - t0) * 1000
+    turn = _record_turn(r, target, body, reply.text, latency_ms, reply.model)
+    lap("record")
+    response.headers["Server-Timing"] = _server_timing(stages)
+    return _turn_out(TurnOut, turn, body, target, retrieved, reply.model, latency_ms, route,
+                     evidence=evidence_lines)
+
+
+def _server_timing(stages: dict[str, float]) -> str:
+    return ", ".join(f"{k};dur={v:.3f}" for k, v in stages.items())
+
+
+def _wants_event_stream(request: Request) -> bool:
+    """The request's ``Accept`` header names ``text/event-stream``."""
+    accept = request.headers.get("accept", "")
+    return any(part.split(";")[0].strip().lower() == "text/event-stream"
+               for part in accept.split(","))
+
+
+def _record_turn(r, target: turns.Target, body: TurnIn, npc_text: str, latency_ms: float,
+                 model: str, **log_extra) -> TurnPayload:
+    """Record a played turn (``turns.record_turn``: Redis, then the pipeline's tasks), put it
+    in the hot cache, count and log it; an empty reply is recorded as ``...``.
+
+    Raises:
+        HTTPException: 503 Redis or the broker failed (``_turn_errors``).
+    """
     with _turn_errors():
         turn = turns.record_turn(r, _send_kwargs, target, player_text=body.player_text,
-                                 npc_text=reply.text or "...", latency_ms=latency_ms).turn
-    state.hot.record(session_id, body.npc_id, turns.turn_kwargs(turn))
-    lap("record")
-    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.3f}" for k, v in stages.items())
+                                 npc_text=npc_text or "...", latency_ms=latency_ms).turn
+    state.hot.record(target.session_id, body.npc_id, turns.turn_kwargs(turn))
     metrics.TURNS.labels("turn").inc()
     logging_setup.bind(turn_id=turn.turn_id, idempotency_key=f"turn:{turn.turn_id}")
     log.info("turn served", extra={"npc_id": body.npc_id, "seq": turn.seq,
-                                   "latency_ms": round(latency_ms, 1), "model": reply.model})
-    return TurnOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id, npc_name=npc["title"],
-                   npc_text=turn.npc_text, retrieved=[t for t, _ in retrieved],
-                   evidence=evidence_lines, model=reply.model,
-                   latency_ms=latency_ms, adapter=route.adapter, route=route.reason)
+                                   "latency_ms": round(latency_ms, 1), "model": model,
+                                   **log_extra})
+    return turn
+
+
+def _turn_out(cls: type[TurnOut], turn: TurnPayload, body: TurnIn, target: turns.Target,
+              retrieved: list[tuple[str, str]], model: str, latency_ms: float,
+              route: routing.ModelRoute, **extra) -> TurnOut:
+    return cls(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id,
+               npc_name=target.npc["title"], npc_text=turn.npc_text,
+               retrieved=[t for t, _ in retrieved], model=model, latency_ms=latency_ms,
+               adapter=route.adapter, route=route.reason, **extra)
+
+
+def _sse(event: str, data: dict | str) -> dict:
+    return {"event": event, "data": data if isinstance(data, str) else json.dumps(data)}
+
+
+def _next_delta(stream: calls.ReplyStream) -> str | None:
+    return next(stream, None)
+
+
+def _stream_turn(r, target: turns.Target, body: TurnIn, route: routing.ModelRoute,
+                 prompt: dict, t0: float, stages: dict[str, float]) -> EventSourceResponse:
+    """The streamed half of ``play_turn``: the model call onward, as Server-Sent Events.
+
+    The model is called and read up to its first token before anything is sent, so a model
+    that fails before answering is a plain ``503`` JSON answer. Then the response is
+    ``text/event-stream``: ``event: token`` ``data: {"text": "<delta>"}`` per delta as the
+    model sends it (the deltas joined are ``npc_text``), and at the end one ``event: done``
+    whose data is the non-streamed JSON reply plus ``ttft_ms`` (:class:`TurnStreamDone`).
+    ``Server-Timing`` has the stages before the stream (``context``, ``embed``,
+    ``retrieve``, ``route``) and ``ttft`` (model call to first token, ms).
+
+    The turn is recorded once, after the last token, through ``turns.record_turn`` as a
+    non-streamed turn (``latency_ms``: request to last token), before the ``done`` event.
+    Failures after the first token end the stream with ``event: error`` ``data: {"status":
+    503, "detail": "..."}``: the model failed mid-way (nothing is recorded: the client is
+    told the turn failed, as with a 503, and may play it again), or recording failed (Redis
+    or the broker).
+
+    Client disconnect: the server notices it at the latest when the model's next token
+    arrives, stops reading the model's stream, and records the turn with the text generated
+    until then (at least what the client was sent: the player saw those words), logged as
+    ``turn served`` with ``disconnected: true``. A turn whose reply was empty is recorded as
+    ``...``, as without streaming.
+    """
+    npc = target.npc
+    t_model = time.perf_counter()
+    try:  # as generate_reply: an adapter the server lost is loaded again, once
+        stream, route = routing.call_routed(
+            r, route, lambda rt: calls.stream_reply(**prompt, route=rt),
+            lambda: routing.resolve(r, "dialogue", npc=npc))
+        first = _next_delta(stream)
+    except ModelError as exc:
+        raise HTTPException(503, f"model server unavailable: {exc}") from exc
+    ttft_s = time.perf_counter() - t_model
+    metrics.TTFT.labels("stream").observe(ttft_s)
+    timing = _server_timing({**stages, "ttft": ttft_s * 1000})
+    left = {"open": True}  # the turn is still to be recorded (or dropped after an error)
+
+    def finish(disconnected: bool) -> TurnStreamDone:
+        left["open"] = False
+        if disconnected:
+            stream.close()
+        latency_ms = (time.perf_counter() - t0) * 1000
+        reply = stream.reply()
+        turn = _record_turn(r, target, body, reply.text, latency_ms, reply.model, stream=True,
+                            disconnected=disconnected, ttft_ms=round(ttft_s * 1000, 1))
+        return _turn_out(TurnStreamDone, turn, body, target, prompt["retrieved"], reply.model,
+                         latency_ms, route, ttft_ms=ttft_s * 1000, evidence=prompt["evidence"])
+
+    async def events() -> AsyncIterator[dict]:
+        try:
+            delta = first
+            while delta is not None:
+                yield _sse("token", {"text": delta})
+                try:
+                    delta = await anyio.to_thread.run_sync(_next_delta, stream)
+                except ModelError as exc:
+                    left["open"] = False
+                    log.warning("model failed mid-stream; turn not recorded: %s", exc,
+                                extra={"npc_id": body.npc_id})
+                    yield _sse("error", {"status": 503,
+                                         "detail": f"model server failed mid-reply: {exc}"})
+                    return
+            try:
+                done = await anyio.to_thread.run_sync(finish, False)
+            except HTTPException as exc:
+                yield _sse("error", {"status": exc.status_code, "detail": exc.detail})
+                return
+            yield _sse("done", done.model_dump_json())
+        finally:
+            if left["open"]:  # the client went away (cancelled or closed mid-stream)
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await anyio.to_thread.run_sync(finish, True)
+                    except Exception:  # nobody left to tell
+                        log.exception("recording a disconnected stream's turn failed")
+
+    async def on_close(_message) -> None:
+        log.info("stream client disconnected", extra={"npc_id": body.npc_id})
+
+    async def finish_if_open() -> None:  # the client left before the first event was written
+        if left["open"]:
+            await anyio.to_thread.run_sync(finish, True)
+
+    return EventSourceResponse(events(), headers={"Server-Timing": timing},
+                               client_close_handler_callable=on_close,
+                               background=BackgroundTask(finish_if_open))
 
 
 @api.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
