@@ -159,9 +159,6 @@ def test_embed_turns_stores_publishes_once_and_a_rebuilt_index_has_the_evidence(
     from inference.embedding import get_embedder
     from memory.archive import insert_turns
     from memory.evidence import all_items, embed_turns, evidence_key, get_items
-    from tasks.base import TaskContext
-    from tasks.embed import embed_evidence
-    from tasks.payloads import EvidencePayload
 
     r, embedder, sid = nearline.get_redis(), get_embedder(), game_session["id"]
     baker = nearline.resolve_key(r, game_session["world_id"], sid, "baker_27")
@@ -192,13 +189,10 @@ def test_embed_turns_stores_publishes_once_and_a_rebuilt_index_has_the_evidence(
         (turns[1]["turn_id"], "ev-2", 120, 1_700_000_002.0)]
     assert sorted(_stream_ids(r, scope)) == [2, 3, 4]
 
-    # redelivered (directly and as the task): nothing embedded, written or announced twice
+    # redelivered: nothing embedded, written or announced twice
     with session_scope() as s:
         again = embed_turns(s, r, embedder, [t["turn_id"] for t in turns])
     assert again == {"items": 3, "embedded": 0, "published": 0}
-    task = embed_evidence.plain(EvidencePayload(turn_ids=[t["turn_id"] for t in turns]),
-                                TaskContext("t", "npc_memory.embed_evidence", 0))
-    assert task == {"items": 3, "embedded": 0, "published": 0}
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(EvidenceVector).where(
             EvidenceVector.session_id == sid)) == 3
