@@ -8,9 +8,19 @@ similarity) and merge them here with reciprocal rank fusion (Cormack, Clarke & B
 with ranks from 1 and ``RRF_K = 60``. RRF needs no score calibration between the lists, so
 cosine scores of documents and of short utterances need not be comparable.
 
-The fused list is then cut by :func:`take_within`: items in fused order while the sum of
-their text lengths stays within the budget; an item that does not fit is skipped and later,
-smaller ones may still fit.
+The fused list is then cut to the budget by :func:`merge`, evidence first: the evidence
+items claim the budget in fused order (which among them is their own order), then the
+documents fill what is left, in fused order; the result keeps the fused order. An item that
+does not fit is skipped and later, smaller ones may still fit.
+
+Why evidence first: the evidence is what was said, the documents are what the models wrote on
+top of it (notes, created entries). Given the evidence candidates in plain similarity order,
+the evidence taken is exactly what plain retrieval over the raw utterances would put in the
+same budget, so the merged context never holds less of what was said than that baseline,
+however weak or wrong the model's notes are; documents add to it wherever the evidence leaves
+room (on the dialogue path the evidence candidates are limited to ``RETRIEVAL_EVIDENCE_K``, so
+documents always get a share there). Without a character budget (``k`` only) the fused order
+alone decides, so a short search shows both kinds interleaved.
 """
 
 from __future__ import annotations
@@ -93,15 +103,27 @@ def merge(documents: Sequence[Any], evidence: Sequence[Any], text: Callable[[Any
           key: Callable[[Any], Hashable], *, k: int | None = None,
           max_chars: int | None = None) -> list[Fused]:
     """The one retrieval rule of the dialogue path and ``/search``: fuse the ranked
-    ``documents`` and ``evidence`` (:func:`fuse`), then take the fused items within ``k``
-    and ``max_chars`` (:func:`take_within`). Ranks of the result are renumbered 1..n in
-    the order taken; scores are the fused scores.
+    ``documents`` and ``evidence`` (:func:`fuse`); without ``max_chars`` take the first
+    ``k`` fused items; with it, let the evidence claim the budget first (at most ``k``
+    items, :func:`take_within`), then the documents fill what is left (up to ``k`` items in
+    all). The result is in fused order, ranks renumbered 1..n; scores are the fused scores.
 
     Raises:
         ValueError: as :func:`fuse` and :func:`take_within`.
     """
     fused = fuse([documents, evidence], key)
-    taken = take_within(fused, lambda f: text(f.item), k=k, max_chars=max_chars)
+    if max_chars is None:
+        taken = take_within(fused, lambda f: text(f.item), k=k)
+    else:
+        ev_keys = {key(e) for e in evidence}
+        is_ev = [key(f.item) in ev_keys for f in fused]
+        first = take_within([f for f, e in zip(fused, is_ev) if e], lambda f: text(f.item),
+                            k=k, max_chars=max_chars)
+        left = max_chars - sum(len(text(f.item)) for f in first)
+        rest = take_within([f for f, e in zip(fused, is_ev) if not e], lambda f: text(f.item),
+                           k=None if k is None else k - len(first), max_chars=left)
+        chosen = {id(f) for f in first + rest}
+        taken = [f for f in fused if id(f) in chosen]
     return [Fused(f.item, f.score, n) for n, f in enumerate(taken, start=1)]
 
 

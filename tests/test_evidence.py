@@ -70,6 +70,22 @@ def test_merge_interleaves_documents_and_evidence_under_one_budget():
         ("document", 1), ("evidence", 4), ("document", 2)]
 
 
+def test_merge_lets_evidence_claim_the_budget_before_documents():
+    """Under a budget the evidence taken is what plain retrieval over the utterances takes:
+    a better-ranked document never pushes an utterance out, it only fills what is left."""
+    docs = [("document", 1, "x" * 30), ("document", 2, "y" * 5)]
+    ev = [("evidence", 4, "z" * 20), ("evidence", 5, "w" * 15), ("evidence", 6, "v" * 30)]
+    out = merge(docs, ev, text=lambda c: c[2], key=_ident, max_chars=40)
+    plain = take_within(ev, lambda c: c[2], max_chars=40)
+    assert [f.item for f in out if f.item[0] == "evidence"] == plain
+    # fused order d1, e4, d2, e5, e6: d1 no longer fits after e4 and e5; d2 fills the rest
+    assert [f.item[:2] for f in out] == [("evidence", 4), ("document", 2), ("evidence", 5)]
+    assert [f.rank for f in out] == [1, 2, 3]
+    # a k limit counts both kinds
+    assert [f.item[:2] for f in merge(docs, ev, text=lambda c: c[2], key=_ident, k=2,
+                                      max_chars=100)] == [("evidence", 4), ("evidence", 5)]
+
+
 def test_turn_items_and_their_prompt_lines():
     import prompts
     from memory.evidence import item_id, prompt_line, turn_items
