@@ -7,6 +7,9 @@ The README lists every variable. Settings are read once per process through ``ge
 
 from __future__ import annotations
 
+import os
+
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -255,3 +258,26 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read from the environment on first use."""
     return Settings()
+
+
+@contextmanager
+def environment(values: dict[str, str], clear: tuple = ()):
+    """Run a block with ``values`` set in this process's environment and the settings read
+    afresh, then restore both (variables that were unset are removed again). ``clear``: more
+    ``functools.lru_cache``-wrapped functions whose cached value depends on the environment
+    (e.g. ``inference.embedding.get_embedder``), cleared on entry and exit."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    for fn in (get_settings, *clear):
+        fn.cache_clear()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for fn in (get_settings, *clear):
+            fn.cache_clear()
+

@@ -50,12 +50,10 @@ plumbing; its quality figures mean nothing).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -102,27 +100,13 @@ def _model_env(env: Env, backend: str) -> tuple[str, dict[str, str]]:
     raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
 
 
-@contextmanager
 def _process_env(values: dict[str, str]):
     """Set ``values`` in this process's environment (and reload the cached settings and
-    embedder) for the block; restore afterwards."""
+    embedder) for the block; restore afterwards (``settings.environment``)."""
     from inference.embedding import get_embedder
-    from settings import get_settings
+    from settings import environment
 
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    get_settings.cache_clear()
-    get_embedder.cache_clear()
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        get_embedder.cache_clear()
+    return environment(values, clear=(get_embedder,))
 
 
 def _start_llamacpp(env: Env) -> tuple[subprocess.Popen, str]:

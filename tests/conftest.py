@@ -211,6 +211,31 @@ def game_session(light_world):
     return {"id": sid, "world_id": light_world["id"]}
 
 
+@pytest.fixture(scope="module")
+def client(llm_server, light_world):
+    """The dialogue server in-process (FastAPI ``TestClient``, lifespan included) on the test
+    services, sending this run's API key; the queues its turns fill are emptied afterwards
+    (no worker of the module consumed them). Modules that need another server define their
+    own ``client``."""
+    from fastapi.testclient import TestClient
+
+    from memory.nearline import get_redis
+    from tests.procs import api_headers
+    from workers.web import app
+
+    with TestClient(app, headers=api_headers()) as c:
+        yield c
+    get_redis().delete("analysis", "archive", "simulate_world")
+
+
+@pytest.fixture()
+def session_id(client, light_world) -> str:
+    """A new session on the LIGHT world opened through ``client``."""
+    res = client.post("/v1/sessions", json={"world": light_world["key"]})
+    assert res.status_code == 201, res.text
+    return res.json()["session_id"]
+
+
 def _wait_for(predicate, timeout: float = 180.0, interval: float = 0.2):
     import time
 

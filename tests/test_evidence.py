@@ -13,7 +13,6 @@ import uuid
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -24,7 +23,6 @@ from memory.db import alembic_config, migrate, normalise_url, session_scope
 from memory.retrieval import RRF_K, fuse, merge, take_within
 from memory.vector_index import STREAM, VectorIndex, evidence_scope, load_from_db
 from models import EvidenceVector, GameSession, LoreEntry, TaskRecord, World
-from tests.procs import api_headers
 
 # --------------------------------------------------------------------------- fusion and budget
 
@@ -290,14 +288,6 @@ def test_archive_batch_sends_one_evidence_task_for_its_turns(game_session):
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def client(light_world):
-    from workers.web import app
-
-    with TestClient(app, headers=api_headers()) as c:
-        yield c
 
 
 def test_posted_event_becomes_searchable_evidence(worker, client, light_world, wait_for):

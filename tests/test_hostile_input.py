@@ -14,26 +14,15 @@ import time
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from memory import nearline
 from memory.db import session_scope
 from models import DeadLetter, LoreEntry, TaskRecord, Turn
-from tests.procs import api_headers
 
 API_KEY = os.environ["API_KEYS"].split(",")[0]
 JSON = {"content-type": "application/json"}
 NUL_TYPES = {"nul_character"}
-
-
-@pytest.fixture(scope="module")
-def client(light_world):
-    from workers.web import app
-
-    with TestClient(app, headers=api_headers()) as c:
-        yield c
-    nearline.get_redis().delete("analysis", "archive", "simulate_world")
 
 
 @pytest.fixture()

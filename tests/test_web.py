@@ -4,7 +4,6 @@ messages are looked up in the broker's queues and the queues are cleaned up afte
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 
@@ -16,27 +15,9 @@ from memory import nearline
 from memory.db import session_scope
 from models import TaskRecord
 from tests.broker import queued_messages
-from tests.procs import api_headers
 from tests.sqlcount import sql_statements
 from workers.embedded import free_port
 
-QUEUES_TOUCHED = ("analysis", "archive", "simulate_world")
-
-
-@pytest.fixture(scope="module")
-def client(llm_server, light_world):
-    from workers.web import app
-
-    with TestClient(app, headers=api_headers()) as c:
-        yield c
-    nearline.get_redis().delete(*QUEUES_TOUCHED)
-
-
-@pytest.fixture()
-def session_id(client, light_world) -> str:
-    res = client.post("/v1/sessions", json={"world": light_world["key"]})
-    assert res.status_code == 201, res.text
-    return res.json()["session_id"]
 
 
 def _messages(queue: str) -> list[dict]:
@@ -357,23 +338,11 @@ def test_probes_need_no_key(client):
     assert _without_auth(client, "GET", "/readyz").status_code == 200
 
 
-@contextlib.contextmanager
 def _settings_env(**env: str):
     """Run with these environment variables and freshly read settings; restore both after."""
-    from settings import get_settings
+    from settings import environment
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
+    return environment(env)
 
 
 def test_server_refuses_to_start_without_keys():

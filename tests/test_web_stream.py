@@ -12,7 +12,6 @@ import uuid
 import httpx
 import pytest
 from fakes import FakeServer, openai_error, openai_stream, role_on
-from fastapi.testclient import TestClient
 
 from memory import nearline
 from npc_memory_client import sse_events
@@ -23,22 +22,6 @@ from tests.sqlcount import sql_statements
 QUEUES_TOUCHED = ("analysis", "archive", "simulate_world")
 TURN_FIELDS = {"turn_id", "seq", "npc_id", "npc_name", "npc_text", "retrieved", "model",
                "latency_ms", "adapter", "route", "evidence"}
-
-
-@pytest.fixture(scope="module")
-def client(llm_server, light_world):
-    from workers.web import app
-
-    with TestClient(app, headers=api_headers()) as c:
-        yield c
-    nearline.get_redis().delete(*QUEUES_TOUCHED)
-
-
-@pytest.fixture()
-def session_id(client, light_world) -> str:
-    res = client.post("/v1/sessions", json={"world": light_world["key"]})
-    assert res.status_code == 201, res.text
-    return res.json()["session_id"]
 
 
 def _events(res) -> list[tuple[str, dict]]:
