@@ -13,7 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import create_engine, delete, func, inspect, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -22,7 +22,7 @@ from memory import nearline
 from memory.db import alembic_config, migrate, normalise_url, session_scope
 from memory.retrieval import RRF_K, fuse, merge, take_within
 from memory.vector_index import STREAM, VectorIndex, evidence_scope, load_from_db
-from models import EvidenceVector, GameSession, LoreEntry, TaskRecord, World
+from models import EvidenceVector, GameSession, LoreEntry, StoredVector, TaskRecord, World
 
 # --------------------------------------------------------------------------- fusion and budget
 
@@ -264,6 +264,11 @@ def test_reindex_embeds_the_evidence_for_another_embedder(light_world, game_sess
     index = VectorIndex(1024, "mistral-embed")
     with session_scope() as s:
         load_from_db(index, s)
+        # the world's mistral-embed vectors go again: tests/test_reindex.py counts a first
+        # reindex of this world from nothing
+        for model in (StoredVector, EvidenceVector):
+            s.execute(delete(model).where(model.embedder == "mistral-embed"))
+        s.commit()
     assert sorted(index.ids(evidence_scope(sid)).tolist()) == [2, 3, 4]
 
 

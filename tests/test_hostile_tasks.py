@@ -42,6 +42,7 @@ def _base(name: str) -> dict:
         "npc_memory.create_entity": {"session_id": sid, "entity_type": "item",
                                      "creation_summary": "c", "idempotency_key": uuid.uuid4().hex},
         "npc_memory.embed": {"lore_entry_id": MISSING, "session_id": sid},
+        "npc_memory.embed_evidence": {"turn_ids": [uuid.uuid4().hex]},
         "npc_memory.archive_cards": {"session_id": sid, "npc_entry_id": MISSING, "cards": {}},
         "npc_memory.simulate_world": {"session_id": sid, "tick_id": uuid.uuid4().hex},
         "npc_memory.world_tick": {"world_id": MISSING},
