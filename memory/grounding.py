@@ -76,6 +76,7 @@ _WORD = re.compile(r"[^\W\d_](?:[\w’'-]*\w)?|\d+", re.UNICODE)
 _SPEAKER = re.compile(r"^\s*[^:\n]{1,40}:\s+(?=\S)")
 _TRAILING_BRACKET = re.compile(r"\s*[(\[{][^()\[\]{}]*[)\]}]?\s*$")
 _QUOTES = "\"'`“”‘’«»„"
+_CONTRACTION = re.compile(r"(?:['’](?:ll|re|ve|d|m)|n['’]t)$", re.I)
 _ABBREVIATIONS = frozenset("mr mrs ms dr st mt jr sr capt gen sgt prof".split())
 
 
@@ -116,7 +117,9 @@ def shape_problem(title: str) -> str | None:
     an abbreviation such as "St."); no digits glued to letters (``"Souls19B8A43D20"``); not
     several shouted words; no slug shape (``"john-harker"``, underscores); every word
     capitalised except name particles (``PARTICLES``), and the first word capitalised; no
-    verb or interjection of ``NON_NAME_WORDS`` (a sentence, not a name).
+    verb or interjection of ``NON_NAME_WORDS`` (a sentence, not a name); no contraction
+    (``"You'll"``, ``"They're"``, ``"Don't"``: a pronoun or verb with ``'ll 're 've 'd 'm
+    n't``; a possessive ``'s`` and names such as ``"O'Brien"`` or ``"D'Arcy"`` pass).
 
     Returns:
         A short English reason (for logs), or None.
@@ -136,6 +139,8 @@ def shape_problem(title: str) -> str | None:
             return "sentence punctuation"
         if w.endswith(".") and not (len(core) == 1 or core.casefold() in _ABBREVIATIONS):
             return "sentence punctuation"
+    if any(_CONTRACTION.search(w) for w in words):
+        return "contraction"
     letters = [w for w in words if re.search(r"[^\W\d_]{2,}", w)]
     if len(letters) >= 2 and all(w.isupper() for w in letters):
         return "shouting"
