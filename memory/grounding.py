@@ -256,8 +256,9 @@ def name_spans(text: str, max_words: int = 5) -> list[tuple[str | None, list[str
                 and not _vocative(text, span[0][1] + len(span[0][0])) \
                 and span[0][0] not in later_caps:
             return None  # "True enough.": a lone capitalised sentence start is a common word
-        if len(span) == 1 and span[0][0].casefold() in HONORIFICS:
-            return None  # "Sir", "Captain" used as a form of address
+        if len(span) == 1 and (span[0][0].casefold() in HONORIFICS
+                               or span[0][0].casefold().removesuffix("s") in HONORIFICS):
+            return None  # "Sir", "Captain", "Captains" used as a form of address
         name = re.sub(r"['’]s$", "", " ".join(w for w, _ in span))
         return name if shape_problem(name) is None else None
 

@@ -111,6 +111,7 @@ def test_names_joined_by_and_or_in_are_split_unless_known_whole():
     "Well, thank you. Yes, we can go tomorrow morning. I'll bring the rope on Monday.",
     "i met john harker at the inn",
     "Don't forget how it will be. You'll have your way again tomorrow!",
+    "Hi Captains! It is so nice out on the ocean today!",
 ])
 def test_texts_without_names_have_no_candidates(text):
     assert candidate_names(text) == []
