@@ -3,7 +3,7 @@
 One ``IndexIDMap2(IndexFlatIP(dim))`` per scope (``world:{id}`` for base lore shared by a
 world's sessions, ``session:{id}`` for a session's composite documents, ``evidence:{id}`` for
 a session's evidence items, ``memory.evidence``); ids are lore entry ids (evidence: item
-ids), vectors are L2-normalised so inner product is cosine similarity (NOTES.md: HNSW cannot
+ids), vectors are L2-normalised so inner product is cosine similarity (faiss: HNSW cannot
 remove ids, IndexIDMap2 can). A session search looks in the session scope and in the world
 scope minus the entries the session has its own document for.
 
