@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     llm_n_ctx: int = 2048
     llm_threads: int = Field(0, ge=0, description=(
         "threads of each embedded llama.cpp server; 0 = workers.embedded.llm_threads' rule"))
-    split_llm: bool = Field(True, description=(
-        "the embedded stack gives the dialogue its own llama.cpp server"))
+    split_llm: bool | None = Field(None, description=(
+        "the embedded stack gives the dialogue its own llama.cpp server; unset: only on 4 or "
+        "more cores (workers.embedded.split_dialogue_server)"))
     dialogue_priority: Literal["auto", "on", "off"] = Field("auto", description=(
         "pipeline model calls yield to dialogue calls on a shared server (inference.priority)"))
     dialogue_priority_max_wait_s: float = Field(5.0, ge=0, description=(

@@ -2,7 +2,8 @@
 (``workers.embedded.llm_argv``, one thread each, as the embedded stack starts them on 2 cores)
 and the local MiniLM embedder (``EMBEDDER=minilm``), one dialogue server, one ``worker``
 (analysis, note_update, -c 1) and one ``embedder`` (embed, -c 1). Two layouts in the same run:
-``split`` (the default: the dialogue has its own model server) and ``shared`` (one server,
+``split`` (the dialogue has its own model server: the embedded default on 4+ cores) and
+``shared`` (one server, the default on fewer cores,
 pipeline calls yielding to dialogue calls, ``inference.priority``).
 
 Two sessions play turns concurrently (20 turns in all; quick: 2 turns, one session). Reported: turns per minute,
@@ -100,9 +101,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _config(env: Env, layout: str, sessions: int, turns: int, drain_s: float) -> dict:
-    """Play the turns with the pipeline busy on one model-server layout: ``split`` (the
-    embedded default: a llama.cpp server for the dialogue, another for the pipeline) or
-    ``shared`` (one server for both, pipeline calls yielding to dialogue calls)."""
+    """Play the turns with the pipeline busy on one model-server layout: ``split`` (a
+    llama.cpp server for the dialogue, another for the pipeline) or ``shared`` (one server
+    for both, pipeline calls yielding to dialogue calls)."""
     from workers.embedded import wait_http
 
     servers = [_start_llm(env, f"llm-{layout}")]
@@ -186,7 +187,7 @@ def run(env: Env, quick: bool) -> Result:
                         "<=", 1.5)],
         params={"sessions": sessions, "turns_per_session": turns, "model": ALIAS,
                 "embedder": "minilm", "drain_limit_s": drain_s, "queue_depths": depths},
-        notes="ratio = dialogue p95 of the split layout (the embedded default) / a bare "
+        notes="ratio = dialogue p95 of the split layout / a bare "
               "80-token completion p95 on an idle server, same run (target <= 1.5); "
               "shared = one server, pipeline calls yielding to dialogue calls "
               "(inference.priority); lag None = not drained within the limit.")

@@ -37,6 +37,13 @@ def test_llm_threads_leave_a_core_and_never_drop_below_one():
     assert llm_threads(2, cores=1) == 1
 
 
+def test_dialogue_gets_its_own_server_only_on_four_cores_or_more():
+    from workers.embedded import split_dialogue_server
+
+    assert not split_dialogue_server(2) and not split_dialogue_server(3)
+    assert split_dialogue_server(4) and split_dialogue_server(16)
+
+
 # ----------------------------------------------------------------------------- priority rule
 
 

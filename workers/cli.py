@@ -32,8 +32,8 @@ def demo(
     summary: Path | None = typer.Option(None, help="write the summary JSON here"),
     light_world: Path | None = typer.Option(None, help="LIGHT world map to use with --light"),
     split_llm: bool | None = typer.Option(None, "--split-llm/--shared-llm", help=(
-        "a separate llama.cpp server for the dialogue (default SPLIT_LLM, true); shared: "
-        "the pipeline's calls yield to dialogue calls")),
+        "a separate llama.cpp server for the dialogue (default SPLIT_LLM, else only on 4+ "
+        "cores); shared: the pipeline's calls yield to dialogue calls")),
 ) -> None:
     """Start everything, play a session, let the pipeline work, print what happened."""
     from workers.demo import DemoOptions, run_demo
@@ -54,7 +54,8 @@ def up(
     api_key: str = typer.Option("", help="API key to accept (default API_KEYS, else a new one)"),
     flower: bool = typer.Option(False, help="also start Flower (user npc, password = API key)"),
     split_llm: bool | None = typer.Option(None, "--split-llm/--shared-llm", help=(
-        "a separate llama.cpp server for the dialogue (default SPLIT_LLM, true)")),
+        "a separate llama.cpp server for the dialogue (default SPLIT_LLM, else only on 4+ "
+        "cores)")),
     data_dir: Path | None = typer.Option(None, help="where Redis, SQLite and logs go "
                                          "(default DATA_DIR/stack, wiped at start)"),
 ) -> None:

@@ -147,6 +147,20 @@ class Supervisor:
             self.procs.pop(n, None)
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def split_dialogue_server(cores: int | None = None) -> bool:
+    """Whether the embedded stack should give the dialogue a llama.cpp server of its own
+    (``SPLIT_LLM`` unset): only with 4 or more cores. Measured with ``npc-memory demo`` on 2
+    cores: two 1-thread servers evaluated the dialogue prompt at 44-63 tokens/s (p50 14.8 s,
+    p95 18.7 s per reply), one shared 1-thread server at 230-265 tokens/s with pipeline calls
+    yielding to dialogue calls (``inference.priority``; p50 4.8 s, p95 11.7 s)."""
+    return (usable_cores() if cores is None else cores) >= 4
+
+
 def llm_threads(servers: int, cores: int | None = None) -> int:
     """Threads for each of ``servers`` embedded llama.cpp servers on this machine: one core
     is left to the Python processes (dialogue server, workers, embedder) and the rest is
@@ -160,7 +174,7 @@ def llm_threads(servers: int, cores: int | None = None) -> int:
         cores: usable cores; default the CPUs this process may run on.
     """
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
     return max(1, (cores - 1) // max(1, servers))
 
 

@@ -7,11 +7,12 @@ then the dialogue server, the three Celery workers, beat and optionally Flower. 
 ends them all (``workers.embedded.Supervisor``). ``npc-memory demo`` plays a script on it and
 stops; ``npc-memory up`` keeps it running for a game to talk to.
 
-Model servers: llama.cpp serves one request at a time, so by default (``SPLIT_LLM=true``) the
-dialogue gets a server of its own (``GENERATION_BASE_URL``) beside the pipeline's
-(``LLM_BASE_URL``): a player's turn never waits behind an analysis or a note rewrite. Their
-threads follow ``workers.embedded.llm_threads``. With one shared server the pipeline's calls
-yield to dialogue calls instead (``inference.priority``).
+Model servers: llama.cpp serves one request at a time. On 4 or more cores (or with
+``SPLIT_LLM=true``) the dialogue gets a server of its own (``GENERATION_BASE_URL``) beside the
+pipeline's (``LLM_BASE_URL``): a player's turn never waits behind an analysis or a note
+rewrite. On fewer cores one server is shared, which was faster there
+(``workers.embedded.split_dialogue_server``), and the pipeline's calls yield to dialogue calls
+(``inference.priority``). Threads follow ``workers.embedded.llm_threads``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class StackOptions:
         port: the dialogue server's port (0: a free one).
         host: the dialogue server's bind address.
         api_key: the key clients send; empty: ``API_KEYS`` if set, else a new random one.
-        split_llm: a separate llama.cpp server for the dialogue (None: ``SPLIT_LLM``).
+        split_llm: a separate llama.cpp server for the dialogue (None: ``SPLIT_LLM``, else
+            ``workers.embedded.split_dialogue_server``).
         tick_seconds: world tick interval (``WORLD_TICK_SECONDS``).
         flower: also start Flower on ``flower_port`` with basic auth ``npc:<api key>``.
     """
@@ -125,7 +127,8 @@ class EmbeddedStack:
         s = get_settings()
         self.supervisor = sup = embedded.Supervisor(opts.data_dir / "logs", env)
         if not os.environ.get("LLM_BASE_URL"):
-            split = s.split_llm if opts.split_llm is None else opts.split_llm
+            split = opts.split_llm if opts.split_llm is not None else (
+                s.split_llm if s.split_llm is not None else embedded.split_dialogue_server())
             servers = [("llm", "LLM_BASE_URL")]
             if split:
                 servers.append(("llm-dialogue", "GENERATION_BASE_URL"))
