@@ -92,12 +92,9 @@ def _start_llm(env: Env, name: str) -> tuple[subprocess.Popen, str]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    from workers.embedded import stop_process
+
+    stop_process(proc)
 
 
 def _config(env: Env, layout: str, sessions: int, turns: int, drain_s: float) -> dict:

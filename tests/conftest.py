@@ -126,7 +126,7 @@ def blank_database(request):
 @pytest.fixture(scope="session")
 def llm_server():
     """The real llama.cpp server with SmolLM2-135M on LLM_PORT (started once)."""
-    from workers.embedded import llm_argv, wait_http
+    from workers.embedded import llm_argv, stop_process, wait_http
 
     log = open(TMP / "llm.log", "wb")
     # one thread: llama.cpp's threads spin, and the e2e demo starts a second server beside this
@@ -137,12 +137,7 @@ def llm_server():
         wait_http(f"http://127.0.0.1:{LLM_PORT}/v1/models", 120)
         yield os.environ["LLM_BASE_URL"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -178,6 +178,17 @@ def llm_threads(servers: int, cores: int | None = None) -> int:
     return max(1, (cores - 1) // max(1, servers))
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM ``proc``, then SIGKILL it if it has not exited within ``timeout`` seconds;
+    returns once it is gone."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def llm_argv(port: int, alias: str, n_ctx: int, threads: int) -> list[str]:
     """Command line of the llama.cpp OpenAI-compatible server serving SmolLM2."""
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
