@@ -110,6 +110,14 @@ class Settings(BaseSettings):
         "evidence items (utterances of the session) retrieved for the dialogue prompt"))
     retrieval_prompt_chars: int = Field(1600, ge=0, le=20000, description=(
         "budget of the retrieved documents and evidence lines in the dialogue prompt"))
+    # Approximate search (memory/vector_index.py): a scope of at least VECTOR_ANN_MIN vectors
+    # (in practice a large world's base lore) is searched through an IVF index (k-means cells,
+    # VECTOR_IVF_NLIST, 0: 2*sqrt(n); a query scans VECTOR_IVF_NPROBE of them), rebuilt in the
+    # background after writes; 0 keeps every search exact. Recall against exact search and
+    # latency: python -m bench retrieval
+    vector_ann_min: int = Field(50_000, ge=0)
+    vector_ivf_nlist: int = Field(0, ge=0)
+    vector_ivf_nprobe: int = Field(24, ge=1, le=65536)
     memories_prompt_chars: int = Field(500, ge=0, le=4000, description=(
         "budget of the session summary and salient memories in the dialogue prompt"))
     # Level 2 additions (memory/summaries.py): a session summary every N turns (0: off) and
@@ -127,6 +135,9 @@ class Settings(BaseSettings):
     # flushed ARCHIVE_FLUSH_MS after the first buffered turn at the latest
     archive_batch_size: int = Field(100, ge=1, le=5000)
     archive_flush_ms: int = Field(100, ge=1, le=60000)
+    # Batches of at least ARCHIVE_COPY_MIN turns are written with PostgreSQL COPY into a staging
+    # table (memory/archive.py); smaller ones as one multi-row INSERT. 0: never COPY
+    archive_copy_min: int = Field(50, ge=0)
 
     # Fold the updates queued for one session note into a single rewrite
     note_coalescing: bool = True

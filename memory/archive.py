@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy.orm import Session
 
-from memory.db import dialect_insert
+from memory.db import copy_insert_do_nothing, dialect_insert
 from memory.safe_input import clean_text
 from models import CardEvent, NpcCard, Turn
 
@@ -20,10 +20,15 @@ def archive_turns(session: Session, turns: list[dict]) -> int:
     return len(insert_turns(session, turns))
 
 
-def insert_turns(session: Session, turns: list[dict]) -> set[str]:
-    """Insert turns in one multi-row ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id``
-    (the archive tier of seed 001: batched, asynchronous, idempotent on the turn id); returns
-    the ids that were new. A turn id given twice in ``turns`` is written once.
+def insert_turns(session: Session, turns: list[dict], copy: bool | None = None) -> set[str]:
+    """Insert turns idempotently on the turn id (the archive tier: batched, asynchronous);
+    returns the ids that were new. A turn id given twice in ``turns`` is written once.
+
+    On PostgreSQL a batch of at least ``ARCHIVE_COPY_MIN`` turns goes through ``COPY`` into a
+    staging table and one ``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING RETURNING id``
+    (``memory.db.copy_insert_do_nothing``); smaller batches, and SQLite, use one multi-row
+    ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id``. ``copy`` forces either path
+    (benchmarks compare them).
 
     Each dict has ``turn_id, session_id, seq, npc_entry_id, player_text, npc_text,
     latency_ms, created_at`` (unix seconds) and optionally ``speaker`` (None: the session's
@@ -48,6 +53,13 @@ def insert_turns(session: Session, turns: list[dict]) -> set[str]:
         "game_minutes": t.get("game_minutes", 0),
         "created_at": datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
     } for t in turns]
+    if copy is None:
+        from settings import get_settings
+
+        copy = (session.get_bind().dialect.name == "postgresql"
+                and len(rows) >= get_settings().archive_copy_min > 0)
+    if copy:
+        return copy_insert_do_nothing(session, Turn, rows, "id")
     stmt = (dialect_insert(session, Turn)
             .on_conflict_do_nothing(index_elements=["id"]).returning(Turn.id))
     # An executemany with RETURNING: SQLAlchemy's "insertmanyvalues" sends it as one multi-row

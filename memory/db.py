@@ -101,3 +101,40 @@ def migrate(url: str | None = None, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
+
+
+def copy_insert_do_nothing(session: Session, model, rows: list[dict], key: str) -> set:
+    """Insert ``rows`` (dicts with the same keys, each a column of ``model``) into ``model``'s
+    table with PostgreSQL ``COPY`` into a temporary staging table and one
+    ``INSERT ... SELECT ... ON CONFLICT (key) DO NOTHING RETURNING key``; returns the keys
+    that were new. Idempotent on ``key`` like a plain ``INSERT ... ON CONFLICT DO NOTHING``,
+    but the rows travel in COPY's stream format instead of as bound parameters (psycopg 3
+    ``Cursor.copy``; PostgreSQL docs, "COPY" and "INSERT ... ON CONFLICT").
+
+    The staging table (``LIKE`` the target, session-private, emptied after each call) is
+    created once per database connection. Rows must not repeat a key (the caller dedups).
+
+    Raises:
+        NotImplementedError: the session's database is not PostgreSQL.
+        psycopg.Error: a row the target table refuses (the transaction is then aborted).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        raise NotImplementedError("COPY needs PostgreSQL")
+    if not rows:
+        return set()
+    table = model.__table__.name
+    stage = f"_stage_{table}"
+    cols = list(rows[0])
+    col_sql = ", ".join(f'"{c}"' for c in cols)
+    conn = session.connection().connection.driver_connection
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" '
+                    f'(LIKE "{table}" INCLUDING DEFAULTS) ON COMMIT DELETE ROWS')
+        with cur.copy(f'COPY "{stage}" ({col_sql}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in cols])
+        cur.execute(f'INSERT INTO "{table}" ({col_sql}) SELECT {col_sql} FROM "{stage}" '
+                    f'ON CONFLICT ("{key}") DO NOTHING RETURNING "{key}"')
+        new = {r[0] for r in cur.fetchall()}
+        cur.execute(f'TRUNCATE "{stage}"')
+    return new

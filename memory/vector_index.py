@@ -16,6 +16,15 @@ MiniLM to the 1024-d ``mistral-embed`` re-embeds into a new index, ``npc-memory 
 index belongs to one embedder: it loads, and takes from the stream, only that embedder's
 vectors of its dimension. Every embedder's rows use the plain scope names; the table's unique
 key is (scope, lore entry, embedder) (migration 0008).
+
+Large scopes are searched approximately: once a scope holds ``ann.min_size`` vectors, an
+inverted-file index (IVF: k-means cells, a query scans the ``nprobe`` nearest cells; Jégou et
+al. 2011, ``faiss.IndexIVFFlat``) is trained on its vectors beside the exact index and answers
+its searches. The exact index stays the store that upserts and removes go to; a write marks
+the IVF index stale, searches fall back to the exact index until a background thread has
+rebuilt it, and a scope only grows that large for a world's base lore, which changes on
+import or reindex. Session and evidence scopes stay exact in practice (they are far smaller),
+so scoping is never approximate: a search only ever looks in the scopes it names.
 """
 
 from __future__ import annotations
@@ -61,6 +70,39 @@ class Hit:
     scope: str
 
 
+@dataclass(frozen=True)
+class AnnParams:
+    """When and how a scope gets an approximate (IVF) index.
+
+    ``min_size``: vectors a scope must hold before one is built (0: never, all exact);
+    ``nlist``: k-means cells (0: ``2 * sqrt(n)``); ``nprobe``: cells a query scans (larger:
+    better recall, slower). Settings ``VECTOR_ANN_MIN``, ``VECTOR_IVF_NLIST``,
+    ``VECTOR_IVF_NPROBE`` (faiss ``IndexIVF`` parameters).
+    """
+
+    min_size: int = 0
+    nlist: int = 0
+    nprobe: int = 24
+
+    @classmethod
+    def from_settings(cls) -> "AnnParams":
+        """The parameters configured in ``settings``."""
+        from settings import get_settings
+
+        s = get_settings()
+        return cls(s.vector_ann_min, s.vector_ivf_nlist, s.vector_ivf_nprobe)
+
+    def cells(self, n: int) -> int:
+        """The number of k-means cells for ``n`` vectors."""
+        return max(1, min(n // 39, self.nlist or int(2 * n ** 0.5)))
+
+
+@dataclass
+class _Approx:
+    version: int
+    index: faiss.IndexIVFFlat
+
+
 class VectorIndex:
     """Scoped FAISS indexes with upsert/remove by id; thread-safe (writes under a lock).
 
@@ -68,13 +110,18 @@ class VectorIndex:
         dim: vector dimension (384 for MiniLM, 1024 for mistral-embed).
         embedder: the embedder whose vectors this index holds (its ``name``); None accepts
             any embedder's vectors of dimension ``dim`` (tests of the index alone).
+        ann: when large scopes are searched approximately (default: never).
     """
 
-    def __init__(self, dim: int, embedder: str | None = None):
+    def __init__(self, dim: int, embedder: str | None = None, ann: AnnParams | None = None):
         self.dim = dim
         self.embedder = embedder
+        self.ann = ann or AnnParams()
         self._scopes: dict[str, faiss.IndexIDMap2] = {}
         self._lock = threading.Lock()
+        self._versions: dict[str, int] = {}
+        self._approx: dict[str, _Approx] = {}
+        self._building: set[str] = set()
 
     def _index(self, scope: str) -> faiss.IndexIDMap2:
         index = self._scopes.get(scope)
@@ -97,6 +144,7 @@ class VectorIndex:
             index = self._index(scope)
             index.remove_ids(faiss.IDSelectorBatch(id_arr))
             index.add_with_ids(vectors, id_arr)
+            self._versions[scope] = self._versions.get(scope, 0) + 1
 
     def remove(self, scope: str, ids: list[int]) -> int:
         """Remove ids from a scope; returns how many were removed."""
@@ -104,7 +152,10 @@ class VectorIndex:
             index = self._scopes.get(scope)
             if index is None:
                 return 0
-            return int(index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
+            removed = int(index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
+            if removed:
+                self._versions[scope] = self._versions.get(scope, 0) + 1
+            return removed
 
     def ids(self, scope: str) -> np.ndarray:
         """The ids stored in a scope (int64 array)."""
@@ -132,13 +183,80 @@ class VectorIndex:
             return []
         faiss.omp_set_num_threads(1)
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
-        params = None
+        sel = None
         if exclude is not None and len(exclude):
-            params = faiss.SearchParameters(
-                sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude.astype(np.int64)))
-            )
+            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude.astype(np.int64)))
+        approx = self._fresh_approx(scope, index)
+        if approx is not None:
+            index = approx
+            params = faiss.SearchParametersIVF(nprobe=self.ann.nprobe)
+            if sel is not None:
+                params.sel = sel
+        else:
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None
         scores, ids = index.search(q, min(k, index.ntotal), params=params)
         return [Hit(int(i), float(s), scope) for s, i in zip(scores[0], ids[0]) if i >= 0]
+
+    def approximate(self, scope: str) -> bool:
+        """Whether searches of ``scope`` are answered by an up-to-date IVF index now."""
+        approx = self._approx.get(scope)
+        return approx is not None and approx.version == self._versions.get(scope, 0)
+
+    def build_approximate(self, scope: str, train_max: int = 64) -> bool:
+        """Train and fill the IVF index of ``scope`` from its exact index, in the calling
+        thread (k-means on at most ``train_max`` vectors per cell, a random sample); returns
+        False when the scope is below ``ann.min_size`` (or ANN is off). Writes that land
+        while it builds leave the new index stale, so it never answers for vectors it does
+        not hold."""
+        if not self.ann.min_size:
+            return False
+        with self._lock:
+            flat = self._scopes.get(scope)
+            if flat is None or flat.ntotal < self.ann.min_size:
+                return False
+            version = self._versions.get(scope, 0)
+            n = flat.ntotal
+            vectors = flat.index.reconstruct_n(0, n)
+            ids = faiss.vector_to_array(flat.id_map).astype(np.int64)
+        nlist = self.ann.cells(n)
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist,
+                                 faiss.METRIC_INNER_PRODUCT)
+        sample = vectors
+        if n > train_max * nlist:
+            rng = np.random.default_rng(0)
+            sample = vectors[rng.choice(n, train_max * nlist, replace=False)]
+        ivf.train(sample)
+        ivf.add_with_ids(vectors, ids)
+        with self._lock:
+            self._approx[scope] = _Approx(version, ivf)
+        log.info("built IVF index of %s: %d vectors, %d cells", scope, n, nlist)
+        return True
+
+    def _fresh_approx(self, scope: str, flat: faiss.IndexIDMap2):
+        """The scope's IVF index when it is current; starts a rebuild in the background when
+        the scope is large enough and the index is missing or stale (the caller searches the
+        exact index meanwhile)."""
+        if not self.ann.min_size or flat.ntotal < self.ann.min_size:
+            return None
+        approx = self._approx.get(scope)
+        if approx is not None and approx.version == self._versions.get(scope, 0):
+            return approx.index
+        with self._lock:
+            if scope in self._building:
+                return None
+            self._building.add(scope)
+
+        def rebuild() -> None:
+            try:
+                self.build_approximate(scope)
+            except Exception:
+                log.exception("IVF build of %s failed; searches stay exact", scope)
+            finally:
+                with self._lock:
+                    self._building.discard(scope)
+
+        threading.Thread(target=rebuild, name=f"ivf-{scope}", daemon=True).start()
+        return None
 
     def search_session(self, world_id: int, session_id: str, query: np.ndarray, k: int) -> list[Hit]:
         """Top-``k`` documents visible in a session: its own composite documents, and the

@@ -28,8 +28,14 @@ def test_quick_bench_writes_json(tmp_path):
             assert set(t) >= {"figure", "value", "op", "threshold", "met"}
             assert t["met"] in (True, False)
     retrieval = json.loads((tmp_path / "retrieval.json").read_text())
-    assert [r["entries"] for r in retrieval["rows"]] == [10_000, 100_000]
+    assert [(r["mode"], r["vectors"], r["entries"]) for r in retrieval["rows"]] == [
+        ("exact", "clustered", 10_000), ("exact", "clustered", 100_000),
+        ("ivf", "clustered", 100_000), ("exact", "uniform", 100_000),
+        ("ivf", "uniform", 100_000)]
     assert all(r["p95_ms"] > 0 and r["raw_faiss_p95_ms"] > 0 for r in retrieval["rows"])
+    assert all(0 <= r["recall_at_10"] <= 1 for r in retrieval["rows"] if r["mode"] == "ivf")
     archive = json.loads((tmp_path / "archive.json").read_text())
-    assert [r["written"] for r in archive["rows"]] == [2000, 500]  # batched, Celery archiver
+    # COPY, multi-row INSERT (PostgreSQL only), Celery archiver
+    postgres = archive["params"]["database"] == "postgresql"
+    assert [r["written"] for r in archive["rows"]] == ([2000, 2000, 500] if postgres else [2000, 500])
     assert archive["baseline"]["written"] == 300  # one insert per turn

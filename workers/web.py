@@ -56,7 +56,8 @@ from memory.composite import base_lore, composite_document
 from memory.hot_cache import HotCache
 from memory.db import session_scope
 from memory.safe_input import FiniteFloat, NonBlankStr, RequestModel, SafeStr
-from memory.vector_index import VectorIndex, VectorSync, evidence_scope, load_from_db, world_scope
+from memory.vector_index import (AnnParams, VectorIndex, VectorSync, evidence_scope, load_from_db,
+                                 world_scope)
 from memory.vector_index import session_scope as session_scope_name
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
@@ -77,7 +78,7 @@ async def lifespan(_app: FastAPI):
     auth.check_configured()  # no keys and API_AUTH not off: refuse to start
     embedder = get_embedder()
     r = nearline.get_redis()
-    state.index = VectorIndex(embedder.dim, embedder.name)  # only this embedder's vectors
+    state.index = VectorIndex(embedder.dim, embedder.name, AnnParams.from_settings())  # only this embedder's vectors
     state.sync = VectorSync(state.index, r)
     state.sync.start_id()
     with session_scope() as s:
