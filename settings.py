@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     hot_cache_max_entries: int = Field(10_000, ge=1)
     hot_cache_evict_interval_s: float = Field(30.0, gt=0)
 
-    # Archive (Level 3, seed 001): turns are written in batches of at most ARCHIVE_BATCH_SIZE,
+    # Archive (Level 3, PostgreSQL): turns are written in batches of at most ARCHIVE_BATCH_SIZE,
     # flushed ARCHIVE_FLUSH_MS after the first buffered turn at the latest
     archive_batch_size: int = Field(100, ge=1, le=5000)
     archive_flush_ms: int = Field(100, ge=1, le=60000)
@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     db_outage_max_retries: int = 200
     reconcile_seconds: float = 30.0
 
-    # World ticks (seed 004's world simulation). A tick simulates, per session, at most
+    # World ticks (off-screen world simulation). A tick simulates, per session, at most
     # SIMULATE_MAX_NPCS characters within SIMULATE_MAX_TOKENS model tokens; one beat tick
     # spends at most TICK_MAX_NPCS and TICK_MAX_TOKENS over all sessions (the rest wait).
     world_tick_seconds: float = 60.0
@@ -176,11 +176,11 @@ class Settings(BaseSettings):
     rank_weight_staleness: float = 1.0
     beat_lock_timeout_s: int = 30
 
-    # Evaluation harness (evaluation/, seed 000 component 5): gate thresholds. Quality gates
+    # Evaluation harness (evaluation/): gate thresholds. Quality gates
     # are shares 0..1 judged by the analysis model; performance gates are measured by the
     # harness on the dialogue server (latency at the client, memory from its /metrics).
     eval_min_lore_accuracy: float = Field(0.9, ge=0, le=1, description=(
-        "share of replies that do not contradict the NPC's lore entry (seed 000: >90%)"))
+        "share of replies that do not contradict the NPC's lore entry (target: >90%)"))
     eval_min_consistency: float = Field(0.8, ge=0, le=1, description=(
         "share of repeated questions whose two answers the judge finds in agreement"))
     eval_min_sentiment_fit: float = Field(0.8, ge=0, le=1, description=(
@@ -188,15 +188,16 @@ class Settings(BaseSettings):
     eval_vampire_tones: str = Field("cold,neutral,courteous,warm", description=(
         "tones (hostile, cold, neutral, courteous, warm, cheerful) that fit the vampire"))
     eval_max_p95_latency_ms: float = Field(250.0, gt=0, description=(
-        "p95 turn latency at the client, ms (seed 000: <250 ms at 500 concurrent NPCs)"))
+        "p95 turn latency at the client, ms (target: <250 ms at 500 concurrent NPCs)"))
     eval_max_error_rate: float = Field(0.05, ge=0, le=1, description=(
         "share of requests that failed (non-2xx or transport error)"))
     eval_min_throughput_rps: float = Field(50.0, ge=0, description=(
-        "successful turns per second under the horde (seed 001: 50 inferences/s a server)"))
+        "successful turns per second under the horde (one batching model server: ~50 "
+        "inferences/s)"))
     eval_max_memory_mb: float = Field(2048.0, gt=0, description=(
         "peak resident memory of the dialogue server process, MB (its /metrics)"))
 
-    # Archetype LoRA adapters (inference/lora, seeds 000/001): which adapter task a call of
+    # Archetype LoRA adapters (inference/lora): which adapter task a call of
     # each purpose uses (LORA_PURPOSE_TASKS, JSON), how many adapters one vLLM server keeps
     # loaded before the least recently used is unloaded, the base model adapters must be
     # trained on (empty: the generation role's model), and the load call's limits

@@ -1,4 +1,4 @@
-"""The benchmark suite (issue 8): ``python -m bench [names...] [--quick] [--json-out DIR]``.
+"""The benchmark suite: ``python -m bench [names...] [--quick] [--json-out DIR]``.
 
 One module per benchmark, each with ``run(env, quick) -> bench.common.Result``; the runner is
 ``bench/__main__.py``. Figures are printed and written as JSON, never asserted in tests.

@@ -4,7 +4,8 @@ JSON.
 
 Every benchmark module has ``run(env: Env, quick: bool) -> Result``. A ``Result`` holds rows
 of figures (one dict per configuration), the ``baseline`` measured in the same run, the
-``ratio`` against it, and ``targets`` (issue 8's) with whether each was met.
+``ratio`` against it, and ``targets`` (the figures each benchmark aims for) with whether each
+was met.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def dist(values: list[float], digits: int = 3) -> dict:
 
 @dataclass
 class Target:
-    """An issue target: ``figure`` (its name), the measured ``value``, ``op`` (">=" or "<=")
+    """A target: ``figure`` (its name), the measured ``value``, ``op`` (">=" or "<=")
     and ``threshold``; ``met`` says whether it holds (None when not measured)."""
 
     figure: str

@@ -180,5 +180,5 @@ def run(env: Env, quick: bool) -> Result:
               f"{cache['rss_growth_mb']} MB ({cache['mb_per_10k_npcs']} MB per 10k (session, "
               "NPC) entries; an upper bound: all growth of the process is counted). Local "
               f"MiniLM embedder, one query in-process: p50 {embed['p50']} ms, p95 "
-              f"{embed['p95']} ms (the zero server embeds during the run). Target from the "
-              "memory-tiers issue: overhead p95 <= 10 ms at 500 sessions.")
+              f"{embed['p95']} ms (the zero server embeds during the run). Target: overhead "
+              "p95 <= 10 ms at 500 sessions.")

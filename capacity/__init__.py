@@ -1,1 +1,1 @@
-"""Capacity planning of archetype model chains on model servers (seed 001)."""
+"""Capacity planning of archetype model chains on model servers."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from capacity.planner import SEED_ARCHETYPES, Archetype, CapacityInputs, CapacityPlan, DoesNotFit
+from capacity.planner import DEFAULT_ARCHETYPES, Archetype, CapacityInputs, CapacityPlan, DoesNotFit
 
 _D = CapacityInputs()
 
@@ -24,7 +24,7 @@ def plan_capacity(
         None, "--adapters-dir", exists=True, file_okay=False,
         help="directory of PEFT adapters <archetype>/<adapter>/adapter_model.*: sizes read "
              "from the files"),
-    archetypes: str = typer.Option(",".join(SEED_ARCHETYPES),
+    archetypes: str = typer.Option(",".join(DEFAULT_ARCHETYPES),
                                    help="comma-separated archetype names (no file given)"),
     adapters_per_archetype: int = typer.Option(7, min=1, help="adapters per chain (no file)"),
     adapter_size_mb: float = typer.Option(100.0, min=0, help="MB per adapter (no file)"),

@@ -1,8 +1,8 @@
-"""Capacity planner for archetype model chains (seed 001, "Server Packing Strategy").
+"""Capacity planner for archetype model chains: how many model servers, and which chains on each.
 
 A model server holds one shared base model, an inference engine, the LoRA adapters of the
-archetype chains it hosts, and the KV cache of the NPCs it is serving. The golden rule (seed
-001): an archetype's chain (its adapters: personality, dialogue_style, action_policy,
+archetype chains it hosts, and the KV cache of the NPCs it is serving. The golden rule: an
+archetype's chain (its adapters: personality, dialogue_style, action_policy,
 emotional_response, world_knowledge, social_dynamics, goal_prioritization) stays on one server,
 so a chain is an indivisible item when the chains are packed onto servers.
 
@@ -12,14 +12,14 @@ the NPCs: a server runs at most ``server_inferences_per_s`` inferences per secon
 (throughput) and holds the KV cache of at most ``free memory / kv_cache_gb_per_npc``
 concurrent NPCs (memory); the smaller of the two binds.
 
-Units: memory in GB (10^9 bytes, as the seeds write them), adapter sizes in MB (10^6 bytes),
-rates per second. Pure arithmetic: no I/O, no settings.
+Units: memory in GB (10^9 bytes), adapter sizes in MB (10^6 bytes), rates per second. Pure
+arithmetic: no I/O, no settings.
 
-Seed 001's worked example: 10,000 NPCs x 0.125 actions/s x 7 inferences per action = 8,750
-inferences/s; at 50 inferences/s per server that is 175 servers. Its memory example (70B
-4-bit base 21 GB + engine 1.6 GB + 7 adapters x 200 MB = 24 GB on a 24 GB GPU) leaves no room
-for the KV cache that seed 000 budgets at ~5 GB per 50 concurrent NPCs, and its "35 adapters
-= 1.4 GB" is 7 adapters' worth: with those numbers one server holds one chain, not five.
+Worked example: 10,000 NPCs x 0.125 actions/s x 7 inferences per action = 8,750
+inferences/s; at 50 inferences/s per server that is 175 servers. A 70B deployment (4-bit base
+21 GB + engine 1.6 GB + 7 adapters x 200 MB = 24 GB on a 24 GB GPU) leaves no room for a KV
+cache (~5 GB per 50 concurrent NPCs in the 7B estimate below), and the 1.4 GB left for
+adapters holds 7 of 200 MB, not 35: with those numbers one server holds one chain, not five.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 
 ADAPTER_TASKS = ("personality", "dialogue_style", "action_policy", "emotional_response",
                  "world_knowledge", "social_dynamics", "goal_prioritization")
-"""The seven adapters of an archetype chain (seed 001)."""
+"""The seven adapters of an archetype chain."""
 
-SEED_ARCHETYPES = ("vampire", "werewolf", "zombie", "ghoul", "lich")
-"""The five archetypes of the seeds."""
+DEFAULT_ARCHETYPES = ("vampire", "werewolf", "zombie", "ghoul", "lich")
+"""The five default archetypes."""
 
 _EPS = 1e-9
 
@@ -54,8 +54,8 @@ class Archetype:
 
     Attributes:
         name: e.g. ``vampire``.
-        adapter_count: LoRA adapters in its chain (seed 001: 7).
-        adapter_size_mb: size of one adapter in MB (seed 001: ~200, seed 000: ~100); with
+        adapter_count: LoRA adapters in its chain (a complete chain: 7).
+        adapter_size_mb: size of one adapter in MB (typically ~100-200); with
             ``adapter_sizes_mb`` given (sizes read from files) this is their mean.
         share: share of the NPCs that are of this archetype, 0..1 (None: an equal split of
             what the archetypes with a share leave).
@@ -78,9 +78,10 @@ class Archetype:
 
 @dataclass(frozen=True)
 class CapacityInputs:
-    """What :func:`plan` needs. Defaults: seed 000's deployment estimate (7B base, 4-bit AWQ
-    3.5 GB; ~100 MB adapters; engine 1.6 GB; KV cache 5 GB per 50 NPCs; 24 GB GPU) and seed
-    001's traffic (10,000 NPCs, 0.125 actions/s, 7 inferences per action, 50 inferences/s).
+    """What :func:`plan` needs. Defaults: a 7B deployment on one 24 GB GPU (g5.2xlarge:
+    base 4-bit AWQ 3.5 GB; ~100 MB adapters; engine 1.6 GB; KV cache 5 GB per 50 NPCs) and the
+    default traffic (10,000 NPCs, an action every 8 s, one inference per adapter = 7 per action,
+    50 inferences/s per server with batching).
 
     Attributes:
         archetypes: the chains to host (names unique).
@@ -98,7 +99,7 @@ class CapacityInputs:
         server_inferences_per_s: inferences per second one server sustains (batched).
     """
 
-    archetypes: tuple[Archetype, ...] = tuple(Archetype(n, 7, 100.0) for n in SEED_ARCHETYPES)
+    archetypes: tuple[Archetype, ...] = tuple(Archetype(n, 7, 100.0) for n in DEFAULT_ARCHETYPES)
     base_params_b: float = 7.0
     quant_bits: float = 4.0
     base_model_gb: float | None = None
@@ -171,7 +172,7 @@ class CapacityPlan:
         servers_needed: total servers.
         inferences_per_s: total inference demand (NPCs x actions/s x inferences/action).
         servers_for_throughput_only: ``ceil(inferences_per_s / server_inferences_per_s)``,
-            seed 001's formula (memory ignored).
+            the throughput-only count (memory ignored).
         groups: one :class:`ServerGroup` per layout.
         binding: ``memory`` if any group is memory-bound, else ``throughput``.
         chain_gb: each archetype's chain size, GB.

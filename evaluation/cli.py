@@ -25,7 +25,7 @@ def evaluate(
     npc: str = typer.Option("casimir_varga", help="the vampire NPC's id (its entry key)"),
     turns: int = typer.Option(30, min=2, max=500, help="vampire conversation turns"),
     concurrency: int = typer.Option(100, min=1, max=1000,
-                                    help="simultaneous horde requests (seed 000: 100-300)"),
+                                    help="simultaneous horde requests (a horde is 100-300)"),
     horde_npc: list[str] = typer.Option([], help="NPC id(s) for the horde (repeatable; "
                                         "default: the world's zombies, else every character)"),
     timeout: float = typer.Option(300.0, min=1.0, help="seconds per request"),
@@ -38,7 +38,7 @@ def evaluate(
     k: int = typer.Option(200, min=1, max=200, help="--dataset: most items per retrieval"),
     backend: str = typer.Option("auto", help="--dataset: auto, llamacpp, configured or zero"),
 ) -> None:
-    """Run the acceptance tests (seed 000): quality gates (lore accuracy, consistency,
+    """Run the acceptance tests: quality gates (lore accuracy, consistency,
     sentiment; judged by the analysis model) and performance gates (p95 latency, error rate,
     throughput, memory) with thresholds from EVAL_* settings. With ``--dataset``: the
     memory-quality benchmark instead (``python -m bench memory_quality``, same function)."""

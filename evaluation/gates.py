@@ -1,4 +1,4 @@
-"""Quality and performance gates (seed 000, component 5) and the result of one scenario run.
+"""Quality and performance gates of the evaluation harness and the result of one scenario run.
 
 A gate compares one metric with a threshold from the settings (``EVAL_*``): ``min`` gates pass
 when the value is at least the threshold, ``max`` gates when it is at most the threshold. A

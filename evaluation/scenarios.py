@@ -1,4 +1,4 @@
-"""The predefined acceptance tests (seed 000, component 5), run against a dialogue server over
+"""The predefined acceptance tests of the evaluation harness, run against a dialogue server over
 its HTTP API, whichever model backend that server is configured with.
 
 ``vampire-long-conversation``: one long scripted conversation with a vampire NPC (default:
@@ -14,7 +14,7 @@ asked once early and again at the end. The analysis model judges every reply (JS
 
 Performance gates of the conversation: p95 turn latency, error rate, peak server memory.
 
-``zombie-horde``: ``concurrency`` dialogue requests (seed 000: 100-300) sent at once, each on
+``zombie-horde``: ``concurrency`` dialogue requests (a horde event: 100-300) sent at once, each on
 its own session, spread over the world's zombie NPCs (all characters when it has none);
 p50/p95 latency at the client, error rate, throughput (successful requests per second of the
 burst's wall time) and the server's peak resident memory sampled during the burst.
@@ -315,7 +315,7 @@ def run_zombie_horde(server: str, api_key: str | None, *, world: str = "saltmere
 
     Args:
         npcs: NPC ids to address (None: the world's zombies, else all its characters).
-        concurrency: simultaneous requests (seed 000: 100-300), each on its own session.
+        concurrency: simultaneous requests (a horde event: 100-300), each on its own session.
         timeout: seconds per request; a request past it counts as an error.
 
     Raises:

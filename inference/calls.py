@@ -172,7 +172,7 @@ def analyze_turn(npc_title: str, player_text: str, npc_text: str,
                  entities: list, speaker: str | None = None,
                  hints: str = "", route: ModelRoute | None = None) -> tuple[AnalysisOutput, int]:
     """Updates and creations implied by one turn (analysis role), ids limited to ``entities``,
-    and the turn's relationship and quest events for the NPC's cards (seed 000).
+    and the turn's relationship and quest events for the NPC's cards.
     ``speaker`` names who said ``player_text`` when it was not the player; ``npc_text`` is ""
     when the NPC did not answer. ``hints``: open promises and active quests already on the
     cards (``memory.cards.analysis_hints``). ``route``: the NPC's model route (purpose
@@ -264,7 +264,7 @@ def simulation_messages(world_title: str, elapsed: str, now: str, targets: list[
 def simulate(world_title: str, elapsed: str, now: str, targets: list[dict], places: list[dict],
              recent: list[str], max_tokens: int = 700,
              route: ModelRoute | None = None) -> tuple[SimulationOutput, int]:
-    """What off-screen characters did (maintenance role, seed 004's simulation prompt).
+    """What off-screen characters did (maintenance role, ``simulate_world.j2``).
 
     Args:
         elapsed: in-game time since the last tick, in words ("2 hours").
@@ -293,7 +293,8 @@ def simulate(world_title: str, elapsed: str, now: str, targets: list[dict], plac
 
 def summarize_session(player_name: str, previous: str, turns: list[dict],
                       max_tokens: int = 300) -> tuple[SessionSummary, int]:
-    """The rolling session summary, 300-600 characters (maintenance role; seed 001's Level 2).
+    """The rolling session summary, 300-600 characters (maintenance role; kept in
+    Redis, level 2 of the memory tiers).
 
     Args:
         previous: the last summary ('' when none).

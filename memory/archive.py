@@ -78,7 +78,7 @@ CARD_KINDS = ("relationship", "quest")
 
 def archive_cards(session: Session, session_id: str, npc_entry_id: int, cards: dict[str, dict],
                   events: list[dict]) -> dict:
-    """Archive card snapshots and the events applied to them (seed 000: Redis -> PostgreSQL);
+    """Archive card snapshots and the events applied to them (Redis -> PostgreSQL);
     one item of :func:`archive_card_batch`.
 
     Args:

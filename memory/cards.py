@@ -1,10 +1,10 @@
-"""Memory cards (seed 000, "Memory Cards" and the Redis tier's relationship/quest cards): what
+"""Memory cards (the Redis tier's relationship and quest cards): what
 an NPC remembers about the player of a session, kept in the nearline tier so that the dialogue
 hot path reads it from Redis only.
 
-Two cards per (session, NPC). A session is one player on one world, so (session, NPC) is the
-seed's NPC x player pair; the quest card is per NPC too (seed 000 keys ``npc:<id>:quest`` next
-to ``npc:<id>:relationship``): the quests this NPC and the player share.
+Two cards per (session, NPC). A session is one player on one world, so (session, NPC) is an
+NPC x player pair; the quest card is per NPC too, like the relationship card: the quests this
+NPC and the player share.
 
 - Relationship card (``RelationshipCard``): ``trust`` and ``affinity``, integers clamped to
   ``SCORE_MIN..SCORE_MAX`` (-100..100, 0 for a stranger); promises the *player* made to the NPC
@@ -146,7 +146,7 @@ EventText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1
 
 
 class RelationshipEvent(BaseModel):
-    """One thing the player did to the NPC (seed 000: trust/affinity updates, promises,
+    """One thing the player did to the NPC (trust/affinity updates, promises,
     betrayals, gifts, insults, life-saving events).
 
     ``event_id`` is unique per event (``{turn_id}:r{i}`` from the analysis); ``intensity`` 1..10
@@ -165,8 +165,8 @@ class RelationshipEvent(BaseModel):
 
 
 class QuestEvent(BaseModel):
-    """One change of the quests between the NPC and the player, or of a story flag (seed 000:
-    active quests, milestones, flags).
+    """One change of the quests between the NPC and the player, or of a story flag (active
+    quests, milestones, flags).
 
     ``name`` is the quest or flag name; ``detail`` the goal (``quest_started``), the step
     (``milestone``), the outcome (``quest_completed``/``quest_failed``) or the flag's value
@@ -209,8 +209,8 @@ class Betrayal(Detail):
 
 
 class RelationshipCard(BaseModel):
-    """The NPC's relationship with the player of one session (seed 000's RelationshipCard,
-    <= 2 KB). Scores are integers in -100..100; lists are oldest first."""
+    """The NPC's relationship with the player of one session (<= 2 KB). Scores are integers in
+    -100..100; lists are oldest first."""
 
     model_config = ConfigDict(extra="forbid")
     rev: int = 0
@@ -251,8 +251,8 @@ class Flag(BaseModel):
 
 
 class QuestCard(BaseModel):
-    """Quest state between the NPC and the player of one session (seed 000's QuestStateCard,
-    <= 2 KB): quests and flags, oldest first."""
+    """Quest state between the NPC and the player of one session (<= 2 KB): quests and flags,
+    oldest first."""
 
     model_config = ConfigDict(extra="forbid")
     rev: int = 0

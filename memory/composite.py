@@ -1,4 +1,4 @@
-"""Composite documents (seed 003): base lore and session note in one text, one vector."""
+"""Composite documents: base lore and session note in one text, one vector."""
 
 from __future__ import annotations
 

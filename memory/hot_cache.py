@@ -1,4 +1,5 @@
-"""Level 1 of seed 001's three tiers: the dialogue server's in-process hot cache.
+"""Level 1 of the three memory tiers (hot cache -> Redis -> PostgreSQL): the dialogue server's
+in-process hot cache.
 
 Per (session, NPC key) it keeps what a turn needs besides retrieval: the resolved target (the
 session's world and player, the NPC's lore entry), the NPC's session note, its memory cards

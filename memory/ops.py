@@ -1,5 +1,5 @@
-"""Operations on the memory pipeline (the reliability issue's operator surface, after seed 003's
-monitoring endpoints): roll a session note back, inspect an entity's composite document and
+"""Operations on the memory pipeline (the operator's surface for
+monitoring and repair): roll a session note back, inspect an entity's composite document and
 revision history, show an NPC's memory cards, list/inspect/replay dead letters, list and retry
 a session's tasks from the ledger, report queue lengths and workers, and trigger maintenance
 work: re-analyse a recorded turn, run a world tick now.
@@ -146,8 +146,8 @@ def entry_with_history(session: Session, session_id: str, lore_entry_key: str) -
 
 def session_cards(r, session_id: str, npc_key: str, *, events: int = 20,
                   budget_chars: int = 600) -> dict:
-    """An NPC's memory cards in one session, live from the nearline tier (Redis only, seed
-    000's relationship and quest cards).
+    """An NPC's memory cards in one session, live from the nearline tier (Redis only: the
+    relationship and quest cards).
 
     Returns:
         ``{"session_id", "npc_id" (entry key), "npc_entry_id", "npc_name",

@@ -1,4 +1,4 @@
-"""Rebuilding the stored vectors from the database (issue 5: switching the embedder re-embeds
+"""Rebuilding the stored vectors from the database (switching the embedder re-embeds
 into a new index instead of mixing dimensions; ``npc-memory reindex``).
 
 The documents are rebuilt from their sources, not from the stored vectors: every canonical

@@ -1,4 +1,4 @@
-"""Off-screen world simulation (seed 004): which NPCs a tick simulates, and on what budget.
+"""Off-screen world simulation: which NPCs a tick simulates, and on what budget.
 
 Peers that simulate (Generative Agents, AI Town) step every agent every tick; here a tick
 only simulates the characters that matter, within a budget:

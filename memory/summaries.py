@@ -1,4 +1,4 @@
-"""Level 2 additions in Redis (seed 001's nearline tier; seed 000's memory cards as the source):
+"""Level 2 additions in Redis (the nearline tier; the memory cards are their source):
 a rolling session summary, the salient memories of each (session, NPC), and the NPC's emotional
 trajectory.
 

@@ -11,7 +11,7 @@ The stored vectors (``stored_vectors`` table) are the source of truth; ``load_fr
 rebuilds an index from them and ``VectorSync`` keeps it current from the ``vectors:updates``
 Redis stream that ``embed`` workers append to.
 
-Several embedders can have stored vectors side by side (issue 5: switching from the 384-d local
+Several embedders can have stored vectors side by side (switching from the 384-d local
 MiniLM to the 1024-d ``mistral-embed`` re-embeds into a new index, ``npc-memory reindex``). An
 index belongs to one embedder: it loads, and takes from the stream, only that embedder's
 vectors of its dimension. Every embedder's rows use the plain scope names; the table's unique

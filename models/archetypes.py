@@ -1,11 +1,11 @@
-"""The archetype model chains (seeds 000 and 001): one shared base model, one LoRA adapter per
+"""The archetype model chains: one shared base model, one LoRA adapter per
 (archetype, task), all of an archetype's adapters on one model server (the user's golden rule:
 an archetype's chain stays on one server).
 
 ``Archetype`` holds the chain's server (``server_url`` of its OpenAI-compatible vLLM server and
 a free-form ``server_id`` such as ``g5-2xlarge-001``), the base model the adapters were
 trained on, and the URLs of the co-located voice / facial / body services (stored for
-clients, never called here). ``Adapter`` is seed 001's ``AdapterInfo``: the PEFT adapter's
+clients, never called here). ``Adapter`` is one adapter's metadata: the PEFT adapter's
 path on the model server's disk, LoRA rank, size in MB, base model, version, what it was
 trained on and its quality metrics; ``name`` is the ``lora_name`` it is served under (the
 ``model`` of a chat call), ``mistral_model`` the fine-tuned model id that stands for it on
@@ -26,7 +26,7 @@ from models.base import Base, utcnow
 
 ADAPTER_TASKS = ("personality", "dialogue_style", "action_policy", "emotional_response",
                  "world_knowledge", "social_dynamics", "goal_prioritization")
-"""Seed 001's ``AdapterTask`` values: the seven adapters of a complete chain."""
+"""The adapter tasks: the seven adapters of a complete chain."""
 
 
 class Archetype(Base):

@@ -1,4 +1,4 @@
-"""The archive of the memory cards (seed 000's PostgreSQL tier): the latest snapshot of each
+"""The archive of the memory cards (the PostgreSQL tier): the latest snapshot of each
 card and every event applied to it. Written by the ``archive`` queue from Redis, never read
 on the dialogue hot path (Redis holds the live cards, ``memory.cards``)."""
 

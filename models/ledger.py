@@ -1,5 +1,5 @@
-"""The task ledger (the seeds' note_update_tasks / entity_creation_tasks / maintenance queue)
-and the dead-letter store."""
+"""The task ledger (one execution record per Celery task: note updates, entity creations,
+maintenance work and the rest) and the dead-letter store."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ from models.base import Base, utcnow
 
 
 class SessionNote(Base):
-    """Session-specific truth about one lore entry (seed 003's SessionNote).
+    """Session-specific truth about one lore entry: what changed in this session, over the
+    unchanged base lore.
 
     ``version`` starts at 1 and increases by one per revision; writers commit only if the
     version they read is still current.

@@ -28,7 +28,7 @@ class World(Base):
 
 
 class LoreEntry(Base):
-    """One canonical entity of a world (seed 003's LoreEntry).
+    """One canonical entity of a world: the base lore every session starts from.
 
     ``key`` is unique within the world and is the id the analysis model sees.
     Base lore is never rewritten by the pipeline; sessions write SessionNotes instead.

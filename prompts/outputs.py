@@ -16,7 +16,7 @@ EntityType = Literal["character", "location", "item"]
 
 
 class NoteUpdate(BaseModel):
-    """One update intention: which entry (by key) and what happened to it (seed 003)."""
+    """One update intention: which entry (by key) and what happened to it."""
 
     model_config = ConfigDict(extra="ignore")
     lore_entry_id: str = Field(min_length=1, max_length=300)
@@ -24,7 +24,7 @@ class NoteUpdate(BaseModel):
 
 
 class EntityCreation(BaseModel):
-    """One creation intention: a new entity introduced in the turn (seed 003)."""
+    """One creation intention: a new entity introduced in the turn."""
 
     model_config = ConfigDict(extra="ignore")
     entity_type: EntityType
@@ -32,7 +32,7 @@ class EntityCreation(BaseModel):
 
 
 class RelationshipChange(BaseModel):
-    """How the player treated the NPC in the turn (seed 000's relationship card events): the
+    """How the player treated the NPC in the turn (an event for the relationship card): the
     kind, one sentence, and an intensity 1 (slight) .. 10 (extreme)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -42,7 +42,7 @@ class RelationshipChange(BaseModel):
 
 
 class QuestChange(BaseModel):
-    """A quest or story-flag change in the turn (seed 000's quest card events): the kind, the
+    """A quest or story-flag change in the turn (an event for the quest card): the kind, the
     quest or flag name, and a short detail (the goal, step, outcome or flag value)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -63,7 +63,7 @@ class AnalysisOutput(BaseModel):
 
 
 class CreatedEntity(BaseModel):
-    """The creation model's answer: a new lore entry (seed 003)."""
+    """The creation model's answer: a new lore entry."""
 
     model_config = ConfigDict(extra="ignore")
     title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
@@ -74,13 +74,13 @@ class CreatedEntity(BaseModel):
 
 
 class SimulationOutput(BaseModel):
-    """The simulation model's answer: a list of off-screen updates (seed 004)."""
+    """The simulation model's answer: a list of off-screen updates."""
 
     updates: list[NoteUpdate] = Field(max_length=4)
 
 
 class SessionSummary(BaseModel):
-    """The maintenance model's rolling session summary (seed 001's Level 2), 300-600 chars."""
+    """The maintenance model's rolling session summary (kept in Redis), 300-600 chars."""
 
     model_config = ConfigDict(extra="ignore")
     summary: Annotated[str, StringConstraints(min_length=300, max_length=600)]

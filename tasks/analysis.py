@@ -1,6 +1,6 @@
 """Queue ``analysis``: ``npc_memory.analyze_turn`` fans a turn out into note updates and
-entity creations (seed 003's analysis step) and applies its relationship and quest events to
-the NPC's memory cards (seed 000)."""
+entity creations (the analysis step between a turn and the note/creation queues) and applies
+its relationship and quest events to the NPC's memory cards."""
 
 from __future__ import annotations
 

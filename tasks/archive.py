@@ -1,6 +1,7 @@
 """Queue ``archive``: ``npc_memory.archive_turn`` writes turns into the archive table in
 batches; ``npc_memory.archive_cards`` writes memory-card snapshots and their events in batches
-too (seed 000's PostgreSQL tier, seed 001's Level 3: asynchronous, batched writes only).
+too (the PostgreSQL tier, level 3 of hot cache -> Redis -> PostgreSQL: asynchronous, batched
+writes only).
 
 ``archive_turn`` keeps its one-turn payload (``TurnPayload``) and stable task id
 ``npc_memory.archive_turn:{turn_id}``; the worker gathers its messages with celery-batches and

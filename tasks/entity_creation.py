@@ -1,4 +1,4 @@
-"""Queue ``entity_creation``: ``npc_memory.create_entity`` makes a new lore entry (seed 003)."""
+"""Queue ``entity_creation``: ``npc_memory.create_entity`` makes a new lore entry."""
 
 from __future__ import annotations
 

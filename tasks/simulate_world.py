@@ -1,5 +1,5 @@
 """Queue ``simulate_world``: the beat's ``npc_memory.world_tick`` and the per-session
-``npc_memory.simulate_world`` (seed 004's world simulation, on a budget)."""
+``npc_memory.simulate_world`` (off-screen world simulation, on a budget)."""
 
 from __future__ import annotations
 

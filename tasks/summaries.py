@@ -1,5 +1,6 @@
 """Queue ``note_update``: ``npc_memory.summarize_session`` keeps the rolling session summary
-(seed 001's Level 2, ``memory.summaries``) with the maintenance model.
+(the Redis tier, level 2 of hot cache -> Redis -> PostgreSQL; ``memory.summaries``) with the
+maintenance model.
 
 Sent by the dialogue server every ``SUMMARIZE_EVERY_TURNS`` turns of a session (task id
 ``npc_memory.summarize_session:{session_id}:{seq}``, so a resend runs once). It reads only

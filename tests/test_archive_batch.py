@@ -1,4 +1,4 @@
-"""The batched archive (seed 001's Level 3): ``npc_memory.archive_turn`` and
+"""The batched archive (Level 3, PostgreSQL): ``npc_memory.archive_turn`` and
 ``npc_memory.archive_cards`` through a real
 ``celery worker`` subprocess consuming only ``archive`` with a batch-sized prefetch (as the
 Procfile's ``archiver``), on the real broker and database."""

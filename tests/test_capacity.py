@@ -1,4 +1,4 @@
-"""The capacity planner (capacity/): seed 001's worked example, the memory arithmetic, first-fit
+"""The capacity planner (capacity/): the 70B worked example, the memory arithmetic, first-fit
 decreasing packing under the golden rule, the input files and the ``plan-capacity`` command."""
 
 from __future__ import annotations
@@ -11,39 +11,39 @@ import pytest
 from typer.testing import CliRunner
 
 from capacity.inputs import load_inputs_file, read_adapter_dir
-from capacity.planner import (SEED_ARCHETYPES, Archetype, CapacityInputs, DoesNotFit, pack_chains,
-                              plan)
+from capacity.planner import (DEFAULT_ARCHETYPES, Archetype, CapacityInputs, DoesNotFit,
+                              pack_chains, plan)
 
 
-def _seed_001(**overrides) -> CapacityInputs:
-    """Seed 001's numbers: 70B 4-bit base "21 GB", engine 1.6 GB, 7 x 200 MB adapters per
-    archetype, 24 GB GPU, no KV cache in its arithmetic; 10,000 NPCs x 0.125 actions/s x 7
+def _70b_example(**overrides) -> CapacityInputs:
+    """The 70B worked example: 4-bit base "21 GB", engine 1.6 GB, 7 x 200 MB adapters per
+    archetype, 24 GB GPU, no KV cache in the arithmetic; 10,000 NPCs x 0.125 actions/s x 7
     inferences per action at 50 inferences/s per server."""
     base = CapacityInputs(
-        archetypes=tuple(Archetype(n, 7, 200.0) for n in SEED_ARCHETYPES), base_model_gb=21.0,
+        archetypes=tuple(Archetype(n, 7, 200.0) for n in DEFAULT_ARCHETYPES), base_model_gb=21.0,
         engine_overhead_gb=1.6, kv_cache_gb_per_npc=0.0, gpu_memory_gb=24.0, target_npcs=10_000,
         actions_per_npc_s=0.125, inferences_per_action=7, server_inferences_per_s=50)
     return replace(base, **overrides)
 
 
-def test_seed_001_worked_example_needs_175_servers():
-    p = plan(_seed_001())
+def test_70b_worked_example_needs_175_servers():
+    p = plan(_70b_example())
     assert p.inferences_per_s == 8750
     assert p.servers_for_throughput_only == 175
     assert p.servers_needed == 175
     assert p.binding == "throughput"
     # 21 + 1.6 leave 1.4 GB: exactly one 7 x 200 MB chain per server, so five layouts of
-    # 35 servers each (the seed's "35 adapters in 1.4 GB" is one chain's worth)
-    assert [g.archetypes for g in p.groups] == [[n] for n in sorted(SEED_ARCHETYPES)]
+    # 35 servers each (1.4 GB holds 7 adapters of 200 MB, not 35)
+    assert [g.archetypes for g in p.groups] == [[n] for n in sorted(DEFAULT_ARCHETYPES)]
     assert [g.servers for g in p.groups] == [35] * 5
     assert all(g.used_gb == pytest.approx(24.0) for g in p.groups)
     assert p.assignment()["ghoul"] == [1, 35] and p.assignment()["zombie"] == [141, 175]
 
 
-def test_defaults_are_seed_000_memory_and_seed_001_traffic():
+def test_defaults_are_7b_memory_and_default_traffic():
     p = plan(CapacityInputs())
     assert p.inputs["base_gb"] == pytest.approx(3.5)  # 7B x 4 bits / 8
-    assert len(p.groups) == 1 and sorted(p.groups[0].archetypes) == sorted(SEED_ARCHETYPES)
+    assert len(p.groups) == 1 and sorted(p.groups[0].archetypes) == sorted(DEFAULT_ARCHETYPES)
     g = p.groups[0]
     assert g.adapters_gb == pytest.approx(3.5)  # 35 adapters x 100 MB
     assert g.kv_capacity_gb == pytest.approx(24 - 3.5 - 1.6 - 3.5)
@@ -97,9 +97,9 @@ def test_an_archetype_too_big_for_one_gpu_is_a_clear_error():
         plan(CapacityInputs(archetypes=archs))
     with pytest.raises(DoesNotFit, match="base model 35.000 GB"):
         plan(CapacityInputs(base_params_b=70, quant_bits=4))
-    # seed 001's own numbers leave no room for one NPC's KV cache (seed 000: 0.1 GB/NPC)
+    # the 70B example leaves no room for one NPC's KV cache (0.1 GB/NPC, the default)
     with pytest.raises(DoesNotFit, match="'ghoul'"):
-        plan(_seed_001(kv_cache_gb_per_npc=0.1))
+        plan(_70b_example(kv_cache_gb_per_npc=0.1))
 
 
 def test_invalid_inputs_are_value_errors():

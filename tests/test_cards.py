@@ -1,4 +1,4 @@
-"""Memory cards (``memory.cards``, seed 000) against the real Redis and PostgreSQL: effects and
+"""Memory cards (``memory.cards``) against the real Redis and PostgreSQL: effects and
 bounds, the 2 KB size rule, atomic concurrent updates (threads and processes), idempotent
 events, the dialogue prompt (read from Redis only), the archive, the analysis task through the
 real Celery worker, and the ops route and CLI.

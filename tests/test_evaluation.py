@@ -43,8 +43,8 @@ def test_gate_thresholds_come_from_settings():
         ("lore_accuracy", "pass"), ("p95_latency_ms", "fail"), ("peak_memory_mb", "pass"),
         ("throughput_rps", "no data")]
     defaults = gates_from_settings(Settings())
-    assert defaults["lore_accuracy"].threshold == 0.9  # seed 000: >90% lore accuracy
-    assert defaults["p95_latency_ms"].threshold == 250  # seed 000: <250 ms p95
+    assert defaults["lore_accuracy"].threshold == 0.9  # target: >90% lore accuracy
+    assert defaults["p95_latency_ms"].threshold == 250  # target: <250 ms p95
 
 
 def test_result_passes_only_when_every_gate_passes():

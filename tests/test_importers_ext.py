@@ -1,4 +1,4 @@
-"""Tests for the importers of issue 7: LIGHT's entity database and Generative Agents'
+"""Tests for the external-data importers: LIGHT's entity database and Generative Agents'
 Smallville on the real public data in ``../shared/data`` (skipped when absent; override the
 folder with SHARED_DIR), the Smallville conversation events, and SillyTavern World Info and
 Character Card V2 (JSON and PNG) on samples built here from the public specs."""

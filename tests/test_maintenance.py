@@ -1,4 +1,4 @@
-"""Seed 004's maintenance triggers: re-analyse a recorded turn
+"""Maintenance triggers: re-analyse a recorded turn
 (``POST /v1/sessions/{id}/turns/{turn_id}/analyze``, ``npc-memory analyze-turn``) and run a world
 tick now (``POST /v1/world/tick``, ``POST /v1/worlds/{key}/tick``, ``npc-memory tick-world``),
 against the real Redis broker and database.

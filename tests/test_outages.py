@@ -1,5 +1,5 @@
 """Outages with real processes: Redis restarted under the dialogue server and a worker, and
-PostgreSQL stopped while turns keep coming (issue: the memory pipeline loses nothing).
+PostgreSQL stopped while turns keep coming (the memory pipeline must lose nothing).
 
 Both tests run the dialogue server (uvicorn) and a prefork Celery worker as subprocesses on a
 private Redis (``tests.procs``), with the real llama.cpp model server; the PostgreSQL test

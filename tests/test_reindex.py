@@ -1,4 +1,4 @@
-"""``npc-memory reindex`` (issue 5): the stored vectors rebuilt from the database for one
+"""``npc-memory reindex``: the stored vectors rebuilt from the database for one
 embedder, beside another embedder's; each in-process index holds only its own embedder's
 vectors. The local MiniLM embedder is real; ``mistral-embed`` is the Mistral API wire format
 served by ``tests.fakes`` (1024-d), reached by the real ``mistralai`` SDK."""

@@ -1,4 +1,4 @@
-"""World simulation on a budget (seed 004): who is simulated, the budgets, idle sessions, the
+"""World simulation on a budget: who is simulated, the budgets, idle sessions, the
 in-game clock, and beat running once even when started twice (real Redis, real PostgreSQL,
 real ``celery beat`` and ``celery worker`` subprocesses)."""
 
@@ -73,7 +73,7 @@ def test_mentions_and_staleness_order_the_candidates(game_session):
 
 
 def test_an_open_promise_puts_an_npc_ahead(game_session):
-    """Seed 004's relevance: an off-screen NPC the player owes a promise to is simulated before
+    """Relevance: an off-screen NPC the player owes a promise to is simulated before
     one without, other signals being equal; keeping the promise removes the advantage."""
     from memory.cards import RelationshipEvent, apply_events
 

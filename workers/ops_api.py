@@ -1,6 +1,6 @@
-"""Operations endpoints of the dialogue server (seed 003's monitoring API): note rollback,
+"""Operations endpoints of the dialogue server (monitoring and repair): note rollback,
 an entry's composite document and revisions, an NPC's memory cards, dead letters, the task
-ledger, queue status, the export of a session's notes and created entities, and seed 004's
+ledger, queue status, the export of a session's notes and created entities, and the
 maintenance triggers (re-analyse a turn, tick the world now).
 
 They read the database or Redis (``memory/ops.py``) and are not on the dialogue hot path;

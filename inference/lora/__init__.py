@@ -1,4 +1,4 @@
-"""Archetype LoRA adapters (seeds 000 and 001): one shared base model, one PEFT adapter per
+"""Archetype LoRA adapters: one shared base model, one PEFT adapter per
 (archetype, task), an archetype's chain on one vLLM server.
 
 - ``registry``: archetypes and adapters in the database (``models.archetypes``), published

@@ -5,7 +5,7 @@ Provisioning reads ``<root>/<archetype>/<task>/adapter_config.json`` (PEFT's fil
 the LoRA rank, ``base_model_name_or_path`` the base model) for each task of
 ``models.archetypes.ADAPTER_TASKS`` present, the size of the task folder's files, and an
 optional ``<task>/adapter_meta.json`` ``{"version", "trained_on", "metrics",
-"mistral_model"}`` (seed 001's ``AdapterInfo`` fields PEFT does not record). Every adapter's
+"mistral_model"}`` (the adapter metadata PEFT does not record). Every adapter's
 base model must be the served base model, else nothing is registered: an adapter trained on
 another base loads on vLLM only to produce garbage, or fails at load time with a shape error.
 The adapter's ``path`` is the folder as given: the vLLM server reads it, so the root must be
