@@ -60,7 +60,7 @@ task_create_missing_queues = False
 task_routes = {name: {"queue": q.value, "routing_key": q.value} for name, q in TASK_QUEUES.items()}
 
 # At-least-once delivery: acknowledge after the task ran; a worker killed mid-task gives the
-# message back (NOTES.md: acks_late alone lost it); one message in flight per process.
+# message back (acks_late alone lost it: Celery acknowledges a message whose child was killed unless it is rejected); one message in flight per process.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
@@ -106,7 +106,7 @@ beat_schedule = {
         "options": {"expires": max(1.0, _s.reconcile_seconds)},
     },
 }
-# One beat only, even when several are started (NOTES.md): celery-redbeat keeps the schedule in
+# One beat only, even when several are started: celery-redbeat keeps the schedule in
 # Redis and holds a lock there; a second beat waits for the lock and takes over within
 # ``BEAT_LOCK_TIMEOUT_S`` seconds if the first dies. The loop wakes at least every 5 s so
 # the lock is extended well before it expires.

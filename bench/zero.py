@@ -3,7 +3,7 @@ time is the project's own work, not a model.
 
     python -m bench.zero --port 9001
 
-Routes (OpenAI wire format, NOTES.md):
+Routes (OpenAI wire format):
 
 - ``POST /v1/embeddings``: a deterministic 384-d unit vector per input (sha256-seeded).
 - ``POST /v1/chat/completions``: with ``response_format`` of schema name ``analysis`` (or an

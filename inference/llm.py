@@ -4,7 +4,7 @@ Backends (``*_BACKEND``):
 
 - ``llamacpp``: llama.cpp's OpenAI-compatible server (``python -m llama_cpp.server``), the
   embedded default. Structured output is ``{"type": "json_object", "schema": ...}``; the
-  OpenAI ``json_schema`` shape answers HTTP 500 there (NOTES.md).
+  OpenAI ``json_schema`` shape answers HTTP 500 there (llama-cpp-python's server).
 - ``vllm`` / ``openai``: OpenAI-compatible servers taking
   ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``; on vLLM a LoRA
   adapter is selected by ``model``.
@@ -362,7 +362,7 @@ class ChatModel:
         if seed is not None:
             kwargs["seed"] = seed
         if self.backend == "llamacpp":
-            # SmolLM2 loops under a grammar without a repeat penalty (NOTES.md).
+            # SmolLM2 loops under a grammar without a repeat penalty (seen with the embedded model).
             kwargs["extra_body"] = {"repeat_penalty": 1.3}
         res = self._openai.chat.completions.create(
             model=self.model, messages=messages, max_tokens=max_tokens,

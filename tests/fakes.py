@@ -1,9 +1,9 @@
 """Local HTTP stand-ins for model servers that cannot run in the test environment.
 
 Only third-party services get a fake: vLLM (needs a GPU) and the Mistral API (remote). Each
-fake answers with the documented wire format of the real service (NOTES.md "Model servers",
-the OpenAI chat/embeddings shapes that vLLM serves, the Mistral API shapes that the
-``mistralai`` SDK unmarshals), so the project's real SDK clients are exercised end to end over
+fake answers with the documented wire format of the real service (the OpenAI
+chat/embeddings shapes that vLLM serves, the Mistral API shapes that the ``mistralai`` SDK
+unmarshals), so the project's real SDK clients are exercised end to end over
 real HTTP.
 
 ``FakeServer`` is a threaded ``http.server`` on 127.0.0.1 with a free port. It records every
@@ -243,7 +243,7 @@ def openai_stream(pieces: list[str], *, finish_reason: str = "stop", model: str 
 
 
 def openai_error(status: int, message: str = "error", *, retry_after: str | None = None) -> Reply:
-    """vLLM's error body: ``{"error": {"message", "type", "code"}}`` (NOTES.md)."""
+    """vLLM's error body: ``{"error": {"message", "type", "code"}}`` (vLLM's ``ErrorResponse``)."""
     types = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError",
              500: "InternalServerError", 503: "ServiceUnavailableError"}
     headers = {"retry-after": retry_after} if retry_after is not None else {}
@@ -357,7 +357,7 @@ def mistral_embeddings(vectors_for: Callable[[list[str]], np.ndarray], *, order:
 
 class FakeVllm:
     """vLLM's OpenAI-compatible server with ``--enable-lora`` and
-    ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1``, over a :class:`FakeServer` (NOTES.md, vLLM's
+    ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1``, over a :class:`FakeServer` (vLLM's
     ``serving_models.py``):
 
     - ``GET /v1/models``: the base model, then each loaded adapter (``root`` its path,

@@ -1,4 +1,4 @@
-"""Keeping adapters loaded on their vLLM servers (runtime LoRA API, NOTES.md).
+"""Keeping adapters loaded on their vLLM servers (vLLM's runtime LoRA API).
 
 vLLM started with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`` loads an
 adapter with ``POST {server}/load_lora_adapter {"lora_name", "lora_path"}`` (200, text) and
