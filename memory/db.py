@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from settings import get_settings
@@ -49,10 +49,16 @@ def get_engine(url: str | None = None) -> Engine:
     return engine
 
 
+_factories: dict[Engine, sessionmaker] = {}
+
+
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A transaction: commits on success, rolls back and re-raises on error."""
-    factory = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    engine = get_engine(url)
+    factory = _factories.get(engine)
+    if factory is None:
+        factory = _factories[engine] = sessionmaker(bind=engine, expire_on_commit=False)
     session = factory()
     try:
         yield session
@@ -64,16 +70,30 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
-def dialect_insert(session: Session, model):
-    """``INSERT`` construct of the session's dialect, with ``on_conflict_do_nothing`` /
-    ``on_conflict_do_update`` (PostgreSQL and SQLite both have them).
+@contextmanager
+def autocommit(url: str | None = None) -> Iterator[Connection]:
+    """A connection in autocommit mode, for one self-contained statement (a single-row
+    upsert): one round trip to the server instead of three (``BEGIN``, the statement,
+    ``COMMIT``). SQLAlchemy restores the pool's isolation level when the connection goes
+    back (SQLAlchemy docs, "Setting Transaction Isolation Levels including DBAPI
+    Autocommit"). Errors propagate (``sqlalchemy.exc.OperationalError`` when the database is
+    unreachable)."""
+    with get_engine(url).connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def dialect_insert(session: Session | Connection, model):
+    """``INSERT`` construct of the session's (or connection's) dialect, with
+    ``on_conflict_do_nothing`` / ``on_conflict_do_update`` (PostgreSQL and SQLite both have
+    them).
 
     Raises:
         NotImplementedError: another database.
     """
     from sqlalchemy.dialects import postgresql, sqlite
 
-    name = session.get_bind().dialect.name
+    bind = session.get_bind() if isinstance(session, Session) else session
+    name = bind.dialect.name
     if name == "postgresql":
         return postgresql.insert(model)
     if name == "sqlite":

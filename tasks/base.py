@@ -40,7 +40,7 @@ from sqlalchemy.exc import OperationalError
 from celeryconfig import TASK_QUEUES
 from inference.llm import InvalidModelOutput, ModelError
 from memory.cards import CardConflict
-from memory.db import dialect_insert, session_scope
+from memory.db import autocommit, dialect_insert, session_scope
 from memory.notes import NoteConflict
 from memory.safe_input import clean_text, storable
 from models import DeadLetter, TaskRecord
@@ -109,10 +109,10 @@ def _ledger(task_id: str, name: str, **values) -> None:
     Payload and result are stored JSON-safe (``memory.safe_input.storable``)."""
     task_id = storable_id(task_id)
     values = _storable_values(values)
-    with session_scope() as s:
-        ins = dialect_insert(s, TaskRecord).values(task_id=task_id, task_name=name, **values)
-        s.execute(ins.on_conflict_do_update(index_elements=["task_id"],
-                                            set_=values or {"task_name": name}))
+    with autocommit() as conn:  # one statement: no transaction around it
+        ins = dialect_insert(conn, TaskRecord).values(task_id=task_id, task_name=name, **values)
+        conn.execute(ins.on_conflict_do_update(index_elements=["task_id"],
+                                               set_=values or {"task_name": name}))
 
 
 PARKED_DEAD_LETTERS = "dead_letters:parked"
