@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     # backoff (60 s at most) this many times, about 3 h, before it is dead-lettered; the
     # reconcile task runs every RECONCILE_SECONDS (outbox of unsent turns, parked dead letters)
     db_outage_max_retries: int = 200
+    # task-ledger upserts commit asynchronously (PostgreSQL synchronous_commit=off; memory.db)
+    ledger_async_commit: bool = True
     reconcile_seconds: float = 30.0
 
     # World ticks (off-screen world simulation). A tick simulates, per session, at most

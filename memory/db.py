@@ -27,10 +27,17 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The process's engine for ``url`` (default: the settings' database URL)."""
+def get_engine(url: str | None = None, *, async_commit: bool = False) -> Engine:
+    """The process's engine for ``url`` (default: the settings' database URL).
+
+    ``async_commit``: a separate small pool whose PostgreSQL sessions run with
+    ``synchronous_commit = off``: a commit returns before its WAL record is flushed to disk,
+    so a crash of the database server (not of this process) may lose the last few hundred
+    milliseconds of such commits, never corrupt anything (PostgreSQL docs, "Asynchronous
+    Commit"). For bookkeeping that is written again or repaired anyway (the task ledger);
+    ignored on SQLite."""
     url = normalise_url(url or get_settings().sqlalchemy_url)
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, async_commit)
     engine = _engines.get(key)
     if engine is None:
         if url.startswith("sqlite"):
@@ -43,6 +50,9 @@ def get_engine(url: str | None = None) -> Engine:
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
+        elif async_commit:
+            engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=3,
+                                   connect_args={"options": "-c synchronous_commit=off"})
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
         _engines[key] = engine
@@ -71,14 +81,15 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 
 
 @contextmanager
-def autocommit(url: str | None = None) -> Iterator[Connection]:
+def autocommit(url: str | None = None, *, async_commit: bool = False) -> Iterator[Connection]:
     """A connection in autocommit mode, for one self-contained statement (a single-row
     upsert): one round trip to the server instead of three (``BEGIN``, the statement,
     ``COMMIT``). SQLAlchemy restores the pool's isolation level when the connection goes
     back (SQLAlchemy docs, "Setting Transaction Isolation Levels including DBAPI
-    Autocommit"). Errors propagate (``sqlalchemy.exc.OperationalError`` when the database is
+    Autocommit"). ``async_commit``: through :func:`get_engine`'s asynchronous-commit pool.
+    Errors propagate (``sqlalchemy.exc.OperationalError`` when the database is
     unreachable)."""
-    with get_engine(url).connect() as conn:
+    with get_engine(url, async_commit=async_commit).connect() as conn:
         yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 

@@ -109,7 +109,11 @@ def _ledger(task_id: str, name: str, **values) -> None:
     Payload and result are stored JSON-safe (``memory.safe_input.storable``)."""
     task_id = storable_id(task_id)
     values = _storable_values(values)
-    with autocommit() as conn:  # one statement: no transaction around it
+    # one statement, no transaction around it; asynchronous commit unless LEDGER_ASYNC_COMMIT
+    # is off. The ledger is bookkeeping: a database-server crash may lose its last writes (a
+    # row then shows its previous status); the tasks' own effects commit synchronously and
+    # are idempotent, so a task run again after such a loss applies nothing twice.
+    with autocommit(async_commit=get_settings().ledger_async_commit) as conn:
         ins = dialect_insert(conn, TaskRecord).values(task_id=task_id, task_name=name, **values)
         conn.execute(ins.on_conflict_do_update(index_elements=["task_id"],
                                                set_=values or {"task_name": name}))
