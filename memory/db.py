@@ -34,8 +34,8 @@ def get_engine(url: str | None = None, *, async_commit: bool = False) -> Engine:
     ``synchronous_commit = off``: a commit returns before its WAL record is flushed to disk,
     so a crash of the database server (not of this process) may lose the last few hundred
     milliseconds of such commits, never corrupt anything (PostgreSQL docs, "Asynchronous
-    Commit"). For bookkeeping that is written again or repaired anyway (the task ledger);
-    ignored on SQLite."""
+    Commit"). For bookkeeping whose loss applies nothing twice (the task ledger); ignored on
+    SQLite."""
     url = normalise_url(url or get_settings().sqlalchemy_url)
     key = (os.getpid(), url, async_commit)
     engine = _engines.get(key)
@@ -51,7 +51,10 @@ def get_engine(url: str | None = None, *, async_commit: bool = False) -> Engine:
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
         elif async_commit:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=3,
+            # no pre-ping (a round trip per checkout, as long as the upsert itself): a
+            # connection the server dropped fails its statement with OperationalError, the
+            # pool is invalidated, and the caller's database-outage retry takes over
+            engine = create_engine(url, pool_pre_ping=False, pool_size=2, max_overflow=3,
                                    connect_args={"options": "-c synchronous_commit=off"})
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
