@@ -95,7 +95,10 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
             resp = _turn(client, sid, npc, text)
             assert resp.status_code == 200, resp.text
             turn_ids.append(resp.json()["turn_id"])
-        assert r.llen("analysis") + r.llen("archive") == 4  # no worker yet: all still queued
+        # no worker yet: all still queued (the server's outbox relay sends them just after
+        # each reply) and the outbox settled
+        wait_for(lambda: r.llen("analysis") + r.llen("archive") == 4
+                 and r.zcard(nearline.OUTBOX) == 0, timeout=30)
 
         broker.stop()
         resp = _turn(client, sid, npc, LINES[2])
