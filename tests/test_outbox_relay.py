@@ -108,7 +108,10 @@ def test_stop_sends_every_queued_turn(stores):
     r, broker, app = stores
     relay = TurnRelay(app_sender(app), r)
     relay.start()
-    for _ in range(40):
+    for _ in range(20):
+        relay.submit(_recorded_turn(r, "s-stop"))
+    assert relay.wait_idle(60) and _queued(broker) == 40 and relay.pending() == 0
+    for _ in range(20):
         relay.submit(_recorded_turn(r, "s-stop"))
     relay.stop(timeout_s=60)
     assert _queued(broker) == 80

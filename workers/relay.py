@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 import redis
 
@@ -79,6 +80,19 @@ class TurnRelay:
         """Turns queued and not yet sent (approximate, as ``queue.Queue.qsize``)."""
         return self._queue.qsize()
 
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Block until every turn submitted so far has been sent (or failed), at most
+        ``timeout_s`` seconds; returns whether it got there. For tests and shutdown paths that
+        must see what a turn sent."""
+        deadline = time.monotonic() + timeout_s
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
+
     def stats(self) -> dict:
         """``{"pending", "sent", "inline", "failed"}`` counts."""
         return {"pending": self.pending(), "sent": self.sent, "inline": self.inline,
@@ -100,9 +114,12 @@ class TurnRelay:
     def _loop(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
-            self._send_one(item)
+            try:
+                if item is _STOP:
+                    return
+                self._send_one(item)
+            finally:
+                self._queue.task_done()
 
     def _send_one(self, kwargs: dict) -> None:
         try:
