@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     hot_cache_ttl_s: float = Field(1800.0, gt=0)
     hot_cache_max_entries: int = Field(10_000, ge=1)
     hot_cache_evict_interval_s: float = Field(30.0, gt=0)
+    # the dialogue server sends a turn's pipeline tasks from a background thread (the outbox
+    # relay, workers.relay) with at most this many turns waiting; 0 sends inline, in the request
+    outbox_relay_max_pending: int = Field(10_000, ge=0)
 
     # Archive (Level 3, PostgreSQL): turns are written in batches of at most ARCHIVE_BATCH_SIZE,
     # flushed ARCHIVE_FLUSH_MS after the first buffered turn at the latest

@@ -26,7 +26,7 @@ import redis
 
 from memory import nearline
 from tasks.dispatch import TURN_TASKS as PIPELINE_TASKS
-from tasks.dispatch import Send, request_simulation, send_turn_tasks
+from tasks.dispatch import Publish, Send, request_simulation, send_turn_tasks
 from settings import get_settings
 from tasks.payloads import TurnPayload
 
@@ -117,6 +117,7 @@ def record_turn(
     latency_ms: float = 0.0,
     created_at: float | None = None,
     event_id: str | None = None,
+    publish: Publish | None = None,
 ) -> Recorded:
     """Record one finished turn in the nearline tier and send it to the pipeline.
 
@@ -137,6 +138,9 @@ def record_turn(
             it). The turn id is derived from it and the first recording wins: posting the
             same ``event_id`` to the same session again returns the earlier turn with
             ``duplicate=True`` and writes/sends nothing.
+        publish: hands the turn's pipeline tasks over once the turn is recorded; default
+            sends them inline (``send_turn_tasks`` over ``send``). The dialogue server passes
+            its outbox relay, which sends them off the request path.
 
     Raises:
         pydantic.ValidationError: a field out of :class:`TurnPayload`'s bounds.
@@ -171,7 +175,10 @@ def record_turn(
         raise
     # once recorded, the turn is in the outbox: if sending fails here the reconcile task
     # sends it later, and posting the event again answers "duplicate"
-    send_turn_tasks(send, r, kwargs)
+    if publish is None:
+        send_turn_tasks(send, r, kwargs)
+    else:
+        publish(kwargs)
     if target.every_turns and turn.seq % target.every_turns == 0:  # the every-N-turns tick
         request_simulation(send, r, target.session_id, f"turn-{turn.seq}")
     every = get_settings().summarize_every_turns

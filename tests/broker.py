@@ -19,7 +19,14 @@ def queued_messages(r, queue: str, reserved: bool = True) -> list[dict]:
     """Task messages sent to ``queue`` and not yet acknowledged: those waiting in kombu's Redis
     list (oldest last) and, with ``reserved``, those a worker has taken but not finished
     (kombu's ``unacked`` hash of ``[message, exchange, routing_key]``; our routing keys are the
-    queue names). ``[{"task", "id", "kwargs"}]``."""
+    queue names). ``[{"task", "id", "kwargs"}]``. Waits first for the in-process dialogue
+    server's outbox relay (``workers.relay``) to send what it holds, so a turn's tasks are
+    seen once its request returned."""
+    from workers.state import state
+
+    relay = getattr(state, "relay", None)
+    if relay is not None:
+        relay.wait_idle(30)
     out = [_decode(json.loads(raw)) for raw in r.lrange(queue, 0, -1)]
     if reserved:
         for raw in r.hvals("unacked"):

@@ -95,7 +95,10 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
             resp = _turn(client, sid, npc, text)
             assert resp.status_code == 200, resp.text
             turn_ids.append(resp.json()["turn_id"])
-        assert r.llen("analysis") + r.llen("archive") == 4  # no worker yet: all still queued
+        # no worker yet: all still queued (the server's outbox relay sends them just after
+        # each reply) and the outbox settled
+        wait_for(lambda: r.llen("analysis") + r.llen("archive") == 4
+                 and r.zcard(nearline.OUTBOX) == 0, timeout=30)
 
         broker.stop()
         resp = _turn(client, sid, npc, LINES[2])
@@ -106,6 +109,8 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
         resp = _turn(client, sid, npc, LINES[2])  # the same server process, reconnected
         assert resp.status_code == 200, (resp.text, web.tail())
         turn_ids.append(resp.json()["turn_id"])
+        wait_for(lambda: r.llen("analysis") + r.llen("archive") == 6
+                 and r.zcard(nearline.OUTBOX) == 0, timeout=30)  # sent over the new connection
 
         # a turn recorded by a server that died before sending its tasks: only the outbox has it
         orphan = {"turn_id": uuid.uuid4().hex, "session_id": sid, "world_id": light_world["id"],

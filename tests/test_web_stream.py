@@ -42,13 +42,13 @@ def _analyses_sent(turn_id: str) -> int:
     from memory.db import session_scope
     from models import TaskRecord
 
-    queued = [m for m in queued_messages(nearline.get_redis(), "analysis")
-              if m["kwargs"].get("turn_id") == turn_id]
+    queued = {m["id"] for m in queued_messages(nearline.get_redis(), "analysis")
+              if m["kwargs"].get("turn_id") == turn_id}
     with session_scope() as s:
         rows = s.scalars(select(TaskRecord).where(
             TaskRecord.task_name == "npc_memory.analyze_turn")).all()
-        ran = [r for r in rows if (r.payload or {}).get("turn_id") == turn_id]
-    return len(queued) + len(ran)
+        ran = {r.task_id for r in rows if (r.payload or {}).get("turn_id") == turn_id}
+    return len(queued | ran)  # a task taken by a worker is both reserved and in the ledger
 
 
 def test_stream_sends_tokens_then_the_recorded_turn(client, session_id, light_world):

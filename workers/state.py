@@ -6,16 +6,19 @@ from celery import Celery
 
 from memory.hot_cache import HotCache
 from memory.vector_index import VectorIndex, VectorSync
+from workers.relay import TurnRelay
 
 
 class State:
-    """The in-process vector index, its sync thread, the Level 1 hot cache, and the Celery
-    app used to send tasks (set by the server's lifespan)."""
+    """The in-process vector index, its sync thread, the Level 1 hot cache, the Celery
+    app used to send tasks and the outbox relay that sends turns' tasks off the request path
+    (set by the server's lifespan)."""
 
     index: VectorIndex
     sync: VectorSync
     celery: Celery
     hot: HotCache
+    relay: TurnRelay
 
 
 state = State()

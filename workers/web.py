@@ -67,6 +67,7 @@ from tasks.payloads import TurnPayload
 from workers import archetypes_api, auth, health, logging_setup, metrics, ops_api
 from workers.input_guard import install as install_input_guard
 from workers.input_guard import safe_params
+from workers.relay import TurnRelay
 from workers.state import state
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,11 @@ async def lifespan(_app: FastAPI):
     state.hot = HotCache(max_entries=s_.hot_cache_max_entries, ttl_s=s_.hot_cache_ttl_s,
                          turns=s_.recent_turns, evict_interval_s=s_.hot_cache_evict_interval_s)
     state.hot.start()
+    state.relay = TurnRelay(_send_kwargs, r, max_pending=s_.outbox_relay_max_pending or 1)
+    if s_.outbox_relay_max_pending:
+        state.relay.start()
     yield
+    state.relay.stop()
     state.hot.stop()
     state.sync.stop()
 
@@ -293,7 +298,7 @@ def healthz() -> dict:
     """Liveness (no authentication, no I/O): the process is up; the index size, the vector
     sync position and the hot cache counters."""
     return {"ok": True, "vectors": state.index.size(), "sync_applied": state.sync.applied,
-            "hot_cache": state.hot.stats()}
+            "hot_cache": state.hot.stats(), "outbox_relay": state.relay.stats()}
 
 
 @app.get("/readyz", tags=["probes"], responses={503: {"description": "a dependency failed"}})
@@ -350,7 +355,9 @@ def _turn_errors():
         "{status, detail}")}}}}})
 def play_turn(session_id: str, body: TurnIn, request: Request, response: Response):
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
-    target that is not a character, 503 when the model server, Redis or the broker fails.
+    target that is not a character, 503 when the model server or Redis fails. The turn's
+    pipeline tasks are sent by the outbox relay after it is recorded, so a broker outage
+    does not fail the turn.
 
     With ``"stream": true`` in the body or ``Accept: text/event-stream``, the reply comes as
     Server-Sent Events once the model's first token is there (:func:`_stream_turn`); every
@@ -444,15 +451,17 @@ def _wants_event_stream(request: Request) -> bool:
 
 def _record_turn(r, target: turns.Target, body: TurnIn, npc_text: str, latency_ms: float,
                  model: str, **log_extra) -> TurnPayload:
-    """Record a played turn (``turns.record_turn``: Redis, then the pipeline's tasks), put it
+    """Record a played turn (``turns.record_turn``: Redis, then the pipeline's tasks through
+    the outbox relay), put it
     in the hot cache, count and log it; an empty reply is recorded as ``...``.
 
     Raises:
-        HTTPException: 503 Redis or the broker failed (``_turn_errors``).
+        HTTPException: 503 Redis failed, or the broker on an inline send (``_turn_errors``).
     """
     with _turn_errors():
         turn = turns.record_turn(r, _send_kwargs, target, player_text=body.player_text,
-                                 npc_text=npc_text or "...", latency_ms=latency_ms).turn
+                                 npc_text=npc_text or "...", latency_ms=latency_ms,
+                                 publish=state.relay.submit).turn
     state.hot.record(target.session_id, body.npc_id, turns.turn_kwargs(turn))
     metrics.TURNS.labels("turn").inc()
     logging_setup.bind(turn_id=turn.turn_id, idempotency_key=f"turn:{turn.turn_id}")
@@ -579,16 +588,18 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
 
     201 with the new turn; 200 with the earlier turn when ``event_id`` was recorded in this
     session before; 404 for an unknown session or NPC; 422 for a target that is not a
-    character or an invalid body; 503 when Redis or the broker fails (the event id is then
-    forgotten, so posting the event again records and sends it; its turn may already be in the
-    recent turns, and the pipeline's idempotency keys hold as its turn id is the same).
+    character or an invalid body; 503 when Redis fails (the event id is then forgotten, so
+    posting the event again records and sends it; its turn may already be in the recent turns,
+    and the pipeline's idempotency keys hold as its turn id is the same). The tasks go out
+    through the outbox relay, so a broker outage alone does not fail the event.
     """
     r = nearline.get_redis()
     with _turn_errors():
         target = turns.resolve_target(r, session_id, body.npc_id)
         rec = turns.record_turn(r, _send_kwargs, target, player_text=body.text,
                                 npc_text=body.npc_text or "", speaker=body.speaker,
-                                created_at=body.created_at, event_id=body.event_id)
+                                created_at=body.created_at, event_id=body.event_id,
+                                publish=state.relay.submit)
     if rec.duplicate:
         response.status_code = 200
     else:
