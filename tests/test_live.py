@@ -126,6 +126,31 @@ def test_pipeline_never_starves_behind_endless_dialogue(settings_env):
     assert waited >= 0.2
 
 
+def test_pipeline_waits_out_the_grace_period_after_a_dialogue_call(settings_env):
+    """A pipeline call arriving just after a dialogue call ended waits for
+    DIALOGUE_PRIORITY_GRACE_S, then goes; with 0 it goes at once."""
+    from inference import priority
+    from settings import get_settings
+
+    url = f"http://127.0.0.1:9/v1/{time.time_ns()}"
+    _shared_server_settings(settings_env, url)
+    settings_env.setenv("DIALOGUE_PRIORITY_GRACE_S", "0.5")
+    get_settings.cache_clear()
+    r = nearline.get_redis()
+    with priority.dialogue_slot(url, r):
+        pass
+    assert priority.dialogue_in_flight(url, r) == 0 and priority.dialogue_busy(url, r)
+    waited = priority.yield_to_dialogue(url, r, max_wait_s=30)
+    assert 0.3 <= waited < 10 and not priority.dialogue_busy(url, r)
+
+    settings_env.setenv("DIALOGUE_PRIORITY_GRACE_S", "0")
+    get_settings.cache_clear()
+    url = f"http://127.0.0.1:9/v1/{time.time_ns()}"
+    with priority.dialogue_slot(url, r):
+        assert priority.dialogue_busy(url, r)
+    assert not priority.dialogue_busy(url, r)
+
+
 def test_a_dead_dialogue_process_cannot_hold_the_pipeline(settings_env):
     from inference import priority
 
