@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
                          "the embedded default of this machine first)")
     args = ap.parse_args(argv)
     names = args.names or BENCHMARKS
+    if args.layouts is not None:
+        from bench.real_model import parse_layouts
+
+        try:
+            parse_layouts(args.layouts)
+        except ValueError as exc:
+            ap.error(str(exc))
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
