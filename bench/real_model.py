@@ -13,14 +13,16 @@ Layouts (``--layouts``, default both, the embedded default of this machine first
 Per layout: first the baseline, a bare streamed chat completion of the same length
 (``max_tokens`` = ``DIALOGUE_MAX_TOKENS``) on the layout's idle dialogue model server; then
 two sessions play turns concurrently (20 turns in all; quick: 2 turns, one session), each
-turn streamed (``"stream": true``). Reported: turns per minute, dialogue latency p50/p95
+talking to one NPC for ``TURNS_PER_NPC`` turns in a row, then to the next, each turn streamed
+(``"stream": true``). Reported per layout (a row): turns per minute, dialogue latency p50/p95
 (client: request to the ``done`` event), time to first token p50/p95 (client: request to the
-first ``token`` event), the server's own TTFT (model call to first token, from ``done``), the
-prompt-cache use of the model server serving the dialogue (from its log: calls that started
-from a cached prefix, prompt tokens reused and evaluated after them; on ``shared`` the
-pipeline's calls count too), and the pipeline behind the dialogue: queue depths sampled every
-0.5 s from the first turn until the pipeline drains (or the drain limit passes), the peak
-depth per queue and the lag (last turn -> drained).
+first ``token`` event), the bare completion's p95 and the ratio, the share of prompt tokens
+the dialogue's model server reused instead of evaluating (from its log,
+:func:`prompt_cache_use`; on ``shared`` the pipeline's calls count too), and the pipeline's
+lag behind the dialogue (last turn -> drained, queue depths sampled every 0.5 s until the
+pipeline drains or the drain limit passes). ``params.detail`` holds per layout the server's
+own TTFT (model call to first token, from ``done``), the full distributions, the prompt
+token counts, peak queue depths and the sampled depths.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ QUEUES = ("analysis", "note_update", "embed")
 ALIAS = "smollm2-135m-instruct"
 LAYOUTS = ("split", "shared")
 OPTIONS = ("layouts",)
+TURNS_PER_NPC = 5
+"""A player talks to one NPC for this many turns in a row, then to the next."""
 
 _PREFIX_HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit, remaining (\d+) prompt tokens")
 
@@ -57,9 +61,10 @@ def _depths(env: Env) -> dict[str, int]:
 
 
 def _bare_completions(url: str, n: int, max_tokens: int) -> tuple[list[float], list[float]]:
-    """``n`` bare streamed chat completions: (latency ms, time to first token ms)."""
+    """``n`` bare streamed chat completions after one unmeasured warm-up call (the server's
+    first call pages the model in): (latency ms, time to first token ms)."""
     lat, ttft = [], []
-    for i in range(n):
+    for i in range(-1, n):
         t0 = time.perf_counter()
         first = None
         with httpx.stream("POST", f"{url}/chat/completions", timeout=120, json={
@@ -70,8 +75,9 @@ def _bare_completions(url: str, n: int, max_tokens: int) -> tuple[list[float], l
                 if first is None and line.startswith("data:") and '"content"' in line:
                     first = time.perf_counter()
         end = time.perf_counter()
-        lat.append((end - t0) * 1000)
-        ttft.append(((first or end) - t0) * 1000)
+        if i >= 0:
+            lat.append((end - t0) * 1000)
+            ttft.append(((first or end) - t0) * 1000)
     return lat, ttft
 
 
@@ -117,7 +123,7 @@ async def _play(base: str, headers: dict, world: str, npcs: list[str], sessions:
             nonlocal errors
             for t in range(turns):
                 got = await _turn(client, sid, {
-                    "npc_id": npcs[(i + t) % len(npcs)],
+                    "npc_id": npcs[(i + t // TURNS_PER_NPC) % len(npcs)],
                     "player_text": f"Have you heard anything about the old lighthouse? ({t})"})
                 if got is None:
                     errors += 1
@@ -148,9 +154,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def prompt_cache_use(log_text: str) -> dict:
-    """Prompt reuse of a llama.cpp server from its log (llama-cpp-python prints one line per
+    """Prompt reuse of a llama.cpp server from its log: llama-cpp-python prints one line per
     call that starts from a matching prefix, whether the prefix was already in its context
-    or restored from the prompt cache): ``{"prefix_hits", "tokens_reused",
+    or restored from the prompt cache. Every chat prompt starts with the chat template's
+    first tokens, so in practice every call but a server's first prints one, and the sums
+    are the prompt tokens of those calls: ``{"prefix_hits", "tokens_reused",
     "tokens_evaluated_after_hit"}``."""
     hits = [(int(a), int(b)) for a, b in _PREFIX_HIT.findall(log_text)]
     return {"prefix_hits": len(hits), "tokens_reused": sum(a for a, _ in hits),
@@ -228,22 +236,24 @@ def _config(env: Env, layout: str, sessions: int, turns: int, drain_s: float,
     peak = {q: max((s[q] for _, s in samples), default=0) for q in (*QUEUES, "reserved")}
     at_last = min(samples, key=lambda s: abs(s[0] - (t_last - t_start)))[1] if samples else {}
     step = max(1, len(samples) // 60)
-    return {"layout": layout, "llm_threads": threads, "turns_ok": len(played), "errors": errors,
-            "turns_per_min": round(len(played) / wall * 60, 1) if wall else 0.0,
-            "latency_p50_ms": d["p50"], "latency_p95_ms": d["p95"],
-            "ttft_p50_ms": tt["p50"], "ttft_p95_ms": tt["p95"],
-            "server_ttft_p95_ms": st["p95"],
-            "bare_p50_ms": b["p50"], "bare_p95_ms": b["p95"], "bare_ttft_p95_ms": bt["p95"],
-            "ratio_p95": round(d["p95"] / b["p95"], 2) if b["p95"] else None,
-            **cache,
-            "queued_at_last_turn": sum(v for k, v in at_last.items() if k != "reserved"),
-            "peak_depth": peak,
-            "lag_after_last_turn_s": round(done - t_last, 1) if done else None,
-            "queued_at_end": sum(v for k, v in samples[-1][1].items() if k != "reserved")
-            if samples else None,
-            "drained": done is not None,
-            "queue_depths": [{"t_s": t, **s} for t, s in samples[::step]],
-            "dialogue_settings": {k: model_env[k] for k in sorted(dialogue_env)}}
+    seen = cache["tokens_reused"] + cache["tokens_evaluated_after_hit"]
+    row = {"layout": layout, "turns_ok": len(played), "errors": errors,
+           "turns_per_min": round(len(played) / wall * 60, 1) if wall else 0.0,
+           "latency_p50_ms": d["p50"], "latency_p95_ms": d["p95"],
+           "ttft_p50_ms": tt["p50"], "ttft_p95_ms": tt["p95"], "bare_p95_ms": b["p95"],
+           "ratio_p95": round(d["p95"] / b["p95"], 2) if b["p95"] else None,
+           "prompt_reused": round(cache["tokens_reused"] / seen, 2) if seen else None,
+           "lag_after_last_turn_s": round(done - t_last, 1) if done else None,
+           "drained": done is not None}
+    detail = {"llm_threads": threads, "server_ttft_ms": st, "bare_ms": b, "bare_ttft_ms": bt,
+              "latency_ms": d, "ttft_ms": tt, "model_server_prompt": cache,
+              "queued_at_last_turn": sum(v for k, v in at_last.items() if k != "reserved"),
+              "peak_depth": peak,
+              "queued_at_end": sum(v for k, v in samples[-1][1].items() if k != "reserved")
+              if samples else None,
+              "queue_depths": [{"t_s": t, **s} for t, s in samples[::step]],
+              "dialogue_settings": {k: model_env[k] for k in sorted(dialogue_env)}}
+    return row, detail
 
 
 def default_layout() -> str:
@@ -280,31 +290,33 @@ def run(env: Env, quick: bool, layouts: str | None = None) -> Result:
     the same run, time to first token p95 <= 500 ms."""
     sessions, turns, drain_s, baseline_n = (1, 2, 30, 2) if quick else (2, 10, 300, 8)
     names = parse_layouts(layouts)
-    rows = [_config(env, layout, sessions, turns, drain_s, baseline_n) for layout in names]
-    depths = {r["layout"]: r.pop("queue_depths") for r in rows}
-    dialogue_settings = rows[0].pop("dialogue_settings") if rows else {}
-    for r in rows[1:]:
-        r.pop("dialogue_settings")
+    measured = [_config(env, layout, sessions, turns, drain_s, baseline_n) for layout in names]
+    rows = [row for row, _ in measured]
+    detail = {row["layout"]: d for row, d in measured}
     main = next((r for r in rows if r["layout"] == default_layout()), rows[0])
+    main_detail = detail[main["layout"]]
     return Result(
         "real_model", rows,
-        baseline={"layout": main["layout"], "bare_p50_ms": main["bare_p50_ms"],
+        baseline={"layout": main["layout"], "bare_p50_ms": main_detail["bare_ms"]["p50"],
                   "bare_p95_ms": main["bare_p95_ms"],
-                  "bare_ttft_p95_ms": main["bare_ttft_p95_ms"]},
+                  "bare_ttft_p95_ms": main_detail["bare_ttft_ms"]["p95"]},
         ratio=main["ratio_p95"],
         targets=[Target(f"{main['layout']} dialogue p95 / bare completion p95",
                         main["ratio_p95"], "<=", 1.5),
                  Target(f"{main['layout']} time to first token p95", main["ttft_p95_ms"],
                         "<=", 500, "ms")],
-        params={"sessions": sessions, "turns_per_session": turns, "model": ALIAS,
-                "embedder": "minilm", "drain_limit_s": drain_s, "baseline_completions":
-                baseline_n, "layouts": names, "default_layout": default_layout(),
-                "dialogue_settings": dialogue_settings, "queue_depths": depths},
-        notes="every turn streamed; latency = request to the done event, ttft = request to "
-              "the first token event (client), server_ttft = model call to first token; "
-              "bare = a streamed chat completion of DIALOGUE_MAX_TOKENS tokens on the "
-              "layout's idle dialogue model server, same run; ratio_p95 = latency p95 / bare "
-              "p95 (target <= 1.5 on the embedded default layout, TTFT p95 <= 500 ms); "
-              "prefix_hits, tokens_reused, tokens_evaluated_after_hit: calls of the "
-              "dialogue's model server that started from a matching prompt prefix (shared: "
-              "pipeline calls included); lag None = not drained within the limit.")
+        params={"sessions": sessions, "turns_per_session": turns,
+                "turns_per_npc": TURNS_PER_NPC, "model": ALIAS, "embedder": "minilm",
+                "drain_limit_s": drain_s, "baseline_completions": baseline_n,
+                "layouts": names, "default_layout": default_layout(),
+                "dialogue_settings": main_detail["dialogue_settings"], "detail": detail},
+        notes="every turn streamed, a player talks to one NPC for "
+              f"{TURNS_PER_NPC} turns in a row; latency = request to the done event, ttft = "
+              "request to the first token event (client; the server's own TTFT, model call "
+              "to first token, is in params.detail); bare = a streamed chat completion of "
+              "DIALOGUE_MAX_TOKENS tokens on the layout's idle dialogue model server, same "
+              "run; ratio_p95 = latency p95 / bare p95 (target <= 1.5 on the embedded "
+              "default layout, TTFT p95 <= 500 ms); prompt_reused = share of the prompt "
+              "tokens the dialogue's model server took from its context or prompt cache "
+              "instead of evaluating (shared: pipeline calls included; counts in "
+              "params.detail); lag None = not drained within the limit.")
