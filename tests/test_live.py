@@ -65,6 +65,18 @@ def test_embedded_dialogue_defaults_never_override_the_environment():
     assert got["RETRIEVAL_PROMPT_CHARS"] == "800"
 
 
+def test_up_names_the_dialogue_settings_the_embedded_stack_applied(tmp_path):
+    from workers.stack import EmbeddedStack, StackOptions
+    from workers.up import connection_text
+
+    stack = EmbeddedStack(StackOptions(data_dir=tmp_path))
+    stack.base_url, stack.api_key = "http://127.0.0.1:1", "k"
+    stack.dialogue_defaults = {"RECENT_TURNS": "6", "DIALOGUE_MAX_TOKENS": "60"}
+    assert "RECENT_TURNS=6 DIALOGUE_MAX_TOKENS=60" in connection_text(stack, None)
+    stack.dialogue_defaults = {}  # external model server, or all set by the environment
+    assert "dialogue:" not in connection_text(stack, None)
+
+
 def test_model_server_resumes_a_prompt_head_from_its_cache_after_another_prompt(llm_server):
     """The dialogue's stable head is evaluated once: after an unrelated call replaced the
     server's context, a prompt with the same head restarts from the cached state."""

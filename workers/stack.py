@@ -92,6 +92,7 @@ class EmbeddedStack:
 
     After ``start()``: ``base_url`` (dialogue server), ``api_key``, ``flower_url`` (or None),
     ``model_servers`` (role variable -> base URL of each llama.cpp server started),
+    ``dialogue_defaults`` (the ``EMBEDDED_DIALOGUE_DEFAULTS`` applied, variable -> value),
     ``supervisor`` (the processes) and ``world_keys``.
 
     Raises (from ``start``):
@@ -106,6 +107,7 @@ class EmbeddedStack:
         self.api_key = ""
         self.flower_url: str | None = None
         self.model_servers: dict[str, str] = {}
+        self.dialogue_defaults: dict[str, str] = {}
         self.world_keys: list[str] = []
         self.supervisor: embedded.Supervisor | None = None
         self.redis_server: embedded.EmbeddedRedis | None = None
@@ -156,7 +158,7 @@ class EmbeddedStack:
         s = get_settings()
         self.supervisor = sup = embedded.Supervisor(opts.data_dir / "logs", env)
         if not os.environ.get("LLM_BASE_URL"):
-            defaults = embedded_dialogue_env()
+            self.dialogue_defaults = defaults = embedded_dialogue_env()
             env.update(defaults)
             sup.env.update(defaults)
             os.environ.update(defaults)
