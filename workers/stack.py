@@ -47,8 +47,8 @@ servers and the environment does not set them (one CPU thread evaluates a prompt
 800 characters of retrieved documents and evidence, 300 each of cards and of the summary and
 salient memories (against 12, 1600, 600 and 500 elsewhere); replies of at most 60 tokens (one
 to three sentences, as the prompt asks); pipeline calls on the shared server wait up to 30 s
-for dialogue calls (against 5 s), so that back-to-back player turns keep the server while the
-pipeline still gets through between them."""
+for dialogue calls (against 5 s), so that a run of back-to-back player turns keeps the server,
+and after that a pipeline call goes ahead anyway (the pipeline never starves)."""
 
 
 def embedded_dialogue_env(environ: dict[str, str] | None = None) -> dict[str, str]:
