@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         "pipeline model calls yield to dialogue calls on a shared server (inference.priority)"))
     dialogue_priority_max_wait_s: float = Field(5.0, ge=0, description=(
         "longest wait of one pipeline model call for dialogue calls to finish"))
+    dialogue_priority_grace_s: float = Field(1.0, ge=0, description=(
+        "pipeline model calls also wait this long after a dialogue call ended, so the next "
+        "player turn is not queued behind a pipeline call that slipped in between"))
+    llm_prompt_cache_mb: int = Field(64, ge=0, description=(
+        "RAM prompt cache of each embedded llama.cpp server: a call reuses the evaluated "
+        "state of the longest matching prompt prefix; 0 = off"))
 
     # Dialogue server
     api_keys: str = Field("", repr=False, description=(
@@ -92,6 +98,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     port: int = 8000
     recent_turns: int = Field(12, ge=0, le=50, description="recent turns in the prompt (12-20)")
+    dialogue_max_tokens: int = Field(80, ge=1, le=4096, description=(
+        "completion budget of an NPC reply, in tokens"))
     retrieval_k: int = 3
     cards_prompt_chars: int = Field(600, ge=0, le=4000,
                                     description="budget of the memory cards in the dialogue prompt")

@@ -2,6 +2,7 @@
 
     python -m bench [names...] [--quick] [--json-out DIR] [--keep-db]
                     [--dataset PATH] [--budget CHARS] [--k N] [--backend B] [--drain-timeout S]
+                    [--layouts split,shared]
 
 Runs the named benchmarks (all by default, in the order below) in one environment (private
 Redis, fresh PostgreSQL database, zero-latency model server; ``bench.common.Env``), prints
@@ -9,7 +10,8 @@ each one's table, writes ``DIR/<name>.json`` (default ``var/bench``) and ends wi
 table of the targets and whether they were met. ``--quick`` shrinks every benchmark so the
 whole suite takes a few minutes (a smoke run; its figures mean little). ``--dataset``,
 ``--budget``, ``--k``, ``--backend`` and ``--drain-timeout`` are options of ``memory_quality``
-(a module's ``OPTIONS`` names the ones its ``run`` takes).
+and ``--layouts`` one of ``real_model`` (a module's ``OPTIONS`` names the ones its ``run``
+takes).
 """
 
 from __future__ import annotations
@@ -46,8 +48,19 @@ def main(argv: list[str] | None = None) -> int:
                          "the embedded llama.cpp SmolLM2), zero (plumbing smoke run)")
     mq.add_argument("--drain-timeout", type=float, default=None, metavar="S",
                     help="seconds to wait for the queues (default 900 quick, 7200 full)")
+    rm = ap.add_argument_group("real_model options")
+    rm.add_argument("--layouts", default=None, metavar="LIST",
+                    help="model-server layouts, comma-separated: split, shared (default both, "
+                         "the embedded default of this machine first)")
     args = ap.parse_args(argv)
     names = args.names or BENCHMARKS
+    if args.layouts is not None:
+        from bench.real_model import parse_layouts
+
+        try:
+            parse_layouts(args.layouts)
+        except ValueError as exc:
+            ap.error(str(exc))
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")

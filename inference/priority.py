@@ -10,7 +10,11 @@ applies:
 - every pipeline call (analysis, maintenance) to the same server first waits while any slot
   is held, polling every ``POLL_S`` seconds, for at most
   ``DIALOGUE_PRIORITY_MAX_WAIT_S`` (default 5 s); then it goes ahead anyway, so a steady
-  stream of dialogue can slow the pipeline but never starve it.
+  stream of dialogue can slow the pipeline but never starve it;
+- a pipeline call also waits for ``DIALOGUE_PRIORITY_GRACE_S`` (default 1 s) after a dialogue
+  call on the server ended (a key ``llm:dialogue_recent:{base_url}`` living that long), within
+  the same bound: a player reading a reply and typing the next line would otherwise find the
+  server busy with a pipeline call that slipped in between two turns.
 
 A crashed dialogue process cannot leave the count stuck: each slot is a member of a sorted set
 per server (``llm:dialogue_inflight:{base_url}``) scored with its expiry (now + the model
@@ -42,10 +46,15 @@ POLL_S = 0.05
 """How often a waiting pipeline call looks again, in seconds."""
 
 _PREFIX = "llm:dialogue_inflight:"
+_RECENT = "llm:dialogue_recent:"
 
 
 def _key(base_url: str) -> str:
     return f"{_PREFIX}{base_url.rstrip('/')}"
+
+
+def _recent_key(base_url: str) -> str:
+    return f"{_RECENT}{base_url.rstrip('/')}"
 
 
 def active(role: str, base_url: str) -> bool:
@@ -73,12 +82,15 @@ def _redis() -> redis.Redis:
 @contextmanager
 def dialogue_slot(base_url: str, r: redis.Redis | None = None) -> Iterator[None]:
     """Hold a dialogue slot on ``base_url`` for the duration of the block (one ``ZADD`` of a
-    member expiring after ``LLM_TIMEOUT_S`` before, one ``ZREM`` after). A Redis failure
-    never blocks the dialogue: the call then runs without a slot."""
+    member expiring after ``LLM_TIMEOUT_S`` before; after, one pipelined round trip: ``ZREM``
+    and, with ``DIALOGUE_PRIORITY_GRACE_S`` > 0, ``SET llm:dialogue_recent:{base_url}`` expiring
+    after the grace period). A Redis failure never blocks the dialogue: the call then runs
+    without a slot."""
     r = r or _redis()
+    s = get_settings()
     key, member = _key(base_url), uuid.uuid4().hex
     try:
-        r.zadd(key, {member: time.time() + get_settings().llm_timeout_s})
+        r.zadd(key, {member: time.time() + s.llm_timeout_s})
     except redis.RedisError as exc:
         log.warning("dialogue priority slot not taken: %s", exc)
         member = ""
@@ -87,7 +99,12 @@ def dialogue_slot(base_url: str, r: redis.Redis | None = None) -> Iterator[None]
     finally:
         if member:
             try:
-                r.zrem(key, member)
+                pipe = r.pipeline(transaction=False)
+                pipe.zrem(key, member)
+                if s.dialogue_priority_grace_s > 0:
+                    pipe.set(_recent_key(base_url), 1,
+                             px=max(1, int(s.dialogue_priority_grace_s * 1000)))
+                pipe.execute()
             except redis.RedisError:
                 pass
 
@@ -102,16 +119,30 @@ def dialogue_in_flight(base_url: str, r: redis.Redis | None = None) -> int:
     return int(pipe.execute()[1])
 
 
+def dialogue_busy(base_url: str, r: redis.Redis | None = None) -> bool:
+    """Whether a pipeline call to ``base_url`` should wait now: a live dialogue slot is held
+    (expired ones are removed first), or a dialogue call ended less than
+    ``DIALOGUE_PRIORITY_GRACE_S`` ago; one pipelined round trip."""
+    r = r or _redis()
+    pipe = r.pipeline(transaction=False)
+    pipe.zremrangebyscore(_key(base_url), "-inf", time.time())
+    pipe.zcard(_key(base_url))
+    pipe.exists(_recent_key(base_url))
+    _, inflight, recent = pipe.execute()
+    return bool(inflight or recent)
+
+
 def yield_to_dialogue(base_url: str, r: redis.Redis | None = None,
                       max_wait_s: float | None = None) -> float:
-    """Wait while a dialogue call is in flight on ``base_url``, at most ``max_wait_s``
-    (default ``DIALOGUE_PRIORITY_MAX_WAIT_S``). Returns the seconds waited. A Redis failure
-    ends the wait (the pipeline never stalls on the rule itself)."""
+    """Wait while a dialogue call is in flight on ``base_url`` or ended within the grace
+    period (:func:`dialogue_busy`), at most ``max_wait_s`` (default
+    ``DIALOGUE_PRIORITY_MAX_WAIT_S``). Returns the seconds waited. A Redis failure ends the
+    wait (the pipeline never stalls on the rule itself)."""
     r = r or _redis()
     limit = get_settings().dialogue_priority_max_wait_s if max_wait_s is None else max_wait_s
     t0 = time.monotonic()
     try:
-        while dialogue_in_flight(base_url, r) and time.monotonic() - t0 < limit:
+        while dialogue_busy(base_url, r) and time.monotonic() - t0 < limit:
             time.sleep(POLL_S)
     except redis.RedisError as exc:
         log.warning("dialogue priority check failed: %s", exc)

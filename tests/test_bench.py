@@ -39,3 +39,30 @@ def test_quick_bench_writes_json(tmp_path):
     postgres = archive["params"]["database"] == "postgresql"
     assert [r["written"] for r in archive["rows"]] == ([2000, 2000, 500] if postgres else [2000, 500])
     assert archive["baseline"]["written"] == 300  # one insert per turn
+
+
+def test_real_model_layouts_default_to_this_machines_embedded_layout_first():
+    from bench.real_model import default_layout, parse_layouts
+
+    assert parse_layouts("shared") == ["shared"]
+    assert parse_layouts("shared, split,shared") == ["shared", "split"]
+    both = parse_layouts(None)
+    assert both[0] == default_layout() and sorted(both) == ["shared", "split"]
+
+
+def test_real_model_rejects_an_unknown_layout_before_starting_anything():
+    done = subprocess.run([sys.executable, "-m", "bench", "real_model", "--layouts", "both"],
+                          cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "unknown layout(s) both" in done.stderr
+
+
+def test_real_model_counts_prompt_reuse_from_the_model_server_log():
+    from bench.real_model import prompt_cache_use
+
+    log = ("Llama._create_completion: cache hit\n"
+           "Llama.generate: 412 prefix-match hit, remaining 57 prompt tokens to eval\n"
+           "Llama._create_completion: cache miss\n"
+           "Llama.generate: 3 prefix-match hit, remaining 300 prompt tokens to eval\n")
+    assert prompt_cache_use(log) == {"prefix_hits": 2, "tokens_reused": 415,
+                                     "tokens_evaluated_after_hit": 357}
+    assert prompt_cache_use("")["prefix_hits"] == 0

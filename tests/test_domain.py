@@ -622,6 +622,34 @@ def test_dialogue_user_message_is_the_player_text_and_optional_sections_vanish()
     assert "[The story so far" not in msgs[0]["content"]
 
 
+def test_dialogue_prompt_of_the_next_turn_shares_the_head_up_to_the_recent_turns():
+    """Stable parts first, per-turn parts last: the next turn's prompt starts with the whole
+    previous prompt up to the end of its recent turns (a prompt cache reuses that head)."""
+    import prompts
+
+    npc = {"title": "Baker", "content": "A baker of Saltmere who owes the miller."}
+    common = {"npc": npc, "note": "The player bought bread.", "cards": "Trust: friendly.",
+              "memories": "The player arrived at dawn."}
+    turn1 = {"player_text": "Any news?", "npc_text": "The mill burned."}
+    first = prompts.messages("dialogue", **common, recent_turns=[turn1],
+                             retrieved=[("Mill", "The mill by the river.")],
+                             evidence=["[day 1, 07:30] Player: I saw smoke."],
+                             player_text="Who did it?")[0]["content"]
+    second = prompts.messages("dialogue", **common,
+                              recent_turns=[turn1, {"player_text": "Who did it?",
+                                                    "npc_text": "Nobody knows."}],
+                              retrieved=[("Lighthouse", "The old lighthouse.")],
+                              evidence=["[day 1, 08:00] Player: Strange lights."],
+                              player_text="And the lighthouse?")[0]["content"]
+    head = first[: first.index("[Things you know about]")]
+    assert second.startswith(head.rstrip())
+    for stable in ("[Who you are]", "[What has happened", "[What you remember",
+                   "[The story so far"):
+        assert first.index(stable) < first.index("[Recent conversation]")
+    assert (first.index("[Recent conversation]") < first.index("[Things you know about]")
+            < first.index("[What was said earlier"))
+
+
 def test_analysis_without_hints_leaves_the_known_line_out():
     import prompts
 

@@ -64,6 +64,8 @@ def test_demo_on_light_world_end_to_end(tmp_path, light_world_path, database):
     assert out["world_ticks"] and any(t["updates"] >= 1 for t in out["world_ticks"])
     assert out["tasks"]["archive"]["succeeded"] >= 3
     assert np.isfinite(out["latency_ms"]["p95"])
+    # turns are streamed: the first words came before the whole reply
+    assert all(0 < t["ttft_ms"] <= t["latency_ms"] + 1000 for t in out["turns"])
     # nothing is left running
     alive = []
     for pid in out["pids"]:

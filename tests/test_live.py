@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from pathlib import Path
 
 import httpx
 import psutil
@@ -42,6 +44,60 @@ def test_dialogue_gets_its_own_server_only_on_four_cores_or_more():
 
     assert not split_dialogue_server(2) and not split_dialogue_server(3)
     assert split_dialogue_server(4) and split_dialogue_server(16)
+
+
+def test_model_server_command_keeps_a_prompt_cache_and_no_per_token_logits():
+    from workers.embedded import llm_argv
+
+    argv = llm_argv(8089, "m", 2048, 1, prompt_cache_mb=64)
+    flags = dict(zip(argv[3::2], argv[4::2]))
+    assert flags["--cache"] == "true" and flags["--cache_type"] == "ram"
+    assert flags["--cache_size"] == str(64 * 1024 * 1024) and flags["--logits_all"] == "false"
+    assert "--cache" not in llm_argv(8089, "m", 2048, 1, prompt_cache_mb=0)
+
+
+def test_embedded_dialogue_defaults_never_override_the_environment():
+    from workers.stack import EMBEDDED_DIALOGUE_DEFAULTS, embedded_dialogue_env
+
+    assert embedded_dialogue_env({}) == EMBEDDED_DIALOGUE_DEFAULTS
+    got = embedded_dialogue_env({"RECENT_TURNS": "12", "DIALOGUE_MAX_TOKENS": "200"})
+    assert "RECENT_TURNS" not in got and "DIALOGUE_MAX_TOKENS" not in got
+    assert got["RETRIEVAL_PROMPT_CHARS"] == "800"
+
+
+def test_up_names_the_dialogue_settings_the_embedded_stack_applied(tmp_path):
+    from workers.stack import EmbeddedStack, StackOptions
+    from workers.up import connection_text
+
+    stack = EmbeddedStack(StackOptions(data_dir=tmp_path))
+    stack.base_url, stack.api_key = "http://127.0.0.1:1", "k"
+    stack.dialogue_defaults = {"RECENT_TURNS": "6", "DIALOGUE_MAX_TOKENS": "60"}
+    assert "RECENT_TURNS=6 DIALOGUE_MAX_TOKENS=60" in connection_text(stack, None)
+    stack.dialogue_defaults = {}  # external model server, or all set by the environment
+    assert "dialogue:" not in connection_text(stack, None)
+
+
+def test_model_server_resumes_a_prompt_head_from_its_cache_after_another_prompt(llm_server):
+    """The dialogue's stable head is evaluated once: after an unrelated call replaced the
+    server's context, a prompt with the same head restarts from the cached state."""
+    from bench.real_model import prompt_cache_use
+
+    tag = uuid.uuid4().hex[:8]
+    head = (f"{tag}. You are Marta Vell, the harbour master of Saltmere. " * 6).strip()
+
+    def call(system: str, user: str) -> None:
+        httpx.post(f"{llm_server}/chat/completions", timeout=120, json={
+            "model": "smollm2-135m-instruct", "max_tokens": 4, "temperature": 0.0,
+            "messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": user}]}).raise_for_status()
+
+    log = Path(os.environ["DATA_DIR"]) / "llm.log"  # conftest's llm_server writes it there
+    call(head, "Any news from the harbour?")
+    call(f"Unrelated {uuid.uuid4().hex}: summarise the weather in one word.", "Go.")
+    mark = len(log.read_text(errors="replace"))
+    call(head, "Who owns the old lighthouse?")
+    used = prompt_cache_use(log.read_text(errors="replace")[mark:])
+    assert used["prefix_hits"] == 1 and used["tokens_reused"] >= 60, used
 
 
 # ----------------------------------------------------------------------------- priority rule
@@ -124,6 +180,31 @@ def test_pipeline_never_starves_behind_endless_dialogue(settings_env):
         waited = priority.yield_to_dialogue(url, r, max_wait_s=0.2)
         assert priority.dialogue_in_flight(url, r) == 1  # still busy, yet the call went ahead
     assert waited >= 0.2
+
+
+def test_pipeline_waits_out_the_grace_period_after_a_dialogue_call(settings_env):
+    """A pipeline call arriving just after a dialogue call ended waits for
+    DIALOGUE_PRIORITY_GRACE_S, then goes; with 0 it goes at once."""
+    from inference import priority
+    from settings import get_settings
+
+    url = f"http://127.0.0.1:9/v1/{time.time_ns()}"
+    _shared_server_settings(settings_env, url)
+    settings_env.setenv("DIALOGUE_PRIORITY_GRACE_S", "0.5")
+    get_settings.cache_clear()
+    r = nearline.get_redis()
+    with priority.dialogue_slot(url, r):
+        pass
+    assert priority.dialogue_in_flight(url, r) == 0 and priority.dialogue_busy(url, r)
+    waited = priority.yield_to_dialogue(url, r, max_wait_s=30)
+    assert 0.3 <= waited < 10 and not priority.dialogue_busy(url, r)
+
+    settings_env.setenv("DIALOGUE_PRIORITY_GRACE_S", "0")
+    get_settings.cache_clear()
+    url = f"http://127.0.0.1:9/v1/{time.time_ns()}"
+    with priority.dialogue_slot(url, r):
+        assert priority.dialogue_busy(url, r)
+    assert not priority.dialogue_busy(url, r)
 
 
 def test_a_dead_dialogue_process_cannot_hold_the_pipeline(settings_env):
@@ -292,6 +373,8 @@ def test_chat_in_a_terminal(saltmere_web):
         screen = _pty_read(master, "wenna_pike", 30, buf)
         os.write(master, b"/note\n")
         screen = _pty_read(master, "note of Marta Vell", 30, buf)
+        os.write(master, b"/search harbour\n")
+        screen = _pty_read(master, "[document]", 30, buf)
         os.write(master, b"/nonsense\n")
         screen = _pty_read(master, "unknown command /nonsense", 30, buf)
         os.write(master, b"/quit\n")

@@ -139,10 +139,14 @@ class ChatSession:
         if not query:
             self._print("usage: /search WORDS")
             return
-        for hit in self.client.search(self.session_id, query, k=5):
-            label = hit.get("title") or hit.get("speaker") or hit.get("kind", "")
-            text = (hit.get("text") or "").replace("\n", " ")
-            self._print(f"  {hit.get('score', 0):.3f} {label}: {text[:160]}")
+        hits = self.client.search(self.session_id, query, k=5)
+        if not hits:
+            self._print("  (nothing found)")
+        for hit in hits:  # npc_memory_client.DocumentHit or EvidenceHit
+            label = (hit.title or hit.key or "document") if hit.kind == "document" else (
+                f"said in turn {hit.seq}")
+            text = hit.text.replace("\n", " ")
+            self._print(f"  {hit.score:.3f} [{hit.kind}] {label}: {text[:160]}")
 
     def _tick(self, _arg: str) -> None:
         tick = self.client.tick(self.session_id)

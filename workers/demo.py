@@ -23,6 +23,7 @@ from rich.table import Table
 
 from celeryconfig import Queues
 from memory.importers.spec import SessionScript, WorldSpec
+from npc_memory_client import NpcMemoryClient, Token
 from settings import ROOT, get_settings
 from workers.stack import EmbeddedStack, StackOptions
 
@@ -145,17 +146,22 @@ def _play_and_report(opts: DemoOptions, sup, web: str, api_key: str, world: Worl
     res = client.post("/v1/sessions", json={"world": world.key, "player_name": "demo player"})
     res.raise_for_status()
     session_id = res.json()["session_id"]
+    game = NpcMemoryClient(web, api_key or None, timeout=300)
     turns = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("playing turns", total=len(script.turns))
-        for t in script.turns:
+        for t in script.turns:  # streamed, as a game shows a reply: first words first
             t0 = time.perf_counter()
-            res = client.post(f"/v1/sessions/{session_id}/turns",
-                              json={"npc_id": t.npc_key, "player_text": t.player_text})
-            res.raise_for_status()
-            body = res.json()
-            body["client_ms"] = (time.perf_counter() - t0) * 1000
+            first = None
+            for event in game.turn_stream(session_id, t.npc_key, t.player_text):
+                if isinstance(event, Token):
+                    first = first or time.perf_counter()
+                else:
+                    body = event.model_dump()
+            done = time.perf_counter()
+            body["client_ms"] = (done - t0) * 1000
+            body["client_ttft_ms"] = ((first or done) - t0) * 1000
             body["player_text"] = t.player_text
             turns.append(body)
             progress.update(bar, advance=1, description=f"playing turns ({body['npc_name'][:24]})")
@@ -183,14 +189,17 @@ def _play_and_report(opts: DemoOptions, sup, web: str, api_key: str, world: Worl
         example = {"query": q, "top3": [h["title"] if h["kind"] == "document" else h["text"]
                                          for h in hits]}
     latencies = [t["latency_ms"] for t in turns]
+    ttfts = [t["client_ttft_ms"] for t in turns]
     out = {
         "world": world.key,
         "session_id": session_id,
         "turns": [{"npc": t["npc_name"], "player": t["player_text"], "npc_text": t["npc_text"],
-                   "latency_ms": round(t["latency_ms"], 1), "retrieved": t["retrieved"]}
+                   "latency_ms": round(t["latency_ms"], 1),
+                   "ttft_ms": round(t["client_ttft_ms"], 1), "retrieved": t["retrieved"]}
                   for t in turns],
         "turns_served": len(turns),
         "latency_ms": {"p50": round(_pct(latencies, 50), 1), "p95": round(_pct(latencies, 95), 1)},
+        "ttft_ms": {"p50": round(_pct(ttfts, 50), 1), "p95": round(_pct(ttfts, 95), 1)},
         "tasks": counts,
         "coalescing": coalescing,
         "notes_written": summary["notes"],
@@ -222,12 +231,15 @@ def _print_summary(console: Console, out: dict) -> None:
     console.rule(f"[bold]Demo summary: world {out['world']}")
     for t in out["turns"]:
         console.print(f"[cyan]player -> {t['npc']}:[/] {t['player']}")
-        console.print(f"[green]{t['npc']}:[/] {t['npc_text']}  [dim]({t['latency_ms']} ms)[/]")
+        console.print(f"[green]{t['npc']}:[/] {t['npc_text']}  [dim]({t['latency_ms']} ms, "
+                      f"first words after {t['ttft_ms']} ms)[/]")
         if t["retrieved"]:  # what memory put in front of the model for this reply
             console.print("  [dim]retrieved for this reply:[/] " + " | ".join(
                 str(x)[:90] for x in t["retrieved"]))
     console.print(f"turns served: {out['turns_served']}   dialogue latency p50 "
-                  f"{out['latency_ms']['p50']} ms, p95 {out['latency_ms']['p95']} ms")
+                  f"{out['latency_ms']['p50']} ms, p95 {out['latency_ms']['p95']} ms; "
+                  f"first words (streamed) p50 {out['ttft_ms']['p50']} ms, "
+                  f"p95 {out['ttft_ms']['p95']} ms")
     table = Table(title="tasks per queue")
     for col in ("queue", "succeeded", "dead-lettered", "retried", "pending"):
         table.add_column(col)

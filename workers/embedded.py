@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from settings import ROOT
+from settings import ROOT, get_settings
 
 
 def free_port() -> int:
@@ -189,10 +189,35 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait()
 
 
-def llm_argv(port: int, alias: str, n_ctx: int, threads: int) -> list[str]:
-    """Command line of the llama.cpp OpenAI-compatible server serving SmolLM2."""
+def llm_argv(port: int, alias: str, n_ctx: int, threads: int,
+             prompt_cache_mb: int | None = None) -> list[str]:
+    """Command line of the llama.cpp OpenAI-compatible server (llama-cpp-python's
+    ``llama_cpp.server``) serving SmolLM2.
+
+    Two settings cut the work of each call:
+
+    - ``--logits_all false``: the server's default keeps the logits of every prompt token
+      (a 49,152-float row per token, computed and copied), which only ``logprobs`` needs;
+      nothing here asks for them.
+    - a RAM prompt cache (``--cache true --cache_type ram``) of ``prompt_cache_mb`` MiB
+      (default ``LLM_PROMPT_CACHE_MB``; 0: none). llama.cpp always reuses the part of the
+      context that matches the new prompt, but on a server shared with the pipeline an
+      analysis call replaces that context between two player turns. With the cache, the
+      state after each call is kept (least recently used dropped beyond the size), and a call
+      starts from the kept state with the longest matching prefix: a player turn then
+      evaluates only what follows the stable head of the dialogue prompt (persona, note,
+      cards; ``prompts/templates/dialogue.j2`` puts the per-turn parts last). The size counts
+      the KV cells of the states (SmolLM2-135M: about 23 KB per token); each kept state also
+      holds a copy of the server's logits buffer (up to ``n_batch`` x 49,152 floats, about
+      100 MB) that the size does not count.
+    """
+    if prompt_cache_mb is None:
+        prompt_cache_mb = get_settings().llm_prompt_cache_mb
+    cache = (["--cache", "true", "--cache_type", "ram",
+              "--cache_size", str(prompt_cache_mb * 1024 * 1024)] if prompt_cache_mb > 0 else [])
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
             "--model_alias", alias, "--n_ctx", str(n_ctx), "--n_threads", str(threads),
+            "--logits_all", "false", *cache,
             "--interrupt_requests", "false", "--host", "127.0.0.1", "--port", str(port)]
 
 

@@ -13,6 +13,10 @@ pipeline's (``LLM_BASE_URL``): a player's turn never waits behind an analysis or
 rewrite. On fewer cores one server is shared, which was faster there
 (``workers.embedded.split_dialogue_server``), and the pipeline's calls yield to dialogue calls
 (``inference.priority``). Threads follow ``workers.embedded.llm_threads``.
+
+Dialogue defaults: where the stack starts its own llama.cpp servers, the settings in
+``EMBEDDED_DIALOGUE_DEFAULTS`` apply unless the environment sets them: a shorter dialogue
+prompt and reply for a CPU-served small model, and a longer bound on the pipeline's wait.
 """
 
 from __future__ import annotations
@@ -27,6 +31,31 @@ from pathlib import Path
 from memory.importers.spec import WorldSpec
 from settings import ROOT, get_settings
 from workers import embedded
+
+
+EMBEDDED_DIALOGUE_DEFAULTS: dict[str, str] = {
+    "RECENT_TURNS": "6",
+    "RETRIEVAL_PROMPT_CHARS": "800",
+    "CARDS_PROMPT_CHARS": "300",
+    "MEMORIES_PROMPT_CHARS": "300",
+    "DIALOGUE_MAX_TOKENS": "60",
+    "DIALOGUE_PRIORITY_MAX_WAIT_S": "30",
+}
+"""Settings of the embedded stack's dialogue when it serves SmolLM2 on its own llama.cpp
+servers and the environment does not set them (one CPU thread evaluates a prompt at about
+250 tokens/s: every prompt token is about 4 ms of the reply's wait). Prompt: 6 recent turns,
+800 characters of retrieved documents and evidence, 300 each of cards and of the summary and
+salient memories (against 12, 1600, 600 and 500 elsewhere); replies of at most 60 tokens (one
+to three sentences, as the prompt asks); pipeline calls on the shared server wait up to 30 s
+for dialogue calls (against 5 s), so that a run of back-to-back player turns keeps the server,
+and after that a pipeline call goes ahead anyway (the pipeline never starves)."""
+
+
+def embedded_dialogue_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The ``EMBEDDED_DIALOGUE_DEFAULTS`` that ``environ`` (default ``os.environ``) does not
+    set, as environment variables to add."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in EMBEDDED_DIALOGUE_DEFAULTS.items() if k not in environ}
 
 
 @dataclass
@@ -63,6 +92,7 @@ class EmbeddedStack:
 
     After ``start()``: ``base_url`` (dialogue server), ``api_key``, ``flower_url`` (or None),
     ``model_servers`` (role variable -> base URL of each llama.cpp server started),
+    ``dialogue_defaults`` (the ``EMBEDDED_DIALOGUE_DEFAULTS`` applied, variable -> value),
     ``supervisor`` (the processes) and ``world_keys``.
 
     Raises (from ``start``):
@@ -77,6 +107,7 @@ class EmbeddedStack:
         self.api_key = ""
         self.flower_url: str | None = None
         self.model_servers: dict[str, str] = {}
+        self.dialogue_defaults: dict[str, str] = {}
         self.world_keys: list[str] = []
         self.supervisor: embedded.Supervisor | None = None
         self.redis_server: embedded.EmbeddedRedis | None = None
@@ -127,6 +158,10 @@ class EmbeddedStack:
         s = get_settings()
         self.supervisor = sup = embedded.Supervisor(opts.data_dir / "logs", env)
         if not os.environ.get("LLM_BASE_URL"):
+            self.dialogue_defaults = defaults = embedded_dialogue_env()
+            env.update(defaults)
+            sup.env.update(defaults)
+            os.environ.update(defaults)
             split = opts.split_llm if opts.split_llm is not None else (
                 s.split_llm if s.split_llm is not None else embedded.split_dialogue_server())
             servers = [("llm", "LLM_BASE_URL")]

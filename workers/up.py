@@ -62,6 +62,10 @@ def connection_text(stack: EmbeddedStack, world: WorldSpec | None) -> str:
         lines.append(f"Flower:          {stack.flower_url} (user npc, password = the API key)")
     for var, url in stack.model_servers.items():
         lines.append(f"model server:    {url} ({var})")
+    if stack.dialogue_defaults:
+        lines.append("dialogue:        " + " ".join(
+            f"{k}={v}" for k, v in stack.dialogue_defaults.items())
+            + " (the embedded stack's; set them to override)")
     if world is not None:
         npc = next((e.key for e in world.entries if e.entity_type == "character"), "npc")
         lines += ["", "try it:",

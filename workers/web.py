@@ -419,7 +419,7 @@ def play_turn(session_id: str, body: TurnIn, request: Request, response: Respons
     lap("route")
     prompt = {"npc": npc, "note": note, "recent": recent_npc, "retrieved": retrieved,
               "player_text": body.player_text, "cards": cards_text, "memories": memories_text,
-              "evidence": evidence_lines}
+              "evidence": evidence_lines, "max_tokens": s_.dialogue_max_tokens}
     if body.stream or _wants_event_stream(request):
         return _stream_turn(r, target, body, route, prompt, t0, stages)
     try:  # a server that lost the adapter (restart) gets it loaded again, once
