@@ -21,8 +21,9 @@ the turns after ``to_turn``:
   undone turn, as a new revision (cause ``rollback``, ``memory.ops.rollback_note``'s form);
 - created entities: ``retracted_at`` set, removed from the session's keys and its vector scope
   (kept in the database, with their history);
-- memory cards: rebuilt by replaying the kept card events (revision numbers keep growing);
-  the archived events of undone turns are deleted from ``card_events``;
+- memory cards: rebuilt by replaying the kept card events (revision numbers keep growing),
+  the archived snapshots (``npc_cards``) replaced by the rebuilt ones; the archived events of
+  undone turns are deleted from ``card_events``;
 - the session summary if it covers an undone turn; salient memories and the emotional
   trajectory (rebuilt with the cards);
 - evidence: the items of undone turns leave Redis, their vectors ``evidence_vectors``, and the
@@ -57,6 +58,7 @@ from sqlalchemy.orm import Session
 
 from memory import cards as memory_cards
 from memory import fencing, nearline, summaries
+from memory.archive import archive_card_batch
 from memory.evidence import evidence_key, item_id
 from memory.notes import commit_revision, note_turn_ids
 from memory.ops import NotFound, Send, find_turn
@@ -67,6 +69,8 @@ from models import (
 )
 from models.base import utcnow
 
+EVIDENCE_BATCH = 1000
+"""Turn ids per ``npc_memory.embed_evidence`` a fork sends (its payload's maximum)."""
 CANCELLABLE = ("queued", "retrying", "dead")
 """Ledger statuses a rollback turns into ``cancelled`` for tasks of undone turns."""
 
@@ -369,8 +373,9 @@ def fork_session(session: Session, r, source_id: str, at_turn: str, send: Send) 
         summaries.save_summary(r, new_id, summary["summary"], int(summary["upto_seq"]))
     for eid in sorted({eid for eid, _ in notes} | {c.id for c in copies}):
         send("npc_memory.embed", {"lore_entry_id": eid, "session_id": new_id})
-    if turn_map:
-        send("npc_memory.embed_evidence", {"turn_ids": [turn_map[d["turn_id"]] for d in ordered]})
+    new_turns = [turn_map[d["turn_id"]] for d in ordered]
+    for start in range(0, len(new_turns), EVIDENCE_BATCH):
+        send("npc_memory.embed_evidence", {"turn_ids": new_turns[start:start + EVIDENCE_BATCH]})
     return {"session_id": new_id, "forked_from": source_id, "at_turn": at_turn,
             "at_seq": int(turn["seq"]), "world_id": world_id, "player_name": player,
             "game_minutes": minutes,
@@ -498,6 +503,12 @@ def rollback_session(session: Session, r, session_id: str, to_turn: str, send: S
                         NpcCard.session_id == session_id, NpcCard.npc_entry_id == npc))))
         session.rollback()
         _replay_cards(r, session_id, npc, keep, rev_floor=floor)
+        rebuilt = memory_cards.get_cards(r, session_id, npc)
+        archive_card_batch(session, [{  # the archived snapshots follow (a higher rev wins)
+            "session_id": session_id, "npc_entry_id": npc, "events": [],
+            "cards": {"relationship": rebuilt.relationship.model_dump(exclude_none=True),
+                      "quest": rebuilt.quest.model_dump(exclude_none=True)}}])
+        session.commit()
     if undone:
         session.execute(delete(CardEvent).where(CardEvent.session_id == session_id,
                                                 CardEvent.turn_id.in_(undone)))

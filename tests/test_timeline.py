@@ -25,7 +25,7 @@ from memory.notes import apply_note_update
 from memory.vector_index import VectorIndex, VectorSync, evidence_scope, session_scope as vscope
 from memory.vectors import embed_entry
 from models import (
-    CardEvent, EvidenceVector, GameSession, LoreEntry, SessionNote, SessionNoteRevision,
+    CardEvent, EvidenceVector, GameSession, LoreEntry, NpcCard, SessionNote, SessionNoteRevision,
     SessionRollback, StoredVector, TaskRecord, Turn,
 )
 from tasks.base import _ledger
@@ -231,6 +231,10 @@ def test_rollback_across_a_rewrite_an_entity_and_a_card_event(client, game_sessi
     assert [m["kind"] for m in summaries.salient_memories(r, sid, npc)] == ["gift"]
     with session_scope() as s:
         assert s.scalar(select(CardEvent.id).where(CardEvent.turn_id == t2["turn_id"])) is None
+        archived = s.scalar(select(NpcCard).where(NpcCard.session_id == sid,
+                                                  NpcCard.npc_entry_id == npc,
+                                                  NpcCard.kind == "relationship"))
+        assert archived.rev == rel.rev and archived.card["betrayals"] == []
     # summary, evidence, turns, tasks
     assert summaries.get_summary(r, sid) is None
     assert sorted(int(k) for k in r.hkeys(evidence_key(sid))) == [2, 3]
