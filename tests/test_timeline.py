@@ -10,7 +10,6 @@ import time
 import uuid
 
 import numpy as np
-import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
