@@ -81,6 +81,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from rapidfuzz import fuzz, utils
 
+from memory.fencing import undone_key
 from memory.nearline import memory_versions_key, session_ttl_s
 from memory.summaries import queue_card_memories
 
@@ -528,7 +529,9 @@ def apply_events(r: redis.Redis, session_id: str, npc_entry_id: int,
     One optimistic transaction (``WATCH`` both cards and the applied hash, compute, ``MULTI``/
     ``EXEC``) applies every new event, the size rule and the applied-event bookkeeping; a
     concurrent writer makes it run again on the fresh cards (with a short jittered pause).
-    Events whose id was applied before are skipped and reported in ``duplicates``.
+    Events whose id was applied before are skipped and reported in ``duplicates``; events of
+    a turn a rollback of the session undid (``memory.fencing``: the Redis set is watched and
+    read in the same transaction) are skipped and reported nowhere.
 
     Args:
         relationship: ``RelationshipEvent`` s, applied in order.
@@ -549,16 +552,22 @@ def apply_events(r: redis.Redis, session_id: str, npc_entry_id: int,
     rk = card_key(session_id, npc_entry_id, "relationship")
     qk = card_key(session_id, npc_entry_id, "quest")
     ak, ok = applied_key(session_id, npc_entry_id), applied_order_key(session_id, npc_entry_id)
+    uk = undone_key(session_id)
+    turn_ids = list(dict.fromkeys(e.turn_id for _, e in events if e.turn_id))
     for attempt in range(max_attempts):
         with r.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(rk, qk, ak, ok)
+                pipe.watch(rk, qk, ak, ok, uk)
                 raw_rel, raw_quest = pipe.mget(rk, qk)
                 seen = pipe.hmget(ak, ids)
+                undone = ({t for t, hit in zip(turn_ids, pipe.smismember(uk, turn_ids)) if hit}
+                          if turn_ids else set())
                 cards = Cards(_load(RelationshipCard, raw_rel, rk), _load(QuestCard, raw_quest, qk))
                 now = time.time()
                 applied, duplicates = [], []
                 for (kind, e), prior in zip(events, seen):
+                    if e.turn_id in undone:  # a rollback undid its turn (memory.fencing)
+                        continue
                     if prior is not None:
                         duplicates.append(json.loads(prior))
                         continue

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -81,7 +81,8 @@ def _candidates(session: Session, world_id: int, session_id: str):
         select(LoreEntry.id, LoreEntry.title, LoreEntry.entity_type).where(
             LoreEntry.world_id == world_id,
             or_(LoreEntry.is_dynamically_generated.is_(False),
-                LoreEntry.created_in_session_id == session_id),
+                and_(LoreEntry.created_in_session_id == session_id,
+                     LoreEntry.retracted_at.is_(None))),
         )
     ).all()
 

@@ -86,12 +86,12 @@ def _unix(ts: datetime) -> float:
 
 def archived_items(session: Session, turn_ids: list[str]) -> list[tuple[str, dict]]:
     """``(session_id, item)`` of every evidence item of the archived turns ``turn_ids``
-    (unknown ids are skipped), in session and ``seq`` order."""
+    (unknown ids and turns a rollback undid are skipped), in session and ``seq`` order."""
     rows = session.execute(
         select(Turn, GameSession.player_name, LoreEntry.title)
         .join(GameSession, GameSession.id == Turn.session_id)
         .join(LoreEntry, LoreEntry.id == Turn.npc_entry_id)
-        .where(Turn.id.in_(list(turn_ids)))
+        .where(Turn.id.in_(list(turn_ids)), Turn.rolled_back_at.is_(None))
         .order_by(Turn.session_id, Turn.seq)).all()
     out = []
     for t, player_name, npc_title in rows:

@@ -34,7 +34,12 @@ Key layout (all strings UTF-8; JSON values):
   the broker (the transactional outbox; see ``record_turn`` and ``outbox_due``)
 - ``dead_letters:parked``                      list of JSON dead letters that could not be
   written while the database was down (``tasks.base.dead_letter``)
-- ``vectors:updates``                          stream of vector upserts (see ``vector_sync``)
+- ``vectors:updates``                          stream of vector upserts and removals
+  (``op=remove``; see ``memory.vector_index``)
+- ``session:{session_id}:undone``              set of the turn ids rollbacks of the session
+  undid (``memory.fencing``, ``memory.timeline``)
+- ``session:{session_id}:events``              hash  posted event id -> JSON turn
+  (``memory.turns``)
 
 - ``session:{session_id}:evidence``            hash  evidence item id (``seq * 2 + part``) ->
   JSON item ``{turn_id, seq, part, speaker, event_id, created_at, game_minutes, text}``

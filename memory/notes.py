@@ -31,7 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from memory import note_text
+from memory import fencing, note_text
 from memory.retention import check_rewrite
 from models import AppliedNoteEvent, LoreEntry, SessionNote, SessionNoteRevision
 from models.base import utcnow
@@ -67,7 +67,8 @@ class PendingEvent:
 @dataclass(frozen=True)
 class NoteUpdateResult:
     """Outcome of one update: ``status`` is ``written``, ``duplicate`` (this key was applied
-    by this update before) or ``coalesced`` (folded into another update's revision);
+    by this update before), ``coalesced`` (folded into another update's revision) or
+    ``cancelled`` (a rollback of the session undid its turn: nothing written);
     ``version`` is the note's version after it; ``before``/``after`` the note text;
     ``tokens`` model tokens; ``folded`` the idempotency keys applied by this revision.
 
@@ -146,15 +147,26 @@ def commit_revision(
     task_id: str | None = None,
     applied: list[PendingEvent] | tuple = (),
     game_minutes: int | None = None,
+    session_id: str | None = None,
+    epoch: int | None = None,
 ) -> bool:
     """The fenced write every note change goes through: set the note to ``after`` only if it
     is still at ``version`` (``UPDATE ... WHERE version = v``), add revision ``version + 1``
     and an ``AppliedNoteEvent`` per ``applied`` event, and commit.
 
+    With ``session_id`` and ``epoch`` the write is also fenced on the session's epoch
+    (``memory.fencing``): the session row is read ``FOR SHARE`` and the write refused if a
+    rollback of the session committed since the writer read ``epoch``.
+
     Returns:
-        True when committed; False (session rolled back) when the note moved on or an
-        idempotency key was taken concurrently, so the caller reads again and retries.
+        True when committed; False (session rolled back) when the note moved on, the session
+        was rolled back, or an idempotency key was taken concurrently, so the caller reads
+        again and retries.
     """
+    if epoch is not None and session_id is not None:
+        if fencing.session_epoch(session, session_id, lock=True) != epoch:
+            session.rollback()
+            return False
     result = session.execute(
         update(SessionNote)
         .where(SessionNote.id == note_id, SessionNote.version == version)
@@ -285,7 +297,10 @@ def apply_note_update(
     wall-clock ``created_at``, and one ``AppliedNoteEvent`` (with its turn id) per event.
 
     ``retention_min``/``event_min`` default to the settings ``NOTE_RETENTION_MIN`` and
-    ``NOTE_EVENT_MIN``. Commits its own transactions (the model call happens outside any
+    ``NOTE_EVENT_MIN``. Epoch fencing (``memory.fencing``): each attempt reads the session's
+    epoch and the turns its rollbacks undid before the model call; an update whose turn was
+    undone returns ``cancelled``, pending events of undone turns are left out, and the write
+    is refused (and read again) if a rollback committed meanwhile. Commits its own transactions (the model call happens outside any
     open write).
 
     Raises:
@@ -311,9 +326,15 @@ def apply_note_update(
             status = "duplicate" if rev.idempotency_key == idempotency_key else "coalesced"
             return NoteUpdateResult(status, rev.note_id, rev.version, rev.previous_content,
                                     rev.content, tokens)
+        epoch = fencing.session_epoch(session, session_id)
+        undone = fencing.undone_turn_ids(session, session_id) if epoch else set()
+        if turn_id is not None and turn_id in undone:
+            session.rollback()
+            return NoteUpdateResult("cancelled", note.id, note.version, "", "", tokens)
         events = [own]
         if pending is not None:
-            others = [e for e in pending() if e.idempotency_key != idempotency_key]
+            others = [e for e in pending() if e.idempotency_key != idempotency_key
+                      and e.turn_id not in undone]
             taken = set(session.scalars(select(AppliedNoteEvent.idempotency_key).where(
                 AppliedNoteEvent.idempotency_key.in_([e.idempotency_key for e in others]))))
             events += sorted((e for e in others if e.idempotency_key not in taken),
@@ -332,6 +353,7 @@ def apply_note_update(
             cause=cause if len(causes) == 1 else "coalesced", idempotency_key=idempotency_key,
             applied=events, game_minutes=max((e.game_minutes for e in events
                                               if e.game_minutes is not None), default=None),
+            session_id=session_id, epoch=epoch,
         ):
             continue  # the note moved on, or one of these events was applied meanwhile
         return NoteUpdateResult(

@@ -43,7 +43,7 @@ from models.base import utcnow
 Send = Callable[[str, dict], str]
 """``(task_name, kwargs) -> task_id``: sends one task through the caller's Celery app."""
 
-TASK_STATUSES = ("queued", "running", "succeeded", "retrying", "dead")
+TASK_STATUSES = ("queued", "running", "succeeded", "retrying", "dead", "cancelled")
 
 # kombu's Redis transport keeps messages of priority p > 0 in "<queue>\x06\x16<p>" lists.
 _KOMBU_PRIORITY_SEP = "\x06\x16"

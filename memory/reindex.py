@@ -79,7 +79,8 @@ def count_documents(session: Session, world_id: int) -> int:
         SessionNote, and_(SessionNote.lore_entry_id == LoreEntry.id,
                           SessionNote.session_id == LoreEntry.created_in_session_id)).where(
         LoreEntry.world_id == world_id, LoreEntry.is_dynamically_generated.is_(True),
-        LoreEntry.created_in_session_id.is_not(None), SessionNote.id.is_(None)))
+        LoreEntry.created_in_session_id.is_not(None), LoreEntry.retracted_at.is_(None),
+        SessionNote.id.is_(None)))
     return int(canon or 0) + int(notes or 0) + int(created or 0)
 
 
@@ -100,7 +101,8 @@ def world_documents(session: Session, world_id: int) -> Iterator[Item]:
                composite_document(base_lore(e.title, e.content), note.content), note.version)
     for e in session.scalars(select(LoreEntry).where(
             LoreEntry.world_id == world_id, LoreEntry.is_dynamically_generated.is_(True),
-            LoreEntry.created_in_session_id.is_not(None)).order_by(LoreEntry.id)):
+            LoreEntry.created_in_session_id.is_not(None), LoreEntry.retracted_at.is_(None))
+            .order_by(LoreEntry.id)):
         if (e.created_in_session_id, e.id) not in noted:
             yield (world_id, session_scope(e.created_in_session_id), e.id,
                    composite_document(base_lore(e.title, e.content), None), 0)

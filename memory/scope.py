@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from memory import grounding
@@ -56,7 +56,8 @@ def turn_scope(session: Session, npc: LoreEntry, session_id: str, limit: int = M
                 .order_by(LoreEntry.entity_type, LoreEntry.id)):
             out.append(e)
     out += list(session.scalars(select(LoreEntry).where(
-        LoreEntry.created_in_session_id == session_id).order_by(LoreEntry.id.desc()).limit(4)))
+        LoreEntry.created_in_session_id == session_id, LoreEntry.retracted_at.is_(None))
+        .order_by(LoreEntry.id.desc()).limit(4)))
     seen: set[int] = set()
     unique = []
     for e in out:
@@ -78,7 +79,8 @@ def named_in(session: Session, world_id: int, session_id: str, text: str) -> lis
             LoreEntry.id, LoreEntry.title, LoreEntry.entity_type).where(
             LoreEntry.world_id == world_id,
             or_(LoreEntry.is_dynamically_generated.is_(False),
-                LoreEntry.created_in_session_id == session_id)).order_by(LoreEntry.id)):
+                and_(LoreEntry.created_in_session_id == session_id,
+                     LoreEntry.retracted_at.is_(None)))).order_by(LoreEntry.id)):
         where = [folded.find(f" {f} ") for f in grounding.name_forms(title, entity_type)]
         where = [w for w in where if w >= 0]
         if where:
@@ -90,7 +92,8 @@ def speaker_entry(session: Session, world_id: int, session_id: str, speaker: str
     """The entry a speaker's name denotes: a canonical entry or one created in this session,
     matched by key, else by exact title (lowest id first); None for anyone else."""
     visible = or_(LoreEntry.is_dynamically_generated.is_(False),
-                  LoreEntry.created_in_session_id == session_id)
+                  and_(LoreEntry.created_in_session_id == session_id,
+                       LoreEntry.retracted_at.is_(None)))
     for column in (LoreEntry.key, LoreEntry.title):
         found = session.scalar(select(LoreEntry).where(
             LoreEntry.world_id == world_id, column == speaker, visible)
@@ -107,4 +110,5 @@ def offscreen_characters(session: Session, world_id: int, session_id: str,
         LoreEntry.world_id == world_id, LoreEntry.entity_type == "character",
     ).order_by(LoreEntry.id))
     return [e for e in rows if e.id not in recent_npc_ids
-            and (not e.is_dynamically_generated or e.created_in_session_id == session_id)]
+            and (not e.is_dynamically_generated
+                 or (e.created_in_session_id == session_id and e.retracted_at is None))]

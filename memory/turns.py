@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import redis
 
 from memory import nearline
+from memory.fencing import undone_key
 from tasks.dispatch import TURN_TASKS as PIPELINE_TASKS
 from tasks.dispatch import Publish, Send, request_simulation, send_turn_tasks
 from settings import get_settings
@@ -97,7 +98,10 @@ def _events_key(session_id: str) -> str:
 
 def event_turn_id(session_id: str, event_id: str) -> str:
     """The turn id of an event: 32 hex chars of SHA-256 over session and event id, so a
-    re-posted event names the same turn (and the pipeline's idempotency keys hold)."""
+    re-posted event names the same turn (and the pipeline's idempotency keys hold). An event
+    whose turn a rollback undid (``memory.timeline``) and that is posted again gets the first
+    id of ``event_turn_id(session_id, f"{event_id}\\n{n}")``, n = 1, 2, ... not undone
+    (``record_turn``)."""
     return hashlib.sha256(f"{session_id}\n{event_id}".encode()).hexdigest()[:32]
 
 
@@ -150,9 +154,17 @@ def record_turn(
     """
     turn_id = event_turn_id(target.session_id, event_id) if event_id else uuid.uuid4().hex
     if event_id:
-        earlier = r.hget(_events_key(target.session_id), event_id)
+        pipe = r.pipeline(transaction=False)
+        pipe.hget(_events_key(target.session_id), event_id)
+        pipe.sismember(undone_key(target.session_id), turn_id)
+        earlier, undone = pipe.execute()
         if earlier is not None:
             return Recorded(TurnPayload.model_validate_json(earlier), duplicate=True)
+        n = 0
+        while undone:  # a rollback undid the event's turn: posted again, it is a new turn
+            n += 1
+            turn_id = event_turn_id(target.session_id, f"{event_id}\n{n}")
+            undone = r.sismember(undone_key(target.session_id), turn_id)
     turn = TurnPayload(
         turn_id=turn_id, session_id=target.session_id, world_id=target.world_id,
         seq=nearline.next_turn_seq(r, target.session_id), npc_entry_id=target.npc_entry_id,

@@ -307,6 +307,15 @@ def publish_upsert(r, scope: str, lore_entry_id: int, vector: np.ndarray,
     r.xadd(STREAM, fields, maxlen=STREAM_MAXLEN, approximate=True)
 
 
+def publish_remove(r, scope: str, ids: list[int]) -> None:
+    """Announce on ``vectors:updates`` that ``ids`` leave ``scope`` (``op=remove``; every
+    dialogue server's index drops them, whatever its embedder): a rollback's retracted
+    entities and undone evidence items (``memory.timeline``). Nothing is sent for no ids."""
+    if ids:
+        r.xadd(STREAM, {"op": "remove", "scope": scope, "ids": ",".join(str(int(i)) for i in ids)},
+               maxlen=STREAM_MAXLEN, approximate=True)
+
+
 class VectorSync:
     """Keeps a ``VectorIndex`` in step with the ``vectors:updates`` stream, in a thread.
 
@@ -331,11 +340,17 @@ class VectorSync:
 
     def poll(self) -> int:
         """Apply every pending update of the index's embedder and dimension once (others are
-        skipped); returns how many were applied."""
+        skipped) and every removal (``publish_remove``); returns how many were applied."""
         res = self.r.xread({STREAM: self.last_id}, count=500, block=self.block_ms)
         n = 0
         for _stream, entries in res or []:
             for entry_id, fields in entries:
+                if fields.get(b"op") == b"remove":  # publish_remove
+                    ids = [int(x) for x in fields[b"ids"].decode().split(",") if x]
+                    self.index.remove(fields[b"scope"].decode(), ids)
+                    self.last_id = entry_id.decode()
+                    n += 1
+                    continue
                 vec = np.frombuffer(fields[b"vector"], dtype=np.float32)
                 other = (self.index.embedder is not None and b"embedder" in fields
                          and fields[b"embedder"].decode() != self.index.embedder)

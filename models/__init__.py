@@ -10,7 +10,7 @@ from models.base import Base
 from models.cards import CardEvent, NpcCard
 from models.ledger import DeadLetter, TaskRecord
 from models.notes import AppliedNoteEvent, SessionNote, SessionNoteRevision
-from models.sessions import GameSession, Turn
+from models.sessions import GameSession, SessionRollback, Turn
 from models.vectors import EvidenceVector, StoredVector
 from models.world import LoreEntry, World
 
@@ -27,6 +27,7 @@ __all__ = [
     "NpcCard",
     "SessionNote",
     "SessionNoteRevision",
+    "SessionRollback",
     "StoredVector",
     "TaskRecord",
     "Turn",

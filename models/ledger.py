@@ -15,7 +15,8 @@ class TaskRecord(Base):
     """One execution record per Celery task id: kind, target, idempotency key, payload,
     status, attempts (deliveries, retries included), error, timings and model tokens used. ``status`` is one of
     ``queued`` (sent by a worker, not started yet), ``running``, ``succeeded``, ``retrying``,
-    ``dead`` (in the dead-letter store).
+    ``dead`` (in the dead-letter store), ``cancelled`` (its turn was undone by a rollback of
+    the session before it applied: ``memory.timeline``).
     """
 
     __tablename__ = "task_records"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, utcnow
@@ -23,6 +23,29 @@ class GameSession(Base):
     # the in-game clock, in minutes since the session began (advanced by world ticks); the
     # live value is in Redis (``session:{id}`` field ``game_minutes``), this is its last copy
     game_minutes: Mapped[int] = mapped_column(Integer, default=0)
+    # save slots (``memory.timeline``): bumped by every rollback; a task whose write would
+    # land after a rollback of its turn sees the change and does not apply (epoch fencing)
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    forked_from_session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    forked_at_turn_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SessionRollback(Base):
+    """One rollback of a session to a turn (``memory.timeline.rollback_session``): the turn
+    kept (``to_turn_id``, ``to_seq``), the session's epoch after it, the turn ids undone
+    (JSON list) and what was undone (``counts``: JSON object of counts)."""
+
+    __tablename__ = "session_rollbacks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("game_sessions.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    to_turn_id: Mapped[str] = mapped_column(String(64))
+    to_seq: Mapped[int] = mapped_column(Integer)
+    turn_ids: Mapped[list] = mapped_column(JSON, default=list)
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -50,4 +73,6 @@ class Turn(Base):
     speaker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     event_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     game_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # set when a rollback of the session undid this turn: kept in history, out of its evidence
+    rolled_back_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

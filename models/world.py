@@ -54,4 +54,6 @@ class LoreEntry(Base):
     )
     created_by_turn_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     origin_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    # a created entry whose turn a rollback undid: hidden from retrieval, kept in history
+    retracted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

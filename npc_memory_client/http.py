@@ -185,6 +185,35 @@ class Reanalysis(_Model):
     task_id: str
 
 
+class Fork(_Model):
+    """``POST /v1/sessions/{id}/fork``: the new session (``session_id``) made from
+    ``forked_from`` as of turn ``at_turn`` (number ``at_seq``), and what was copied
+    (``counts``: turns, notes, entities, card_events, evidence_vectors, summary)."""
+
+    session_id: str
+    forked_from: str
+    at_turn: str
+    at_seq: int
+    world_id: int
+    player_name: str
+    game_minutes: int
+    counts: dict[str, int]
+
+
+class Rollback(_Model):
+    """``POST /v1/sessions/{id}/rollback``: the turn kept (``to_turn``, number ``to_seq``), the
+    session's ``epoch`` after it, the turns undone and what was undone (``counts``: turns,
+    note_revisions, entities, card_events, summaries, evidence_items, tasks_cancelled)."""
+
+    session_id: str
+    to_turn: str
+    to_seq: int
+    epoch: int
+    rollback_id: int
+    turn_ids: list[str]
+    counts: dict[str, int]
+
+
 class WorldTick(_Model):
     """``POST /v1/world/tick`` / ``/v1/worlds/{key}/tick``: the world tick task sent."""
 
@@ -316,6 +345,26 @@ class NpcMemoryClient:
         """
         return Reanalysis.model_validate(self._call(
             "POST", f"/v1/sessions/{session_id}/turns/{turn_id}/analyze"))
+
+    def fork(self, session_id: str, at_turn: str) -> Fork:
+        """A new session whose memory is this one's as of turn ``at_turn`` (a save slot);
+        the session itself is unchanged.
+
+        Raises:
+            ApiError: 404 unknown session or turn, 503 Redis, broker or database down.
+        """
+        return Fork.model_validate(self._call(
+            "POST", f"/v1/sessions/{session_id}/fork", json={"at_turn": at_turn}))
+
+    def rollback(self, session_id: str, to_turn: str) -> Rollback:
+        """Undo everything derived from the turns after ``to_turn`` (loading a save); tasks
+        still in flight for those turns do not apply afterwards.
+
+        Raises:
+            ApiError: 404 unknown session or turn, 503 Redis, broker or database down.
+        """
+        return Rollback.model_validate(self._call(
+            "POST", f"/v1/sessions/{session_id}/rollback", json={"to_turn": to_turn}))
 
     def tick_world(self, world: str | None = None) -> WorldTick:
         """Run a world tick now for every active session, or those of world key ``world``.

@@ -13,6 +13,8 @@ What it adds to a plain Celery task:
   so that stopping PostgreSQL for a while delays the archive instead of dead-lettering it; a
   task that exhausts its retries lands in the dead-letter store (parked in Redis while the
   database is down, written later by ``flush_parked_dead_letters``);
+- a task whose turn a rollback of its session undid (``memory.fencing``), or that a rollback
+  cancelled while it was queued, does not run; its ledger status is ``cancelled``;
 - a task id that already succeeded is not run again (the dialogue server derives its task ids
   from the turn id, so a turn's tasks sent twice run once);
 - delivery counting: every start of a task id is counted in Redis; a message delivered more
@@ -40,6 +42,7 @@ from sqlalchemy.exc import OperationalError
 from celeryconfig import TASK_QUEUES
 from inference.llm import InvalidModelOutput, ModelError
 from memory.cards import CardConflict
+from memory import fencing
 from memory.db import autocommit, dialect_insert, session_scope
 from memory.notes import NoteConflict
 from memory.safe_input import clean_text, storable
@@ -199,9 +202,14 @@ def flush_parked_dead_letters(limit: int = 1000) -> int:
     return written
 
 
-def _succeeded(task_id: str) -> bool:
+def _status(task_id: str) -> str | None:
     with session_scope() as s:
-        return s.scalar(select(TaskRecord.status).where(TaskRecord.task_id == task_id)) == "succeeded"
+        return s.scalar(select(TaskRecord.status).where(TaskRecord.task_id == task_id))
+
+
+class TaskCancelled(Exception):
+    """The task's turn was undone by a rollback of its session (``memory.fencing``): it
+    must not apply. ``npc_task`` records the task as ``cancelled`` with this message."""
 
 
 class NpcTask(Task):
@@ -296,7 +304,10 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
             except ValidationError as exc:
                 dead_letter(task_id, name, queue, kwargs, f"invalid payload: {exc}")
                 return {"status": "dead"}
-            if deliveries > 1 and _succeeded(task_id):  # the same task id sent again
+            status = _status(task_id)
+            if status == "cancelled":  # a rollback cancelled it while it was queued
+                return {"status": "cancelled"}
+            if deliveries > 1 and status == "succeeded":  # the same task id sent again
                 _ledger(task_id, name, attempts=deliveries)
                 return {"status": "duplicate"}
             _ledger(task_id, name, queue=queue, payload=kwargs, status="running",
@@ -304,7 +315,17 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
                     session_id=getattr(payload, "session_id", None),
                     target=payload.target()[:300],
                     started_at=utcnow())
-            result = fn(payload, TaskContext(task_id, name, self.request.retries)) or {}
+            try:
+                from memory.nearline import get_redis
+
+                if fencing.turn_undone(get_redis(), getattr(payload, "session_id", None),
+                                       getattr(payload, "turn_id", None)):
+                    raise TaskCancelled("its turn was undone by a rollback of the session")
+                result = fn(payload, TaskContext(task_id, name, self.request.retries)) or {}
+            except TaskCancelled as exc:
+                _ledger(task_id, name, status="cancelled", error=str(exc)[:4000],
+                        finished_at=utcnow())
+                return {"status": "cancelled"}
             _ledger(task_id, name, status="succeeded", result=result, error=None,
                     tokens_used=int(result.get("tokens", 0)), finished_at=utcnow())
             return result

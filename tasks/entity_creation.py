@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from inference import calls
 from inference.embedding import get_embedder
-from memory import nearline
+from memory import fencing, nearline, timeline
 from memory.db import session_scope
 from memory.entities import create_entity as create_entry
 from models import GameSession, LoreEntry, World
-from tasks.base import TaskContext, enqueue, npc_task
+from tasks.base import TaskCancelled, TaskContext, enqueue, npc_task
 from tasks.note_update import enqueue_note_update
 from tasks.payloads import CreationPayload, EmbedPayload, NoteUpdatePayload
 
@@ -18,7 +18,8 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
     """Create the entry (flagged ``is_dynamically_generated``) and enqueue ``embed``; if an
     entry with that title exists, the summary becomes an ``update_note`` for it instead. A
     creation that fails the grounding rule (``memory.entities.create_entity``) writes nothing
-    and returns ``{"status": "rejected", "reason", "title", ...}`` (kept in the task ledger)."""
+    and returns ``{"status": "rejected", "reason", "title", ...}`` (kept in the task ledger). An entity whose turn a rollback undid while it was being made
+    is retracted at once and the task ends ``cancelled`` (``memory.fencing``)."""
     with session_scope() as s:
         game = s.get(GameSession, p.session_id)
         if game is None:
@@ -30,6 +31,12 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
             create=calls.create_lore, turn_id=p.turn_id, embedder=get_embedder(),
             source_text=p.source_text,
         )
+        if res.status == "created" and fencing.turn_undone(nearline.get_redis(), p.session_id,
+                                                           p.turn_id):
+            # a rollback undid the turn while the entity was being made (memory.fencing): the
+            # rollback may have looked for the turn's entities before this one was committed
+            timeline.retract_entries(s, nearline.get_redis(), p.session_id, [res.entry_id])
+            raise TaskCancelled("its turn was undone by a rollback of the session")
         if res.status == "created":
             entry = s.get(LoreEntry, res.entry_id)
             nearline.cache_entries(nearline.get_redis(), world.id, [entry], session_id=p.session_id)

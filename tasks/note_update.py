@@ -10,7 +10,7 @@ from memory.db import session_scope
 from memory.notes import PendingEvent, apply_note_update, note_turn_ids
 from models import GameSession, LoreEntry
 from settings import get_settings
-from tasks.base import TaskContext, enqueue, npc_task
+from tasks.base import TaskCancelled, TaskContext, enqueue, npc_task
 from tasks.payloads import EmbedPayload, NoteUpdatePayload
 
 
@@ -24,7 +24,8 @@ def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
     Returns (the ledger's result): ``{status, note_id, version, tokens, folded}`` and, when
     written, ``mode`` (``rewritten`` | ``appended``), ``reason`` (why the rewrite was refused,
     '' if it was not), ``consolidated`` (bool), ``dropped`` (oldest lines cut to fit the cap)
-    and ``turn_ids`` (the turns this revision folded in)."""
+    and ``turn_ids`` (the turns this revision folded in). An update whose turn a rollback
+    undid before its write ends ``cancelled`` in the ledger (``memory.fencing``)."""
     with session_scope() as s:
         game = s.get(GameSession, p.session_id)
         if game is None:
@@ -46,6 +47,9 @@ def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
             consolidate=calls.consolidate_note,
         )
         evidence = note_turn_ids(s, p.session_id, entry_id) if res.status == "written" else None
+    if res.status == "cancelled":  # a rollback undid the turn during the rewrite
+        nearline.drop_pending(r, p.session_id, p.lore_entry_key, [p.idempotency_key])
+        raise TaskCancelled("its turn was undone by a rollback of the session")
     nearline.drop_pending(r, p.session_id, p.lore_entry_key, res.folded or [p.idempotency_key])
     if res.status == "written":
         nearline.set_note(r, p.session_id, entry_id, res.after, turn_ids=evidence)

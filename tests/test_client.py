@@ -124,6 +124,28 @@ def test_session_turn_event_tick(npc, light_world):
     assert all(ready["checks"][k]["ok"] for k in ("broker", "redis", "database", "vector_index"))
 
 
+def test_fork_and_rollback(npc, light_world):
+    session = npc.open_session(light_world["key"], player_name="Ann")
+    sid = session.session_id
+    first = npc.post_event(sid, "baker_27", "Ann buys a loaf.", event_id="slot-1")
+    second = npc.post_event(sid, "baker_27", "Ann steals a pie.", event_id="slot-2")
+
+    slot = npc.fork(sid, first.turn_id)
+    assert slot.forked_from == sid and slot.session_id != sid
+    assert slot.at_seq == first.seq and slot.counts["turns"] == 1
+
+    undone = npc.rollback(sid, first.turn_id)
+    assert undone.turn_ids == [second.turn_id] and undone.epoch == 1
+    assert undone.counts["turns"] == 1
+    # the undone event can be posted again: it is a new turn with the next number
+    again = npc.post_event(sid, "baker_27", "Ann steals a pie.", event_id="slot-2")
+    assert not again.duplicate and again.seq > second.seq and again.turn_id != second.turn_id
+    assert npc.post_event(sid, "baker_27", "Ann steals a pie.", event_id="slot-2").duplicate
+    with pytest.raises(ApiError) as err:
+        npc.rollback(sid, second.turn_id)
+    assert err.value.status == 404
+
+
 def test_turn_stream_yields_tokens_then_the_reply(npc, light_world):
     session = npc.open_session(light_world["key"])
     events = list(npc.turn_stream(session.session_id, "baker_27", "What do you bake?"))

@@ -13,7 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, delete, func, inspect, select, text
+from sqlalchemy import create_engine, delete, func, insert, inspect, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -116,11 +116,13 @@ def test_migration_0009_adds_and_removes_the_evidence_schema(blank_database):
             world = World(key="evidence-world", title="Evidence world")
             s.add(world)
             s.flush()
-            npc = LoreEntry(world_id=world.id, key="npc", entity_type="character",
-                            title="Npc", content="c")
-            s.add_all([npc, GameSession(id="s1", world_id=world.id)])
-            s.flush()
-            eid = npc.id
+            # Core inserts naming their columns: the models have columns of later revisions
+            eid = s.execute(insert(LoreEntry.__table__).values(
+                world_id=world.id, key="npc", entity_type="character", title="Npc",
+                content="c").returning(LoreEntry.__table__.c.id)).scalar_one()
+            s.execute(text("INSERT INTO game_sessions (id, world_id, player_name, status, "
+                           "game_minutes, created_at) VALUES ('s1', :w, 'player', 'active', 0, "
+                           "CURRENT_TIMESTAMP)"), {"w": world.id})
         with engine.begin() as conn:  # the archive as 0008 wrote it (no columns of 0009)
             conn.execute(text("INSERT INTO turns (id, session_id, seq, npc_entry_id, player_text, "
                               "npc_text, latency_ms, created_at) VALUES ('t1', 's1', 1, :e, "

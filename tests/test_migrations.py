@@ -54,12 +54,13 @@ def old_layout(blank_database):
         world = World(key="migration-world", title="Migration world")
         s.add(world)
         s.flush()
-        a, b = (LoreEntry(world_id=world.id, key=k, entity_type="character", title=k.title(),
-                          content=f"{k} content") for k in ("alice", "bob"))
-        s.add_all([a, b])
-        s.flush()
+        # Core inserts naming their columns: the ORM model has columns of later revisions
+        a, b = (s.execute(insert(LoreEntry.__table__).values(
+            world_id=world.id, key=k, entity_type="character", title=k.title(),
+            content=f"{k} content").returning(LoreEntry.__table__.c.id)).scalar_one()
+            for k in ("alice", "bob"))
         wid, ws, ss = world.id, f"world:{world.id}", "session:s1"
-        ids = {"world": wid, "a": a.id, "b": b.id}
+        ids = {"world": wid, "a": a, "b": b}
     with engine.begin() as conn:
         conn.execute(insert(StoredVector.__table__), [
             _row(wid, ws, ids["a"], DEFAULT_EMBEDDER, "minilm world a"),

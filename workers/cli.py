@@ -1,7 +1,7 @@
 """Command line: ``npc-memory demo``, ``up``, ``chat``, ``migrate``, ``serve-llm``, ``embedded-redis``;
 importers: ``import-light``, ``import-light-db``, ``import-smallville``, ``import-lorebook``,
 ``import-card``, ``import-world``; ``replay-smallville``; operations: ``dead-letters``,
-``replay-dead-letter``, ``rollback-note``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``,
+``replay-dead-letter``, ``rollback-note``, ``fork-session``, ``rollback-session``, ``show-entry``, ``show-cards``, ``session-tasks``, ``retry-task``,
 ``queues``, ``export-session``, ``tick``, ``tick-world``, ``analyze-turn``, ``task-contract``;
 ``replay-script``, ``reindex``; archetype adapters: ``provision-archetypes``, ``archetypes``,
 ``set-archetype``; planning and evaluation: ``plan-capacity``, ``evaluate``."""
@@ -353,6 +353,31 @@ def rollback_note(
                        f"{exc}; run the command again to publish it", err=True)
             raise typer.Exit(1) from exc
     _echo(res)
+
+
+@cli.command("fork-session")
+def fork_session(
+    session_id: str = typer.Argument(...),
+    at_turn: str = typer.Argument(..., help="turn id whose memory the new session starts from"),
+) -> None:
+    """Make a new session whose memory is SESSION_ID's as of turn AT_TURN (a save slot); the
+    session itself is only read. Prints the new session id and what was copied."""
+    from memory import nearline, timeline
+
+    _echo(_ops(timeline.fork_session, nearline.get_redis(), session_id, at_turn, _send))
+
+
+@cli.command("rollback-session")
+def rollback_session(
+    session_id: str = typer.Argument(...),
+    to_turn: str = typer.Argument(..., help="the last turn to keep"),
+) -> None:
+    """Undo everything derived from the turns after TO_TURN (loading a save): note revisions,
+    created entities, card events, summaries, evidence, queued and dead-lettered tasks of
+    those turns; tasks in flight for them do not apply afterwards. Prints what was undone."""
+    from memory import nearline, timeline
+
+    _echo(_ops(timeline.rollback_session, nearline.get_redis(), session_id, to_turn, _send))
 
 
 @cli.command("show-entry")

@@ -1,7 +1,8 @@
 """Operations endpoints of the dialogue server (monitoring and repair): note rollback,
 an entry's composite document and revisions, an NPC's memory cards, dead letters, the task
-ledger, queue status, the export of a session's notes and created entities, and the
-maintenance triggers (re-analyse a turn, tick the world now).
+ledger, queue status, the export of a session's notes and created entities, the maintenance
+triggers (re-analyse a turn, tick the world now), and save slots: fork a session at a turn,
+roll it back to a turn (``memory/timeline.py``).
 
 They read the database or Redis (``memory/ops.py``) and are not on the dialogue hot path;
 unknown things answer 404 with a message, invalid input 422, conflicts 409, outages 503.
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
 from memory import cards as memory_cards
-from memory import nearline, ops
+from memory import nearline, ops, timeline
 from memory.db import session_scope
 from memory.export import export_session as export_session_doc
 from memory.notes import NoteConflict
@@ -45,6 +46,59 @@ class RollbackIn(RequestModel):
 
     version: int = Field(ge=0, le=INT_ID_MAX, strict=True,
                          description="revision whose content to restore")
+
+
+class ForkIn(RequestModel):
+    """``POST /v1/sessions/{id}/fork`` body: the turn whose memory the new session starts
+    from."""
+
+    at_turn: str = Field(min_length=1, max_length=64, description="turn id (the source's)")
+
+
+class ForkCounts(BaseModel):
+    turns: int
+    notes: int
+    entities: int
+    card_events: int
+    evidence_vectors: int
+    summary: int
+
+
+class ForkOut(BaseModel):
+    session_id: str = Field(description="the new session")
+    forked_from: str
+    at_turn: str
+    at_seq: int
+    world_id: int
+    player_name: str
+    game_minutes: int = Field(description="the new session's in-game clock (the turn's)")
+    counts: ForkCounts = Field(description="what was copied")
+
+
+class SessionRollbackIn(RequestModel):
+    """``POST /v1/sessions/{id}/rollback`` body: the last turn to keep."""
+
+    to_turn: str = Field(min_length=1, max_length=64, description="turn id to roll back to")
+
+
+class SessionRollbackCounts(BaseModel):
+    turns: int
+    note_revisions: int
+    entities: int
+    card_events: int
+    summaries: int
+    evidence_items: int
+    tasks_cancelled: int
+
+
+class SessionRollbackOut(BaseModel):
+    session_id: str
+    to_turn: str
+    to_seq: int
+    epoch: int = Field(description="the session's epoch after the rollback")
+    rollback_id: int
+    turn_ids: list[str] = Field(description="the turns undone, in turn order")
+    counts: SessionRollbackCounts = Field(description="what was undone")
 
 
 class RollbackOut(BaseModel):
@@ -156,7 +210,7 @@ class WorldTickOut(BaseModel):
     tick_id: str
 
 
-TaskStatus = Literal["queued", "running", "succeeded", "retrying", "dead"]
+TaskStatus = Literal["queued", "running", "succeeded", "retrying", "dead", "cancelled"]
 
 
 def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None) -> str:
@@ -213,6 +267,36 @@ def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> Rol
                                          f"(now version {res['version']}) but not published: "
                                          f"{exc}; repeat the request to publish it") from exc
     return RollbackOut(**res, embed_task_id=embed_task_id)
+
+
+@router.post("/v1/sessions/{session_id}/fork", response_model=ForkOut, status_code=201)
+def fork_session(session_id: str, body: ForkIn) -> dict:
+    """A new session whose memory is this one's as of turn ``at_turn`` (a save slot:
+    ``memory.timeline.fork_session``); this session is only read. 404 for an unknown session
+    or turn."""
+    with _OpsErrors(), session_scope() as s:
+        return timeline.fork_session(s, nearline.get_redis(), session_id, body.at_turn,
+                                     _send_kwargs)
+
+
+@router.post("/v1/sessions/{session_id}/rollback", response_model=SessionRollbackOut)
+def rollback_session(session_id: str, body: SessionRollbackIn) -> dict:
+    """Undo everything derived from the turns after ``to_turn`` (loading a save:
+    ``memory.timeline.rollback_session``): note revisions, created entities, card events,
+    summaries, evidence, queued and dead-lettered tasks of those turns (cancelled), vectors;
+    tasks still in flight for them do not apply afterwards (epoch fencing). Returns what was
+    undone. 404 for an unknown session or turn."""
+    with _OpsErrors(), session_scope() as s:
+        return timeline.rollback_session(s, nearline.get_redis(), session_id, body.to_turn,
+                                         _send_kwargs)
+
+
+@router.get("/v1/sessions/{session_id}/rollbacks")
+def session_rollbacks(session_id: str) -> list[dict]:
+    """The session's rollbacks, oldest first (``memory.timeline.list_rollbacks``); 404 for an
+    unknown session."""
+    with _OpsErrors(), session_scope() as s:
+        return timeline.list_rollbacks(s, session_id)
 
 
 @router.get("/v1/sessions/{session_id}/entries/{lore_entry_key}", response_model=EntryOut)
