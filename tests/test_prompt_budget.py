@@ -8,6 +8,9 @@ analysis of the turn.
 
 from __future__ import annotations
 
+import random
+import string
+
 import openai
 import pytest
 from sqlalchemy import select
@@ -25,6 +28,20 @@ from settings import environment
 LONG_TURN = ("The rain over the old crypt has not stopped for three days, and the villagers "
              "whisper that something walks among the graves at night. ") * 15
 EMOJI = "\N{GRINNING FACE}" * 2000
+
+
+def _wordy_turn(chars: int = 2000) -> str:
+    """A valid turn of ``chars`` characters of made-up words: about 1,100 SmolLM2 tokens,
+    so three of them overflow a 2048-token context."""
+    rng = random.Random(7)
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < chars:
+        words.append("".join(rng.choice(string.ascii_lowercase)
+                             for _ in range(rng.randint(3, 9))))
+    return " ".join(words)[:chars]
+
+
+WORDY_TURN = _wordy_turn()
 
 
 def _smollm2() -> tokens.TokenCounter:
@@ -253,7 +270,7 @@ def test_count_matches_the_servers_prompt_tokens(llm_server):
 def test_long_turns_do_not_break_the_npc(client, session_id):
     for i in range(3):
         res = client.post(f"/v1/sessions/{session_id}/turns",
-                          json={"npc_id": "baker_27", "player_text": LONG_TURN[:2000]})
+                          json={"npc_id": "baker_27", "player_text": WORDY_TURN})
         assert res.status_code == 200, res.text
     res = client.post(f"/v1/sessions/{session_id}/turns",
                       json={"npc_id": "baker_27", "player_text": "And the bread?"})
@@ -261,7 +278,7 @@ def test_long_turns_do_not_break_the_npc(client, session_id):
     assert res.json()["seq"] == 4
     # trimming changed only the prompt: the stored turns are whole
     stored = nearline.recent_turns(nearline.get_redis(), session_id, 10)
-    assert [t["player_text"] for t in stored[:3]] == [LONG_TURN[:2000]] * 3
+    assert [t["player_text"] for t in stored[:3]] == [WORDY_TURN] * 3
 
 
 def test_an_emoji_event_is_accepted_and_the_npc_and_the_analysis_go_on(client, session_id,
