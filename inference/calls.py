@@ -33,8 +33,9 @@ completion budget may shrink to ``max_tokens // MIN_COMPLETION_SHARE`` (16 at le
 @dataclass(frozen=True)
 class Fit:
     """A prompt fitted to a model: ``messages``, their ``prompt_tokens`` as counted, the
-    call's ``max_tokens`` (the asked one unless the context could not hold it), and
-    ``trimmed``, what was cut (``prompts.budget.Fitted.trimmed``; [] when nothing)."""
+    call's ``max_tokens`` (the asked one unless the context could not hold it),
+    ``trimmed``, what was cut (``prompts.budget.Fitted.trimmed``; [] when nothing), and the
+    template ``context`` as rendered (trimmed values in place of the cut ones)."""
 
     messages: list[dict[str, str]]
     prompt_tokens: int
