@@ -57,6 +57,23 @@ class Settings(BaseSettings):
     maintenance_base_url: str | None = None
     maintenance_model: str | None = None
 
+    # Prompt budget (inference/tokens.py, prompts/budget.py): every prompt is trimmed to fit
+    # the context window less the call's completion budget and a margin, counted with the
+    # model's tokenizer (or a safe upper bound)
+    llm_context_tokens: int | None = Field(None, ge=128, description=(
+        "context window of the models in tokens; unset = LLM_N_CTX (the embedded server's)"))
+    generation_context_tokens: int | None = Field(None, ge=128)
+    analysis_context_tokens: int | None = Field(None, ge=128)
+    maintenance_context_tokens: int | None = Field(None, ge=128)
+    llm_tokenizer: str = Field("", description=(
+        "tokenizer that counts prompt tokens: a .gguf file, a tokenizer.json (or its folder), "
+        "or 'bytes'; empty = SmolLM2's for the llamacpp backend serving SmolLM2, else bytes"))
+    generation_tokenizer: str | None = None
+    analysis_tokenizer: str | None = None
+    maintenance_tokenizer: str | None = None
+    llm_prompt_margin_tokens: int = Field(16, ge=0, description=(
+        "tokens of the context kept free beyond the prompt and the completion budget"))
+
     mistral_api_key: str = Field("", repr=False)
     mistral_server_url: str | None = None
 
@@ -243,6 +260,30 @@ class Settings(BaseSettings):
             getattr(self, f"{role}_base_url") or self.llm_base_url,
             getattr(self, f"{role}_model") or self.llm_model,
         )
+
+    def context_tokens(self, role: str) -> int:
+        """The context window (tokens) of ``role``'s model: ``{ROLE}_CONTEXT_TOKENS``, else
+        ``LLM_CONTEXT_TOKENS``, else ``LLM_N_CTX``.
+
+        Raises:
+            ValueError: unknown role.
+        """
+        if role not in ROLES:
+            raise ValueError(f"unknown model role {role!r}")
+        return (getattr(self, f"{role}_context_tokens") or self.llm_context_tokens
+                or self.llm_n_ctx)
+
+    def tokenizer(self, role: str) -> str:
+        """The tokenizer spec of ``role`` (``{ROLE}_TOKENIZER``, else ``LLM_TOKENIZER``;
+        '' = chosen by backend and model, ``inference.tokens.counter``).
+
+        Raises:
+            ValueError: unknown role.
+        """
+        if role not in ROLES:
+            raise ValueError(f"unknown model role {role!r}")
+        own = getattr(self, f"{role}_tokenizer")
+        return own if own is not None else self.llm_tokenizer
 
     @property
     def api_key_list(self) -> list[str]:

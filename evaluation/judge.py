@@ -12,6 +12,7 @@ import logging
 from typing import TypeVar
 
 import prompts
+from inference.calls import fit_prompt
 from inference.llm import ModelError, chat_model
 from prompts.outputs import ConsistencyVerdict, ReplyVerdict
 
@@ -23,13 +24,15 @@ LORE_CHARS = 1200  # the lore entry as the judge sees it (a small model's contex
 
 
 def _verdict(template: str, output: type[T], max_tokens: int, **fields) -> T | None:
-    """The analysis model's JSON verdict from ``prompts/templates/{template}.j2`` under
+    """The analysis model's JSON verdict from ``prompts/templates/{template}.j2`` (fitted to
+    the model's context, ``inference.calls.fit_prompt``) under
     ``prompts/schemas/{template}.json``; None (logged) when it gave none that validates."""
-    msgs = prompts.messages(template, **fields)
+    model = chat_model("analysis")
     try:
-        verdict, _ = chat_model("analysis").complete_json(
-            msgs, output, prompts.schema(template), max_tokens=max_tokens, temperature=0.0,
-            schema_name=template)
+        fit = fit_prompt(model, template, max_tokens, **fields)
+        verdict, _ = model.complete_json(
+            fit.messages, output, prompts.schema(template), max_tokens=fit.max_tokens,
+            temperature=0.0, schema_name=template)
         return verdict
     except ModelError as exc:
         log.warning("judge gave no %s verdict: %s", template, exc)

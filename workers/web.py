@@ -434,8 +434,15 @@ def play_turn(session_id: str, body: TurnIn, request: Request, response: Respons
     turn = _record_turn(r, target, body, reply.text, latency_ms, reply.model)
     lap("record")
     response.headers["Server-Timing"] = _server_timing(stages)
-    return _turn_out(TurnOut, turn, body, target, retrieved, reply.model, latency_ms, route,
-                     evidence=evidence_lines)
+    return _turn_out(TurnOut, turn, body, target, _sent(reply.retrieved, retrieved),
+                     reply.model, latency_ms, route,
+                     evidence=_sent(reply.evidence, evidence_lines))
+
+
+def _sent(fitted: list | None, chosen: list) -> list:
+    """What of ``chosen`` the prompt held (``fitted``, from the reply: fitting the prompt to
+    the context window may leave some out), or ``chosen`` when the reply does not say."""
+    return chosen if fitted is None else fitted
 
 
 def _server_timing(stages: dict[str, float]) -> str:
@@ -535,8 +542,10 @@ def _stream_turn(r, target: turns.Target, body: TurnIn, route: routing.ModelRout
         reply = stream.reply()
         turn = _record_turn(r, target, body, reply.text, latency_ms, reply.model, stream=True,
                             disconnected=disconnected, ttft_ms=round(ttft_s * 1000, 1))
-        return _turn_out(TurnStreamDone, turn, body, target, prompt["retrieved"], reply.model,
-                         latency_ms, route, ttft_ms=ttft_s * 1000, evidence=prompt["evidence"])
+        return _turn_out(TurnStreamDone, turn, body, target,
+                         _sent(reply.retrieved, prompt["retrieved"]), reply.model, latency_ms,
+                         route, ttft_ms=ttft_s * 1000,
+                         evidence=_sent(reply.evidence, prompt["evidence"]))
 
     async def events() -> AsyncIterator[dict]:
         try:
