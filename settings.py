@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     dialogue_priority_grace_s: float = Field(1.0, ge=0, description=(
         "pipeline model calls also wait this long after a dialogue call ended, so the next "
         "player turn is not queued behind a pipeline call that slipped in between"))
+    dialogue_preempt_max: int = Field(3, ge=0, description=(
+        "on a shared llama.cpp server, a pipeline call streams and gives the server up when a "
+        "dialogue call starts; it is sent again after the dialogue, at most this many times, "
+        "then runs uninterrupted (0: never cut)"))
     llm_prompt_cache_mb: int = Field(64, ge=0, description=(
         "RAM prompt cache of each embedded llama.cpp server: a call reuses the evaluated "
         "state of the longest matching prompt prefix; 0 = off"))

@@ -77,6 +77,10 @@ class Completion:
         return self.prompt_tokens + self.completion_tokens
 
 
+preemptions = 0
+"""Pipeline calls of this process cut short by a dialogue request and sent again
+(``ChatModel.complete`` on a shared llama.cpp server; ``inference.priority``)."""
+
 CallObserver = Callable[[str, str, float, "Completion | None"], None]
 """``(role, backend, seconds, completion or None if the call failed)``, after each call."""
 
@@ -347,9 +351,13 @@ class ChatModel:
         call = transient_retry(self.max_attempts)(self._complete_once)
         t0 = time.perf_counter()
         done = None
+        args = (messages, max_tokens, temperature, json_schema, schema_name, seed)
         try:
+            if priority.preemptible(self.role, self.base_url):
+                done = self._complete_preemptible(call, args)
+                return done
             with priority.admitted(self.role, self.base_url):
-                done = call(messages, max_tokens, temperature, json_schema, schema_name, seed)
+                done = call(*args)
             return done
         except ModelError:
             raise
@@ -358,6 +366,58 @@ class ChatModel:
         finally:
             if _observers:
                 _notify(self.role, self.backend, time.perf_counter() - t0, done)
+
+    def _complete_preemptible(self, call, args) -> Completion:
+        """A pipeline call on a shared llama.cpp server (``inference.priority``, pre-emption):
+        streamed, and closed when a dialogue call starts; a cut call waits for the dialogue
+        and is sent again, and after ``DIALOGUE_PREEMPT_MAX`` cuts it runs non-streamed
+        (``call``)."""
+        limit = get_settings().dialogue_preempt_max
+        streamed = transient_retry(self.max_attempts)(self._stream_to_end)
+        for cuts in range(limit + 1):
+            with priority.admitted(self.role, self.base_url):
+                if cuts == limit:
+                    return call(*args)
+                done = streamed(*args)
+            if done is not None:
+                return done
+            global preemptions
+            preemptions += 1
+            log.info("%s model call cut short by a dialogue request (%d); sent again after it",
+                     self.role, cuts + 1)
+        raise AssertionError("unreachable")  # the last round returns
+
+    def _stream_to_end(self, messages, max_tokens, temperature, json_schema, schema_name,
+                       seed) -> Completion | None:
+        """One streamed completion read to its end; None when a dialogue slot appeared on this
+        server meanwhile (``inference.priority.dialogue_in_flight``, looked at every
+        ``PREEMPT_POLL_S`` s): the stream is then closed, which stops the server's generation."""
+        kwargs: dict[str, Any] = {"extra_body": {"repeat_penalty": 1.3}}
+        if json_schema is not None:
+            kwargs["response_format"] = self._response_format(json_schema, schema_name)
+        if seed is not None:
+            kwargs["seed"] = seed
+        raw = self._openai.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=max_tokens,
+            temperature=temperature, stream=True, **kwargs)
+        parts, finish, chunks = [], None, 0
+        look = time.monotonic() + priority.PREEMPT_POLL_S
+        try:
+            for piece in _openai_pieces(raw):
+                if piece.text:
+                    parts.append(piece.text)
+                    chunks += 1
+                finish = piece.finish_reason or finish
+                if finish is None and time.monotonic() >= look:
+                    look = time.monotonic() + priority.PREEMPT_POLL_S
+                    if priority.dialogue_waiting(self.base_url):
+                        return None
+        finally:
+            raw.close()
+        if finish is None:  # the server ended the stream early: send the call again
+            return None
+        return Completion(text="".join(parts), finish_reason=finish,
+                          prompt_tokens=self.count_tokens(messages), completion_tokens=chunks)
 
     def _complete_once(self, messages, max_tokens, temperature, json_schema, schema_name, seed):
         if self.backend == "mistral":

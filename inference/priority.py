@@ -16,6 +16,17 @@ applies:
   the same bound: a player reading a reply and typing the next line would otherwise find the
   server busy with a pipeline call that slipped in between two turns.
 
+Pre-emption: a llama.cpp server stops generating for a streamed request as soon as its client
+disconnects (llama-cpp-python's server checks between tokens), while a non-streamed request
+always runs to the end. So on a shared llama.cpp server a pipeline call is streamed
+(``ChatModel.complete``) and looks every :data:`PREEMPT_POLL_S` seconds for a dialogue slot
+(:func:`dialogue_in_flight`); when one appears it closes its stream, the server is free after
+one more token, and the call is sent again once the dialogue is done (:func:`admitted` waits
+for it). A player turn arriving mid-analysis so waits a fraction of a second instead of the
+whole analysis. After ``DIALOGUE_PREEMPT_MAX`` cuts (default 3) the call is sent non-streamed
+and finishes, so a steady stream of turns cannot starve the pipeline. The server's own
+``interrupt_requests`` stays off: it would also let one player's turn cut another's reply.
+
 A crashed dialogue process cannot leave the count stuck: each slot is a member of a sorted set
 per server (``llm:dialogue_inflight:{base_url}``) scored with its expiry (now + the model
 timeout), and waiters drop expired members before counting.
@@ -44,6 +55,9 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 """How often a waiting pipeline call looks again, in seconds."""
+
+PREEMPT_POLL_S = 0.1
+"""How often a streaming pipeline call looks for a dialogue slot, in seconds."""
 
 _PREFIX = "llm:dialogue_inflight:"
 _RECENT = "llm:dialogue_recent:"
@@ -161,3 +175,20 @@ def admitted(role: str, base_url: str) -> Iterator[None]:
     else:
         yield_to_dialogue(base_url)
         yield
+
+
+def preemptible(role: str, base_url: str) -> bool:
+    """Whether a call of ``role`` to ``base_url`` is streamed so that dialogue can cut it: a
+    pipeline role under the admission rule, with ``DIALOGUE_PREEMPT_MAX`` > 0."""
+    return (role != "generation" and get_settings().dialogue_preempt_max > 0
+            and active(role, base_url))
+
+
+
+def dialogue_waiting(base_url: str) -> bool:
+    """Whether a dialogue slot is held on ``base_url`` now (a streaming pipeline call then
+    gives the server up); False when Redis fails."""
+    try:
+        return dialogue_in_flight(base_url) > 0
+    except redis.RedisError:
+        return False

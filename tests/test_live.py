@@ -394,3 +394,71 @@ def test_chat_refuses_an_unknown_npc(saltmere_web):
          "--world", "saltmere", "--npc", "nobody"],
         cwd=ROOT, env=process_env(), input="", capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "no character 'nobody'" in done.stderr
+
+
+def test_a_dialogue_request_cuts_a_pipeline_generation_short(settings_env, llm_server):
+    """On the shared llama.cpp server a long pipeline generation is streamed; a dialogue call
+    arriving mid-generation gets the model at once (the server ends the pipeline's stream),
+    the pipeline call is sent again after it and still returns a whole completion."""
+    from inference import llm
+    from inference.llm import ChatModel
+
+    _shared_server_settings(settings_env, llm_server)
+    settings_env.setenv("DIALOGUE_PRIORITY_GRACE_S", "0")
+    settings_env.setenv("DIALOGUE_PRIORITY_MAX_WAIT_S", "60")
+    from settings import get_settings
+
+    get_settings.cache_clear()
+    finished: list[str] = []
+    out: dict = {}
+    before = llm.preemptions
+    started = threading.Event()
+
+    def pipeline():
+        started.set()
+        out["pipeline"] = ChatModel("analysis").complete(
+            [{"role": "user", "content": "Count from 1 to 400, one number per line."}],
+            max_tokens=400, temperature=0.0)
+        finished.append("pipeline")
+
+    t = threading.Thread(target=pipeline)
+    t.start()
+    started.wait(10)
+    time.sleep(1.5)  # the pipeline's generation is under way (400 tokens take several seconds)
+    out["dialogue"] = ChatModel("generation").complete(
+        [{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
+    finished.append("dialogue")
+    t.join(300)
+    assert finished == ["dialogue", "pipeline"]
+    assert llm.preemptions > before  # the pipeline call was cut and sent again
+    done = out["pipeline"]
+    assert done.finish_reason in ("stop", "length") and done.text.strip()
+    assert out["dialogue"].text.strip()
+
+
+def test_preemption_off_runs_the_pipeline_call_to_its_end_first(settings_env, llm_server):
+    from inference import llm
+    from inference.llm import ChatModel
+
+    _shared_server_settings(settings_env, llm_server)
+    settings_env.setenv("DIALOGUE_PREEMPT_MAX", "0")
+    from settings import get_settings
+
+    get_settings.cache_clear()
+    finished: list[str] = []
+    before = llm.preemptions
+
+    def pipeline():
+        ChatModel("analysis").complete(
+            [{"role": "user", "content": "Count from 1 to 400, one number per line."}],
+            max_tokens=400, temperature=0.0)
+        finished.append("pipeline")
+
+    t = threading.Thread(target=pipeline)
+    t.start()
+    time.sleep(1.5)
+    ChatModel("generation").complete([{"role": "user", "content": "Say hello."}],
+                                     max_tokens=8, temperature=0.0)
+    finished.append("dialogue")
+    t.join(300)
+    assert finished == ["pipeline", "dialogue"] and llm.preemptions == before
