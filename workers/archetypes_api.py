@@ -28,6 +28,7 @@ from memory.db import session_scope
 from memory.safe_input import RequestModel, SafeStr
 from models import LoreEntry, World
 from settings import get_settings
+from workers.api_errors import responses
 
 router = APIRouter()
 
@@ -82,7 +83,7 @@ def _with_runtime(chain: dict, r) -> dict:
     return chain
 
 
-@router.post("/v1/archetypes/provision", status_code=201)
+@router.post("/v1/archetypes/provision", status_code=201, responses=responses(400))
 def provision(body: ProvisionIn) -> dict:
     """Register archetype chains from PEFT adapters; 422 with the reason when a folder,
     config or base model is wrong (then nothing is registered), and 422 without looking
@@ -111,7 +112,7 @@ def list_archetypes() -> dict:
     return {"archetypes": [_with_runtime(c, r) for c in chains]}
 
 
-@router.get("/v1/archetypes/{name}")
+@router.get("/v1/archetypes/{name}", responses=responses(404, e404="unknown archetype"))
 def get_archetype(name: str) -> dict:
     """One chain (as in the list); 404 when not registered."""
     r = nearline.get_redis()
@@ -122,7 +123,8 @@ def get_archetype(name: str) -> dict:
     return _with_runtime(chains[0], r)
 
 
-@router.put("/v1/worlds/{world}/characters/{npc_id}/archetype")
+@router.put("/v1/worlds/{world}/characters/{npc_id}/archetype",
+            responses=responses(400, 404, e404="unknown world or entry"))
 def set_archetype(world: str, npc_id: str, body: ArchetypeIn) -> dict:
     """Set a character's archetype (null clears it); it takes effect on the next turn.
     404 unknown world or entry, 422 not a character or an invalid name. An archetype with no
@@ -138,7 +140,8 @@ def set_archetype(world: str, npc_id: str, body: ArchetypeIn) -> dict:
         raise HTTPException(422, str(exc)) from exc
 
 
-@router.get("/v1/worlds/{world}/characters/{npc_id}/route")
+@router.get("/v1/worlds/{world}/characters/{npc_id}/route",
+            responses=responses(404, e404="unknown entry"))
 def preview_route(world: str, npc_id: str,
                   purpose: str = Query("dialogue", pattern="^(dialogue|simulation|analysis)$")
                   ) -> dict:

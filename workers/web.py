@@ -36,7 +36,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 from celery import Celery
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, Security
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, Field
@@ -65,6 +65,7 @@ from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
 from tasks.payloads import TurnPayload
 from workers import archetypes_api, auth, health, logging_setup, metrics, ops_api
+from workers.api_errors import responses
 from workers.input_guard import install as install_input_guard
 from workers.input_guard import safe_params
 from workers.state import state
@@ -98,9 +99,10 @@ async def lifespan(_app: FastAPI):
 
 
 # Every path and query parameter of every route is checked for NUL and unpaired surrogates,
-# and every 422 body is bounded and encodable (workers.input_guard).
+# and every 422 body is bounded and encodable (workers.input_guard); so every route may
+# answer 422, and the document says so (workers.api_errors).
 app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan,
-              dependencies=[Depends(safe_params)])
+              dependencies=[Depends(safe_params)], responses=responses(422))
 install_input_guard(app)
 
 
@@ -138,14 +140,20 @@ store_metrics = metrics.StoreCollector(
 metrics.REGISTRY.register(store_metrics)
 
 
-def _metrics_auth(credentials=Security(auth.bearer)) -> None:
-    """``/metrics`` is public unless ``METRICS_PUBLIC=false``; then it needs an API key."""
+async def _metrics_auth(request: Request) -> None:
+    """``/metrics`` is public unless ``METRICS_PUBLIC=false``; then it needs an API key. The
+    key is read here rather than declared (``Security``), so that the OpenAPI document states
+    the default: no authentication."""
     if not get_settings().metrics_public:
-        auth.require_api_key(credentials)
+        auth.require_api_key(await auth.bearer(request))
 
 
 @app.get("/metrics", tags=["probes"], response_class=Response,
-         dependencies=[Depends(_metrics_auth)])
+         dependencies=[Depends(_metrics_auth)], responses={
+             200: {"description": "Prometheus text exposition format",
+                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+             **responses(401, e401="only with METRICS_PUBLIC=false: missing or invalid API "
+                                   "key")})
 def metrics_endpoint() -> Response:
     """Prometheus exposition (``workers.metrics`` lists the families). No API key unless
     ``METRICS_PUBLIC=false``; store readings are cached ``METRICS_CACHE_S`` seconds."""
@@ -160,8 +168,12 @@ async def _log_context(request: Request) -> None:
     logging_setup.bind(session_id=request.path_params.get("session_id"))
 
 
-# Every route but the probes needs ``Authorization: Bearer <one of API_KEYS>`` (workers.auth).
-api = APIRouter(dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
+# Every route but the probes needs ``Authorization: Bearer <one of API_KEYS>`` (workers.auth);
+# any of them may find Redis or the broker down (503, ``_store_unavailable``).
+V1_RESPONSES = responses(401, 503)
+"""The error answers every ``/v1`` route may give besides 422."""
+api = APIRouter(dependencies=[Depends(auth.require_api_key), Depends(_log_context)],
+                responses=V1_RESPONSES)
 
 
 @app.exception_handler(RedisError)
@@ -296,7 +308,16 @@ def healthz() -> dict:
             "hot_cache": state.hot.stats()}
 
 
-@app.get("/readyz", tags=["probes"], responses={503: {"description": "a dependency failed"}})
+class ReadyOut(BaseModel):
+    """``/readyz`` body (200 and 503)."""
+
+    ready: bool
+    failed: list[str] = Field(description="names of the checks that failed")
+    checks: dict[str, dict] = Field(description="each check: ok and its detail")
+
+
+@app.get("/readyz", tags=["probes"], response_model=ReadyOut,
+         responses={503: {"model": ReadyOut, "description": "a dependency failed"}})
 def readyz() -> JSONResponse:
     """Readiness (no authentication): broker, nearline Redis, database, model server(s) and
     the vector index are reachable. 200 ``{"ready": true, "checks": {...}}``, or 503 with
@@ -307,7 +328,8 @@ def readyz() -> JSONResponse:
     return JSONResponse(status_code=200 if ok else 503, content=body)
 
 
-@api.post("/v1/sessions", response_model=SessionOut, status_code=201)
+@api.post("/v1/sessions", response_model=SessionOut, status_code=201,
+          responses=responses(400, 404, e404="unknown world"))
 def open_session(body: SessionIn) -> SessionOut:
     """Open a session on a world. 404 if the world was never imported."""
     r = nearline.get_redis()
@@ -347,7 +369,7 @@ def _turn_errors():
 @api.post("/v1/sessions/{session_id}/turns", response_model=TurnOut, responses={200: {
     "content": {"text/event-stream": {"schema": {"type": "string", "description": (
         "with stream: events `token` {text}, then `done` (TurnStreamDone) or `error` "
-        "{status, detail}")}}}}})
+        "{status, detail}")}}}}, **responses(400, 404, e404="unknown session or NPC")})
 def play_turn(session_id: str, body: TurnIn, request: Request, response: Response):
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
     target that is not a character, 503 when the model server, Redis or the broker fails.
@@ -571,7 +593,8 @@ def _stream_turn(r, target: turns.Target, body: TurnIn, route: routing.ModelRout
 
 @api.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
           responses={200: {"model": EventOut, "description": "event_id seen before: the "
-                           "earlier turn, nothing recorded"}})
+                           "earlier turn, nothing recorded"},
+                     **responses(400, 404, e404="unknown session or NPC")})
 def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
     """Record a turn that was generated elsewhere (another model, a script, a recorded
     conversation) and run it through the same pipeline as a played turn (same Redis writes,
@@ -634,7 +657,8 @@ def _open_session(r, session_id: str) -> dict:
     return sess
 
 
-@api.get("/v1/sessions/{session_id}/search")
+@api.get("/v1/sessions/{session_id}/search",
+         responses=responses(404, e404="unknown session"))
 def search(session_id: str, q: str, k: int = 3, max_chars: int | None = None) -> dict:
     """What the session's memory holds for query ``q``: its composite documents (base lore
     and session note) and its evidence (what was said, ``memory.evidence``), fused by
@@ -669,7 +693,8 @@ def search(session_id: str, q: str, k: int = 3, max_chars: int | None = None) ->
                                  for f in merged]}
 
 
-@api.get("/v1/sessions/{session_id}/memory")
+@api.get("/v1/sessions/{session_id}/memory",
+         responses=responses(404, e404="unknown session"))
 def session_memory(session_id: str) -> dict:
     """Everything the session's memory holds: ``{"documents": [...], "evidence": [...]}``,
     each item as ``/search`` answers it with rank and score 0. The documents are every
@@ -689,7 +714,8 @@ def session_memory(session_id: str) -> dict:
             "evidence": [_evidence_hit(it) for it in evidence.all_items(r, session_id)]}
 
 
-@api.post("/v1/sessions/{session_id}/tick", status_code=202)
+@api.post("/v1/sessions/{session_id}/tick", status_code=202,
+          responses=responses(404, e404="unknown session"))
 def tick(session_id: str) -> dict:
     """Trigger a world tick for one session now (ops), even if one is pending; returns the
     tick id and the task id (the tick's trace is that task's result in the ledger)."""
@@ -709,7 +735,7 @@ def tick(session_id: str) -> dict:
 
 
 app.include_router(api)
-app.include_router(ops_api.router,
+app.include_router(ops_api.router, responses=V1_RESPONSES,
                    dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
-app.include_router(archetypes_api.router,
+app.include_router(archetypes_api.router, responses=V1_RESPONSES,
                    dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
