@@ -498,3 +498,17 @@ def test_metrics_can_require_a_key(client):
     with _settings_env(METRICS_PUBLIC="false"):
         assert _without_auth(client, "GET", "/metrics").status_code == 401
         assert client.get("/metrics").status_code == 200
+
+
+def test_database_outage_is_503(client, light_world):
+    """A route that needs the database answers 503 with the reason while it is unreachable
+    (here: a port nothing listens on), as the document declares, and works again after."""
+    from workers.embedded import free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/gone"
+    with _settings_env(DATABASE_URL=dead):
+        res = client.post("/v1/sessions", json={"world": light_world["key"]})
+        assert res.status_code == 503, res.text
+        assert res.json()["detail"].startswith("database unavailable: ")
+        assert client.get("/v1/archetypes").status_code == 503
+    assert client.post("/v1/sessions", json={"world": light_world["key"]}).status_code == 201

@@ -186,6 +186,15 @@ async def _store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
 
 
+@app.exception_handler(OperationalError)
+async def _database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
+    """The database unreachable on a route that reads or writes it (opening a session, the
+    archetype routes): 503 with the reason, as the ops routes answer (``ops_api``); the
+    engine reconnects by itself once it is back."""
+    log.warning("database unavailable: %s", str(exc.orig)[:300])
+    return JSONResponse(status_code=503, content={"detail": f"database unavailable: {exc.orig}"})
+
+
 class SessionIn(RequestModel):
     """``POST /v1/sessions`` body."""
 
