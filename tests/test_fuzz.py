@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import uuid
 import zlib
+from collections import Counter
 
 import pytest
 import schemathesis
@@ -56,6 +57,9 @@ def fuzz_config(examples: int, seed: int) -> SchemathesisConfig:
     })
 
 
+SENT: Counter = Counter()
+"""Requests sent in this run by (operation, status code); printed at the end (``-s``)."""
+
 schema = schemathesis.openapi.from_dict(
     app.openapi(), config=fuzz_config(FUZZ_EXAMPLES, int(os.environ.get("FUZZ_SEED", "18"))))
 schema.app = app  # requests go to the app in-process
@@ -84,6 +88,11 @@ def known(llm_server, light_world) -> dict[str, str]:
            "npc_id": npc, "lore_entry_key": other}
     asgi.shutdown_lifespans()
     r.delete(*[q.value for q in Queues])
+    statuses = Counter()
+    for (_op, status), n in SENT.items():
+        statuses[status] += n
+    print(f"\nfuzz: {sum(SENT.values())} requests to {len({op for op, _ in SENT})} operations "
+          f"(FUZZ_EXAMPLES={FUZZ_EXAMPLES}); by status: {dict(sorted(statuses.items()))}")
 
 
 def with_known_ids(case, known: dict[str, str]) -> None:
@@ -103,5 +112,9 @@ def with_known_ids(case, known: dict[str, str]) -> None:
 
 @schema.parametrize()
 def test_every_answer_is_declared_and_never_5xx(case, known):
+    """One generated request per call (hypothesis runs it FUZZ_EXAMPLES times and more per
+    operation); its answer must pass :data:`CHECKS`."""
     with_known_ids(case, known)
-    case.call_and_validate(headers=api_headers())
+    res = case.call(headers=api_headers())
+    SENT[case.operation.label, res.status_code] += 1
+    case.validate_response(res, headers=api_headers())

@@ -21,7 +21,9 @@ not on the hot path.
 
 Every ``/v1`` route needs a bearer API key (``workers.auth``); the probes ``/healthz``
 (liveness), ``/readyz`` (``workers.health``) and ``/metrics`` (``workers.metrics``) do not.
-Logs are JSON lines with the session and turn ids (``workers.logging_setup``).
+Logs are JSON lines with the session and turn ids (``workers.logging_setup``). Every error
+answer a route can give is declared in the OpenAPI document with its body
+(``workers.api_errors``); ``tests/test_fuzz.py`` holds the server to it.
 """
 
 from __future__ import annotations
