@@ -86,8 +86,8 @@ def _with_runtime(chain: dict, r) -> dict:
 @router.post("/v1/archetypes/provision", status_code=201, responses=responses(400))
 def provision(body: ProvisionIn) -> dict:
     """Register archetype chains from PEFT adapters; 422 with the reason when a folder,
-    config or base model is wrong (then nothing is registered), and 422 without looking
-    when ``root`` is outside ``ADAPTERS_ROOT``."""
+    config or base model is wrong or a folder cannot be read (then nothing is registered),
+    and 422 without looking when ``root`` is outside ``ADAPTERS_ROOT``."""
     root = confined_root(body.root, body.archetype)
     r = nearline.get_redis()
     kwargs = body.model_dump(exclude={"root", "archetype"})
@@ -99,6 +99,8 @@ def provision(body: ProvisionIn) -> dict:
                 chains = registry.provision_root(s, r, root, **kwargs)
     except registry.ProvisionError as exc:
         raise HTTPException(422, str(exc)) from exc
+    except OSError as exc:  # e.g. a name too long for the file system: the reason, no path
+        raise HTTPException(422, f"root or archetype cannot be read: {exc.strerror}") from exc
     return {"archetypes": chains}
 
 
