@@ -3,18 +3,22 @@ server's own OpenAPI document (``app.openapi()``, what ``/openapi.json`` serves)
 them with this run's API key.
 
 Every operation gets ``FUZZ_EXAMPLES`` generated requests (default 3, valid and invalid data
-alike) plus the document's explicit examples, sent in-process to the ASGI app (schemathesis
-runs its lifespan) on the real database, Redis and llama.cpp model server. About half of the
+alike), the document's explicit examples and the coverage phase's boundary values of every
+constraint (missing and extra fields, strings at and beyond their length limits, numbers at
+their bounds, other methods; not for the turn, whose requests wait for the model, unless
+``FUZZ_MODEL_COVERAGE=1``), sent in-process to the ASGI app (schemathesis runs its lifespan)
+on the real database, Redis and llama.cpp model server. About half of the
 requests have their ids replaced by ones that exist (an open session on the LIGHT world, its
 world key, one of its characters), so that they get past the 404s into the routes' work:
 turns call the model, events are recorded, ticks and retries enqueue tasks (no worker runs
 here; the queues are emptied afterwards).
 
 A request fails the test when the answer is a 5xx, or a status code, content type, header or
-body that the document does not declare for that operation. The coverage and stateful phases
-are off to keep the run bounded (about a minute on two cores); a longer run is
-``FUZZ_EXAMPLES=200 python -m pytest -q tests/test_fuzz.py`` (README, "Fuzzing the HTTP
-API"), and ``FUZZ_SEED`` picks another sequence of requests.
+body (each event of a streamed turn included) that the document does not declare for that
+operation. The stateful phase is off; about 700 requests in all, a minute on two cores. A
+longer run is ``FUZZ_EXAMPLES=200 FUZZ_MODEL_COVERAGE=1 python -m pytest -q
+tests/test_fuzz.py`` (README, "Fuzzing the HTTP API"); ``FUZZ_SEED`` picks another sequence
+of requests.
 """
 
 from __future__ import annotations
@@ -42,17 +46,35 @@ CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conform
 not declare."""
 
 
-def fuzz_config(examples: int, seed: int) -> SchemathesisConfig:
+def request_timeout_s() -> float:
+    """How long a request may take: longer than the server's own bound on a model call (every
+    attempt timing out), so that a slow model server shows as the server's declared 503, not
+    as a client timeout."""
+    from settings import get_settings
+
+    s = get_settings()
+    return s.llm_timeout_s * (s.llm_max_retries + 1) + 60
+
+
+MODEL_OPERATION = "POST /v1/sessions/{session_id}/turns"
+"""The operation that calls the model on every request that reaches it."""
+
+
+def fuzz_config(examples: int, seed: int, model_coverage: bool = False) -> SchemathesisConfig:
     """``examples`` requests per operation in the examples and fuzzing phases (valid and
     invalid data, no shrinking, no example database, ``seed`` so that a failure can be
-    replayed), the coverage and stateful phases off, only :data:`CHECKS`; a request may take
-    120 s."""
+    replayed); the coverage phase (boundary values of every constraint, a few dozen requests
+    per operation) for every operation but :data:`MODEL_OPERATION`, which gets it only with
+    ``model_coverage`` (its requests wait for the model); the stateful phase off; only
+    :data:`CHECKS`."""
     return SchemathesisConfig.from_dict({
         "seed": seed,
-        "request-timeout": 120,  # a turn waits for the model on a busy machine
+        "request-timeout": request_timeout_s(),
         "generation": {"mode": "all", "max-examples": examples, "no-shrink": True,
                        "database": "none"},
-        "phases": {"coverage": {"enabled": False}, "stateful": {"enabled": False}},
+        "phases": {"coverage": {"enabled": True}, "stateful": {"enabled": False}},
+        "operations": [{"include-name": MODEL_OPERATION,
+                        "phases": {"coverage": {"enabled": model_coverage}}}],
         "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
     })
 
@@ -60,8 +82,9 @@ def fuzz_config(examples: int, seed: int) -> SchemathesisConfig:
 SENT: Counter = Counter()
 """Requests sent in this run by (operation, status code); printed at the end (``-s``)."""
 
-schema = schemathesis.openapi.from_dict(
-    app.openapi(), config=fuzz_config(FUZZ_EXAMPLES, int(os.environ.get("FUZZ_SEED", "18"))))
+schema = schemathesis.openapi.from_dict(app.openapi(), config=fuzz_config(
+    FUZZ_EXAMPLES, int(os.environ.get("FUZZ_SEED", "18")),
+    model_coverage=os.environ.get("FUZZ_MODEL_COVERAGE", "0") == "1"))
 schema.app = app  # requests go to the app in-process
 
 

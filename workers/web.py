@@ -377,10 +377,19 @@ def _turn_errors():
         raise HTTPException(503, f"broker or nearline store unavailable: {exc}") from exc
 
 
-@api.post("/v1/sessions/{session_id}/turns", response_model=TurnOut, responses={200: {
-    "content": {"text/event-stream": {"schema": {"type": "string", "description": (
-        "with stream: events `token` {text}, then `done` (TurnStreamDone) or `error` "
-        "{status, detail}")}}}}, **responses(400, 404, e404="unknown session or NPC")})
+SSE_EVENT = {"type": "object", "required": ["event", "data"], "description": (
+    "one Server-Sent Event of a streamed turn: `token` events, then `done` or `error`"),
+    "properties": {
+        "event": {"type": "string", "enum": ["token", "done", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": (
+            "token: {text}; done: the reply (TurnStreamDone); error: {status, detail}")}}}
+"""The OpenAPI schema of each event of a streamed turn (OpenAPI 3.1: a ``text/event-stream``
+schema describes one event)."""
+
+
+@api.post("/v1/sessions/{session_id}/turns", response_model=TurnOut, responses={
+    200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}},
+    **responses(400, 404, e404="unknown session or NPC")})
 def play_turn(session_id: str, body: TurnIn, request: Request, response: Response):
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
     target that is not a character, 503 when the model server, Redis or the broker fails.
