@@ -1,6 +1,8 @@
-"""Flower, started from the Procfile's own ``flower`` line, against a private Redis broker
-with a real Celery worker subprocess: its HTTP API with basic auth, and its dashboard in
-headless Chromium (skipped with a reason when ``/usr/bin/chromium`` is absent)."""
+"""Flower, started from the Procfile's own ``flower`` line by ``/bin/sh -c`` (as honcho runs
+it), against a private Redis broker with a real Celery worker subprocess: its HTTP API with
+basic auth, its password kept out of the process list, its address, the two routes it serves
+without authentication, and its dashboard in headless Chromium (skipped with a reason when
+``/usr/bin/chromium`` is absent)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def procfile_command(name: str) -> str:
 
 
 class Flower(_Subprocess):
-    """The Procfile's ``flower`` line run by bash, as honcho would run it."""
+    """The Procfile's ``flower`` line run by ``/bin/sh -c``, as honcho runs it."""
 
     def __init__(self, env: dict[str, str]):
         self.port = free_port()
@@ -44,14 +46,28 @@ class Flower(_Subprocess):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90) -> None:
-        self._spawn(["bash", "-c", f"exec {procfile_command('flower')}"])
+        self._spawn(["/bin/sh", "-c", procfile_command("flower")])
         self.wait_http(f"{self.url}/healthcheck", timeout, "flower")
 
 
 def test_procfile_flower_line_is_authenticated_and_bounded():
     cmd = procfile_command("flower")
-    assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in cmd
+    assert '"${FLOWER_BASIC_AUTH:?' in cmd  # refuses to start without it ...
+    assert "basic-auth" not in cmd and "basic_auth" not in cmd  # ... which Flower reads itself
+    assert "--address=${FLOWER_ADDRESS:-127.0.0.1}" in cmd
     assert "--max_tasks=" in cmd and "-A workers.celery_app flower" in cmd
+
+
+def test_procfile_web_line_binds_web_host():
+    assert "--host ${WEB_HOST:-127.0.0.1} --port ${PORT:-8000}" in procfile_command("web")
+
+
+def test_flower_refuses_to_start_without_basic_auth():
+    env = {k: v for k, v in process_env().items() if k != "FLOWER_BASIC_AUTH"}
+    done = subprocess.run(["/bin/sh", "-c", procfile_command("flower")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "set FLOWER_BASIC_AUTH=user:password" in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +116,38 @@ def test_api_lists_the_worker_and_the_queues(flower):
     lengths = {q["name"]: q["messages"] for q in res.json()["active_queues"]}
     assert set(lengths) == set(QUEUES)
     assert all(isinstance(n, int) for n in lengths.values())
+
+
+def test_password_is_not_on_the_command_line(flower):
+    import psutil
+
+    fl, _node = flower
+    flower_proc = psutil.Process(fl.proc.pid)  # the shell exec'd celery: same pid
+    assert "flower" in flower_proc.cmdline()
+    for proc in [flower_proc, *flower_proc.children(recursive=True)]:
+        assert not any(PASSWORD in arg for arg in proc.cmdline()), proc.cmdline()
+
+
+def test_flower_listens_on_loopback_only(flower):
+    import psutil
+
+    fl, _node = flower
+    listening = [c.laddr for c in psutil.Process(fl.proc.pid).net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and {a.port for a in listening} == {fl.port}
+    assert {a.ip for a in listening} <= {"127.0.0.1"}, listening
+
+
+def test_healthcheck_and_metrics_are_open_and_hold_no_secret(flower):
+    """Flower serves these two without authentication (probes and Prometheus; it has no
+    setting to protect them): README, Flower. They hold counts, task names and worker names,
+    not the password or task arguments."""
+    fl, _node = flower
+    assert httpx.get(f"{fl.url}/healthcheck", timeout=10).text == "OK"
+    res = httpx.get(f"{fl.url}/metrics", timeout=30)
+    assert res.status_code == 200
+    assert "flower_events_total" in res.text or "flower_worker_online" in res.text
+    assert PASSWORD not in res.text and USER + ":" not in res.text
 
 
 def _chromium(*args: str) -> str:

@@ -191,6 +191,15 @@ def test_provisioning_inside_adapters_root_still_reads_the_folder(client, tmp_pa
     assert res.status_code == 422 and "no archetype folders" in res.json()["detail"]
 
 
+@pytest.mark.parametrize("body", [{"root": "0" * 1000}, {"root": "a/" + "b" * 300}])
+def test_provisioning_a_name_the_file_system_refuses_is_422(client, body):
+    """Names longer than the file system takes (found by the schema fuzzer's coverage phase:
+    this was a 500 ``OSError: File name too long``)."""
+    res = client.post("/v1/archetypes/provision", json=body)
+    assert res.status_code == 422, res.text
+    assert isinstance(res.json()["detail"], str)
+
+
 # --------------------------------------------------------------------------- dead letters
 
 

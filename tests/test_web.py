@@ -291,6 +291,29 @@ def test_openapi_is_public_and_declares_the_bearer_scheme(client):
     assert paths["/v1/dead-letters"]["get"]["security"] == [{"ApiKey": []}]
     assert "security" not in paths["/healthz"]["get"]
     assert "security" not in paths["/readyz"]["get"]
+    assert "security" not in paths["/metrics"]["get"]  # public unless METRICS_PUBLIC=false
+
+
+def test_openapi_declares_the_error_answers(client):
+    """Each error a route gives is in the document with its body (tests/test_fuzz.py checks
+    every answer against it): 401/503 on every /v1 route, 422 everywhere, and a 422 detail
+    that is the validation errors or the route's message."""
+    doc = client.get("/openapi.json").json()
+    paths, schemas = doc["paths"], doc["components"]["schemas"]
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            assert "422" in op["responses"], (method, path)
+            if path.startswith("/v1/"):
+                assert {"401", "503"} <= set(op["responses"]), (method, path)
+    turn = paths["/v1/sessions/{session_id}/turns"]["post"]["responses"]
+    assert turn["404"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorOut"}
+    assert turn["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/UnprocessableOut"}
+    detail = schemas["UnprocessableOut"]["properties"]["detail"]["anyOf"]
+    assert {"type": "string"} in detail
+    assert {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}} in detail
+    assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
 
 
 PROTECTED = [
@@ -475,3 +498,17 @@ def test_metrics_can_require_a_key(client):
     with _settings_env(METRICS_PUBLIC="false"):
         assert _without_auth(client, "GET", "/metrics").status_code == 401
         assert client.get("/metrics").status_code == 200
+
+
+def test_database_outage_is_503(client, light_world):
+    """A route that needs the database answers 503 with the reason while it is unreachable
+    (here: a port nothing listens on), as the document declares, and works again after."""
+    from workers.embedded import free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/gone"
+    with _settings_env(DATABASE_URL=dead):
+        res = client.post("/v1/sessions", json={"world": light_world["key"]})
+        assert res.status_code == 503, res.text
+        assert res.json()["detail"].startswith("database unavailable: ")
+        assert client.get("/v1/archetypes").status_code == 503
+    assert client.post("/v1/sessions", json={"world": light_world["key"]}).status_code == 201

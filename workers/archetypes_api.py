@@ -28,6 +28,7 @@ from memory.db import session_scope
 from memory.safe_input import RequestModel, SafeStr
 from models import LoreEntry, World
 from settings import get_settings
+from workers.api_errors import responses
 
 router = APIRouter()
 
@@ -82,11 +83,11 @@ def _with_runtime(chain: dict, r) -> dict:
     return chain
 
 
-@router.post("/v1/archetypes/provision", status_code=201)
+@router.post("/v1/archetypes/provision", status_code=201, responses=responses(400))
 def provision(body: ProvisionIn) -> dict:
     """Register archetype chains from PEFT adapters; 422 with the reason when a folder,
-    config or base model is wrong (then nothing is registered), and 422 without looking
-    when ``root`` is outside ``ADAPTERS_ROOT``."""
+    config or base model is wrong or a folder cannot be read (then nothing is registered),
+    and 422 without looking when ``root`` is outside ``ADAPTERS_ROOT``."""
     root = confined_root(body.root, body.archetype)
     r = nearline.get_redis()
     kwargs = body.model_dump(exclude={"root", "archetype"})
@@ -98,6 +99,8 @@ def provision(body: ProvisionIn) -> dict:
                 chains = registry.provision_root(s, r, root, **kwargs)
     except registry.ProvisionError as exc:
         raise HTTPException(422, str(exc)) from exc
+    except OSError as exc:  # e.g. a name too long for the file system: the reason, no path
+        raise HTTPException(422, f"root or archetype cannot be read: {exc.strerror}") from exc
     return {"archetypes": chains}
 
 
@@ -111,7 +114,7 @@ def list_archetypes() -> dict:
     return {"archetypes": [_with_runtime(c, r) for c in chains]}
 
 
-@router.get("/v1/archetypes/{name}")
+@router.get("/v1/archetypes/{name}", responses=responses(404, e404="unknown archetype"))
 def get_archetype(name: str) -> dict:
     """One chain (as in the list); 404 when not registered."""
     r = nearline.get_redis()
@@ -122,7 +125,8 @@ def get_archetype(name: str) -> dict:
     return _with_runtime(chains[0], r)
 
 
-@router.put("/v1/worlds/{world}/characters/{npc_id}/archetype")
+@router.put("/v1/worlds/{world}/characters/{npc_id}/archetype",
+            responses=responses(400, 404, e404="unknown world or entry"))
 def set_archetype(world: str, npc_id: str, body: ArchetypeIn) -> dict:
     """Set a character's archetype (null clears it); it takes effect on the next turn.
     404 unknown world or entry, 422 not a character or an invalid name. An archetype with no
@@ -138,7 +142,8 @@ def set_archetype(world: str, npc_id: str, body: ArchetypeIn) -> dict:
         raise HTTPException(422, str(exc)) from exc
 
 
-@router.get("/v1/worlds/{world}/characters/{npc_id}/route")
+@router.get("/v1/worlds/{world}/characters/{npc_id}/route",
+            responses=responses(404, e404="unknown entry"))
 def preview_route(world: str, npc_id: str,
                   purpose: str = Query("dialogue", pattern="^(dialogue|simulation|analysis)$")
                   ) -> dict:

@@ -26,6 +26,7 @@ from memory.notes import NoteConflict
 from memory.safe_input import RequestModel
 from settings import get_settings
 from tasks.payloads import EmbedPayload
+from workers.api_errors import responses
 from workers.state import state
 
 router = APIRouter()
@@ -239,7 +240,9 @@ class _OpsErrors:
         return False
 
 
-@router.post("/v1/sessions/{session_id}/notes/{lore_entry_key}/rollback", response_model=RollbackOut)
+@router.post("/v1/sessions/{session_id}/notes/{lore_entry_key}/rollback", response_model=RollbackOut,
+             responses=responses(400, 404, 409, e404="unknown session, entry or version",
+                                 e409="the note kept changing during the write"))
 def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> RollbackOut:
     """Restore the content a session note had at revision ``version`` as a new revision
     (cause ``rollback``), publish it to the nearline tier and enqueue its re-embedding.
@@ -269,7 +272,8 @@ def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> Rol
     return RollbackOut(**res, embed_task_id=embed_task_id)
 
 
-@router.post("/v1/sessions/{session_id}/fork", response_model=ForkOut, status_code=201)
+@router.post("/v1/sessions/{session_id}/fork", response_model=ForkOut, status_code=201,
+             responses=responses(404, e404="unknown session or turn"))
 def fork_session(session_id: str, body: ForkIn) -> dict:
     """A new session whose memory is this one's as of turn ``at_turn`` (a save slot:
     ``memory.timeline.fork_session``); this session is only read. 404 for an unknown session
@@ -279,7 +283,8 @@ def fork_session(session_id: str, body: ForkIn) -> dict:
                                      _send_kwargs)
 
 
-@router.post("/v1/sessions/{session_id}/rollback", response_model=SessionRollbackOut)
+@router.post("/v1/sessions/{session_id}/rollback", response_model=SessionRollbackOut,
+             responses=responses(404, e404="unknown session or turn"))
 def rollback_session(session_id: str, body: SessionRollbackIn) -> dict:
     """Undo everything derived from the turns after ``to_turn`` (loading a save:
     ``memory.timeline.rollback_session``): note revisions, created entities, card events,
@@ -291,7 +296,8 @@ def rollback_session(session_id: str, body: SessionRollbackIn) -> dict:
                                          _send_kwargs)
 
 
-@router.get("/v1/sessions/{session_id}/rollbacks")
+@router.get("/v1/sessions/{session_id}/rollbacks",
+            responses=responses(404, e404="unknown session"))
 def session_rollbacks(session_id: str) -> list[dict]:
     """The session's rollbacks, oldest first (``memory.timeline.list_rollbacks``); 404 for an
     unknown session."""
@@ -299,7 +305,8 @@ def session_rollbacks(session_id: str) -> list[dict]:
         return timeline.list_rollbacks(s, session_id)
 
 
-@router.get("/v1/sessions/{session_id}/entries/{lore_entry_key}", response_model=EntryOut)
+@router.get("/v1/sessions/{session_id}/entries/{lore_entry_key}", response_model=EntryOut,
+            responses=responses(404, e404="unknown session or entry"))
 def entry_history(session_id: str, lore_entry_key: str) -> dict:
     """An entity as the session sees it: lore, session note, composite document (what the
     embedder indexes) and the note's revisions, oldest first. 404 for unknown things."""
@@ -307,7 +314,8 @@ def entry_history(session_id: str, lore_entry_key: str) -> dict:
         return ops.entry_with_history(s, session_id, lore_entry_key)
 
 
-@router.get("/v1/sessions/{session_id}/cards/{npc_id}", response_model=CardsOut)
+@router.get("/v1/sessions/{session_id}/cards/{npc_id}", response_model=CardsOut,
+            responses=responses(404, 500, e404="unknown session or NPC"))
 def session_cards(session_id: str, npc_id: str,
                   events: int = Query(20, ge=0, le=500, description="applied events to list")
                   ) -> dict:
@@ -338,14 +346,17 @@ def dead_letters(limit: int = Query(50, ge=1, le=DEAD_LETTERS_MAX_LIMIT),
 _DEAD_LETTER_ID = Path(ge=1, le=INT_ID_MAX)
 
 
-@router.get("/v1/dead-letters/{dead_letter_id}", response_model=DeadLetterOut)
+@router.get("/v1/dead-letters/{dead_letter_id}", response_model=DeadLetterOut,
+            responses=responses(404, e404="unknown dead letter"))
 def dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
     """One dead letter with its whole payload and error; 404 if unknown."""
     with _OpsErrors(), session_scope() as s:
         return ops.get_dead_letter(s, dead_letter_id)
 
 
-@router.post("/v1/dead-letters/{dead_letter_id}/replay", response_model=ReplayOut)
+@router.post("/v1/dead-letters/{dead_letter_id}/replay", response_model=ReplayOut,
+             responses=responses(404, 409, e404="unknown dead letter",
+                                 e409="the task has no queue"))
 def replay_dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
     """Send the dead letter's task again with its stored payload; returns the new task id and
     records ``replayed_at``. Calling it again sends again; the effects are applied once
@@ -354,7 +365,8 @@ def replay_dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
         return ops.replay_dead_letter(s, dead_letter_id, _send_kwargs)
 
 
-@router.get("/v1/sessions/{session_id}/tasks", response_model=list[TaskOut])
+@router.get("/v1/sessions/{session_id}/tasks", response_model=list[TaskOut],
+            responses=responses(404, e404="unknown session"))
 def session_tasks(session_id: str, status: TaskStatus | None = None,
                   limit: int = Query(50, ge=1, le=500)) -> list[dict]:
     """The session's tasks from the task ledger, newest first; 404 for an unknown session."""
@@ -362,7 +374,10 @@ def session_tasks(session_id: str, status: TaskStatus | None = None,
         return ops.session_tasks(s, session_id, status=status, limit=limit)
 
 
-@router.post("/v1/tasks/{task_id}/retry", response_model=RetryOut)
+@router.post("/v1/tasks/{task_id}/retry", response_model=RetryOut,
+             responses=responses(404, 409, e404="unknown task",
+                                 e409="the task is running or retrying (see force), or has "
+                                      "no queue"))
 def retry_task(task_id: str, force: bool = Query(False, description="retry even if running")
                ) -> dict:
     """Send a ledger task again with its recorded payload; returns the new task id.
@@ -372,7 +387,8 @@ def retry_task(task_id: str, force: bool = Query(False, description="retry even 
         return ops.retry_task(s, task_id, _send_kwargs, force=force)
 
 
-@router.get("/v1/sessions/{session_id}/export")
+@router.get("/v1/sessions/{session_id}/export",
+            responses=responses(404, e404="unknown session"))
 def export_session(session_id: str,
                    revisions: bool = Query(False, description="include each note's revisions")
                    ) -> dict:
@@ -384,7 +400,7 @@ def export_session(session_id: str,
 
 
 @router.post("/v1/sessions/{session_id}/turns/{turn_id}/analyze", response_model=AnalyzeOut,
-             status_code=202)
+             status_code=202, responses=responses(404, e404="unknown session or turn"))
 def analyze_turn(session_id: str, turn_id: str) -> dict:
     """Send ``npc_memory.analyze_turn`` again for a recorded turn (found in Redis, else in the
     task ledger, else in the turn archive) under a new task id, so it really runs; effects
@@ -415,7 +431,8 @@ def world_tick(idle_after_s: float | None = _IDLE) -> dict:
     return _world_tick(None, idle_after_s)
 
 
-@router.post("/v1/worlds/{world_key}/tick", response_model=WorldTickOut, status_code=202)
+@router.post("/v1/worlds/{world_key}/tick", response_model=WorldTickOut, status_code=202,
+             responses=responses(404, e404="unknown world"))
 def world_tick_one(world_key: str, idle_after_s: float | None = _IDLE) -> dict:
     """Run a world tick now for the active sessions of one world only. 404 for an unknown
     world, 503 if the broker is down."""

@@ -21,7 +21,9 @@ not on the hot path.
 
 Every ``/v1`` route needs a bearer API key (``workers.auth``); the probes ``/healthz``
 (liveness), ``/readyz`` (``workers.health``) and ``/metrics`` (``workers.metrics``) do not.
-Logs are JSON lines with the session and turn ids (``workers.logging_setup``).
+Logs are JSON lines with the session and turn ids (``workers.logging_setup``). Every error
+answer a route can give is declared in the OpenAPI document with its body
+(``workers.api_errors``); ``tests/test_fuzz.py`` holds the server to it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 from celery import Celery
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, Security
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, Field
@@ -65,6 +67,7 @@ from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
 from tasks.payloads import TurnPayload
 from workers import archetypes_api, auth, health, logging_setup, metrics, ops_api
+from workers.api_errors import responses
 from workers.input_guard import install as install_input_guard
 from workers.input_guard import safe_params
 from workers.relay import TurnRelay
@@ -103,9 +106,10 @@ async def lifespan(_app: FastAPI):
 
 
 # Every path and query parameter of every route is checked for NUL and unpaired surrogates,
-# and every 422 body is bounded and encodable (workers.input_guard).
+# and every 422 body is bounded and encodable (workers.input_guard); so every route may
+# answer 422, and the document says so (workers.api_errors).
 app = FastAPI(title="NPC dialogue server", version="0.1.0", lifespan=lifespan,
-              dependencies=[Depends(safe_params)])
+              dependencies=[Depends(safe_params)], responses=responses(422))
 install_input_guard(app)
 
 
@@ -143,14 +147,20 @@ store_metrics = metrics.StoreCollector(
 metrics.REGISTRY.register(store_metrics)
 
 
-def _metrics_auth(credentials=Security(auth.bearer)) -> None:
-    """``/metrics`` is public unless ``METRICS_PUBLIC=false``; then it needs an API key."""
+async def _metrics_auth(request: Request) -> None:
+    """``/metrics`` is public unless ``METRICS_PUBLIC=false``; then it needs an API key. The
+    key is read here rather than declared (``Security``), so that the OpenAPI document states
+    the default: no authentication."""
     if not get_settings().metrics_public:
-        auth.require_api_key(credentials)
+        auth.require_api_key(await auth.bearer(request))
 
 
 @app.get("/metrics", tags=["probes"], response_class=Response,
-         dependencies=[Depends(_metrics_auth)])
+         dependencies=[Depends(_metrics_auth)], responses={
+             200: {"description": "Prometheus text exposition format",
+                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+             **responses(401, e401="only with METRICS_PUBLIC=false: missing or invalid API "
+                                   "key")})
 def metrics_endpoint() -> Response:
     """Prometheus exposition (``workers.metrics`` lists the families). No API key unless
     ``METRICS_PUBLIC=false``; store readings are cached ``METRICS_CACHE_S`` seconds."""
@@ -165,8 +175,12 @@ async def _log_context(request: Request) -> None:
     logging_setup.bind(session_id=request.path_params.get("session_id"))
 
 
-# Every route but the probes needs ``Authorization: Bearer <one of API_KEYS>`` (workers.auth).
-api = APIRouter(dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
+# Every route but the probes needs ``Authorization: Bearer <one of API_KEYS>`` (workers.auth);
+# any of them may find Redis or the broker down (503, ``_store_unavailable``).
+V1_RESPONSES = responses(401, 503)
+"""The error answers every ``/v1`` route may give besides 422."""
+api = APIRouter(dependencies=[Depends(auth.require_api_key), Depends(_log_context)],
+                responses=V1_RESPONSES)
 
 
 @app.exception_handler(RedisError)
@@ -177,6 +191,15 @@ async def _store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     before the outage but not yet sent stays in the outbox (``tasks.dispatch``)."""
     log.warning("redis unavailable: %s", exc)
     return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
+
+
+@app.exception_handler(OperationalError)
+async def _database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
+    """The database unreachable on a route that reads or writes it (opening a session, the
+    archetype routes): 503 with the reason, as the ops routes answer (``ops_api``); the
+    engine reconnects by itself once it is back."""
+    log.warning("database unavailable: %s", str(exc.orig)[:300])
+    return JSONResponse(status_code=503, content={"detail": f"database unavailable: {exc.orig}"})
 
 
 class SessionIn(RequestModel):
@@ -301,7 +324,16 @@ def healthz() -> dict:
             "hot_cache": state.hot.stats(), "outbox_relay": state.relay.stats()}
 
 
-@app.get("/readyz", tags=["probes"], responses={503: {"description": "a dependency failed"}})
+class ReadyOut(BaseModel):
+    """``/readyz`` body (200 and 503)."""
+
+    ready: bool
+    failed: list[str] = Field(description="names of the checks that failed")
+    checks: dict[str, dict] = Field(description="each check: ok and its detail")
+
+
+@app.get("/readyz", tags=["probes"], response_model=ReadyOut,
+         responses={503: {"model": ReadyOut, "description": "a dependency failed"}})
 def readyz() -> JSONResponse:
     """Readiness (no authentication): broker, nearline Redis, database, model server(s) and
     the vector index are reachable. 200 ``{"ready": true, "checks": {...}}``, or 503 with
@@ -312,7 +344,8 @@ def readyz() -> JSONResponse:
     return JSONResponse(status_code=200 if ok else 503, content=body)
 
 
-@api.post("/v1/sessions", response_model=SessionOut, status_code=201)
+@api.post("/v1/sessions", response_model=SessionOut, status_code=201,
+          responses=responses(400, 404, e404="unknown world"))
 def open_session(body: SessionIn) -> SessionOut:
     """Open a session on a world. 404 if the world was never imported."""
     r = nearline.get_redis()
@@ -349,10 +382,19 @@ def _turn_errors():
         raise HTTPException(503, f"broker or nearline store unavailable: {exc}") from exc
 
 
-@api.post("/v1/sessions/{session_id}/turns", response_model=TurnOut, responses={200: {
-    "content": {"text/event-stream": {"schema": {"type": "string", "description": (
-        "with stream: events `token` {text}, then `done` (TurnStreamDone) or `error` "
-        "{status, detail}")}}}}})
+SSE_EVENT = {"type": "object", "required": ["event", "data"], "description": (
+    "one Server-Sent Event of a streamed turn: `token` events, then `done` or `error`"),
+    "properties": {
+        "event": {"type": "string", "enum": ["token", "done", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": (
+            "token: {text}; done: the reply (TurnStreamDone); error: {status, detail}")}}}
+"""The OpenAPI schema of each event of a streamed turn (OpenAPI 3.1: a ``text/event-stream``
+schema describes one event)."""
+
+
+@api.post("/v1/sessions/{session_id}/turns", response_model=TurnOut, responses={
+    200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}},
+    **responses(400, 404, e404="unknown session or NPC")})
 def play_turn(session_id: str, body: TurnIn, request: Request, response: Response):
     """Answer one player turn in character; 404 for an unknown session or NPC, 422 for a
     target that is not a character, 503 when the model server or Redis fails. The turn's
@@ -589,7 +631,8 @@ def _stream_turn(r, target: turns.Target, body: TurnIn, route: routing.ModelRout
 
 @api.post("/v1/sessions/{session_id}/events", response_model=EventOut, status_code=201,
           responses={200: {"model": EventOut, "description": "event_id seen before: the "
-                           "earlier turn, nothing recorded"}})
+                           "earlier turn, nothing recorded"},
+                     **responses(400, 404, e404="unknown session or NPC")})
 def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
     """Record a turn that was generated elsewhere (another model, a script, a recorded
     conversation) and run it through the same pipeline as a played turn (same Redis writes,
@@ -654,7 +697,8 @@ def _open_session(r, session_id: str) -> dict:
     return sess
 
 
-@api.get("/v1/sessions/{session_id}/search")
+@api.get("/v1/sessions/{session_id}/search",
+         responses=responses(404, e404="unknown session"))
 def search(session_id: str, q: str, k: int = 3, max_chars: int | None = None) -> dict:
     """What the session's memory holds for query ``q``: its composite documents (base lore
     and session note) and its evidence (what was said, ``memory.evidence``), fused by
@@ -689,7 +733,8 @@ def search(session_id: str, q: str, k: int = 3, max_chars: int | None = None) ->
                                  for f in merged]}
 
 
-@api.get("/v1/sessions/{session_id}/memory")
+@api.get("/v1/sessions/{session_id}/memory",
+         responses=responses(404, e404="unknown session"))
 def session_memory(session_id: str) -> dict:
     """Everything the session's memory holds: ``{"documents": [...], "evidence": [...]}``,
     each item as ``/search`` answers it with rank and score 0. The documents are every
@@ -709,7 +754,8 @@ def session_memory(session_id: str) -> dict:
             "evidence": [_evidence_hit(it) for it in evidence.all_items(r, session_id)]}
 
 
-@api.post("/v1/sessions/{session_id}/tick", status_code=202)
+@api.post("/v1/sessions/{session_id}/tick", status_code=202,
+          responses=responses(404, e404="unknown session"))
 def tick(session_id: str) -> dict:
     """Trigger a world tick for one session now (ops), even if one is pending; returns the
     tick id and the task id (the tick's trace is that task's result in the ledger)."""
@@ -729,7 +775,7 @@ def tick(session_id: str) -> dict:
 
 
 app.include_router(api)
-app.include_router(ops_api.router,
+app.include_router(ops_api.router, responses=V1_RESPONSES,
                    dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
-app.include_router(archetypes_api.router,
+app.include_router(archetypes_api.router, responses=V1_RESPONSES,
                    dependencies=[Depends(auth.require_api_key), Depends(_log_context)])
