@@ -19,8 +19,11 @@ contract of a plain ``npc_task`` (``tasks.base``):
   the database is down);
 - any other error of the batch statement (one bad row fails a multi-row INSERT) writes the
   messages one by one, so only the offending ones are dead-lettered;
-- the ledger rows of a batch are written with one multi-row upsert in the same transaction as
-  the batch's effect (status ``succeeded``, ``result`` carries ``batch_id`` and ``batch_size``).
+- the ledger shows a batch's messages ``running`` from the moment the batch starts (one
+  multi-row upsert; a row that already succeeded is left as it is), so messages a killed
+  worker held are visible; the final rows are written with one multi-row upsert in the same
+  transaction as the batch's effect (status ``succeeded``, ``result`` carries ``batch_id``
+  and ``batch_size``).
 
 celery-batches needs prefetched messages to form a batch: a worker consuming a batch queue
 must run with ``--prefetch-multiplier`` of at least the batch size (the Procfile's
@@ -106,6 +109,28 @@ def _ledger_rows(s: Session, name: str, queue: str, items: list[tuple], results:
                                         set_={c: getattr(ins.excluded, c) for c in cols}))
 
 
+def _running_rows(name: str, queue: str, items: list[tuple], started) -> None:
+    """One multi-row upsert marking ``items`` (``(req, payload, deliveries)``) ``running``;
+    rows that already succeeded keep their status (a redelivered duplicate).
+
+    Raises:
+        OperationalError: the database is unreachable.
+    """
+    rows = {req.id: {"task_id": storable_id(req.id), "task_name": name, "queue": queue,
+                     "payload": storable(dict(req.kwargs)), "status": "running",
+                     "attempts": deliveries,
+                     "idempotency_key": getattr(payload, "idempotency_key", None),
+                     "session_id": getattr(payload, "session_id", None),
+                     "target": payload.target()[:300], "started_at": started}
+            for req, payload, deliveries in items}
+    with session_scope() as s:
+        ins = dialect_insert(s, TaskRecord).values(list(rows.values()))
+        s.execute(ins.on_conflict_do_update(
+            index_elements=["task_id"],
+            set_={c: getattr(ins.excluded, c) for c in ("status", "attempts", "started_at")},
+            where=TaskRecord.status != "succeeded"))
+
+
 def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
                    flush_interval_s: float, soft_time_limit: int = 60,
                    time_limit: int = 120,
@@ -182,6 +207,7 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
             if not items:
                 return {"written": 0, "dead": dead, "batch_id": batch_id}
             try:
+                _running_rows(name, queue, items, started)
                 again = [i for i in items if i[2] > 1]
                 if again:  # only messages seen before can be duplicates of a success
                     with session_scope() as s:
