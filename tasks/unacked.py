@@ -9,12 +9,14 @@ are older than the visibility timeout (``BROKER_VISIBILITY_TIMEOUT_S``).
 
 :func:`restore_orphans` restores sooner, with kombu's own ``QoS.restore_by_tag`` (the message
 goes back to the head of its queue, marked redelivered): every message taken more than
-``min_age_s`` seconds ago that no live worker reports holding (Celery's ``query_task``
-broadcast: running, reserved or waiting for its ETA). It runs when a worker starts
+``min_age_s`` seconds ago that no live worker reports holding (one broadcast of the remote
+control command :func:`held_tasks` registered here: running, reserved or waiting for its ETA,
+such as a retry's countdown). It runs when a worker starts
 (``workers.celery_app``) and in every ``npc_memory.reconcile``. A worker that does not answer
 the broadcast within ``inspect_timeout_s`` has its messages restored too: they may then run
 twice, which the tasks tolerate (idempotent effects, the ledger skips a task id that
-succeeded).
+succeeded). Messages in a celery-batches buffer are not reported; they are flushed within
+``ARCHIVE_FLUSH_MS``, far below ``min_age_s``.
 """
 
 from __future__ import annotations
@@ -24,15 +26,34 @@ import logging
 import time
 
 from celery import Celery
+from celery.worker import state as worker_state
+from celery.worker.control import inspect_command
+from celery.worker.request import Request
 
 log = logging.getLogger(__name__)
 
 
+@inspect_command(args=[("ids", list)], signature="<ids>")
+def held_tasks(state, ids=None, **kwargs) -> list[str]:
+    """Remote control command (runs in each worker): the ids among ``ids`` this worker holds,
+    i.e. running, reserved, or waiting in its timer for an ETA or a retry's countdown."""
+    wanted = set(ids or ())
+    held = {tid for tid in wanted if tid in worker_state.requests}
+    timer = getattr(state.consumer, "timer", None)
+    for waiting in list(getattr(getattr(timer, "schedule", None), "queue", ()) or ()):
+        args = getattr(getattr(waiting, "entry", None), "args", None) or ()
+        if args and isinstance(args[0], Request) and args[0].id in wanted:
+            held.add(args[0].id)
+    return sorted(held)
+
+
 def held_task_ids(app: Celery, task_ids: list[str], timeout_s: float = 1.0) -> set[str]:
-    """The ids among ``task_ids`` that some live worker of ``app``'s broker reports as
-    running, reserved or scheduled (one ``query_task`` broadcast, waiting ``timeout_s``)."""
-    replies = app.control.inspect(timeout=timeout_s).query_task(*task_ids) or {}
-    return {tid for per_node in replies.values() for tid in (per_node or {})}
+    """The ids among ``task_ids`` that some live worker of ``app``'s broker holds (one
+    :func:`held_tasks` broadcast, collecting replies for ``timeout_s`` seconds)."""
+    replies = app.control.broadcast("held_tasks", arguments={"ids": list(task_ids)},
+                                    reply=True, timeout=timeout_s) or []
+    return {tid for reply in replies for held in reply.values() if isinstance(held, list)
+            for tid in held}
 
 
 def restore_orphans(app: Celery, min_age_s: float, inspect_timeout_s: float = 1.0,
