@@ -13,6 +13,8 @@ contract of a plain ``npc_task`` (``tasks.base``):
 - an invalid payload, or a task id over 200 characters, is dead-lettered alone, the rest of
   the batch is written;
 - a task id that already succeeded is not written again (``{"status": "duplicate"}``);
+- Redis unreachable when the batch starts: nothing is written and the messages come back
+  (their acknowledgement cannot reach Redis either; ``tasks.unacked`` restores them);
 - a database outage (``OperationalError``) re-sends every message of the batch with its own
   task id, ``retries + 1`` and a capped exponential backoff with full jitter (60 s at most), up
   to ``DB_OUTAGE_MAX_RETRIES`` times; after that each is dead-lettered (parked in Redis while
@@ -36,6 +38,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from itertools import count
+from queue import Empty
 
 from celery import Celery, shared_task
 from celery.utils.time import get_exponential_backoff_interval
@@ -54,6 +58,7 @@ from tasks.base import (
     DB_OUTAGE_MAX_RETRIES,
     DELIVERY_TTL_S,
     MAX_REDELIVERIES,
+    REDIS_DOWN,
     TASK_ID_MAX_CHARS,
     dead_letter,
     declare_task,
@@ -67,10 +72,38 @@ BatchFn = Callable[[Session, list[Payload]], list[dict]]
 
 
 class NpcBatchTask(Batches):
-    """Base class of the project's batch tasks (see the module docstring)."""
+    """Base class of the project's batch tasks (see the module docstring).
+
+    It survives a broker reconnection, which plain celery-batches does not: when the
+    connection breaks, Celery's event loop clears the worker's timer, which held the batch's
+    periodic flush, while celery-batches still believes it is scheduled, so messages received
+    afterwards waited in the buffer forever (until ``flush_every`` of them arrived). Celery
+    builds every task's strategy again when the consumer restarts; here that also cancels the
+    stale flush timer (the next message starts a new one) and drops the requests buffered on
+    the broken connection, as Celery's consumer does with its reserved requests: they cannot
+    be acknowledged any more, and their messages are delivered again (``tasks.unacked``).
+    """
 
     abstract = True
     queue_name = ""
+
+    def Strategy(self, task, app, consumer):  # noqa: N802 (celery's name)
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        self._count = count(1)
+        dropped = 0
+        for q in (self._buffer, self._pending):
+            while True:
+                try:
+                    q.get_nowait()
+                except Empty:
+                    break
+                dropped += 1
+        if dropped:
+            log.warning("%s: consumer restarted; %d buffered message(s) left to redelivery",
+                        self.name, dropped)
+        return super().Strategy(task, app, consumer)
 
 
 def _retries(req) -> int:
@@ -180,7 +213,12 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
         def _run_batch(self, requests) -> dict:
             started = utcnow()
             batch_id = uuid.uuid4().hex
-            counts = count_deliveries([r.id for r in requests])
+            try:
+                counts = count_deliveries([r.id for r in requests])
+            except REDIS_DOWN as exc:  # the acknowledgement fails too: they come back
+                log.warning("%s: redis unavailable (%s): batch of %d left for redelivery",
+                            name, type(exc).__name__, len(requests))
+                return {"redelivery": len(requests), "batch_id": batch_id}
             items: list[tuple] = []
             dead = 0
             for req, deliveries in zip(requests, counts):
