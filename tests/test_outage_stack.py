@@ -144,6 +144,31 @@ def test_stack_rides_out_a_redis_outage(light_world, llm_server, wait_for):
         broker.stop()
 
 
+def test_beat_survives_redis_restart_and_its_lock_expiring(wait_for):
+    """The Procfile's ``beat`` alone: Redis is killed for longer than the beat lock's timeout
+    and started again; beat is still running, takes its lock again and keeps sending the
+    reconcile task."""
+    broker = PrivateRedis(persist=True)
+    broker.start()
+    env = _stack_env(broker, RECONCILE_SECONDS="1", BEAT_LOCK_TIMEOUT_S="6")
+    beat = _Subprocess(env, "beat-outage.log")
+    r = redis_py.Redis.from_url(broker.url)
+    try:
+        beat._spawn(["/bin/sh", "-c", f"exec {read_procfile()['beat']}"])
+        wait_for(lambda: r.llen("archive") >= 1, timeout=60)
+        broker.stop()
+        time.sleep(min(OUTAGE_S, 10))  # the lock (6 s) expires meanwhile
+        assert beat.proc.poll() is None, beat.tail()
+        broker.start()
+        r.delete("archive")
+        wait_for(lambda: r.llen("archive") >= 1, timeout=90)
+        assert beat.proc.poll() is None, beat.tail()
+        assert "lock taken again" in beat.tail(50000)
+    finally:
+        beat.stop()
+        broker.stop()
+
+
 def test_killed_worker_tasks_recovered_within_minutes(light_world, llm_server, wait_for):
     """``kill -9`` of a worker (main process and child) running an analysis: its ledger row
     says ``running``; a new worker gives back the messages nobody holds at start-up and every
