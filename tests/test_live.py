@@ -396,26 +396,20 @@ def test_chat_refuses_an_unknown_npc(saltmere_web):
     assert done.returncode == 1 and "no character 'nobody'" in done.stderr
 
 
-def test_a_dialogue_request_cuts_a_pipeline_generation_short(settings_env, llm_server):
-    """On the shared llama.cpp server a long pipeline generation is streamed; a dialogue call
-    arriving mid-generation gets the model at once (the server ends the pipeline's stream),
-    the pipeline call is sent again after it and still returns a whole completion."""
-    from inference import llm
+def _dialogue_during_pipeline(settings_env, url: str, **env: str) -> tuple[list[str], dict]:
+    """A long pipeline generation on the shared server, and a short dialogue call sent 1.5 s
+    into it; returns the order the two finished in and their completions."""
     from inference.llm import ChatModel
-
-    _shared_server_settings(settings_env, llm_server)
-    settings_env.setenv("DIALOGUE_PRIORITY_GRACE_S", "0")
-    settings_env.setenv("DIALOGUE_PRIORITY_MAX_WAIT_S", "60")
     from settings import get_settings
 
+    _shared_server_settings(settings_env, url)
+    for k, v in env.items():
+        settings_env.setenv(k, v)
     get_settings.cache_clear()
     finished: list[str] = []
     out: dict = {}
-    before = llm.preemptions
-    started = threading.Event()
 
     def pipeline():
-        started.set()
         out["pipeline"] = ChatModel("analysis").complete(
             [{"role": "user", "content": "Count from 1 to 400, one number per line."}],
             max_tokens=400, temperature=0.0)
@@ -423,12 +417,24 @@ def test_a_dialogue_request_cuts_a_pipeline_generation_short(settings_env, llm_s
 
     t = threading.Thread(target=pipeline)
     t.start()
-    started.wait(10)
     time.sleep(1.5)  # the pipeline's generation is under way (400 tokens take several seconds)
     out["dialogue"] = ChatModel("generation").complete(
         [{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
     finished.append("dialogue")
     t.join(300)
+    return finished, out
+
+
+def test_a_dialogue_request_cuts_a_pipeline_generation_short(settings_env, llm_server):
+    """On the shared llama.cpp server a long pipeline generation is streamed; a dialogue call
+    arriving mid-generation gets the model at once (the pipeline call closes its stream),
+    the pipeline call is sent again after it and still returns a whole completion."""
+    from inference import llm
+
+    before = llm.preemptions
+    finished, out = _dialogue_during_pipeline(settings_env, llm_server,
+                                              DIALOGUE_PRIORITY_GRACE_S="0",
+                                              DIALOGUE_PRIORITY_MAX_WAIT_S="60")
     assert finished == ["dialogue", "pipeline"]
     assert llm.preemptions > before  # the pipeline call was cut and sent again
     done = out["pipeline"]
@@ -438,27 +444,7 @@ def test_a_dialogue_request_cuts_a_pipeline_generation_short(settings_env, llm_s
 
 def test_preemption_off_runs_the_pipeline_call_to_its_end_first(settings_env, llm_server):
     from inference import llm
-    from inference.llm import ChatModel
 
-    _shared_server_settings(settings_env, llm_server)
-    settings_env.setenv("DIALOGUE_PREEMPT_MAX", "0")
-    from settings import get_settings
-
-    get_settings.cache_clear()
-    finished: list[str] = []
     before = llm.preemptions
-
-    def pipeline():
-        ChatModel("analysis").complete(
-            [{"role": "user", "content": "Count from 1 to 400, one number per line."}],
-            max_tokens=400, temperature=0.0)
-        finished.append("pipeline")
-
-    t = threading.Thread(target=pipeline)
-    t.start()
-    time.sleep(1.5)
-    ChatModel("generation").complete([{"role": "user", "content": "Say hello."}],
-                                     max_tokens=8, temperature=0.0)
-    finished.append("dialogue")
-    t.join(300)
+    finished, _ = _dialogue_during_pipeline(settings_env, llm_server, DIALOGUE_PREEMPT_MAX="0")
     assert finished == ["pipeline", "dialogue"] and llm.preemptions == before

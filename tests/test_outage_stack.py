@@ -26,52 +26,28 @@ import httpx
 import psutil
 import pytest
 import redis as redis_py
-from sqlalchemy import select
 
-from models import TaskRecord, Turn
-from memory.db import session_scope
 from tasks.dispatch import turn_task_id
-from tests.procs import (ROOT, PrivateRedis, SubprocessWorker, WebServer, _Subprocess,
-                         _wait_port, api_headers, free_port, process_env)
+from tests.procs import (LINES, ROOT, PrivateRedis, SubprocessWorker, WebServer, _Subprocess,
+                         _wait_port, api_headers, archived, free_port, ledger, open_session,
+                         play_turn, process_env)
 from workers.procfile import read_procfile, supervisord_conf
 
 pytestmark = pytest.mark.slow
 
 OUTAGE_S = float(os.environ.get("OUTAGE_TEST_SECONDS", "60"))
 BIN = str(Path(sys.executable).parent)
-LINES = ["Good evening. Have you seen anything strange in the village tonight?",
-         "I heard wolves howling near the old mill.",
-         "Will you keep my secret if I tell you where I sleep?",
-         "Thank you, friend. I will return before dawn."]
 TERMINAL = ("succeeded", "dead")
 
 
-def _archived(session_id: str) -> set[str]:
-    with session_scope() as s:
-        return set(s.scalars(select(Turn.id).where(Turn.session_id == session_id)))
-
-
-def _ledger(task_ids: list[str]) -> dict[str, TaskRecord]:
-    with session_scope() as s:
-        rows = s.scalars(select(TaskRecord).where(TaskRecord.task_id.in_(task_ids))).all()
-        return {r.task_id: r for r in rows}
 
 
 def _analysed(turn_ids: list[str]) -> bool:
     ids = [turn_task_id("npc_memory.analyze_turn", t) for t in turn_ids]
-    rows = _ledger(ids)
+    rows = ledger(ids)
     return len(rows) == len(ids) and all(r.status in TERMINAL for r in rows.values())
 
 
-def _open(client: httpx.Client, world_key: str) -> tuple[str, str]:
-    resp = client.post("/v1/sessions", json={"world": world_key, "player_name": "tester"})
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
-    return body["session_id"], body["characters"][0]["npc_id"]
-
-
-def _turn(client: httpx.Client, sid: str, npc: str, text: str) -> httpx.Response:
-    return client.post(f"/v1/sessions/{sid}/turns", json={"npc_id": npc, "player_text": text})
 
 
 def _stack_env(broker: PrivateRedis, **overrides: str) -> dict[str, str]:
@@ -104,16 +80,16 @@ def test_stack_rides_out_a_redis_outage(light_world, llm_server, wait_for):
         _wait_port(flower_port, 60, "flower", procs["flower"].proc)
 
         client = httpx.Client(base_url=web_url, timeout=180, headers=api_headers())
-        sid, npc = _open(client, light_world["key"])
+        sid, npc = open_session(client, light_world["key"])
         turn_ids = []
         for text in LINES[:2]:
-            resp = _turn(client, sid, npc, text)
+            resp = play_turn(client, sid, npc, text)
             assert resp.status_code == 200, resp.text
             turn_ids.append(resp.json()["turn_id"])
 
         broker.stop()  # kill -9, with the turns' tasks queued or in flight
         down_since = time.monotonic()
-        resp = _turn(client, sid, npc, LINES[2])
+        resp = play_turn(client, sid, npc, LINES[2])
         assert resp.status_code == 503, resp.text
         while time.monotonic() - down_since < OUTAGE_S:
             dead = {n: p.proc.returncode for n, p in procs.items() if p.proc.poll() is not None}
@@ -122,16 +98,16 @@ def test_stack_rides_out_a_redis_outage(light_world, llm_server, wait_for):
         broker.start()
 
         def served() -> bool:
-            resp = _turn(client, sid, npc, LINES[2])
+            resp = play_turn(client, sid, npc, LINES[2])
             if resp.status_code == 200:
                 turn_ids.append(resp.json()["turn_id"])
             return resp.status_code == 200
 
         wait_for(served, timeout=60, interval=2)
 
-        wait_for(lambda: _archived(sid) == set(turn_ids), timeout=180)
+        wait_for(lambda: archived(sid) == set(turn_ids), timeout=180)
         wait_for(lambda: _analysed(turn_ids), timeout=240)
-        for rec in _ledger([turn_task_id("npc_memory.analyze_turn", t) for t in turn_ids]).values():
+        for rec in ledger([turn_task_id("npc_memory.analyze_turn", t) for t in turn_ids]).values():
             assert rec.status == "succeeded" or "InvalidModelOutput" in (rec.error or ""), rec.error
         dead = {n: p.proc.returncode for n, p in procs.items() if p.proc.poll() is not None}
         assert not dead, (dead, {n: procs[n].tail() for n in dead})
@@ -184,16 +160,16 @@ def test_killed_worker_tasks_recovered_within_minutes(light_world, llm_server, w
         web.start()
         first.start()
         client = httpx.Client(base_url=web.url, timeout=180, headers=api_headers())
-        sid, npc = _open(client, light_world["key"])
+        sid, npc = open_session(client, light_world["key"])
         turn_ids = []
         for text in LINES[:3]:
-            resp = _turn(client, sid, npc, text)
+            resp = play_turn(client, sid, npc, text)
             assert resp.status_code == 200, resp.text
             turn_ids.append(resp.json()["turn_id"])
         ids = [turn_task_id("npc_memory.analyze_turn", t) for t in turn_ids]
 
         def running() -> list[str]:
-            return [t for t, rec in _ledger(ids).items() if rec.status == "running"]
+            return [t for t, rec in ledger(ids).items() if rec.status == "running"]
 
         wait_for(lambda: running(), timeout=120, interval=0.1)
         victims = [p for p in [psutil.Process(first.proc.pid), *first.children()]]
@@ -210,7 +186,7 @@ def test_killed_worker_tasks_recovered_within_minutes(light_world, llm_server, w
         wait_for(lambda: _analysed(turn_ids), timeout=240)
         recovered_in = time.monotonic() - started
         assert recovered_in < 600  # not the visibility timeout
-        rows = _ledger(ids)
+        rows = ledger(ids)
         for t in in_flight:
             assert rows[t].attempts >= 2, rows[t].attempts  # delivered again after the kill
         assert "restored" in second.tail(50000)

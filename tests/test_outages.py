@@ -21,19 +21,11 @@ from memory.db import session_scope
 from models import DeadLetter, TaskRecord, Turn
 from tasks.base import PARKED_DEAD_LETTERS
 from tasks.dispatch import turn_task_id
-from tests.procs import (PrivatePostgres, PrivateRedis, SubprocessWorker, WebServer, api_headers,
-                         process_env)
+from tests.procs import (LINES, PrivatePostgres, PrivateRedis, SubprocessWorker, WebServer,
+                         api_headers, archived, ledger, open_session, play_turn, process_env)
 
 TERMINAL = ("succeeded", "dead")
-LINES = ["Good evening. Have you seen anything strange in the village tonight?",
-         "I heard wolves howling near the old mill.",
-         "Will you keep my secret if I tell you where I sleep?",
-         "Thank you, friend. I will return before dawn."]
 
-
-def _archived(session_id: str, url: str | None = None) -> set[str]:
-    with session_scope(url) as s:
-        return set(s.scalars(select(Turn.id).where(Turn.session_id == session_id)))
 
 
 def _archive_rows(session_id: str, url: str | None = None) -> int:
@@ -41,21 +33,7 @@ def _archive_rows(session_id: str, url: str | None = None) -> int:
         return s.scalar(select(func.count()).select_from(Turn).where(Turn.session_id == session_id))
 
 
-def _ledger(task_ids: list[str], url: str | None = None) -> dict[str, TaskRecord]:
-    with session_scope(url) as s:
-        rows = s.scalars(select(TaskRecord).where(TaskRecord.task_id.in_(task_ids))).all()
-        return {r.task_id: r for r in rows}
 
-
-def _open(client: httpx.Client, world_key: str) -> tuple[str, str]:
-    resp = client.post("/v1/sessions", json={"world": world_key, "player_name": "tester"})
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
-    return body["session_id"], body["characters"][0]["npc_id"]
-
-
-def _turn(client: httpx.Client, sid: str, npc: str, text: str) -> httpx.Response:
-    return client.post(f"/v1/sessions/{sid}/turns", json={"npc_id": npc, "player_text": text})
 
 
 def _send(redis_url: str, name: str, kwargs: dict) -> str:
@@ -89,10 +67,10 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
     try:
         web.start()
         client = httpx.Client(base_url=web.url, timeout=180, headers=api_headers())
-        sid, npc = _open(client, light_world["key"])
+        sid, npc = open_session(client, light_world["key"])
         turn_ids = []
         for text in LINES[:2]:
-            resp = _turn(client, sid, npc, text)
+            resp = play_turn(client, sid, npc, text)
             assert resp.status_code == 200, resp.text
             turn_ids.append(resp.json()["turn_id"])
         # no worker yet: all still queued (the server's outbox relay sends them just after
@@ -101,12 +79,12 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
                  and r.zcard(nearline.OUTBOX) == 0, timeout=30)
 
         broker.stop()
-        resp = _turn(client, sid, npc, LINES[2])
+        resp = play_turn(client, sid, npc, LINES[2])
         assert resp.status_code == 503 and "unavailable" in resp.json()["detail"]
         broker.start()
         assert r.llen("analysis") + r.llen("archive") == 4  # the restart kept the queued tasks
 
-        resp = _turn(client, sid, npc, LINES[2])  # the same server process, reconnected
+        resp = play_turn(client, sid, npc, LINES[2])  # the same server process, reconnected
         assert resp.status_code == 200, (resp.text, web.tail())
         turn_ids.append(resp.json()["turn_id"])
         wait_for(lambda: r.llen("analysis") + r.llen("archive") == 6
@@ -124,16 +102,16 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
         worker.start()
         analyst.start()
         _send(broker.url, "npc_memory.reconcile", {"older_than_s": 0})
-        wait_for(lambda: _archived(sid) == set(turn_ids), timeout=180)
+        wait_for(lambda: archived(sid) == set(turn_ids), timeout=180)
         assert _archive_rows(sid) == 4
         assert [t["turn_id"] for t in nearline.recent_turns(r, sid, 10)] == turn_ids
         assert r.zcard(nearline.OUTBOX) == 0
 
         analysis_ids = [turn_task_id("npc_memory.analyze_turn", t) for t in turn_ids]
         wait_for(lambda: all(rec.status in TERMINAL
-                             for rec in _ledger(analysis_ids).values())
-                 and len(_ledger(analysis_ids)) == 4, timeout=300)
-        for rec in _ledger(analysis_ids).values():
+                             for rec in ledger(analysis_ids).values())
+                 and len(ledger(analysis_ids)) == 4, timeout=300)
+        for rec in ledger(analysis_ids).values():
             assert rec.status == "succeeded" or "InvalidModelOutput" in rec.error, rec.error
             assert rec.attempts == 1  # each analysis ran once
     finally:
@@ -173,13 +151,13 @@ def test_postgres_outage_turns_served_and_archive_catches_up(light_world_path, l
         web.start()
         worker.start()
         client = httpx.Client(base_url=web.url, timeout=180, headers=api_headers())
-        sid, npc = _open(client, world_key)
-        turn_ids = [_turn(client, sid, npc, LINES[0]).json()["turn_id"]]
-        wait_for(lambda: _archived(sid, pg.url) == set(turn_ids), timeout=60)
+        sid, npc = open_session(client, world_key)
+        turn_ids = [play_turn(client, sid, npc, LINES[0]).json()["turn_id"]]
+        wait_for(lambda: archived(sid, pg.url) == set(turn_ids), timeout=60)
 
         pg.stop()
         for text in LINES[1:3]:
-            resp = _turn(client, sid, npc, text)
+            resp = play_turn(client, sid, npc, text)
             assert resp.status_code == 200, (resp.text, web.tail())
             turn_ids.append(resp.json()["turn_id"])
         wait_for(lambda: "database unavailable, retry" in worker.tail(20000), timeout=60)
@@ -190,12 +168,12 @@ def test_postgres_outage_turns_served_and_archive_catches_up(light_world_path, l
         assert worker.proc.poll() is None
 
         pg.start()
-        wait_for(lambda: _archived(sid, pg.url) == set(turn_ids), timeout=240)
+        wait_for(lambda: archived(sid, pg.url) == set(turn_ids), timeout=240)
         assert _archive_rows(sid, pg.url) == 3
         archive_ids = [turn_task_id("npc_memory.archive_turn", t) for t in turn_ids]
         wait_for(lambda: all(rec.status == "succeeded"
-                             for rec in _ledger(archive_ids, pg.url).values()), timeout=60)
-        rows = _ledger(archive_ids, pg.url)
+                             for rec in ledger(archive_ids, pg.url).values()), timeout=60)
+        rows = ledger(archive_ids, pg.url)
         assert len(rows) == 3
         assert all(rows[t].attempts >= 2 for t in archive_ids[1:])  # they really waited
 

@@ -273,7 +273,7 @@ def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> Rol
 
 
 @router.post("/v1/sessions/{session_id}/fork", response_model=ForkOut, status_code=201,
-             responses=responses(404, e404="unknown session or turn"))
+             responses=responses(400, 404, e404="unknown session or turn"))
 def fork_session(session_id: str, body: ForkIn) -> dict:
     """A new session whose memory is this one's as of turn ``at_turn`` (a save slot:
     ``memory.timeline.fork_session``); this session is only read. 404 for an unknown session
@@ -284,7 +284,7 @@ def fork_session(session_id: str, body: ForkIn) -> dict:
 
 
 @router.post("/v1/sessions/{session_id}/rollback", response_model=SessionRollbackOut,
-             responses=responses(404, e404="unknown session or turn"))
+             responses=responses(400, 404, e404="unknown session or turn"))
 def rollback_session(session_id: str, body: SessionRollbackIn) -> dict:
     """Undo everything derived from the turns after ``to_turn`` (loading a save:
     ``memory.timeline.rollback_session``): note revisions, created entities, card events,
