@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ["retrieval", "archive", "pipeline", "freshness", "coalescing", "scaling",
+BENCHMARKS = ["retrieval", "archive", "pipeline", "freshness", "coalescing", "scaling", "canon",
               "hot_path", "lora_route", "memory", "real_model", "memory_quality"]
 
 

@@ -1,0 +1,153 @@
+"""Lore-consistency guard: precision, recall and added latency per reply on a labelled set.
+
+    python -m bench canon
+
+The set (``evaluation/data/canon_replies.json``, 40 replies written for this project: half on
+the Saltmere example world, half on the LIGHT world ``dragon-village`` read from
+``$SHARED_DIR/data/light``, default ``../shared/data/light``) labels each reply consistent or
+contradicting with its NPC's base lore and the lore entries retrieved for the turn. The guard
+(``memory.canon``, the rules of ``LORE_GUARD=rules``) flags a reply when it finds a
+contradiction; a flag on a contradicting reply is a true positive.
+
+Baseline, measured in the same run: a keyword guard that flags every reply holding a
+negation or death word (``not``, ``never``, ``no``, ``dead``, ``died``...) next to a word of the
+canon, the cheap guard a team might write first. The no-guard pass-through flags nothing
+(recall 0). Latency: the guard's time per reply (fact extraction plus check), in ms, median
+and p95 of the set run ``REPEAT`` times. The model pass (``rules+model``) is not measured
+here: on the zero-latency model server its verdicts mean nothing; see the README for its
+figures on the embedded model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from bench.common import ROOT, Result, Target, dist
+
+DATA = ROOT / "evaluation" / "data" / "canon_replies.json"
+REPEAT = 20
+
+
+def shared_dir() -> Path:
+    """``$SHARED_DIR`` or ``../shared`` beside the repository."""
+    return Path(os.environ.get("SHARED_DIR") or ROOT.parent / "shared")
+
+
+@lru_cache(maxsize=None)
+def _world(name: str) -> dict[str, dict]:
+    """Entries of a set's world by key: ``{key: {title, content, entity_type}}``.
+
+    Raises:
+        FileNotFoundError: the LIGHT world is not under the shared data folder.
+        ValueError: an unknown world name.
+    """
+    if name == "saltmere":
+        from memory.importers.examples import load_example
+
+        spec = load_example()[0]
+    elif name.startswith("light:"):
+        from memory.importers.light import load_light_world
+
+        spec = load_light_world(shared_dir() / "data" / "light" / f"{name[6:]}.json")
+    else:
+        raise ValueError(f"unknown world {name!r} in the canon set")
+    return {e.key: {"key": e.key, "title": e.title, "content": e.content,
+                    "entity_type": e.entity_type} for e in spec.entries}
+
+
+def load_set(path: Path = DATA) -> list[dict]:
+    """The labelled replies with their canon resolved: each item of the file plus ``npc_entry``
+    (the NPC's entry dict) and ``docs`` (``[(title, content)]`` of the retrieved keys).
+
+    Raises:
+        KeyError: an NPC or retrieved key that its world does not hold.
+    """
+    items = json.loads(path.read_text())["items"]
+    out = []
+    for it in items:
+        entries = _world(it["world"])
+        out.append({**it, "npc_entry": entries[it["npc"]],
+                    "docs": [(entries[k]["title"], entries[k]["content"])
+                             for k in it["retrieved"]]})
+    return out
+
+
+def rules_guard(item: dict) -> str | None:
+    """The rules pass: the first contradiction described, or None."""
+    from memory.canon import check_reply, extract_facts
+
+    facts = extract_facts(item["npc_entry"], item["docs"])
+    found = check_reply(item["reply"], facts, item["npc_entry"]["title"])
+    return found[0].describe() if found else None
+
+
+_KEYWORD = re.compile(r"\b(?:not|never|no|n't|dead|died|killed|slain|drowned|don't)\b", re.I)
+
+
+def keyword_guard(item: dict) -> str | None:
+    """Baseline: a negation or death word and any capitalized word of the canon in one reply."""
+    canon = " ".join([item["npc_entry"]["content"]] + [d for _, d in item["docs"]])
+    names = {w.lower() for w in re.findall(r"\b[A-Z][a-z]{2,}\b", canon)}
+    words = {w.lower() for w in re.findall(r"[A-Za-z]+", item["reply"])}
+    return "keyword" if _KEYWORD.search(item["reply"]) and names & words else None
+
+
+def score(items: list[dict], guard) -> dict:
+    """Precision, recall, F1 and flagged count of ``guard`` on ``items``, and its time per reply
+    (ms over ``REPEAT`` passes)."""
+    tp = fp = fn = 0
+    wrong = []
+    for it in items:
+        flagged = guard(it) is not None
+        positive = it["label"] == "contradiction"
+        tp += flagged and positive
+        fp += flagged and not positive
+        fn += positive and not flagged
+        if flagged != positive:
+            wrong.append(f"{'FP' if flagged else 'FN'} {it['npc']}: {it['reply'][:60]}")
+    times = []
+    for _ in range(REPEAT):
+        for it in items:
+            t = time.perf_counter()
+            guard(it)
+            times.append((time.perf_counter() - t) * 1000)
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = (2 * precision * recall / (precision + recall)
+          if tp and precision + recall else 0.0)
+    d = dist(times, 4)
+    return {"replies": len(items), "flagged": tp + fp, "tp": tp, "fp": fp, "fn": fn,
+            "precision": round(precision, 3), "recall": round(recall, 3), "f1": round(f1, 3),
+            "ms_p50": d["p50"], "ms_p95": d["p95"], "_wrong": wrong}
+
+
+def run(env, quick: bool) -> Result:
+    """Score the rules guard and the keyword baseline on the set (``env`` is not used: no
+    service is needed)."""
+    items = load_set()
+    rows = []
+    for name, world in (("all", None), ("saltmere", "saltmere"),
+                        ("light", "light:dragon-village")):
+        sub = [it for it in items if world is None or it["world"] == world]
+        row = score(sub, rules_guard)
+        wrong = row.pop("_wrong")
+        rows.append({"guard": "rules", "set": name, **row})
+        if name == "all":
+            misses = wrong
+    base = score(items, keyword_guard)
+    base.pop("_wrong")
+    all_row = rows[0]
+    return Result(
+        "canon", rows, baseline={"guard": "keyword", "set": "all", **base},
+        ratio=round(all_row["f1"] / base["f1"], 2) if base["f1"] else None,
+        targets=[Target("rules precision", all_row["precision"], ">=", 0.9),
+                 Target("rules recall", all_row["recall"], ">=", 0.6),
+                 Target("rules ms per reply p95", all_row["ms_p95"], "<=", 5, "ms")],
+        notes="ratio: F1 of the rules over F1 of the keyword baseline. Misclassified: "
+              + "; ".join(misses),
+        params={"dataset": str(DATA.relative_to(ROOT)), "repeat": REPEAT})
