@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import prompts
 from inference.llm import ChatModel, ModelError, TokenStream, chat_model
 from prompts import budget
-from prompts.outputs import AnalysisOutput, CreatedEntity, SessionSummary, SimulationOutput
+from prompts.outputs import (AnalysisOutput, CreatedEntity, ReplyVerdict, SessionSummary,
+                             SimulationOutput)
 
 if TYPE_CHECKING:
     from inference.lora.routing import ModelRoute
@@ -96,7 +97,7 @@ class Reply:
 def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
                    player_text: str, max_tokens: int = 80, cards: str = "",
                    memories: str = "", route: ModelRoute | None = None,
-                   evidence: list[str] | None = None) -> Reply:
+                   evidence: list[str] | None = None, canon: str = "") -> Reply:
     """The NPC's in-character reply (generation role).
 
     Args:
@@ -113,13 +114,15 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
         evidence: earlier utterances of the session as prompt lines
             (``memory.evidence.prompt_line``: in-game time, speaker, text), already within
             the retrieval budget; None or []: none.
+        canon: facts of the lore the reply must not contradict, as prompt lines
+            (``memory.canon.fact_prompt``; set when the lore guard asks again); '' none.
 
     Raises:
         inference.llm.ModelError: the model failed.
     """
     model = route.chat_model() if route is not None else chat_model("generation")
     fit = _dialogue_prompt(model, max_tokens, npc, note, recent, retrieved, player_text, cards,
-                           memories, evidence)
+                           memories, evidence, canon)
     done = model.complete(fit.messages, max_tokens=fit.max_tokens, temperature=0.7)
     text = done.text.strip()
     prefix = f"{npc['title']}:"
@@ -131,11 +134,13 @@ def generate_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tup
 
 def _dialogue_prompt(model: ChatModel, max_tokens: int, npc: dict, note: str,
                      recent: list[dict], retrieved: list[tuple[str, str]], player_text: str,
-                     cards: str, memories: str, evidence: list[str] | None) -> Fit:
+                     cards: str, memories: str, evidence: list[str] | None,
+                     canon: str = "") -> Fit:
     """The dialogue prompt fitted to ``model`` (``generate_reply`` and ``stream_reply``)."""
     return fit_prompt(model, "dialogue", max_tokens, npc=npc, note=note, cards=cards,
                       memories=memories, recent_turns=recent, evidence=list(evidence or []),
-                      retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text)
+                      retrieved=[(t, d[:400]) for t, d in retrieved], player_text=player_text,
+                      canon=canon[:600])
 
 
 class ReplyStream:
@@ -223,7 +228,7 @@ class ReplyStream:
 def stream_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple[str, str]],
                  player_text: str, max_tokens: int = 80, cards: str = "",
                  memories: str = "", route: ModelRoute | None = None,
-                 evidence: list[str] | None = None) -> ReplyStream:
+                 evidence: list[str] | None = None, canon: str = "") -> ReplyStream:
     """:func:`generate_reply` streamed: the same prompt and model, the reply as deltas.
 
     The request is sent here and read to the model's first token (``ChatModel.stream``), so
@@ -234,9 +239,31 @@ def stream_reply(npc: dict, note: str, recent: list[dict], retrieved: list[tuple
     """
     model = route.chat_model() if route is not None else chat_model("generation")
     fit = _dialogue_prompt(model, max_tokens, npc, note, recent, retrieved, player_text, cards,
-                           memories, evidence)
+                           memories, evidence, canon)
     return ReplyStream(model.stream(fit.messages, max_tokens=fit.max_tokens, temperature=0.7),
                        npc["title"], fit)
+
+
+def check_canon(npc_title: str, canon: str, player_text: str, npc_text: str) -> str | None:
+    """The lore guard's second pass (``LORE_GUARD=rules+model``): the analysis model judges
+    whether ``npc_text`` states something ``canon`` (the NPC's base lore and the turn's
+    retrieved documents, as text; the first 1200 characters are sent) rules out, with the
+    evaluation judge's prompt and schema (``judge_reply``).
+
+    Returns:
+        The model's one-sentence reason when it says the reply contradicts the canon; None
+        when it says consistent.
+
+    Raises:
+        inference.llm.ModelError: the model failed or gave no valid verdict.
+    """
+    model = chat_model("analysis")
+    fit = fit_prompt(model, "judge_reply", 120, npc_name=npc_title, lore=canon[:1200],
+                     player_text=player_text, npc_text=npc_text)
+    verdict, _ = model.complete_json(fit.messages, ReplyVerdict, prompts.schema("judge_reply"),
+                                     max_tokens=fit.max_tokens, temperature=0.0,
+                                     schema_name="judge_reply")
+    return verdict.reason if verdict.lore == "contradicts" else None
 
 
 def analyze_turn(npc_title: str, player_text: str, npc_text: str,

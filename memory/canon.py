@@ -64,12 +64,13 @@ _NAME = r"(?:[A-Z][\w'-]+(?:\s+(?:of\s+|and\s+|the\s+)?[A-Z][\w'-]+)*)"
 _SUBJECT = rf"(?P<s>(?:(?i:the)\s+(?:old\s+|late\s+)?[a-z]+)|{_NAME})"
 _DEATH_AFTER = re.compile(
     _SUBJECT + r"(?:'s)?\s+(?:is|was|lies|had been|has been|were)?\s*(?:long\s+)?"
-    r"(?:\w+ly\s+)?(?:dead|died|drowned|killed|slain|murdered|buried|perished|passed away|gone to the sea"
-    r"|lost at sea)\b")
+    r"(?:\w+ly\s+)?(?:dead|died|drowned|killed|slain|murdered|buried|perished|passed away"
+    r"|gone to the sea|lost at sea)\b")
 _DEATH_BEFORE = re.compile(
     r"\b(?:the late|poor dead|killed|slew|murdered|drowned|buried|mourn(?:ed|s)?|grave of)\s+"
     + _SUBJECT)
-_DEATH_WORDS = re.compile(r"\b(?:dead|died|death|drowned|killed|slain|murdered|buried|grave|"
+_DEATH_WORDS = re.compile(r"\b(?:dead|died|death|drowned|killed|slain|murdered|buried|"
+                          r"grave|"
                           r"perished|passed away|late|mourn\w*|miss(?:ed|es)?|ghost|rest in|"
                           r"memory|funeral|lost at sea)\b", re.I)
 _ALIVE_WORDS = re.compile(
@@ -109,7 +110,7 @@ _PLACE_CLAIM = re.compile(
     r"\s+(?:is\s+|the\s+)?(?:called\s+|named\s+)?(?:the\s+)?(?P<m>" + _NAME + ")")
 _NAME_CLAIM = re.compile(r"\b(?i:my name is|I am|I'm|call me|they call me|name's)\s+"
                          r"(?P<n>[A-Z][\w'-]+)")
-_PRONOUNS = {"I", "My", "Her", "His", "Their", "Our", "She", "He", "They", "It", "A", "An",
+_PRONOUNS = {"I", "I'm", "My", "Her", "His", "Their", "Our", "She", "He", "They", "It", "A", "An",
              "The", "This", "That", "Mrs", "Mr", "Mrs.", "Mr."}
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 _GENERIC = {"i", "the", "a", "sir", "madam", "friend", "stranger", "traveller", "traveler",

@@ -10,11 +10,14 @@ requests (``POST .../chat/completions``) consume the next fault of a scriptable 
 - ``"slow"`` / ``("slow", seconds)``: wait, then forward;
 - ``"truncated"``: forward, then cut the content in half and set ``finish_reason: "length"``;
 - ``"invalid_json"``: forward, then replace the content with text that is not JSON (an
-  otherwise valid ``chat.completion`` body, ``finish_reason: "stop"``).
+  otherwise valid ``chat.completion`` body, ``finish_reason: "stop"``);
+- ``("reply", text)``: forward, then replace the content with ``text`` (a scripted reply
+  from an otherwise real answer).
 
 ``plan(*faults)`` queues faults for the next requests; when the queue is empty
 ``default`` applies (``"pass"`` unless set; a callable is called for each request). ``chat_requests`` counts chat completion requests
-(counted on arrival, before any delay) and ``faults`` counts injected faults by kind. Thread
+(counted on arrival, before any delay), ``chat_bodies`` keeps their JSON bodies in order, and
+``faults`` counts injected faults by kind. Thread
 safe: the test thread scripts it while the server threads serve.
 """
 
@@ -44,6 +47,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.chat_requests = 0
+        self.chat_bodies: list[dict] = []
         self.faults: collections.Counter = collections.Counter()
         self.client = httpx.Client(timeout=600.0)
         self._server: ThreadingHTTPServer | None = None
@@ -130,6 +134,9 @@ class FaultProxy:
             body = h.rfile.read(length) if length else b""
             is_chat = h.command == "POST" and h.path.rstrip("/").endswith("/chat/completions")
             fault = self._next_fault() if is_chat else "pass"
+            if is_chat:
+                with self._lock:
+                    self.chat_bodies.append(json.loads(body or b"{}"))
             kind, arg = (fault if isinstance(fault, tuple) else (fault, None))
             if kind == "429":
                 return self._send(h, 429, json.dumps({"error": {"message": "rate limited (injected)",
@@ -145,13 +152,16 @@ class FaultProxy:
             up = self.client.request(h.command, self.upstream + h.path, content=body,
                                      headers=headers)
             data = up.content
-            if kind in ("truncated", "invalid_json") and up.status_code == 200:
+            if kind in ("truncated", "invalid_json", "reply") and up.status_code == 200:
                 doc = json.loads(data)
                 choice = doc["choices"][0]
                 content = choice["message"].get("content") or ""
                 if kind == "truncated":
                     choice["message"]["content"] = content[: max(1, len(content) // 2)]
                     choice["finish_reason"] = "length"
+                elif kind == "reply":
+                    choice["message"]["content"] = arg
+                    choice["finish_reason"] = "stop"
                 else:
                     choice["message"]["content"] = INVALID_CONTENT
                     choice["finish_reason"] = "stop"

@@ -21,7 +21,7 @@ from tests.sqlcount import sql_statements
 
 QUEUES_TOUCHED = ("analysis", "archive", "simulate_world")
 TURN_FIELDS = {"turn_id", "seq", "npc_id", "npc_name", "npc_text", "retrieved", "model",
-               "latency_ms", "adapter", "route", "evidence"}
+               "latency_ms", "adapter", "route", "evidence", "canon"}
 
 
 def _events(res) -> list[tuple[str, dict]]:

@@ -84,6 +84,10 @@ def observe_model_call(role: str, backend: str, seconds: float, done: Completion
 
 add_call_observer(observe_model_call)
 
+CANON_FLAGS = Counter("npc_canon_contradictions", "Played turns whose reply the lore guard found "
+                      "contradicting the canon, per pass that found it (rules/model) and what "
+                      "was done (regenerated/flagged: streamed)", ["by", "action"],
+                      registry=REGISTRY)
 LORA_LOADS = Counter("npc_lora_loads", "LoRA adapter loads by this process per vLLM server and "
                      "outcome (loaded/already_loaded/broken/failed)", ["server", "outcome"],
                      registry=REGISTRY)

@@ -66,7 +66,7 @@ from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
 from tasks.payloads import TurnPayload
-from workers import archetypes_api, auth, health, logging_setup, metrics, ops_api
+from workers import archetypes_api, auth, health, logging_setup, lore_guard, metrics, ops_api
 from workers.api_errors import responses
 from workers.input_guard import install as install_input_guard
 from workers.input_guard import safe_params
@@ -275,6 +275,9 @@ class TurnOut(BaseModel):
     latency_ms: float
     adapter: str | None = Field(None, description="the archetype's LoRA adapter, null: base")
     route: str = Field("", description="why this model (inference.lora.routing)")
+    canon: dict | None = Field(None, description=(
+        "the lore guard's check (workers.lore_guard, LORE_GUARD): {checked, contradiction, by, "
+        "regenerated, resolved}; null when the guard is off"))
 
 
 class TurnStreamDone(TurnOut):
@@ -468,6 +471,9 @@ def play_turn(session_id: str, body: TurnIn, request: Request, response: Respons
         reply, route = routing.call_routed(
             r, route, lambda rt: calls.generate_reply(**prompt, route=rt),
             lambda: routing.resolve(r, "dialogue", npc=npc))
+        reply, canon = lore_guard.guard_reply(prompt, reply, lambda facts: routing.call_routed(
+            r, route, lambda rt: calls.generate_reply(**prompt, route=rt, canon=facts),
+            lambda: routing.resolve(r, "dialogue", npc=npc))[0])
     except ModelError as exc:
         raise HTTPException(503, f"model server unavailable: {exc}") from exc
     lap("model")
@@ -478,7 +484,7 @@ def play_turn(session_id: str, body: TurnIn, request: Request, response: Respons
     response.headers["Server-Timing"] = _server_timing(stages)
     return _turn_out(TurnOut, turn, body, target, _sent(reply.retrieved, retrieved),
                      reply.model, latency_ms, route,
-                     evidence=_sent(reply.evidence, evidence_lines))
+                     evidence=_sent(reply.evidence, evidence_lines), canon=canon)
 
 
 def _sent(fitted: list | None, chosen: list) -> list:
@@ -587,7 +593,9 @@ def _stream_turn(r, target: turns.Target, body: TurnIn, route: routing.ModelRout
         return _turn_out(TurnStreamDone, turn, body, target,
                          _sent(reply.retrieved, prompt["retrieved"]), reply.model, latency_ms,
                          route, ttft_ms=ttft_s * 1000,
-                         evidence=_sent(reply.evidence, prompt["evidence"]))
+                         evidence=_sent(reply.evidence, prompt["evidence"]),
+                         canon=None if disconnected else lore_guard.check_streamed(prompt,
+                                                                                    reply.text))
 
     async def events() -> AsyncIterator[dict]:
         try:
