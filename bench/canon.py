@@ -151,3 +151,84 @@ def run(env, quick: bool) -> Result:
         notes="ratio: F1 of the rules over F1 of the keyword baseline. Misclassified: "
               + "; ".join(misses),
         params={"dataset": str(DATA.relative_to(ROOT)), "repeat": REPEAT})
+
+
+def measure_embedded(limit: int | None = None, threads: int = 1) -> dict:
+    """The model pass and real replies on the embedded model (llama.cpp serving
+    SmolLM2-135M-Instruct, started here on a free port; ``threads`` CPU threads).
+
+    Returns ``{"model_pass": score row of inference.calls.check_canon on the set,
+    "replies": {...}}``: for each item's NPC, retrieved documents and player line, one reply
+    generated as a turn would (``generate_reply``), the share the rules flag, the generation
+    time (ms, the cost of one regeneration) and, for flagged replies, whether the one
+    regeneration with the fact stated passes the rules.
+    """
+    import subprocess
+
+    from inference import calls
+    from inference.llm import ModelError, chat_model
+    from settings import environment
+    from workers.embedded import free_port, llm_argv, stop_process, wait_http
+
+    items = load_set()[:limit]
+    port = free_port()
+    proc = subprocess.Popen(llm_argv(port, "smollm2-135m-instruct", 2048, threads),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", 120)
+        with environment({"LLM_BASE_URL": f"http://127.0.0.1:{port}/v1"}, clear=(chat_model,)):
+            def model_guard(it: dict) -> str | None:
+                lore = "\n".join([it["npc_entry"]["content"]]
+                                 + [f"{t}: {d}" for t, d in it["docs"]])
+                try:
+                    return calls.check_canon(it["npc_entry"]["title"], lore, it["player"],
+                                             it["reply"])
+                except ModelError:
+                    return None
+
+            global REPEAT
+            saved, REPEAT = REPEAT, 1
+            try:
+                model_row = score(items, model_guard)
+            finally:
+                REPEAT = saved
+            model_row.pop("_wrong")
+            flagged = resolved = 0
+            gen_ms = []
+            seen = set()
+            for it in items:
+                key = (it["world"], it["npc"], it["player"])
+                if key in seen:
+                    continue
+                seen.add(key)
+                prompt = dict(npc=it["npc_entry"], note="", recent=[], retrieved=it["docs"],
+                              player_text=it["player"], max_tokens=60)
+                t = time.perf_counter()
+                reply = calls.generate_reply(**prompt)
+                gen_ms.append((time.perf_counter() - t) * 1000)
+                from memory.canon import check_reply, extract_facts, fact_prompt
+
+                facts = extract_facts(it["npc_entry"], it["docs"])
+                found = check_reply(reply.text, facts, it["npc_entry"]["title"])
+                if found:
+                    flagged += 1
+                    again = calls.generate_reply(**prompt, canon=fact_prompt(found))
+                    resolved += not check_reply(again.text, facts, it["npc_entry"]["title"])
+            replies = {"replies": len(seen), "flagged_by_rules": flagged,
+                       "resolved_by_one_regeneration": resolved,
+                       "generation_ms": dist(gen_ms, 0)}
+    finally:
+        stop_process(proc)
+    return {"model_pass": model_row, "replies": replies}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.canon",
+                                 description="the guard on the embedded model (SmolLM2 on CPU)")
+    ap.add_argument("--limit", type=int, default=None, help="first N items of the set")
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp CPU threads")
+    args = ap.parse_args()
+    print(json.dumps(measure_embedded(args.limit, args.threads), indent=2))
