@@ -50,7 +50,9 @@ class Session(_Model):
 
 class TurnReply(_Model):
     """``POST /v1/sessions/{id}/turns``: the NPC's reply; ``latency_ms`` is the server's.
-    ``ttft_ms`` (model call to first token) is set on streamed turns only."""
+    ``ttft_ms`` (model call to first token) is set on streamed turns only. ``canon`` is the
+    server's lore-guard check ``{checked, contradiction, by, regenerated, resolved}``, None
+    when its guard is off."""
 
     turn_id: str
     seq: int
@@ -62,6 +64,7 @@ class TurnReply(_Model):
     model: str
     latency_ms: float
     ttft_ms: float | None = None
+    canon: dict | None = None
 
 
 class Token(_Model):

@@ -12,7 +12,8 @@ requests (``POST .../chat/completions``) consume the next fault of a scriptable 
 - ``"invalid_json"``: forward, then replace the content with text that is not JSON (an
   otherwise valid ``chat.completion`` body, ``finish_reason: "stop"``);
 - ``("reply", text)``: forward, then replace the content with ``text`` (a scripted reply
-  from an otherwise real answer).
+  from an otherwise real answer); a streamed request (``"stream": true``) is answered here
+  with ``text`` as one delta (the model server is not called).
 
 ``plan(*faults)`` queues faults for the next requests; when the queue is empty
 ``default`` applies (``"pass"`` unless set; a callable is called for each request). ``chat_requests`` counts chat completion requests
@@ -35,6 +36,18 @@ import httpx
 INVALID_CONTENT = "Sorry, I would rather talk about bread <|im_end|>"
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
                "content-encoding", "te", "trailer", "upgrade", "proxy-authorization"}
+
+
+def _sse_reply(text: str) -> bytes:
+    """A streamed chat completion of ``text`` in one delta, with usage, then ``[DONE]``."""
+    base = {"id": "chatcmpl-proxy", "object": "chat.completion.chunk", "model": "proxy"}
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"content": text},
+                                    "finish_reason": None}]},
+              {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+              {**base, "choices": [], "usage": {"prompt_tokens": 1,
+                                                "completion_tokens": len(text.split()),
+                                                "total_tokens": 1 + len(text.split())}}]
+    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
 
 
 class FaultProxy:
@@ -146,6 +159,8 @@ class FaultProxy:
                 return self._send(h, 500, json.dumps({"error": {"message": "injected 500",
                                   "type": "server_error", "code": 500}}).encode(),
                                   {"Content-Type": "application/json"})
+            if kind == "reply" and json.loads(body or b"{}").get("stream"):
+                return self._send(h, 200, _sse_reply(arg), {"Content-Type": "text/event-stream"})
             if kind == "slow":
                 time.sleep(float(arg if arg is not None else 2.0))
             headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP_HEADERS}

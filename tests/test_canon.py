@@ -194,3 +194,20 @@ def test_streamed_turn_is_flagged_after_the_last_token_not_regenerated(client, s
     assert event == "done" and done["npc_text"] == DENIAL
     assert done["canon"]["contradiction"] and done["canon"]["regenerated"] is False
     assert _flags(client, "flagged") == before + 1
+
+
+def test_model_pass_finds_what_the_rules_miss(client, session_id, proxy):
+    verdict = json.dumps({"lore": "contradicts", "tone": "neutral",
+                          "reason": "The baker works in the Town Square every day"})
+    # generation (passes the rules), the analysis model's verdict, the regeneration
+    proxy.plan(("reply", "I left the village years ago and never came back."),
+               ("reply", verdict))
+    with _guarded(proxy, "rules+model"):
+        res = client.post(f"/v1/sessions/{session_id}/turns",
+                          json={"npc_id": "baker_27", "player_text": "Where do you work?"})
+    assert res.status_code == 200, res.text
+    canon = res.json()["canon"]
+    assert canon["by"] == "model" and canon["regenerated"]
+    assert canon["contradiction"] == "The baker works in the Town Square every day"
+    assert proxy.chat_requests == 3
+    assert "The baker works in the Town Square every day" in _system(proxy.chat_bodies[2])
