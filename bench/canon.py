@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -170,7 +171,9 @@ def measure_embedded(limit: int | None = None, threads: int = 1) -> dict:
     from settings import environment
     from workers.embedded import free_port, llm_argv, stop_process, wait_http
 
-    items = load_set()[:limit]
+    items = load_set()
+    if limit:  # an even sample over both worlds
+        items = items[::max(1, len(items) // limit)][:limit]
     port = free_port()
     proc = subprocess.Popen(llm_argv(port, "smollm2-135m-instruct", 2048, threads),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -181,11 +184,16 @@ def measure_embedded(limit: int | None = None, threads: int = 1) -> dict:
             def model_guard(it: dict) -> str | None:
                 lore = "\n".join([it["npc_entry"]["content"]]
                                  + [f"{t}: {d}" for t, d in it["docs"]])
+                t = time.perf_counter()
                 try:
-                    return calls.check_canon(it["npc_entry"]["title"], lore, it["player"],
-                                             it["reply"])
+                    got = calls.check_canon(it["npc_entry"]["title"], lore, it["player"],
+                                            it["reply"])
                 except ModelError:
-                    return None
+                    got = None
+                print(f"model pass {(time.perf_counter() - t) * 1000:.0f} ms: "
+                      f"{it['label']} -> {'flag' if got else 'pass'}", file=sys.stderr,
+                      flush=True)
+                return got
 
             global REPEAT
             saved, REPEAT = REPEAT, 1
@@ -207,6 +215,8 @@ def measure_embedded(limit: int | None = None, threads: int = 1) -> dict:
                 t = time.perf_counter()
                 reply = calls.generate_reply(**prompt)
                 gen_ms.append((time.perf_counter() - t) * 1000)
+                print(f"reply {gen_ms[-1]:.0f} ms: {reply.text[:100]!r}", file=sys.stderr,
+                      flush=True)
                 from memory.canon import check_reply, extract_facts, fact_prompt
 
                 facts = extract_facts(it["npc_entry"], it["docs"])
