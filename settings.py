@@ -121,12 +121,13 @@ class Settings(BaseSettings):
     recent_turns: int = Field(12, ge=0, le=50, description="recent turns in the prompt (12-20)")
     dialogue_max_tokens: int = Field(80, ge=1, le=4096, description=(
         "completion budget of an NPC reply, in tokens"))
-    lore_guard: Literal["off", "rules", "rules+model"] = Field("rules", description=(
+    lore_guard: Literal["off", "rules", "rules+model"] = Field("off", description=(
         "lore-consistency guard of played turns (memory.canon): off; rules (entity and "
         "negation rules, a fraction of a ms); rules+model (and the analysis model when the "
         "rules find nothing, one model call per turn). A contradicted reply is generated "
         "again once with the fact stated; streamed replies are checked after the last token "
-        "and flagged only"))
+        "and flagged only. Off by default: on the embedded SmolLM2 it costs more than it "
+        "saves (README, Canon that holds)"))
     retrieval_k: int = 3
     cards_prompt_chars: int = Field(600, ge=0, le=4000,
                                     description="budget of the memory cards in the dialogue prompt")
