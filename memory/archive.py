@@ -45,7 +45,7 @@ def insert_turns(session: Session, turns: list[dict], copy: bool | None = None) 
     turns = list({t["turn_id"]: t for t in turns}.values())
     rows = [{
         "id": t["turn_id"], "session_id": t["session_id"], "seq": t["seq"],
-        "npc_entry_id": t["npc_entry_id"],
+        "npc_entry_id": t.get("npc_entry_id"),
         "player_text": clean_text(t["player_text"]), "npc_text": clean_text(t["npc_text"]),
         "latency_ms": t.get("latency_ms", 0.0),
         "speaker": clean_text(t["speaker"]) if t.get("speaker") else None,

@@ -288,7 +288,76 @@ def test_narration_and_game_events_need_no_npc_and_never_make_the_narrator_an_en
         made = s.scalars(select(LoreEntry.title).where(
             LoreEntry.created_in_session_id == sid)).all()
     assert not [t for t in made if "master" in t.lower() or "narrator" in t.lower()]
-    ev = wait_for(lambda: evidence.all_items(r, sid) if len(evidence.all_items(r, sid)) == 2
-                  else None, timeout=300)
-    assert [(e["speaker"], e["turn_kind"]) for e in ev] == [("Game Master", "narration"),
-                                                           ("Game", "game")]
+    def both_items():
+        items = evidence.all_items(r, sid)
+        return items if len(items) >= 2 else None
+
+    ev = wait_for(both_items, timeout=300)
+    assert [(e["speaker"], e["turn_kind"], e["witnesses"]) for e in ev] == [
+        ("Game Master", "narration", [marta_id]), ("Game", "game", [])], ev
+
+
+def test_gossip_pairs_pass_on_the_newest_turn_one_witnessed_and_the_other_did_not():
+    from types import SimpleNamespace as Entry
+
+    from memory import gossip
+
+    def npc(i, place):
+        return Entry(id=i, key=f"k{i}", title=f"N{i}", relations={"located_in": [place]})
+
+    a, b, c, far = npc(1, "mill"), npc(2, "mill"), npc(3, "mill"), npc(4, "tower")
+    pairs = gossip.meetings([a], [a, b, c, far])
+    assert [(x.id, y.id) for x, y in pairs] == [(1, 2), (2, 1), (1, 3), (3, 1)]
+    recent = [{"turn_id": "old", "npc_entry_id": 2, "witnesses": [2], "player_text": "x"},
+              {"turn_id": "new", "npc_entry_id": 2, "witnesses": [2, 3], "player_text": "y",
+               "npc_text": "z", "speaker": "Ann"}]
+    told = gossip.pick(pairs, recent, limit=5)
+    # 2 tells 1 the newest turn 1 missed; 3 witnessed only "new", already told this tick
+    assert [(t.teller.id, t.listener.id, t.turn["turn_id"]) for t in told] == [(2, 1, "new")]
+    assert told[0].text({2: "N2"}, "Ann") == 'Ann said: "y" N2 answered: "z"'
+    assert told[0].source("t1") == "tick t1; turn new"
+    assert gossip.pick(pairs, recent, limit=0) == []
+
+
+def test_a_tick_where_two_npcs_meet_carries_what_one_knows(worker, client, light_world,
+                                                              wait_for):
+    teller, listener = "prisoner_39", "sir edward_37"
+    spec = light_world["spec"]
+    assert spec.by_key(teller).relations["located_in"] == spec.by_key(
+        listener).relations["located_in"]  # both in the dungeons
+    sid = client.post("/v1/sessions", json={"world": light_world["key"]}).json()["session_id"]
+    said = client.post(f"/v1/sessions/{sid}/events", json={
+        "npc_id": teller, "event_id": "secret",
+        "text": f"Sir Edward must never learn this: {SECRET}."})  # names him: he is simulated
+    assert said.status_code == 201, said.text
+    q = "where is the smuggler's gold?"
+    wait_for(lambda: [h for h in _search(client, sid, q) if MARK in h["text"]], timeout=300)
+    assert not [h for h in _search(client, sid, q, npc_id=listener) if MARK in h["text"]]
+
+    tick = client.post(f"/v1/sessions/{sid}/tick")
+    assert tick.status_code == 202, tick.text
+
+    def ticked():
+        with session_scope() as s:
+            rec = s.get(TaskRecord, tick.json()["task_id"])
+            return rec if rec is not None and rec.status in ("succeeded", "dead") else None
+
+    rec = wait_for(ticked, timeout=300)
+    told = (rec.result or {}).get("told")
+    assert told and told[0]["teller"] == teller and told[0]["listener"] == listener, rec.result
+    assert told[0]["turn_id"] == said.json()["turn_id"]
+
+    def heard():
+        return [h for h in _search(client, sid, q, npc_id=listener)
+                if h["kind"] == "evidence" and MARK in h["text"]]
+
+    (hit,) = wait_for(heard, timeout=300)
+    assert (hit["turn_id"], hit["turn_kind"], hit["speaker"]) == (
+        told[0]["told_turn_id"], "told", spec.by_key(teller).title)
+    with session_scope() as s:
+        from models import Turn
+
+        row = wait_for(lambda: s.get(Turn, told[0]["told_turn_id"]) or s.expire_all(),
+                       timeout=300)
+        assert row.source == f"tick {tick.json()['tick_id']}; turn {said.json()['turn_id']}"
+    wait_for(lambda: _drained(sid), timeout=300)
