@@ -24,7 +24,7 @@ from memory import evidence, nearline, witnesses
 from alembic import command
 from memory.db import alembic_config, migrate, normalise_url, session_scope
 from memory.vector_index import VectorIndex
-from models import LoreEntry, TaskRecord
+from models import LoreEntry, TaskRecord, Turn
 
 SECRET = "the smuggler's gold lies under the chapel altar"
 MARK = "chapel altar"
@@ -339,7 +339,8 @@ def test_a_tick_where_two_npcs_meet_carries_what_one_knows(worker, client, light
 
     def ticked():
         with session_scope() as s:
-            rec = s.get(TaskRecord, tick.json()["task_id"])
+            rec = s.scalar(select(TaskRecord).where(
+                TaskRecord.task_id == tick.json()["task_id"]))
             return rec if rec is not None and rec.status in ("succeeded", "dead") else None
 
     rec = wait_for(ticked, timeout=300)
@@ -354,10 +355,13 @@ def test_a_tick_where_two_npcs_meet_carries_what_one_knows(worker, client, light
     (hit,) = wait_for(heard, timeout=300)
     assert (hit["turn_id"], hit["turn_kind"], hit["speaker"]) == (
         told[0]["told_turn_id"], "told", spec.by_key(teller).title)
-    with session_scope() as s:
-        from models import Turn
+    def archived():
+        with session_scope() as s:
+            row = s.get(Turn, told[0]["told_turn_id"])
+            return (row.kind, row.source, row.witnesses) if row is not None else None
 
-        row = wait_for(lambda: s.get(Turn, told[0]["told_turn_id"]) or s.expire_all(),
-                       timeout=300)
-        assert row.source == f"tick {tick.json()['tick_id']}; turn {said.json()['turn_id']}"
+    assert wait_for(archived, timeout=300) == (
+        "told", f"tick {tick.json()['tick_id']}; turn {said.json()['turn_id']}",
+        sorted(nearline.resolve_key(nearline.get_redis(), light_world["id"], sid, k)
+               for k in (teller, listener)))
     wait_for(lambda: _drained(sid), timeout=300)
