@@ -41,7 +41,7 @@ from celery import Celery
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from sse_starlette import EventSourceResponse
@@ -217,13 +217,15 @@ class EventIn(RequestModel):
     happened (unix seconds, default now). Texts must not be blank.
     """
 
-    npc_id: SafeStr | None = Field(None, min_length=1, max_length=300, description=(
-        "the NPC's entry key: who was spoken to; optional for narration and game events"))
-    text: NonBlankStr = Field(min_length=1, max_length=2000,
-                              description="what was said to the NPC, narrated or happened")
     kind: Literal["speech", "narration", "game", "npc_exchange"] = Field(
         "speech", description="speech, narration, game or npc_exchange")
-    speaker: NonBlankStr | None = Field(None, min_length=1, max_length=200, description=(
+    npc_id: SafeStr | None = Field(None, min_length=1, max_length=300, validate_default=True,
+                                   description=("the NPC's entry key: who was spoken to; "
+                                                "optional for narration and game events"))
+    text: NonBlankStr = Field(min_length=1, max_length=2000,
+                              description="what was said to the NPC, narrated or happened")
+    speaker: NonBlankStr | None = Field(None, min_length=1, max_length=200,
+                                        validate_default=True, description=(
         "who said it: an NPC's entry key or name, or anyone; default the session's player "
         "(narration: the narrator, game: none)"))
     npc_text: NonBlankStr | None = Field(None, min_length=1, max_length=8000,
@@ -235,15 +237,27 @@ class EventIn(RequestModel):
     created_at: FiniteFloat | None = Field(None, ge=0, le=4102444800,
                                            description="when it happened, unix seconds")
 
-    @model_validator(mode="after")
-    def _fits_kind(self) -> "EventIn":
-        if self.kind in ("speech", "npc_exchange") and self.npc_id is None:
-            raise ValueError(f"a {self.kind} event needs npc_id (who was spoken to)")
-        if self.kind == "npc_exchange" and self.speaker is None:
+    @field_validator("npc_id")
+    @classmethod
+    def _npc_for_speech(cls, v, info: ValidationInfo):
+        kind = info.data.get("kind", "speech")
+        if v is None and kind in ("speech", "npc_exchange"):
+            raise ValueError(f"a {kind} event needs npc_id (who was spoken to)")
+        return v
+
+    @field_validator("speaker")
+    @classmethod
+    def _speaker_for_exchange(cls, v, info: ValidationInfo):
+        if v is None and info.data.get("kind") == "npc_exchange":
             raise ValueError("an npc_exchange event needs speaker (the speaking NPC's key)")
-        if self.npc_text is not None and self.npc_id is None:
+        return v
+
+    @field_validator("npc_text")
+    @classmethod
+    def _reply_needs_npc(cls, v, info: ValidationInfo):
+        if v is not None and info.data.get("npc_id") is None:
             raise ValueError("npc_text needs npc_id (the NPC who answered)")
-        return self
+        return v
 
 
 class EventOut(BaseModel):
