@@ -14,7 +14,8 @@ requests (``POST .../chat/completions``) consume the next fault of a scriptable 
 
 ``plan(*faults)`` queues faults for the next requests; when the queue is empty
 ``default`` applies (``"pass"`` unless set; a callable is called for each request). ``chat_requests`` counts chat completion requests
-(counted on arrival, before any delay) and ``faults`` counts injected faults by kind. Thread
+(counted on arrival, before any delay), ``chat_bodies`` keeps their JSON bodies (what the
+model was asked: the prompts), and ``faults`` counts injected faults by kind. Thread
 safe: the test thread scripts it while the server threads serve.
 """
 
@@ -44,6 +45,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.chat_requests = 0
+        self.chat_bodies: list[dict] = []
         self.faults: collections.Counter = collections.Counter()
         self.client = httpx.Client(timeout=600.0)
         self._server: ThreadingHTTPServer | None = None
@@ -129,6 +131,9 @@ class FaultProxy:
             length = int(h.headers.get("content-length") or 0)
             body = h.rfile.read(length) if length else b""
             is_chat = h.command == "POST" and h.path.rstrip("/").endswith("/chat/completions")
+            if is_chat:
+                with self._lock:
+                    self.chat_bodies.append(json.loads(body or b"{}"))
             fault = self._next_fault() if is_chat else "pass"
             kind, arg = (fault if isinstance(fault, tuple) else (fault, None))
             if kind == "429":
