@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     world_tick_seconds: float = 60.0
     simulate_max_npcs: int = 2
     simulate_recent_turns: int = 6
+    # gossip: told turns a tick may record per session when NPCs meet (memory/gossip.py)
+    simulate_gossip_per_tick: int = Field(1, ge=0, description=(
+        "what NPCs meeting off-screen pass on per tick and session; 0: no gossip"))
     simulate_max_tokens: int = 1200
     tick_max_npcs: int = 8
     tick_max_tokens: int = 6000

@@ -266,15 +266,18 @@ def check_canon(npc_title: str, canon: str, player_text: str, npc_text: str) -> 
     return verdict.reason if verdict.lore == "contradicts" else None
 
 
-def analyze_turn(npc_title: str, player_text: str, npc_text: str,
+def analyze_turn(npc_title: str | None, player_text: str, npc_text: str,
                  entities: list, speaker: str | None = None,
-                 hints: str = "", route: ModelRoute | None = None) -> tuple[AnalysisOutput, int]:
+                 hints: str = "", route: ModelRoute | None = None,
+                 kind: str | None = None) -> tuple[AnalysisOutput, int]:
     """Updates and creations implied by one turn (analysis role), ids limited to ``entities``,
     and the turn's relationship and quest events for the NPC's cards.
     ``speaker`` names who said ``player_text`` when it was not the player; ``npc_text`` is ""
     when the NPC did not answer. ``hints``: open promises and active quests already on the
-    cards (``memory.cards.analysis_hints``). ``route``: the NPC's model route (purpose
-    ``analysis``: its archetype's ``social_dynamics`` adapter on vLLM); None: the role's model.
+    cards (``memory.cards.analysis_hints``). ``kind``: ``narration`` or ``game`` presents
+    ``player_text`` as what happened, said by no one; ``npc_title`` None: addressed to no NPC
+    (no card events are asked for). ``route``: the NPC's model route (purpose ``analysis``:
+    its archetype's ``social_dynamics`` adapter on vLLM); None: the role's model.
 
     Raises:
         inference.llm.InvalidModelOutput: no valid answer after retries.
@@ -283,7 +286,8 @@ def analyze_turn(npc_title: str, player_text: str, npc_text: str,
     schema = prompts.schema("analysis", {"lore_entry_id": [e.key for e in entities]})
     model = route.chat_model() if route is not None else chat_model("analysis")
     fit = fit_prompt(model, "analysis", 700, npc_title=npc_title, player_text=player_text,
-                     npc_text=npc_text, entities=list(entities), speaker=speaker, hints=hints)
+                     npc_text=npc_text, entities=list(entities), speaker=speaker, hints=hints,
+                     kind=kind)
     return model.complete_json(fit.messages, AnalysisOutput, schema, max_tokens=fit.max_tokens,
                                temperature=0.2, schema_name="analysis")
 

@@ -31,8 +31,8 @@ def insert_turns(session: Session, turns: list[dict], copy: bool | None = None) 
     (benchmarks compare them).
 
     Each dict has ``turn_id, session_id, seq, npc_entry_id, player_text, npc_text,
-    latency_ms, created_at`` (unix seconds) and optionally ``speaker`` (None: the session's
-    player), ``event_id`` and ``game_minutes`` (the fields of ``tasks.payloads.TurnPayload``),
+    latency_ms, created_at`` (unix seconds; ``npc_entry_id`` None for an event addressed to no NPC) and optionally ``speaker`` (None: the session's
+    player), ``event_id``, ``game_minutes``, ``kind``, ``witnesses`` and ``source`` (the fields of ``tasks.payloads.TurnPayload``),
     each kept in its own column: the archived turn is the session's evidence
     (``memory.evidence``). NUL and unpaired surrogates in the texts (which PostgreSQL text
     columns refuse) are stored as U+FFFD.
@@ -45,12 +45,16 @@ def insert_turns(session: Session, turns: list[dict], copy: bool | None = None) 
     turns = list({t["turn_id"]: t for t in turns}.values())
     rows = [{
         "id": t["turn_id"], "session_id": t["session_id"], "seq": t["seq"],
-        "npc_entry_id": t["npc_entry_id"],
+        "npc_entry_id": t.get("npc_entry_id"),
         "player_text": clean_text(t["player_text"]), "npc_text": clean_text(t["npc_text"]),
         "latency_ms": t.get("latency_ms", 0.0),
         "speaker": clean_text(t["speaker"]) if t.get("speaker") else None,
         "event_id": clean_text(t["event_id"]) if t.get("event_id") else None,
         "game_minutes": t.get("game_minutes", 0),
+        "kind": t.get("kind"),
+        "witnesses": sorted({int(w) for w in t["witnesses"]}) if t.get("witnesses") is not None
+        else None,
+        "source": clean_text(t["source"]) if t.get("source") else None,
         "created_at": datetime.fromtimestamp(t["created_at"], tz=timezone.utc),
     } for t in turns]
     if copy is None:

@@ -7,6 +7,7 @@ Engines are per process (re-created after ``fork``), as Celery's prefork pool re
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,7 +167,9 @@ def copy_insert_do_nothing(session: Session, model, rows: list[dict], key: str) 
                     f'(LIKE "{table}" INCLUDING DEFAULTS) ON COMMIT DELETE ROWS')
         with cur.copy(f'COPY "{stage}" ({col_sql}) FROM STDIN') as copy:
             for row in rows:
-                copy.write_row([row[c] for c in cols])
+                # a list or dict is a JSON column's value: COPY's text format takes its JSON text
+                copy.write_row([json.dumps(row[c]) if isinstance(row[c], (list, dict))
+                                else row[c] for c in cols])
         cur.execute(f'INSERT INTO "{table}" ({col_sql}) SELECT {col_sql} FROM "{stage}" '
                     f'ON CONFLICT ("{key}") DO NOTHING RETURNING "{key}"')
         new = {r[0] for r in cur.fetchall()}

@@ -32,7 +32,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from memory import nearline
+from memory import nearline, witnesses
 from memory.db import dialect_insert
 from memory.vector_index import evidence_scope, publish_upsert
 from models import EvidenceVector, GameSession, LoreEntry, Turn
@@ -53,23 +53,30 @@ def item_id(seq: int, part: int) -> int:
 
 
 def item(*, turn_id: str, seq: int, part: int, speaker: str, utterance: str,
-         event_id: str | None, created_at: float, game_minutes: int) -> dict:
+         event_id: str | None, created_at: float, game_minutes: int, kind: str = "speech",
+         witnesses: list[int] | None = None) -> dict:
     """One evidence item as stored in Redis and answered by the API: ``{turn_id, seq, part,
-    speaker, event_id, created_at (unix s), game_minutes, text}`` with ``text`` =
-    ``"Speaker: utterance"``."""
+    speaker, event_id, created_at (unix s), game_minutes, turn_kind, witnesses, text}`` with
+    ``text`` = ``"Speaker: utterance"``; ``turn_kind`` is the turn's kind (``speech``,
+    ``narration``, ...), ``witnesses`` the entry ids of the characters who witnessed it
+    (``memory.witnesses``)."""
     return {"turn_id": turn_id, "seq": int(seq), "part": int(part), "speaker": speaker,
             "event_id": event_id, "created_at": float(created_at),
-            "game_minutes": int(game_minutes or 0), "text": f"{speaker}: {utterance}"}
+            "game_minutes": int(game_minutes or 0), "turn_kind": kind,
+            "witnesses": list(witnesses or []), "text": f"{speaker}: {utterance}"}
 
 
-def turn_items(turn: dict, player_name: str, npc_title: str) -> list[dict]:
+def turn_items(turn: dict, player_name: str, npc_title: str | None) -> list[dict]:
     """The evidence items of one turn (``TurnPayload`` fields): part 0 always, part 1 when
-    the NPC answered (``npc_text`` not blank)."""
+    the NPC answered (``npc_text`` not blank). Part 0's speaker is the turn's ``speaker``,
+    else ``"Narrator"``/``"Game"`` for a narration or game event, else the player."""
+    kind = turn.get("kind") or "speech"
     common = {"turn_id": turn["turn_id"], "seq": turn["seq"], "event_id": turn.get("event_id"),
-              "created_at": turn["created_at"], "game_minutes": turn.get("game_minutes") or 0}
-    out = [item(part=0, speaker=turn.get("speaker") or player_name,
-                utterance=turn["player_text"], **common)]
-    if (turn.get("npc_text") or "").strip():
+              "created_at": turn["created_at"], "game_minutes": turn.get("game_minutes") or 0,
+              "kind": kind, "witnesses": witnesses.turn_witnesses(turn)}
+    speaker = turn.get("speaker") or witnesses.NARRATIVE_SPEAKERS.get(kind) or player_name
+    out = [item(part=0, speaker=speaker, utterance=turn["player_text"], **common)]
+    if (turn.get("npc_text") or "").strip() and npc_title:
         out.append(item(part=1, speaker=npc_title, utterance=turn["npc_text"], **common))
     return out
 
@@ -90,14 +97,15 @@ def archived_items(session: Session, turn_ids: list[str]) -> list[tuple[str, dic
     rows = session.execute(
         select(Turn, GameSession.player_name, LoreEntry.title)
         .join(GameSession, GameSession.id == Turn.session_id)
-        .join(LoreEntry, LoreEntry.id == Turn.npc_entry_id)
+        .outerjoin(LoreEntry, LoreEntry.id == Turn.npc_entry_id)
         .where(Turn.id.in_(list(turn_ids)), Turn.rolled_back_at.is_(None))
         .order_by(Turn.session_id, Turn.seq)).all()
     out = []
     for t, player_name, npc_title in rows:
         turn = {"turn_id": t.id, "seq": t.seq, "player_text": t.player_text,
                 "npc_text": t.npc_text, "speaker": t.speaker, "event_id": t.event_id,
-                "created_at": _unix(t.created_at), "game_minutes": t.game_minutes}
+                "created_at": _unix(t.created_at), "game_minutes": t.game_minutes,
+                "npc_entry_id": t.npc_entry_id, "kind": t.kind, "witnesses": t.witnesses}
         out += [(t.session_id, it) for it in turn_items(turn, player_name, npc_title)]
     return out
 

@@ -178,7 +178,7 @@ class HotCache:
             raw_note, (raw_rel, raw_quest), raw_salient, raw_summary = rest[:4]
             rest = rest[4:]
             e.salient = summaries.parse_salient(raw_salient)
-            e.summary = json.loads(raw_summary)["summary"] if raw_summary else ""
+            e.summary = summaries.summary_for(raw_summary, npc_id)
             e.note = raw_note.decode() if raw_note else ""
             try:
                 e.cards = memory_cards.cards_from_raw(sid, npc_id, raw_rel, raw_quest)
@@ -214,7 +214,7 @@ class HotCache:
             pipe.hget(f"session:{sid}", "game_minutes")
             pipe.get(summaries.summary_key(sid))  # session-wide, ~600 bytes: read every turn
             mver, seq, minutes, raw_summary = pipe.execute()
-            entry.summary = json.loads(raw_summary)["summary"] if raw_summary else ""
+            entry.summary = summaries.summary_for(raw_summary, npc_id)
             if minutes is None:  # the session is gone from Redis
                 with self._lock:
                     self._cache.pop(key, None)

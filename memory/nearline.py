@@ -19,6 +19,9 @@ Key layout (all strings UTF-8; JSON values):
 - ``session:{session_id}:note:{lore_entry_id}`` string, the current session note
 - ``session:{session_id}:note_turns:{lore_entry_id}`` JSON list of the turn ids the note folds
   in, oldest first (``memory.notes.note_turn_ids``): a note's evidence without SQL
+- ``session:{session_id}:witnesses``           hash  turn id -> JSON list of the entry ids of the
+  characters who witnessed it; ``session:{session_id}:witnessed:{npc_entry_id}`` set of the
+  ``seq`` of the turns the NPC witnessed (``memory.witnesses``)
 - ``session:{session_id}:mver``                hash  lore entry id -> memory version, bumped
   with every write of the entry's note or cards (the hot caches' invalidation signal)
 - ``session:{session_id}:card:{npc_entry_id}:relationship``  JSON relationship card (<= 2 KB)
@@ -65,6 +68,7 @@ from functools import lru_cache
 
 import redis
 
+from memory import witnesses
 from settings import get_settings
 
 TURNS_CAP = 50
@@ -95,6 +99,8 @@ def entry_doc(entry) -> dict:
         "content": entry.content,
         "entity_type": entry.entity_type,
         "world_id": entry.world_id,
+        **({"created_by_turn_id": entry.created_by_turn_id}
+           if getattr(entry, "created_by_turn_id", None) else {}),
     }
 
 
@@ -234,7 +240,9 @@ def record_turn(r: redis.Redis, session_id: str, turn: dict) -> None:
     pipe.rpush(f"session:{session_id}:turns", doc)
     pipe.ltrim(f"session:{session_id}:turns", -TURNS_CAP, -1)
     ttl = session_ttl_s()  # rolling: a played session's keys live SESSION_TTL_S past its last turn
-    pipe.hset(touched_key(session_id), str(turn["npc_entry_id"]), now)
+    if turn.get("npc_entry_id") is not None:
+        pipe.hset(touched_key(session_id), str(turn["npc_entry_id"]), now)
+    witnesses.queue_record(pipe, session_id, turn, ttl)
     for key in (f"session:{session_id}", f"session:{session_id}:turns",
                 f"session:{session_id}:seq", memory_versions_key(session_id),
                 touched_key(session_id)):

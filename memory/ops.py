@@ -539,7 +539,12 @@ def find_turn(session: Session, r, session_id: str, turn_id: str) -> tuple[dict,
            "npc_entry_id": t.npc_entry_id, "player_text": t.player_text, "npc_text": t.npc_text,
            "latency_ms": t.latency_ms, "created_at": t.created_at.timestamp(),
            "game_minutes": t.game_minutes or 0}
-    doc.update({k: v for k, v in (("speaker", t.speaker), ("event_id", t.event_id)) if v})
+    doc.update({k: v for k, v in (("speaker", t.speaker), ("event_id", t.event_id),
+                                  ("kind", t.kind), ("source", t.source)) if v})
+    if t.witnesses is not None:
+        doc["witnesses"] = list(t.witnesses)
+    if doc["npc_entry_id"] is None:
+        del doc["npc_entry_id"]
     return doc, "archive"
 
 

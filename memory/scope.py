@@ -11,8 +11,9 @@ from models import LoreEntry
 MAX_SCOPE = 12
 
 
-def turn_scope(session: Session, npc: LoreEntry, session_id: str, limit: int = MAX_SCOPE,
-               speaker: str | None = None, text: str | None = None) -> list[LoreEntry]:
+def turn_scope(session: Session, npc: LoreEntry | None, session_id: str, limit: int = MAX_SCOPE,
+               speaker: str | None = None, text: str | None = None,
+               world_id: int | None = None) -> list[LoreEntry]:
     """Entries a turn with ``npc`` can affect, the NPC first: the speaker when it names an
     entry (a turn posted as an event by another character), the entries named in the turn's
     ``text`` (:func:`named_in`), the NPC's location, what it carries, characters in the same
@@ -22,9 +23,14 @@ def turn_scope(session: Session, npc: LoreEntry, session_id: str, limit: int = M
     An entry named in the turn must be in scope: the analysis model can only update entries
     in scope, so one it cannot see it can only ask to create again. Named entries come before
     the surroundings, which a busy room would otherwise fill up to the limit.
+
+    ``npc`` None (an event addressed to no one and witnessed by no character): the entries
+    named in the text and the newest creations, in world ``world_id``.
     """
-    world_id = npc.world_id
-    rel = npc.relations or {}
+    if npc is None and world_id is None:
+        raise ValueError("turn_scope needs an npc or a world_id")
+    world_id = npc.world_id if npc is not None else world_id
+    rel = (npc.relations or {}) if npc is not None else {}
     wanted: list[str] = []
     place = (rel.get("located_in") or [None])[0]
     if place:
@@ -35,7 +41,7 @@ def turn_scope(session: Session, npc: LoreEntry, session_id: str, limit: int = M
         for e in session.scalars(select(LoreEntry).where(
                 LoreEntry.world_id == world_id, LoreEntry.key.in_(wanted))):
             by_key[e.key] = e
-    out = [npc]
+    out = [npc] if npc is not None else []
     if speaker:
         said_by = speaker_entry(session, world_id, session_id, speaker)
         if said_by is not None:

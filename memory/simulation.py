@@ -4,7 +4,7 @@ Peers that simulate (Generative Agents, AI Town) step every agent every tick; he
 only simulates the characters that matter, within a budget:
 
 - candidates are the session's world characters (canon, or created in this session) that
-  were not in the session's last K turns;
+  were not in the session's last K turns (gossip the simulation recorded does not count);
 - each is scored ``w_p * open promises + w_r * relationship strength + w_m * log(1 + mentions)
   + w_s * staleness``, where promises and relationship strength come from the relationship
   card (``memory.cards`` when present; 0 otherwise), mentions count the NPC's name in recent
@@ -85,7 +85,9 @@ def rank_candidates(session: Session, r, world_id: int, session_id: str, recent_
     """Every off-screen character of the session, best first (see the module's docstring)."""
     now = time.time() if now is None else now
     window = nearline.recent_turns(r, session_id, max(recent_k, MENTION_WINDOW))
-    on_screen = {t["npc_entry_id"] for t in window[-recent_k:]} if recent_k > 0 else set()
+    # a told turn (gossip) happened off-screen: its listener is not on screen for it
+    on_screen = {t["npc_entry_id"] for t in window[-recent_k:]
+                 if t.get("kind") != "told"} if recent_k > 0 else set()
     candidates = offscreen_characters(session, world_id, session_id, on_screen)
     if not candidates:
         return []

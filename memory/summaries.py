@@ -5,7 +5,7 @@ trajectory.
 Keys (all expire ``SESSION_TTL_S`` after their last write, 30 days by default, like the other
 session keys):
 
-- ``session:{session_id}:summary``  JSON ``{summary, upto_seq, updated_at}``: 300-600 chars
+- ``session:{session_id}:summary``  JSON ``{summary, upto_seq, updated_at, audience}``: 300-600 chars
   written by ``npc_memory.summarize_session`` every ``SUMMARIZE_EVERY_TURNS`` turns; a summary
   of an older ``upto_seq`` never replaces a newer one (one Lua script).
 - ``session:{session_id}:salient:{npc_entry_id}``  sorted set, member JSON
@@ -92,18 +92,35 @@ return 1
 """
 
 
-def save_summary(r: redis.Redis, session_id: str, summary: str, upto_seq: int) -> bool:
+def save_summary(r: redis.Redis, session_id: str, summary: str, upto_seq: int,
+                 audience: list[int] | None = None) -> bool:
     """Store the session summary of turns up to ``upto_seq`` unless one of the same or a later
-    turn is stored (atomic); returns whether it was stored."""
-    doc = json.dumps({"summary": summary, "upto_seq": int(upto_seq), "updated_at": time.time()})
+    turn is stored (atomic); returns whether it was stored. ``audience``: the entry ids of
+    the characters who witnessed every turn it covers (``memory.witnesses``), the only NPCs
+    whose prompt gets it; None (summaries written before witnesses were kept): everyone."""
+    doc = json.dumps({"summary": summary, "upto_seq": int(upto_seq), "updated_at": time.time(),
+                      **({"audience": sorted(audience)} if audience is not None else {})})
     return bool(r.eval(_SAVE_NEWER, 1, summary_key(session_id), doc, int(upto_seq),
                        session_ttl_s()))
 
 
 def get_summary(r: redis.Redis, session_id: str) -> dict | None:
-    """``{summary, upto_seq, updated_at}`` or None."""
+    """``{summary, upto_seq, updated_at, audience?}`` or None."""
     raw = r.get(summary_key(session_id))
     return json.loads(raw) if raw else None
+
+
+def summary_for(raw: bytes | str | None, npc_entry_id: int) -> str:
+    """The summary text of a stored summary JSON (``raw``) as the NPC's prompt may show it:
+    '' when there is none or the NPC is not in its ``audience`` (it did not witness every
+    turn the summary covers)."""
+    if not raw:
+        return ""
+    doc = json.loads(raw)
+    audience = doc.get("audience")
+    if audience is not None and int(npc_entry_id) not in audience:
+        return ""
+    return doc["summary"]
 
 
 def parse_salient(raw: list) -> list[dict]:

@@ -57,7 +57,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from memory import cards as memory_cards
-from memory import fencing, nearline, summaries
+from memory import fencing, nearline, summaries, witnesses
 from memory.archive import archive_card_batch
 from memory.evidence import evidence_key, item_id
 from memory.notes import commit_revision, note_turn_ids
@@ -95,7 +95,7 @@ def _unix(dt: datetime | None) -> float:
 def session_turns(session: Session, r, session_id: str) -> dict[str, dict]:
     """Every turn of the session still in its timeline (not rolled back), by turn id:
     ``{turn_id, seq, npc_entry_id, player_text, npc_text, latency_ms, created_at (unix s),
-    game_minutes, speaker, event_id}``, from the archive and the recent turns in Redis (a
+    game_minutes, speaker, event_id, kind, witnesses, source}``, from the archive and the recent turns in Redis (a
     turn not archived yet)."""
     out: dict[str, dict] = {}
     for t in session.scalars(select(Turn).where(Turn.session_id == session_id,
@@ -104,7 +104,8 @@ def session_turns(session: Session, r, session_id: str) -> dict[str, dict]:
                      "player_text": t.player_text, "npc_text": t.npc_text,
                      "latency_ms": t.latency_ms, "created_at": _unix(t.created_at),
                      "game_minutes": t.game_minutes or 0, "speaker": t.speaker,
-                     "event_id": t.event_id}
+                     "event_id": t.event_id, "kind": t.kind, "witnesses": t.witnesses,
+                     "source": t.source}
     undone = {x.decode() for x in r.smembers(fencing.undone_key(session_id))}
     for doc in nearline.recent_turns(r, session_id, nearline.TURNS_CAP):
         if doc["turn_id"] not in out and doc["turn_id"] not in undone:
@@ -226,6 +227,14 @@ def _kept_events(events: list[dict], kept: set[str], cutoff: float) -> list[dict
 # --------------------------------------------------------------------------- fork
 
 
+def _mapped_witnesses(turn: dict, entry) -> list[int] | None:
+    """A turn's recorded witnesses with created entries mapped to the fork's copies (None
+    when the turn recorded none: its addressed NPC alone, ``memory.witnesses``)."""
+    if turn.get("witnesses") is None:
+        return None
+    return [entry(int(w)) for w in turn["witnesses"]]
+
+
 def fork_session(session: Session, r, source_id: str, at_turn: str, send: Send) -> dict:
     """Make a new session whose memory is the source session's as of turn ``at_turn`` (see
     the module docstring); the source is only read. ``send`` puts a task on the broker
@@ -286,7 +295,8 @@ def fork_session(session: Session, r, source_id: str, at_turn: str, send: Send) 
                          npc_entry_id=entry(d["npc_entry_id"]), player_text=d["player_text"],
                          npc_text=d["npc_text"], latency_ms=d.get("latency_ms") or 0.0,
                          speaker=d.get("speaker"), event_id=d.get("event_id"),
-                         game_minutes=d.get("game_minutes"),
+                         game_minutes=d.get("game_minutes"), kind=d.get("kind"),
+                         witnesses=_mapped_witnesses(d, entry), source=d.get("source"),
                          created_at=datetime.fromtimestamp(d["created_at"], tz=utcnow().tzinfo)))
     session.flush()
     vectors = 0
@@ -342,10 +352,16 @@ def fork_session(session: Session, r, source_id: str, at_turn: str, send: Send) 
     pipe.set(f"session:{new_id}:seq", int(turn["seq"]), ex=nearline.session_ttl_s())
     for d in ordered[-nearline.TURNS_CAP:]:
         doc = {**d, "turn_id": turn_map[d["turn_id"]], "session_id": new_id,
-               "world_id": world_id, "npc_entry_id": entry(d["npc_entry_id"])}
+               "world_id": world_id, "npc_entry_id": entry(d["npc_entry_id"]),
+               "witnesses": _mapped_witnesses(d, entry)}
         pipe.rpush(f"session:{new_id}:turns", json.dumps(
             {k: v for k, v in doc.items() if v is not None}))
     pipe.expire(f"session:{new_id}:turns", nearline.session_ttl_s())
+    for d in ordered:  # who witnessed what: every NPC's view of the fork is its view then
+        witnesses.queue_record(pipe, new_id, {
+            "turn_id": turn_map[d["turn_id"]], "seq": d["seq"],
+            "npc_entry_id": entry(d["npc_entry_id"]),
+            "witnesses": _mapped_witnesses(d, entry)}, nearline.session_ttl_s())
     for d in ordered:
         if d.get("event_id"):
             doc = {**d, "turn_id": turn_map[d["turn_id"]], "session_id": new_id,

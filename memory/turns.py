@@ -49,13 +49,14 @@ class NotACharacter(ValueError):
 @dataclass(frozen=True)
 class Target:
     """Who a turn is addressed to: the session (``world_id``, ``player_name``) and the NPC
-    (``npc_entry_id`` and its cached entry ``{id, key, title, content, entity_type}``)."""
+    (``npc_entry_id`` and its cached entry ``{id, key, title, content, entity_type}``; both
+    None for a narration or game event addressed to no NPC, :func:`resolve_session`)."""
 
     session_id: str
     world_id: int
     player_name: str
-    npc_entry_id: int
-    npc: dict
+    npc_entry_id: int | None
+    npc: dict | None
     game_minutes: int = 0
     every_turns: int = 0
 
@@ -92,6 +93,49 @@ def resolve_target(r: redis.Redis, session_id: str, npc_key: str) -> Target:
                   every_turns=sess["every_turns"])
 
 
+def resolve_session(r: redis.Redis, session_id: str) -> Target:
+    """The session alone, as the target of an event addressed to no NPC (narration, a game
+    event), from Redis only.
+
+    Raises:
+        UnknownSession: the session is not open.
+    """
+    sess = nearline.get_session(r, session_id)
+    if sess is None:
+        raise UnknownSession(f"unknown session {session_id!r}")
+    return Target(session_id=session_id, world_id=sess["world_id"],
+                  player_name=sess["player_name"], npc_entry_id=None, npc=None,
+                  game_minutes=sess["game_minutes"], every_turns=sess["every_turns"])
+
+
+def resolve_witnesses(r: redis.Redis, target: Target, keys: list[str] | None,
+                      speaker: str | None = None) -> list[int]:
+    """The entry ids of the characters who witness a turn: the addressed NPC, the speaker
+    when it is a character's entry key, and ``keys`` (entry keys of the characters present),
+    from Redis only; sorted, without repeats. A speaker that is no entry key (a name, the
+    player) adds nothing.
+
+    Raises:
+        UnknownNpc: a key of ``keys`` is no entry of the session's world or creations.
+        NotACharacter: a key of ``keys`` names a location or an item.
+    """
+    out = set() if target.npc_entry_id is None else {target.npc_entry_id}
+    for key in keys or []:
+        entry_id = nearline.resolve_key(r, target.world_id, target.session_id, key)
+        doc = nearline.get_entry(r, target.world_id, entry_id) if entry_id is not None else None
+        if doc is None:
+            raise UnknownNpc(f"unknown witness {key!r} in this session's world")
+        if doc["entity_type"] != "character":
+            raise NotACharacter(f"witness {key!r} is a {doc['entity_type']}, not a character")
+        out.add(entry_id)
+    if speaker:
+        entry_id = nearline.resolve_key(r, target.world_id, target.session_id, speaker)
+        doc = nearline.get_entry(r, target.world_id, entry_id) if entry_id is not None else None
+        if doc is not None and doc["entity_type"] == "character":
+            out.add(entry_id)
+    return sorted(out)
+
+
 def _events_key(session_id: str) -> str:
     return f"session:{session_id}:events"
 
@@ -122,6 +166,9 @@ def record_turn(
     created_at: float | None = None,
     event_id: str | None = None,
     publish: Publish | None = None,
+    kind: str | None = None,
+    witnesses: list[int] | None = None,
+    source: str | None = None,
 ) -> Recorded:
     """Record one finished turn in the nearline tier and send it to the pipeline.
 
@@ -145,6 +192,10 @@ def record_turn(
         publish: hands the turn's pipeline tasks over once the turn is recorded; default
             sends them inline (``send_turn_tasks`` over ``send``). The dialogue server passes
             its outbox relay, which sends them off the request path.
+        kind: what the turn is (``tasks.payloads.TurnKind``); None: speech.
+        witnesses: entry ids of the characters who witnessed it (:func:`resolve_witnesses`);
+            the addressed NPC is always one of them.
+        source: provenance of a turn the system made (a ``told`` turn of the simulation).
 
     Raises:
         pydantic.ValidationError: a field out of :class:`TurnPayload`'s bounds.
@@ -171,6 +222,9 @@ def record_turn(
         player_text=player_text, npc_text=npc_text, speaker=speaker, latency_ms=latency_ms,
         created_at=time.time() if created_at is None else created_at,
         game_minutes=target.game_minutes, event_id=event_id,
+        kind=None if kind in (None, "speech") else kind, source=source,
+        witnesses=sorted(set(witnesses or []) | ({target.npc_entry_id}
+                                                  if target.npc_entry_id is not None else set())),
     )
     kwargs = turn_kwargs(turn)
     if event_id and not r.hsetnx(_events_key(target.session_id), event_id, json.dumps(kwargs)):
@@ -201,4 +255,5 @@ def record_turn(
 
 
 __all__ = ["NotACharacter", "PIPELINE_TASKS", "Recorded", "Send", "Target", "UnknownNpc",
-           "UnknownSession", "event_turn_id", "record_turn", "resolve_target", "turn_kwargs"]
+           "UnknownSession", "event_turn_id", "record_turn", "resolve_session", "resolve_target",
+           "resolve_witnesses", "turn_kwargs"]

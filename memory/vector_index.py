@@ -171,8 +171,12 @@ class VectorIndex:
             return int(index.ntotal) if index is not None else 0
         return int(sum(i.ntotal for i in self._scopes.values()))
 
-    def search(self, scope: str, query: np.ndarray, k: int, exclude: np.ndarray | None = None) -> list[Hit]:
-        """Top-``k`` of one scope for one query vector (shape (dim,)), best first.
+    def search(self, scope: str, query: np.ndarray, k: int, exclude: np.ndarray | None = None,
+               include: np.ndarray | None = None) -> list[Hit]:
+        """Top-``k`` of one scope for one query vector (shape (dim,)), best first; ids in
+        ``exclude`` are skipped and, when ``include`` is given, only its ids are searched
+        (FAISS ``IDSelectorBatch``: the top ``k`` of the allowed ids, however many others the
+        scope holds; an empty ``include`` finds nothing).
 
         The search runs single-threaded in the calling thread (OpenMP's thread count is per
         thread): one query gains nothing from a team of threads, and starting one on busy
@@ -184,8 +188,17 @@ class VectorIndex:
         faiss.omp_set_num_threads(1)
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
         sel = None
+        keep = []  # the selectors a combined selector points to live until the search ends
+        if include is not None:
+            if not len(include):
+                return []
+            sel = faiss.IDSelectorBatch(np.ascontiguousarray(include, dtype=np.int64))
+            keep.append(sel)
         if exclude is not None and len(exclude):
-            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude.astype(np.int64)))
+            ex = faiss.IDSelectorBatch(exclude.astype(np.int64))
+            not_ex = faiss.IDSelectorNot(ex)
+            keep += [ex, not_ex]
+            sel = not_ex if sel is None else faiss.IDSelectorAnd(sel, not_ex)
         approx = self._fresh_approx(scope, index)
         if approx is not None:
             index = approx

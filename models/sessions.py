@@ -56,7 +56,11 @@ class Turn(Base):
     ``id`` is the turn id returned to the client; inserting it twice is a no-op. ``speaker``
     is who said ``player_text`` (None: the session's player), ``event_id`` the caller's id of a
     posted event, ``game_minutes`` the session's in-game clock at the turn (None: archived
-    before the clock was kept).
+    before the clock was kept). ``npc_entry_id`` is None for a narration or game event
+    addressed to no NPC; ``kind`` is what the turn is (None: speech,
+    ``tasks.payloads.TurnKind``); ``witnesses`` the lore entry ids of the characters who
+    witnessed it (None: archived before witnesses were recorded, the addressed NPC alone);
+    ``source`` the provenance of a turn the system made (a ``told`` turn of the simulation).
     """
 
     __tablename__ = "turns"
@@ -66,7 +70,8 @@ class Turn(Base):
         ForeignKey("game_sessions.id", ondelete="CASCADE"), index=True
     )
     seq: Mapped[int] = mapped_column(Integer)
-    npc_entry_id: Mapped[int] = mapped_column(ForeignKey("lore_entries.id", ondelete="CASCADE"))
+    npc_entry_id: Mapped[int | None] = mapped_column(
+        ForeignKey("lore_entries.id", ondelete="CASCADE"), nullable=True)
     player_text: Mapped[str] = mapped_column(Text)
     npc_text: Mapped[str] = mapped_column(Text)
     latency_ms: Mapped[float] = mapped_column(default=0.0)
@@ -75,4 +80,7 @@ class Turn(Base):
     game_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # set when a rollback of the session undid this turn: kept in history, out of its evidence
     rolled_back_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    kind: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    witnesses: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    source: Mapped[str | None] = mapped_column(String(300), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -105,15 +105,19 @@ def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
 
 class Event(_Model):
     """``POST /v1/sessions/{id}/events``: the recorded turn; ``duplicate`` is true when the
-    ``event_id`` had been posted before (nothing new recorded)."""
+    ``event_id`` had been posted before (nothing new recorded). ``npc_id``/``npc_name`` are
+    None for a narration or game event addressed to no NPC; ``witnesses`` are the lore
+    entry ids of the characters who witnessed it."""
 
     turn_id: str
     seq: int
-    npc_id: str
-    npc_name: str
+    kind: str = "speech"
+    npc_id: str | None
+    npc_name: str | None
     speaker: str
     text: str
     npc_text: str | None
+    witnesses: list[int] = []
     created_at: float
     duplicate: bool
 
@@ -137,7 +141,9 @@ class DocumentHit(_Model):
 class EvidenceHit(_Model):
     """An evidence item: one utterance of the session, ``text`` = ``"Speaker: utterance"``;
     ``part`` 0 is what was said to the NPC, 1 the NPC's reply; ``created_at`` unix seconds,
-    ``game_minutes`` the session's in-game clock at the turn."""
+    ``game_minutes`` the session's in-game clock at the turn; ``turn_kind`` the turn's kind
+    (speech, narration, game, npc_exchange, told), ``witnesses`` the lore entry ids of the
+    characters who witnessed it."""
 
     kind: Literal["evidence"] = "evidence"
     rank: int
@@ -150,6 +156,8 @@ class EvidenceHit(_Model):
     event_id: str | None = None
     created_at: float
     game_minutes: int
+    turn_kind: str = "speech"
+    witnesses: list[int] = []
 
 
 SearchHit = Annotated[DocumentHit | EvidenceHit, Field(discriminator="kind")]
@@ -317,17 +325,22 @@ class NpcMemoryClient:
                     raise ApiError(int(err.get("status", 503)), err.get("detail"), "POST", path)
             raise httpx.RemoteProtocolError(f"POST {path}: the stream ended without a reply")
 
-    def post_event(self, session_id: str, npc_id: str, text: str, *, speaker: str | None = None,
-                   npc_text: str | None = None, event_id: str | None = None,
-                   created_at: float | None = None) -> Event:
+    def post_event(self, session_id: str, npc_id: str | None, text: str, *,
+                   speaker: str | None = None, npc_text: str | None = None,
+                   event_id: str | None = None, created_at: float | None = None,
+                   kind: str = "speech", witnesses: list[str] | None = None) -> Event:
         """Record a turn generated elsewhere; it runs through the same memory pipeline.
-        Give ``event_id`` when you may retry: the same id is recorded once.
+        Give ``event_id`` when you may retry: the same id is recorded once. ``kind``:
+        speech, npc_exchange (``speaker`` an NPC's key), narration or game (``npc_id`` may
+        be None); ``witnesses``: entry keys of the characters present.
 
         Raises:
-            ApiError: 404 unknown session or NPC, 422 invalid input, 503 Redis or broker down.
+            ApiError: 404 unknown session, NPC or witness, 422 invalid input, 503 Redis or
+                broker down.
         """
         body = {"npc_id": npc_id, "text": text, "speaker": speaker, "npc_text": npc_text,
-                "event_id": event_id, "created_at": created_at}
+                "event_id": event_id, "created_at": created_at,
+                "kind": None if kind == "speech" else kind, "witnesses": witnesses or None}
         return Event.model_validate(self._call(
             "POST", f"/v1/sessions/{session_id}/events",
             json={k: v for k, v in body.items() if v is not None}))
@@ -379,15 +392,20 @@ class NpcMemoryClient:
         return WorldTick.model_validate(self._call("POST", path))
 
     def search(self, session_id: str, query: str, k: int = 3,
-               max_chars: int | None = None) -> list[DocumentHit | EvidenceHit]:
+               max_chars: int | None = None,
+               npc_id: str | None = None) -> list[DocumentHit | EvidenceHit]:
         """What the session's memory holds for ``query``: composite documents and evidence
         items fused in rank order, at most ``k`` (1..50; 1..200 with ``max_chars``) and,
-        with ``max_chars``, within that many characters of ``text``.
+        with ``max_chars``, within that many characters of ``text``. ``npc_id``: only what
+        that NPC witnessed or is public canon (its dialogue's view).
 
         Raises:
-            ApiError: 404 unknown session, 422 invalid ``query``, ``k`` or ``max_chars``.
+            ApiError: 404 unknown session or NPC, 422 invalid ``query``, ``k`` or
+                ``max_chars``.
         """
         params: dict[str, Any] = {"q": query, "k": k}
+        if npc_id is not None:
+            params["npc_id"] = npc_id
         if max_chars is not None:
             params["max_chars"] = max_chars
         return SearchResult.model_validate(self._call(

@@ -17,6 +17,7 @@ from tasks.payloads import (
     CardArchivePayload,
     CardSnapshots,
     CreationPayload,
+    NARRATIVE_KINDS,
     NoteUpdatePayload,
     TurnPayload,
 )
@@ -25,8 +26,11 @@ from tasks.payloads import (
 def turn_text(p: TurnPayload) -> str:
     """The turn as one text: ``"{speaker}: {player_text}"`` (the speaker only when the turn
     was posted as an event), then the NPC's answer on its own line. The analysis scope
-    looks for entries named in it, and creations carry it as their ``source_text``."""
-    said = f"{p.speaker}: {p.player_text}" if p.speaker else p.player_text
+    looks for entries named in it, and creations carry it as their ``source_text``. A
+    narration or game event's speaker (a game master) is left out: it is nobody in the
+    story, so its name cannot ground a created entity or enter the scope."""
+    narrative = p.kind in NARRATIVE_KINDS
+    said = f"{p.speaker}: {p.player_text}" if p.speaker and not narrative else p.player_text
     return f"{said}\n{p.npc_text}".strip()
 
 
@@ -41,24 +45,41 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
     redelivery, whose events were applied by the first delivery). Returns counts and tokens.
 
     A corrupt stored card raises ``memory.cards.CardCorrupt`` after the fan-out (dead-lettered,
-    nothing overwritten); ``CardConflict`` is retried."""
+    nothing overwritten); ``CardConflict`` is retried.
+
+    A narration or game event (``kind``) is analysed as what happened, not as something its
+    speaker said: the speaker is neither in the scope nor in the text creations are grounded
+    on. Without an addressed NPC the scope centres on the first witness (none: the entries
+    the text names and the session's newest creations) and no card changes; when that scope
+    is empty the model is not called (``skipped: "empty_scope"``)."""
+    narrative = p.kind in NARRATIVE_KINDS
+    speaker = None if narrative else p.speaker
     with session_scope() as s:
-        npc = s.get(LoreEntry, p.npc_entry_id)
-        if npc is None:
+        anchor_id = p.npc_entry_id if p.npc_entry_id is not None else \
+            next(iter(p.witnesses or []), None)
+        npc = s.get(LoreEntry, anchor_id) if anchor_id is not None else None
+        if npc is None and p.npc_entry_id is not None:
             raise LookupError(f"lore entry {p.npc_entry_id} does not exist")
         source = turn_text(p)
-        scope = turn_scope(s, npc, p.session_id, speaker=p.speaker, text=source)
-        npc_title = npc.title
+        scope = turn_scope(s, npc, p.session_id, speaker=speaker, text=source,
+                           world_id=p.world_id)
+        npc_title = npc.title if p.npc_entry_id is not None else None
+    if not scope:  # nobody addressed or present and nothing named: nothing it could change
+        return {"updates": 0, "creations": 0, "card_events": 0, "card_duplicates": 0,
+                "tokens": 0, "skipped": "empty_scope"}
     r = nearline.get_redis()
-    try:
-        hints = cards.analysis_hints(cards.get_cards(r, p.session_id, p.npc_entry_id))
-    except cards.CardCorrupt:
-        hints = ""  # applying the events below reports it
-    npc_ref = {"id": p.npc_entry_id, "world_id": p.world_id}  # archetype from Redis
+    hints = ""
+    if p.npc_entry_id is not None:
+        try:
+            hints = cards.analysis_hints(cards.get_cards(r, p.session_id, p.npc_entry_id))
+        except cards.CardCorrupt:
+            hints = ""  # applying the events below reports it
+    npc_ref = {"id": p.npc_entry_id, "world_id": p.world_id} \
+        if p.npc_entry_id is not None else None  # archetype from Redis
     (out, tokens), _route = routing.call_routed(
         r, routing.resolve(r, "analysis", npc=npc_ref),
         lambda rt: calls.analyze_turn(npc_title, p.player_text, p.npc_text, scope,
-                                      speaker=p.speaker, hints=hints, route=rt),
+                                      speaker=speaker, hints=hints, route=rt, kind=p.kind),
         lambda: routing.resolve(r, "analysis", npc=npc_ref))
     seen = set()
     updates = 0
@@ -76,6 +97,9 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
             session_id=p.session_id, entity_type=c.entity_type, creation_summary=c.creation_summary,
             idempotency_key=f"{p.turn_id}:c{i}", turn_id=p.turn_id,
             source_text=source[:SOURCE_TEXT_MAX]))
+    if p.npc_entry_id is None:  # nobody addressed: no cards to change
+        return {"updates": updates, "creations": len(out.creations), "card_events": 0,
+                "card_duplicates": 0, "tokens": tokens}
     rel, quests = cards.turn_events(p.turn_id, p.seq, out.relationship, out.quests)
     res = cards.apply_events(r, p.session_id, p.npc_entry_id, rel, quests)
     # this turn's events as applied by any delivery (a redelivery may sample other events)

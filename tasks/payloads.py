@@ -29,17 +29,34 @@ class Payload(BaseModel):
         return ""
 
 
+TurnKind = Literal["speech", "narration", "game", "npc_exchange", "told"]
+"""What a turn is: ``speech`` (someone speaks to the NPC: a played turn, or an event),
+``narration`` (a game master's description, said by no character), ``game`` (a game event,
+"the bridge collapses"), ``npc_exchange`` (one NPC speaks to another) and ``told`` (the world
+simulation has one NPC pass on what it knows to another, ``memory.gossip``)."""
+
+NARRATIVE_KINDS = ("narration", "game")
+"""Kinds whose text no character says: their speaker is never a character of the story."""
+
+
 class TurnPayload(Payload):
     """A finished turn: ``analyze_turn`` and ``archive_turn`` take it. ``npc_text`` is ""
-    when the NPC did not answer (an event without a reply). Senders leave ``speaker`` and
-    ``event_id`` out when they are None, so a player's turn is the same message as before the
-    fields existed."""
+    when the NPC did not answer (an event without a reply). Senders leave ``speaker``,
+    ``event_id``, ``kind`` and ``source`` out when they are None, so a player's turn differs
+    from the message before those fields existed only by ``witnesses``.
+
+    ``npc_entry_id`` is None only for narration and game events posted without an addressed
+    NPC. ``witnesses`` are the lore entry ids of the characters that witnessed the turn (the
+    addressed NPC, a speaking NPC, those named present; ``memory.witnesses``); None on
+    messages sent before witnesses were recorded, which count as witnessed by the addressed
+    NPC alone."""
 
     turn_id: SafeStr = Field(min_length=1, max_length=64)
     session_id: SafeStr = Field(min_length=1, max_length=64)
     world_id: int
     seq: int = Field(ge=1)
-    npc_entry_id: int
+    npc_entry_id: int | None = Field(None, description=(
+        "the NPC addressed; absent for narration and game events addressed to no one"))
     player_text: CleanStr = Text
     npc_text: CleanStr = Field(max_length=8000)
     latency_ms: float = 0.0
@@ -50,6 +67,12 @@ class TurnPayload(Payload):
         "or title, or anyone) for a turn posted as an event"))
     event_id: CleanStr | None = Field(None, min_length=1, max_length=200, description=(
         "the caller's id of a turn posted as an event (absent for a played turn)"))
+    kind: TurnKind | None = Field(None, description="what the turn is; absent: speech")
+    witnesses: list[int] | None = Field(None, max_length=64, description=(
+        "lore entry ids of the characters who witnessed the turn"))
+    source: CleanStr | None = Field(None, max_length=300, description=(
+        "provenance of a turn the system made itself, e.g. the world tick and turn that a "
+        "'told' turn passes on"))
 
     def target(self) -> str:
         return f"turn:{self.turn_id}"

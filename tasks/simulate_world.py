@@ -10,8 +10,9 @@ from celery import current_app
 from inference import calls
 from inference.lora import registry as lora_registry
 from inference.lora import routing
-from memory import nearline
+from memory import gossip, nearline, turns
 from memory.db import session_scope
+from memory.scope import offscreen_characters
 from memory.simulation import (
     Weights, allot_budget, mark_simulated, rank_candidates, sessions_to_tick,
 )
@@ -65,8 +66,11 @@ def simulate_world(p: SimulationPayload, ctx: TaskContext) -> dict:
     the in-game clock once per tick, and enqueue one ``update_note`` per answer (idempotency
     key ``{tick_id}:{session_id}:{entry key}``, cause ``simulation``).
 
+    Before the model call, NPCs that meet pass on what one of them witnessed
+    (``memory.gossip``, recorded as ``told`` turns: ``told`` in the trace).
+
     Returns the tick's trace: chosen NPCs with their scores and signals, the ones left
-    waiting, updates enqueued, model calls and tokens, in-game time before and after, and
+    waiting, what was told, updates enqueued, model calls and tokens, in-game time before and after, and
     the model route of the call (``model``: the simulated NPCs' archetype's ``action_policy``
     adapter when they share an archetype, ``inference.lora.routing``).
     """
@@ -95,6 +99,35 @@ def _enqueue_updates(p: SimulationPayload, did: dict[str, str], clock: int) -> N
             session_id=p.session_id, lore_entry_key=key, update_summary=summary,
             cause="simulation", game_minutes=clock,
             idempotency_key=f"{p.tick_id}:{p.session_id}:{key}"))
+
+
+def _gossip(p: SimulationPayload, r, simulated: list, characters: list) -> list[dict]:
+    """Record what the simulated NPCs and the characters they meet pass on
+    (``memory.gossip``): one ``told`` turn per telling, through ``memory.turns.record_turn``
+    (event id ``told:{tick}:{teller id}:{listener id}``: a re-run records nothing twice).
+    Returns ``[{teller, listener, turn_id (passed on), told_turn_id}]``."""
+    limit = get_settings().simulate_gossip_per_tick
+    sess = nearline.get_session(r, p.session_id)
+    if limit <= 0 or not simulated or sess is None:
+        return []
+    recent = nearline.recent_turns(r, p.session_id, nearline.TURNS_CAP)
+    tellings = gossip.pick(gossip.meetings(simulated, characters), recent, limit)
+    names = {c.id: c.title for c in characters}
+    send = app_sender(current_app)
+    out = []
+    for t in tellings:
+        target = turns.Target(session_id=p.session_id, world_id=sess["world_id"],
+                              player_name=sess["player_name"], npc_entry_id=t.listener.id,
+                              npc=nearline.entry_doc(t.listener),
+                              game_minutes=sess["game_minutes"], every_turns=0)
+        rec = turns.record_turn(
+            r, send, target, player_text=t.text(names, sess["player_name"]), npc_text="",
+            speaker=t.teller.title, kind="told", witnesses=[t.teller.id, t.listener.id],
+            event_id=f"told:{p.tick_id}:{t.teller.id}:{t.listener.id}",
+            source=t.source(p.tick_id))
+        out.append({"teller": t.teller.key, "listener": t.listener.key,
+                    "turn_id": t.turn["turn_id"], "told_turn_id": rec.turn.turn_id})
+    return out
 
 
 def _route(r, archetypes: list[str | None]) -> routing.ModelRoute:
@@ -131,6 +164,7 @@ def _simulate(p: SimulationPayload, r) -> dict:
         places = [{"key": k, "title": k.rsplit("_", 1)[0]} for k in place_keys][:3]
         world_title = world.title
         archetypes = [c.entry.archetype for c in chosen]
+        characters = offscreen_characters(s, world.id, p.session_id, set())  # all of them
         tick_minutes = world.tick_game_minutes or s_.tick_game_minutes
     recent = [t["player_text"][:120] for t in nearline.recent_turns(r, p.session_id, 3)]
     sess = nearline.get_session(r, p.session_id) or {}
@@ -151,6 +185,7 @@ def _simulate(p: SimulationPayload, r) -> dict:
         return trace
     clock = nearline.advance_clock_once(r, p.session_id, p.tick_id, tick_minutes)
     now_text = nearline.format_game_time(clock)
+    trace["told"] = _gossip(p, r, [c.entry for c in chosen[:n]], characters)
     route = _route(r, archetypes[:n])
     trace["model"] = route.as_dict()
     (out, tokens), route = routing.call_routed(  # a lost adapter is loaded again, once

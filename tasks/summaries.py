@@ -5,14 +5,16 @@ maintenance model.
 Sent by the dialogue server every ``SUMMARIZE_EVERY_TURNS`` turns of a session (task id
 ``npc_memory.summarize_session:{session_id}:{seq}``, so a resend runs once). It reads only
 Redis: the previous summary and the turns after it (at most the 50 the session's turn list
-keeps), and stores the new summary unless a summary of a later turn is already stored.
+keeps), and stores the new summary unless a summary of a later turn is already stored, with its
+audience: the characters who witnessed every turn it covers (``memory.witnesses``), the only
+NPCs whose prompt shows it.
 It shares the ``note_update`` queue: both are maintenance-model rewrites of session memory.
 """
 
 from __future__ import annotations
 
 from inference import calls
-from memory import nearline, summaries
+from memory import nearline, summaries, witnesses
 from tasks.base import TaskContext, npc_task
 from tasks.payloads import SummaryPayload
 
@@ -38,13 +40,18 @@ def summarize_session(p: SummaryPayload, ctx: TaskContext) -> dict:
              if prev["upto_seq"] < t["seq"] <= p.upto_seq]
     if not turns:
         return {"stored": False, "skipped": "no turns"}
-    names = {}
+    names = {None: "everyone present"}
     for t in turns:
-        if t["npc_entry_id"] not in names:
+        if t.get("npc_entry_id") not in names:
             doc = nearline.get_entry(r, sess["world_id"], t["npc_entry_id"])
             names[t["npc_entry_id"]] = doc["title"] if doc else "someone"
     out, tokens = calls.summarize_session(
         sess["player_name"], prev["summary"],
-        [{**t, "npc": names[t["npc_entry_id"]]} for t in turns])
-    stored = summaries.save_summary(r, p.session_id, out.summary, p.upto_seq)
+        [{**t, "npc": names[t.get("npc_entry_id")]} for t in turns])
+    # who may see it: those who witnessed every turn it covers (the previous summary's too)
+    audience = set(witnesses.summary_audience(turns))
+    if prev.get("audience") is not None and prev["upto_seq"] > 0:
+        audience &= set(prev["audience"])
+    stored = summaries.save_summary(r, p.session_id, out.summary, p.upto_seq,
+                                    audience=sorted(audience))
     return {"stored": stored, "turns": len(turns), "chars": len(out.summary), "tokens": tokens}

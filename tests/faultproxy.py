@@ -17,8 +17,8 @@ requests (``POST .../chat/completions``) consume the next fault of a scriptable 
 
 ``plan(*faults)`` queues faults for the next requests; when the queue is empty
 ``default`` applies (``"pass"`` unless set; a callable is called for each request). ``chat_requests`` counts chat completion requests
-(counted on arrival, before any delay), ``chat_bodies`` keeps their JSON bodies in order, and
-``faults`` counts injected faults by kind. Thread
+(counted on arrival, before any delay), ``chat_bodies`` keeps their JSON bodies (what the
+model was asked: the prompts), and ``faults`` counts injected faults by kind. Thread
 safe: the test thread scripts it while the server threads serve.
 """
 
@@ -146,10 +146,10 @@ class FaultProxy:
             length = int(h.headers.get("content-length") or 0)
             body = h.rfile.read(length) if length else b""
             is_chat = h.command == "POST" and h.path.rstrip("/").endswith("/chat/completions")
-            fault = self._next_fault() if is_chat else "pass"
             if is_chat:
                 with self._lock:
                     self.chat_bodies.append(json.loads(body or b"{}"))
+            fault = self._next_fault() if is_chat else "pass"
             kind, arg = (fault if isinstance(fault, tuple) else (fault, None))
             if kind == "429":
                 return self._send(h, 429, json.dumps({"error": {"message": "rate limited (injected)",

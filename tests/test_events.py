@@ -121,6 +121,9 @@ def test_event_records_turn_and_enqueues_pipeline(client, sid, smallville):
         "npc_entry_id": _entry_id(smallville["id"], "Klaus Mueller"),
         "player_text": body["text"], "npc_text": body["npc_text"], "latency_ms": 0.0,
         "created_at": body["created_at"], "speaker": "Maria Lopez", "game_minutes": 0,
+        # the addressed NPC and the speaking NPC (given by its entry key) witnessed it
+        "witnesses": sorted([_entry_id(smallville["id"], "Klaus Mueller"),
+                             _entry_id(smallville["id"], "Maria Lopez")]),
     }
 
     def same(kwargs):

@@ -305,9 +305,11 @@ def test_posted_event_becomes_searchable_evidence(worker, client, light_world, w
                                             "player_name": "Ann"}).json()["session_id"]
     r = nearline.get_redis()
     r.hset(f"session:{sid}", "game_minutes", 95)  # the in-game clock: day 1, 01:35
+    other = next(c.key for c in light_world["spec"].characters() if c.key != "baker_27")
     body = {"npc_id": "baker_27", "speaker": "Tobias Crane",
             "text": "I buried the silver key under the old mill wheel.",
-            "npc_text": "Then I shall never speak of the mill again.", "event_id": "ev-key"}
+            "npc_text": "Then I shall never speak of the mill again.", "event_id": "ev-key",
+            "witnesses": [other]}  # present: it may recall the exchange (memory.witnesses)
     posted = client.post(f"/v1/sessions/{sid}/events", json=body)
     assert posted.status_code == 201, posted.text
     turn = posted.json()
@@ -358,9 +360,9 @@ def test_posted_event_becomes_searchable_evidence(worker, client, light_world, w
     assert Memory.model_validate(memory).evidence[1].part == 1
     assert client.get(f"/v1/sessions/{uuid.uuid4().hex}/memory").status_code == 404
 
-    # another NPC's prompt gets the evidence (speaker and in-game time), still without SQL;
-    # the baker's own prompt shows the exchange as recent turns, so not again as evidence
-    other = next(c.key for c in light_world["spec"].characters() if c.key != "baker_27")
+    # another NPC who witnessed it gets the evidence in its prompt (speaker and in-game
+    # time), still without SQL; the baker's own prompt shows the exchange as recent turns,
+    # so not again as evidence
     with sql_statements() as statements:
         out = client.post(f"/v1/sessions/{sid}/turns", json={
             "npc_id": other, "player_text": "Have you heard where the silver key is?"})

@@ -3,7 +3,9 @@ with unique Celery node names (``$HONCHO_PROCESS_NAME@%h``), on a private Redis 
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,3 +61,18 @@ def test_supervisord_conf_is_the_procfile():
     for name in processes:
         block = text.split(f"[program:{name}]\n", 1)[1].split("\n\n", 1)[0]
         assert "autorestart=true" in block and "stopasgroup=true" in block
+
+
+def test_supervisord_runs_each_command_as_the_program_itself():
+    """A plain Procfile command is exec'd (supervisord signals the program, not a shell); a
+    shell list runs as written, so the Flower line's password check still refuses to start."""
+    from workers.procfile import read_procfile, shell_command
+
+    procs = read_procfile()
+    assert shell_command(procs["worker"]) == f"exec {procs['worker']}"
+    flower = shell_command(procs["flower"])
+    assert flower == procs["flower"] and "&& exec celery" in flower
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    done = subprocess.run(["/bin/sh", "-c", flower.replace("exec celery", "echo celery")],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "FLOWER_BASIC_AUTH" in done.stderr

@@ -393,3 +393,35 @@ def test_rollback_of_a_session_with_nothing_after_the_turn_only_bumps_the_epoch(
     assert set(out["counts"].values()) == {0}
     assert nearline.get_note(r, sid, npc) == first
     assert np.array_equal(sorted(int(k) for k in r.hkeys(evidence_key(sid))), [2, 3])
+
+
+def test_a_fork_keeps_who_witnessed_what(client, game_session):
+    """A secret told to one NPC in front of a second stays known to both in the fork, and
+    unknown to a third; turns after the fork point are known to nobody there."""
+    from memory import witnesses
+
+    sid, wid = game_session["id"], game_session["world_id"]
+    r = nearline.get_redis()
+    with session_scope() as s:
+        a, b, c = s.scalars(select(LoreEntry.id).where(
+            LoreEntry.world_id == wid, LoreEntry.entity_type == "character")
+            .order_by(LoreEntry.id).limit(3)).all()
+    told = {"turn_id": uuid.uuid4().hex, "session_id": sid, "world_id": wid,
+            "seq": nearline.next_turn_seq(r, sid), "npc_entry_id": a, "witnesses": [a, b],
+            "player_text": "The gold is under the mill.", "npc_text": "I will keep it.",
+            "latency_ms": 1.0, "created_at": time.time()}
+    nearline.record_turn(r, sid, told)
+    with session_scope() as s:
+        insert_turns(s, [told])
+    later = _play(sid, wid, c, "Nice weather today.")
+    res = client.post(f"/v1/sessions/{sid}/fork", json={"at_turn": told["turn_id"]})
+    assert res.status_code == 201, res.text
+    fid = res.json()["session_id"]
+    seq_items = {2 * told["seq"], 2 * told["seq"] + 1}
+    assert set(witnesses.witnessed_item_ids(r, fid, a).tolist()) == seq_items
+    assert set(witnesses.witnessed_item_ids(r, fid, b).tolist()) == seq_items
+    assert witnesses.witnessed_item_ids(r, fid, c).size == 0  # ``later`` is not in the fork
+    assert later["seq"] > told["seq"]
+    with session_scope() as s:
+        copied = s.scalars(select(Turn).where(Turn.session_id == fid)).one()
+        assert copied.witnesses == [a, b]

@@ -88,12 +88,22 @@ def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
     return out
 
 
+def shell_command(cmd: str) -> str:
+    """What ``/bin/sh -c`` runs for one Procfile command: ``exec COMMAND``, so that the
+    process supervisord signals is the program itself; a command that is a shell list
+    (``&&``, ``||``, ``;``, e.g. a check before the program) runs as written and must end with
+    its own ``exec``."""
+    if any(op in cmd for op in ("&&", "||", ";")):
+        return cmd
+    return f"exec {cmd}"
+
+
 def supervisord_conf(processes: dict[str, str]) -> str:
     """The supervisord configuration running ``processes`` (``{name: shell command}``): one
-    ``[program:name]`` each, run by ``/bin/sh -c 'exec COMMAND'`` (the Procfile's
+    ``[program:name]`` each, run by ``/bin/sh -c`` (:func:`shell_command`; the Procfile's
     ``${VAR:-default}`` expansions work as under honcho), restarted whenever it exits."""
     programs = "".join(
-        PROGRAM.format(name=name, command=shlex.quote(f"exec {cmd}").replace("%", "%%"))
+        PROGRAM.format(name=name, command=shlex.quote(shell_command(cmd)).replace("%", "%%"))
         for name, cmd in processes.items())
     return HEADER + programs
 

@@ -35,13 +35,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Literal
 
 import anyio
+import numpy as np
 from celery import Celery
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from sse_starlette import EventSourceResponse
@@ -53,7 +55,7 @@ from inference.embedding import get_embedder
 from inference.llm import ModelError
 from inference.lora import registry as lora_registry
 from inference.lora import routing
-from memory import evidence, nearline, ops, ranking, retrieval, turns
+from memory import evidence, nearline, ops, ranking, retrieval, turns, witnesses
 from memory.composite import base_lore, composite_document
 from memory.hot_cache import HotCache
 from memory.db import session_scope
@@ -61,11 +63,12 @@ from memory.safe_input import FiniteFloat, NonBlankStr, RequestModel, SafeStr
 from memory.vector_index import (AnnParams, VectorIndex, VectorSync, evidence_scope, load_from_db,
                                  world_scope)
 from memory.vector_index import session_scope as session_scope_name
+from memory.witnesses import NARRATIVE_SPEAKERS
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
 from tasks.dispatch import request_simulation, simulation_task_id
-from tasks.payloads import TurnPayload
+from tasks.payloads import NARRATIVE_KINDS, TurnPayload
 from workers import archetypes_api, auth, health, logging_setup, lore_guard, metrics, ops_api
 from workers.api_errors import responses
 from workers.input_guard import install as install_input_guard
@@ -231,33 +234,72 @@ class TurnIn(RequestModel):
 class EventIn(RequestModel):
     """``POST /v1/sessions/{id}/events`` body: a turn generated elsewhere.
 
-    ``text`` is what ``speaker`` said to the NPC ``npc_id``; ``npc_text`` the NPC's reply if
-    it answered. ``event_id`` makes the post idempotent within the session (use it when a
-    client may retry); ``created_at`` is when it happened (unix seconds, default now).
-    Texts must not be blank.
+    ``kind`` says what it is: ``speech`` (default: ``speaker`` said ``text`` to the NPC
+    ``npc_id``; ``npc_text`` the NPC's reply if it answered), ``npc_exchange`` (the same
+    between two NPCs: ``speaker``, an NPC's entry key, to the listener ``npc_id``),
+    ``narration`` (a game master's description) or ``game`` (a game event, "the bridge
+    collapses"); the last two need no ``npc_id`` and their ``speaker``, if any, is never a
+    character. ``witnesses``: entry keys of the characters present, who witness it besides
+    the addressed NPC and a speaking NPC (``memory.witnesses``). ``event_id`` makes the post
+    idempotent within the session (use it when a client may retry); ``created_at`` is when it
+    happened (unix seconds, default now). Texts must not be blank.
     """
 
-    npc_id: SafeStr = Field(min_length=1, max_length=300, description="the NPC's entry key")
+    kind: Literal["speech", "narration", "game", "npc_exchange"] = Field(
+        "speech", description="speech, narration, game or npc_exchange")
+    npc_id: SafeStr | None = Field(None, min_length=1, max_length=300, validate_default=True,
+                                   description=("the NPC's entry key: who was spoken to; "
+                                                "optional for narration and game events"))
     text: NonBlankStr = Field(min_length=1, max_length=2000,
-                              description="what was said to the NPC")
-    speaker: NonBlankStr | None = Field(None, min_length=1, max_length=200, description=(
-        "who said it: an NPC's entry key or name, or anyone; default the session's player"))
+                              description="what was said to the NPC, narrated or happened")
+    speaker: NonBlankStr | None = Field(None, min_length=1, max_length=200,
+                                        validate_default=True, description=(
+        "who said it: an NPC's entry key or name, or anyone; default the session's player "
+        "(narration: the narrator, game: none)"))
     npc_text: NonBlankStr | None = Field(None, min_length=1, max_length=8000,
                                          description="the NPC's reply; absent if it did not answer")
+    witnesses: list[SafeStr] = Field(default_factory=list, max_length=50, description=(
+        "entry keys of the characters present who witness it"))
     event_id: NonBlankStr | None = Field(None, min_length=1, max_length=200,
                                          description="idempotency key of this event in the session")
     created_at: FiniteFloat | None = Field(None, ge=0, le=4102444800,
                                            description="when it happened, unix seconds")
 
+    @field_validator("npc_id")
+    @classmethod
+    def _npc_for_speech(cls, v, info: ValidationInfo):
+        kind = info.data.get("kind", "speech")
+        if v is None and kind in ("speech", "npc_exchange"):
+            raise ValueError(f"a {kind} event needs npc_id (who was spoken to)")
+        return v
+
+    @field_validator("speaker")
+    @classmethod
+    def _speaker_for_exchange(cls, v, info: ValidationInfo):
+        if v is None and info.data.get("kind") == "npc_exchange":
+            raise ValueError("an npc_exchange event needs speaker (the speaking NPC's key)")
+        return v
+
+    @field_validator("npc_text")
+    @classmethod
+    def _reply_needs_npc(cls, v, info: ValidationInfo):
+        if v is not None and info.data.get("npc_id") is None:
+            raise ValueError("npc_text needs npc_id (the NPC who answered)")
+        return v
+
 
 class EventOut(BaseModel):
     turn_id: str
     seq: int
-    npc_id: str
-    npc_name: str
-    speaker: str = Field(description="who spoke: the body's speaker or the session's player")
+    kind: str = Field("speech", description="speech, narration, game or npc_exchange")
+    npc_id: str | None
+    npc_name: str | None
+    speaker: str = Field(description=(
+        "who spoke: the body's speaker, else the player (speech), Narrator or Game"))
     text: str
     npc_text: str | None
+    witnesses: list[int] = Field(default_factory=list, description=(
+        "lore entry ids of the characters who witnessed it"))
     created_at: float
     duplicate: bool = Field(description="true when event_id had been recorded before")
 
@@ -288,24 +330,45 @@ class TurnStreamDone(TurnOut):
 
 def _fetch(r, world_id: int, session_id: str, entry_ids: list[int],
            item_ids: list[int]) -> tuple[list[dict], list[dict]]:
-    """Lore entries (each with its session ``note``, '' when none) and evidence items of the
-    session, in the given orders, in one pipelined Redis round trip; ids missing from Redis
-    are left out."""
+    """Lore entries (each with its session ``note``, '' when none, and ``note_turns``, the
+    turn ids the note folds in) and evidence items of the session, in the given orders, in
+    one pipelined Redis round trip; ids missing from Redis are left out."""
     if not entry_ids and not item_ids:
         return [], []
     pipe = r.pipeline(transaction=False)
     for entry_id in entry_ids:
         pipe.get(f"world:{world_id}:entry:{entry_id}")
         pipe.get(f"session:{session_id}:note:{entry_id}")
+        pipe.get(f"session:{session_id}:note_turns:{entry_id}")
     if item_ids:
         pipe.hmget(evidence.evidence_key(session_id), [str(i) for i in item_ids])
     raw = pipe.execute()
+    n = 3 * len(entry_ids)
     docs = []
-    for raw_doc, raw_note in zip(raw[:2 * len(entry_ids):2], raw[1:2 * len(entry_ids):2]):
+    for raw_doc, raw_note, raw_turns in zip(raw[:n:3], raw[1:n:3], raw[2:n:3]):
         if raw_doc is not None:
-            docs.append({**json.loads(raw_doc), "note": raw_note.decode() if raw_note else ""})
+            docs.append({**json.loads(raw_doc), "note": raw_note.decode() if raw_note else "",
+                         "note_turns": json.loads(raw_turns) if raw_turns else []})
     items = [json.loads(v) for v in raw[-1] if v is not None] if item_ids else []
     return docs, items
+
+
+def _npc_view(r, session_id: str, npc_entry_id: int, docs: list[dict], items: list[dict],
+              own: tuple[str, list[str]] | None = None) -> tuple[list[dict], list[dict], str]:
+    """What one NPC may see of fetched documents and evidence items (``memory.witnesses``):
+    notes folding in turns it did not witness blanked to the base lore, entries created by
+    such turns and items of such turns left out; ``own`` (its own session note and the
+    note's turn ids) gives its own note, '' when it folds in such a turn. One Redis round
+    trip when any note or creation is to check."""
+    own_note, own_turns = own or ("", [])
+    docs = [{**d, "note_turns": d.get("note_turns", [])} for d in docs]
+    turns_of = {d["id"]: d["note_turns"] for d in docs}
+    probe = docs + ([{"id": -1, "note": own_note}] if own_note else [])
+    turns_of[-1] = own_turns
+    seen = witnesses.scope_documents(r, session_id, npc_entry_id, probe, turns_of)
+    note = next((d["note"] for d in seen if d["id"] == -1), "")
+    return ([d for d in seen if d["id"] != -1],
+            [it for it in items if witnesses.sees_item(it, npc_entry_id)], note)
 
 
 def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None, **options) -> str:
@@ -442,12 +505,21 @@ def play_turn(session_id: str, body: TurnIn, request: Request, response: Respons
             if h.lore_entry_id != npc_entry_id]
     ranked = ranking.rank_for_session(r, session_id, hits, half_life_s=s_.retrieval_half_life_s,
                                       weights=_retrieval_weights(s_))[: s_.retrieval_k]
-    # the session's own utterances, minus those the prompt shows as recent turns
+    # the session's utterances this NPC witnessed (memory.witnesses), minus those the prompt
+    # shows as recent turns; its own note's turns come in the same round trip
+    pipe = r.pipeline(transaction=False)
+    pipe.smembers(witnesses.witnessed_key(session_id, npc_entry_id))
+    pipe.get(f"session:{session_id}:note_turns:{npc_entry_id}")
+    raw_seqs, raw_own_turns = pipe.execute()
+    seqs = np.fromiter((int(x) for x in raw_seqs), dtype=np.int64)
     shown = {evidence.item_id(t["seq"], part) for t in recent_npc for part in (0, 1)}
     ev_ids = [h.lore_entry_id for h in state.index.search(
-        evidence_scope(session_id), query, s_.retrieval_evidence_k + len(shown))
-        if h.lore_entry_id not in shown][: s_.retrieval_evidence_k]
+        evidence_scope(session_id), query, s_.retrieval_evidence_k,
+        include=np.concatenate([seqs * 2, seqs * 2 + 1]),
+        exclude=np.fromiter(shown, dtype=np.int64, count=len(shown)))]
     docs, items = _fetch(r, world_id, session_id, [h.lore_entry_id for h in ranked], ev_ids)
+    docs, items, note = _npc_view(r, session_id, npc_entry_id, docs, items, own=(
+        note, json.loads(raw_own_turns) if raw_own_turns else []))
     # (kind, id, prompt line, value): the budget counts the lines as the prompt shows them
     doc_cands = [("document", d["id"], f"{d['title']}: {(d['note'] or d['content'])[:400]}",
                   (d["title"], (d["note"] or d["content"])[:400])) for d in docs]
@@ -655,11 +727,18 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
     """
     r = nearline.get_redis()
     with _turn_errors():
-        target = turns.resolve_target(r, session_id, body.npc_id)
+        target = (turns.resolve_target(r, session_id, body.npc_id) if body.npc_id is not None
+                  else turns.resolve_session(r, session_id))
+        speaker = body.speaker if body.kind not in NARRATIVE_KINDS else None
+        if body.kind == "npc_exchange" and nearline.resolve_key(
+                r, target.world_id, session_id, body.speaker) is None:
+            raise HTTPException(422, f"speaker {body.speaker!r} of an npc_exchange is no "
+                                     "entry key of this session's world")
+        who = turns.resolve_witnesses(r, target, body.witnesses, speaker)
         rec = turns.record_turn(r, _send_kwargs, target, player_text=body.text,
                                 npc_text=body.npc_text or "", speaker=body.speaker,
                                 created_at=body.created_at, event_id=body.event_id,
-                                publish=state.relay.submit)
+                                kind=body.kind, witnesses=who, publish=state.relay.submit)
     if rec.duplicate:
         response.status_code = 200
     else:
@@ -667,10 +746,15 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
     turn = rec.turn
     logging_setup.bind(turn_id=turn.turn_id, idempotency_key=f"turn:{turn.turn_id}")
     log.info("event recorded", extra={"npc_id": body.npc_id, "seq": turn.seq,
-                                      "event_id": body.event_id, "duplicate": rec.duplicate})
-    return EventOut(turn_id=turn.turn_id, seq=turn.seq, npc_id=body.npc_id,
-                    npc_name=target.npc["title"], speaker=turn.speaker or target.player_name,
+                                      "kind": body.kind, "event_id": body.event_id,
+                                      "duplicate": rec.duplicate})
+    kind = turn.kind or "speech"
+    return EventOut(turn_id=turn.turn_id, seq=turn.seq, kind=kind,
+                    npc_id=body.npc_id if turn.npc_entry_id is not None else None,
+                    npc_name=target.npc["title"] if turn.npc_entry_id is not None else None,
+                    speaker=turn.speaker or NARRATIVE_SPEAKERS.get(kind) or target.player_name,
                     text=turn.player_text, npc_text=turn.npc_text or None,
+                    witnesses=witnesses.turn_witnesses(turn.model_dump()),
                     created_at=turn.created_at, duplicate=rec.duplicate)
 
 
@@ -706,39 +790,54 @@ def _open_session(r, session_id: str) -> dict:
 
 
 @api.get("/v1/sessions/{session_id}/search",
-         responses=responses(404, e404="unknown session"))
-def search(session_id: str, q: str, k: int = 3, max_chars: int | None = None) -> dict:
+         responses=responses(404, e404="unknown session or NPC"))
+def search(session_id: str, q: str, k: int = 3, max_chars: int | None = None,
+           npc_id: str | None = None) -> dict:
     """What the session's memory holds for query ``q``: its composite documents (base lore
     and session note) and its evidence (what was said, ``memory.evidence``), fused by
     reciprocal rank (``memory.retrieval.merge``): at most ``k`` hits in rank order and, with
     ``max_chars``, only while the sum of their ``text`` lengths stays within it (an item that
     does not fit is skipped). ``k``: 1..50, or 1..200 with ``max_chars`` (>= 1).
 
-    Answers ``{"query", "hits": [{"kind": "document", "rank", "score", "text",
+    ``npc_id`` (an NPC's entry key): that NPC's view, as its dialogue prompt gets it
+    (``memory.witnesses``): evidence of the turns it witnessed, notes only when it witnessed
+    every turn they fold in (else the base lore), creations of turns it witnessed. Without
+    it: the whole session (operators).
+
+    Answers ``{"query", "npc_id", "hits": [{"kind": "document", "rank", "score", "text",
     "lore_entry_id", "key", "title", "scope", "turn_ids"} | {"kind": "evidence", "rank",
     "score", "text", "turn_id", "seq", "part", "speaker", "event_id", "created_at",
-    "game_minutes"}]}`` (``score``: the fused score). 404 unknown session, 422 bad ``q``,
-    ``k`` or ``max_chars``."""
+    "game_minutes", "turn_kind", "witnesses"}]}`` (``score``: the fused score). 404 unknown session or
+    NPC, 422 bad ``q``, ``k`` or ``max_chars``, or an ``npc_id`` that is not a character."""
     k_max = 50 if max_chars is None else 200
     if not q.strip() or not 1 <= k <= k_max or (max_chars is not None and max_chars < 1):
         raise HTTPException(422, f"q must be non-empty, 1 <= k <= {k_max} (200 with "
                                  "max_chars) and max_chars >= 1")
     r = nearline.get_redis()
     sess = _open_session(r, session_id)
+    npc_entry_id = None
+    include = None
+    if npc_id is not None:
+        with _turn_errors():
+            npc_entry_id = turns.resolve_target(r, session_id, npc_id).npc_entry_id
+        include = witnesses.witnessed_item_ids(r, session_id, npc_entry_id)
     query = get_embedder().embed([q])[0]
     doc_hits = state.index.search_session(sess["world_id"], session_id, query, k)
-    ev_ids = [h.lore_entry_id for h in state.index.search(evidence_scope(session_id), query, k)]
+    ev_ids = [h.lore_entry_id for h in state.index.search(evidence_scope(session_id), query, k,
+                                                          include=include)]
     docs, items = _fetch(r, sess["world_id"], session_id, [h.lore_entry_id for h in doc_hits],
                          ev_ids)
+    if npc_entry_id is not None:
+        docs, items, _ = _npc_view(r, session_id, npc_entry_id, docs, items)
     scopes = {h.lore_entry_id: h.scope for h in doc_hits}
-    turn_ids = _note_turn_ids(session_id, [d["id"] for d in docs]) if docs else {}
+    turn_ids = _note_turn_ids(session_id, [d["id"] for d in docs if d["note"]]) if docs else {}
     merged = retrieval.merge(
         [_document_hit(d, scopes[d["id"]], turn_ids) for d in docs],
         [_evidence_hit(it) for it in items], text=lambda h: h["text"],
         key=lambda h: (h["kind"], h.get("lore_entry_id", h.get("turn_id")), h.get("part")),
         k=k, max_chars=max_chars)
-    return {"query": q, "hits": [{**f.item, "rank": f.rank, "score": round(f.score, 6)}
-                                 for f in merged]}
+    return {"query": q, "npc_id": npc_id,
+            "hits": [{**f.item, "rank": f.rank, "score": round(f.score, 6)} for f in merged]}
 
 
 @api.get("/v1/sessions/{session_id}/memory",
