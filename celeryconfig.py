@@ -67,11 +67,19 @@ worker_prefetch_multiplier = 1
 # Exception: the archiver (queue ``archive``) runs ``archive_turn`` as a celery-batches task,
 # which needs a batch's worth of prefetched messages; the Procfile starts it with
 # ``--prefetch-multiplier ${ARCHIVE_PREFETCH:-200}`` (2 x ARCHIVE_BATCH_SIZE).
-# Redis redelivers unacknowledged messages after the visibility timeout; it must exceed the
-# longest hard time limit plus the longest retry delay or tasks run twice (celery #2599).
-broker_transport_options = {"visibility_timeout": 3 * 3600}
-result_backend_transport_options = {"visibility_timeout": 3 * 3600}
+# Redis redelivers a message taken by a worker and not acknowledged after the visibility
+# timeout (BROKER_VISIBILITY_TIMEOUT_S, 600 s): a worker killed mid-task gives its messages back
+# within that time at the latest. It must exceed the longest hard time limit (360 s) plus the
+# longest retry countdown a worker holds (120 s), or a task still running is delivered twice
+# (celery #2599; harmless here, since tasks are idempotent, but wasted). Messages of a dead
+# worker are usually given back much sooner: ``tasks.unacked.restore_orphans`` (worker start-up
+# and every reconcile run) restores those no live worker holds.
+broker_transport_options = {"visibility_timeout": _s.broker_visibility_timeout_s}
+result_backend_transport_options = {"visibility_timeout": _s.broker_visibility_timeout_s}
+# A broker outage of any length is waited out: workers, beat and the dialogue server retry the
+# connection forever (with backoff) instead of exiting.
 broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
 
 # Time limits per task kind are set on the tasks (tasks/*.py); these are the defaults.
 task_soft_time_limit = 300
@@ -110,7 +118,8 @@ beat_schedule = {
 # Redis and holds a lock there; a second beat waits for the lock and takes over within
 # ``BEAT_LOCK_TIMEOUT_S`` seconds if the first dies. The loop wakes at least every 5 s so
 # the lock is extended well before it expires.
-beat_scheduler = "redbeat.RedBeatScheduler"
+# ``workers.beat``: redbeat's scheduler, waiting out a Redis outage instead of exiting.
+beat_scheduler = "workers.beat:ResilientRedBeatScheduler"
 redbeat_redis_url = redis_url_for_client(_s.effective_redis_url)
 redbeat_key_prefix = "npc_memory:beat:"
 redbeat_lock_timeout = _s.beat_lock_timeout_s

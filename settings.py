@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     # task-ledger upserts commit asynchronously (PostgreSQL synchronous_commit=off; memory.db)
     ledger_async_commit: bool = True
     reconcile_seconds: float = 30.0
+    # Broker (Redis): a message a worker took and did not acknowledge is delivered again after
+    # BROKER_VISIBILITY_TIMEOUT_S; it must exceed the longest task time limit (360 s) plus the
+    # longest retry countdown (120 s). Messages no live worker holds are given back sooner, once
+    # they are UNACKED_RESTORE_AFTER_S old (worker start-up and reconcile, tasks/unacked.py).
+    broker_visibility_timeout_s: int = Field(600, ge=1)
+    unacked_restore_after_s: float = Field(60.0, ge=0)
 
     # World ticks (off-screen world simulation). A tick simulates, per session, at most
     # SIMULATE_MAX_NPCS characters within SIMULATE_MAX_TOKENS model tokens; one beat tick

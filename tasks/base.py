@@ -33,7 +33,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import kombu.exceptions
+import redis.exceptions
 from celery import Task, shared_task
+from celery.exceptions import Reject
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -54,6 +57,9 @@ from tasks.payloads import Payload
 log = logging.getLogger(__name__)
 
 MAX_REDELIVERIES = 3
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+              kombu.exceptions.OperationalError)
+"""What a task sees while Redis (broker, nearline tier) is unreachable."""
 """Redeliveries tolerated beyond the retries (worker lost, visibility timeout)."""
 DB_OUTAGE_MAX_RETRIES = get_settings().db_outage_max_retries
 DB_OUTAGE_MAX_BACKOFF_S = 60
@@ -275,6 +281,15 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
         def run(self, **kwargs):
             try:
                 return _run(self, kwargs)
+            except REDIS_DOWN as exc:  # give the message back; never fail it for an outage
+                log.warning("%s %s: redis unavailable (%s): message given back", name,
+                            self.request.id, type(exc).__name__)
+                try:
+                    _ledger(self.request.id or "local", name, status="retrying",
+                            error=f"redis unavailable, redelivered: {type(exc).__name__}")
+                except OperationalError:
+                    pass
+                raise Reject(f"redis unavailable: {exc}", requeue=True) from exc
             except OperationalError as exc:  # the database is down: wait it out
                 if self.request.retries >= DB_OUTAGE_MAX_RETRIES:
                     raise

@@ -13,14 +13,19 @@ contract of a plain ``npc_task`` (``tasks.base``):
 - an invalid payload, or a task id over 200 characters, is dead-lettered alone, the rest of
   the batch is written;
 - a task id that already succeeded is not written again (``{"status": "duplicate"}``);
+- Redis unreachable when the batch starts: nothing is written and the messages come back
+  (their acknowledgement cannot reach Redis either; ``tasks.unacked`` restores them);
 - a database outage (``OperationalError``) re-sends every message of the batch with its own
   task id, ``retries + 1`` and a capped exponential backoff with full jitter (60 s at most), up
   to ``DB_OUTAGE_MAX_RETRIES`` times; after that each is dead-lettered (parked in Redis while
   the database is down);
 - any other error of the batch statement (one bad row fails a multi-row INSERT) writes the
   messages one by one, so only the offending ones are dead-lettered;
-- the ledger rows of a batch are written with one multi-row upsert in the same transaction as
-  the batch's effect (status ``succeeded``, ``result`` carries ``batch_id`` and ``batch_size``).
+- the ledger shows a batch's messages ``running`` from the moment the batch starts (one
+  multi-row upsert; a row that already succeeded is left as it is), so messages a killed
+  worker held are visible; the final rows are written with one multi-row upsert in the same
+  transaction as the batch's effect (status ``succeeded``, ``result`` carries ``batch_id``
+  and ``batch_size``).
 
 celery-batches needs prefetched messages to form a batch: a worker consuming a batch queue
 must run with ``--prefetch-multiplier`` of at least the batch size (the Procfile's
@@ -33,6 +38,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from itertools import count
+from queue import Empty
 
 from celery import Celery, shared_task
 from celery.utils.time import get_exponential_backoff_interval
@@ -51,6 +58,7 @@ from tasks.base import (
     DB_OUTAGE_MAX_RETRIES,
     DELIVERY_TTL_S,
     MAX_REDELIVERIES,
+    REDIS_DOWN,
     TASK_ID_MAX_CHARS,
     dead_letter,
     declare_task,
@@ -64,10 +72,38 @@ BatchFn = Callable[[Session, list[Payload]], list[dict]]
 
 
 class NpcBatchTask(Batches):
-    """Base class of the project's batch tasks (see the module docstring)."""
+    """Base class of the project's batch tasks (see the module docstring).
+
+    It survives a broker reconnection, which plain celery-batches does not: when the
+    connection breaks, Celery's event loop clears the worker's timer, which held the batch's
+    periodic flush, while celery-batches still believes it is scheduled, so messages received
+    afterwards waited in the buffer forever (until ``flush_every`` of them arrived). Celery
+    builds every task's strategy again when the consumer restarts; here that also cancels the
+    stale flush timer (the next message starts a new one) and drops the requests buffered on
+    the broken connection, as Celery's consumer does with its reserved requests: they cannot
+    be acknowledged any more, and their messages are delivered again (``tasks.unacked``).
+    """
 
     abstract = True
     queue_name = ""
+
+    def Strategy(self, task, app, consumer):  # noqa: N802 (celery's name)
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        self._count = count(1)
+        dropped = 0
+        for q in (self._buffer, self._pending):
+            while True:
+                try:
+                    q.get_nowait()
+                except Empty:
+                    break
+                dropped += 1
+        if dropped:
+            log.warning("%s: consumer restarted; %d buffered message(s) left to redelivery",
+                        self.name, dropped)
+        return super().Strategy(task, app, consumer)
 
 
 def _retries(req) -> int:
@@ -104,6 +140,28 @@ def _ledger_rows(s: Session, name: str, queue: str, items: list[tuple], results:
     cols = [c for c in next(iter(rows.values())) if c != "task_id"]
     s.execute(ins.on_conflict_do_update(index_elements=["task_id"],
                                         set_={c: getattr(ins.excluded, c) for c in cols}))
+
+
+def _running_rows(name: str, queue: str, items: list[tuple], started) -> None:
+    """One multi-row upsert marking ``items`` (``(req, payload, deliveries)``) ``running``;
+    rows that already succeeded keep their status (a redelivered duplicate).
+
+    Raises:
+        OperationalError: the database is unreachable.
+    """
+    rows = {req.id: {"task_id": storable_id(req.id), "task_name": name, "queue": queue,
+                     "payload": storable(dict(req.kwargs)), "status": "running",
+                     "attempts": deliveries,
+                     "idempotency_key": getattr(payload, "idempotency_key", None),
+                     "session_id": getattr(payload, "session_id", None),
+                     "target": payload.target()[:300], "started_at": started}
+            for req, payload, deliveries in items}
+    with session_scope() as s:
+        ins = dialect_insert(s, TaskRecord).values(list(rows.values()))
+        s.execute(ins.on_conflict_do_update(
+            index_elements=["task_id"],
+            set_={c: getattr(ins.excluded, c) for c in ("status", "attempts", "started_at")},
+            where=TaskRecord.status != "succeeded"))
 
 
 def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
@@ -155,7 +213,12 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
         def _run_batch(self, requests) -> dict:
             started = utcnow()
             batch_id = uuid.uuid4().hex
-            counts = count_deliveries([r.id for r in requests])
+            try:
+                counts = count_deliveries([r.id for r in requests])
+            except REDIS_DOWN as exc:  # the acknowledgement fails too: they come back
+                log.warning("%s: redis unavailable (%s): batch of %d left for redelivery",
+                            name, type(exc).__name__, len(requests))
+                return {"redelivery": len(requests), "batch_id": batch_id}
             items: list[tuple] = []
             dead = 0
             for req, deliveries in zip(requests, counts):
@@ -182,6 +245,7 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
             if not items:
                 return {"written": 0, "dead": dead, "batch_id": batch_id}
             try:
+                _running_rows(name, queue, items, started)
                 again = [i for i in items if i[2] > 1]
                 if again:  # only messages seen before can be duplicates of a success
                     with session_scope() as s:

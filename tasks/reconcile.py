@@ -6,7 +6,10 @@ It repairs what an outage left half-done, so that nothing is lost:
   never have reached the broker) get their tasks sent again (``tasks.dispatch``: stable task
   ids, idempotent on the turn id);
 - dead letters parked in Redis while the database was down are written to the dead-letter
-  store.
+  store;
+- broker messages a dead worker (or a worker whose broker connection broke) took and never
+  acknowledged go back on their queues once ``UNACKED_RESTORE_AFTER_S`` old, instead of after
+  the visibility timeout (``tasks.unacked.restore_orphans``).
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ from celery import current_app
 
 from memory import nearline
 from tasks.base import TaskContext, flush_parked_dead_letters, npc_task
+from settings import get_settings
 from tasks.dispatch import app_sender, send_turn_tasks
 from tasks.payloads import ReconcilePayload, TurnPayload
+from tasks.unacked import restore_orphans
 
 
 @npc_task("npc_memory.reconcile", ReconcilePayload, soft_time_limit=60, time_limit=90,
           max_retries=0)
 def reconcile(p: ReconcilePayload, ctx: TaskContext) -> dict:
-    """Resend the outbox's overdue turns and flush parked dead letters.
+    """Resend the outbox's overdue turns, flush parked dead letters and restore the
+    unacknowledged messages no live worker holds.
 
-    Returns ``{"resent_turns": n, "dead_letters_written": m}``.
+    Returns ``{"resent_turns": n, "dead_letters_written": m, "restored_messages": k}``.
     """
     r = nearline.get_redis()
     due = nearline.outbox_due(r, p.older_than_s)
@@ -32,4 +38,6 @@ def reconcile(p: ReconcilePayload, ctx: TaskContext) -> dict:
     for doc in due:
         send_turn_tasks(send, r, TurnPayload.model_validate(doc).model_dump(
             mode="json", exclude_none=True))
-    return {"resent_turns": len(due), "dead_letters_written": flush_parked_dead_letters()}
+    restored = restore_orphans(current_app, get_settings().unacked_restore_after_s)
+    return {"resent_turns": len(due), "dead_letters_written": flush_parked_dead_letters(),
+            "restored_messages": restored}

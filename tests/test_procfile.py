@@ -44,3 +44,18 @@ def test_honcho_scales_workers_with_unique_node_names():
         honcho.stop()
         app.close()
         broker.stop()
+
+
+def test_supervisord_conf_is_the_procfile():
+    """``deploy/supervisord.conf`` is what ``workers.procfile`` writes from the Procfile: one
+    restarted-on-exit program per Procfile line, with the line's command."""
+    from workers.procfile import SUPERVISORD_CONF, read_procfile, supervisord_conf
+
+    processes = read_procfile()
+    assert {"web", "worker", "embedder", "archiver", "beat", "flower", "llm"} <= set(processes)
+    assert SUPERVISORD_CONF.read_text() == supervisord_conf(processes), \
+        "deploy/supervisord.conf is stale: python -m workers.procfile > deploy/supervisord.conf"
+    text = SUPERVISORD_CONF.read_text()
+    for name in processes:
+        block = text.split(f"[program:{name}]\n", 1)[1].split("\n\n", 1)[0]
+        assert "autorestart=true" in block and "stopasgroup=true" in block
