@@ -5,6 +5,8 @@ with the benchmarks in ``bench/``). Logs go to ``DATA_DIR`` (the test run's temp
 from workers.embedded import free_port
 from workers.procs import (
     ROOT,
+    HAProxy,
+    Host,
     PrivatePostgres,
     PrivateRedis,
     SubprocessWorker,
@@ -12,8 +14,11 @@ from workers.procs import (
     _Subprocess,
     _wait_port,
     api_headers,
+    haproxy_bin,
     process_env,
+    process_env_with_broker,
 )
 
-__all__ = ["ROOT", "PrivatePostgres", "PrivateRedis", "SubprocessWorker", "WebServer",
-           "_Subprocess", "_wait_port", "api_headers", "free_port", "process_env"]
+__all__ = ["ROOT", "HAProxy", "Host", "PrivatePostgres", "PrivateRedis", "SubprocessWorker", "WebServer",
+           "_Subprocess", "_wait_port", "api_headers", "free_port",
+           "haproxy_bin", "process_env", "process_env_with_broker"]
