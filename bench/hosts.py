@@ -14,10 +14,11 @@ Three phases, players playing turns one after another with a short think time:
    seconds on the surviving host until every accepted turn is archived and its tasks ended.
 
 Figures: turns, turn latency p50/p95 (ms, client round trip), kills, turns refused (requests
-in flight to the killed server), turns lost (answered 200 but not archived or not in the
-session's recent turns), tasks lost (an accepted turn's analysis or archive task not
-``succeeded`` after the drain), messages the killed host's workers held, and the recovery
-time (kill -> every task ended). Needs ``haproxy`` (Debian: ``apt-get install haproxy``).
+in flight to the killed server), turns lost (answered 200 but not archived, or not in the
+session's recent turns, which keep its last ``TURNS_CAP``), tasks lost (an accepted turn's
+analysis or archive task not ``succeeded`` after the drain), messages the killed host's
+workers held and tasks run more than once (redelivered), and the drain time after the kill (kill ->
+every task ended). Needs ``haproxy`` (Debian: ``apt-get install haproxy``).
 """
 
 from __future__ import annotations
@@ -195,12 +196,17 @@ def run(env: Env, quick: bool) -> Result:
         r = nearline.get_redis()
         recent = {sid: {t["turn_id"] for t in nearline.recent_turns(r, sid, 1000)}
                   for sid in accepted}
-        lost_turns = sum(1 for sid, ts in accepted.items() for t in ts
-                         if t not in archived or t not in recent[sid])
+        # the nearline list keeps a session's last TURNS_CAP turns; the archive keeps all
+        lost_turns = sum(1 for sid, ts in accepted.items() for i, t in enumerate(ts)
+                         if t not in archived
+                         or (i >= len(ts) - nearline.TURNS_CAP and t not in recent[sid]))
         lost_tasks = len(set(task_ids) - ok)
+        with session_scope() as s:
+            row["redelivered"] = len(s.scalars(select(TaskRecord.task_id).where(
+                TaskRecord.task_id.in_(task_ids), TaskRecord.attempts > 1)).all())
         row["turns_lost"] = lost_turns
         row["tasks_lost"] = lost_tasks
-        row["recovery_s"] = round(done_at - killed_at, 1) if done_at else None
+        row["drained_after_kill_s"] = round(done_at - killed_at, 1) if done_at else None
         rows.append(row)
         direct, via = rows[0], rows[1]
         return Result(
