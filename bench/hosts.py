@@ -17,8 +17,8 @@ Figures: turns, turn latency p50/p95 (ms, client round trip), kills, turns refus
 in flight to the killed server), turns lost (answered 200 but not archived, or not in the
 session's recent turns, which keep its last ``TURNS_CAP``), tasks lost (an accepted turn's
 analysis or archive task not ``succeeded`` after the drain), messages the killed host's
-workers held and tasks run more than once (redelivered), and the drain time after the kill (kill ->
-every task ended). Needs ``haproxy`` (Debian: ``apt-get install haproxy``).
+workers held and tasks run more than once (redelivered), and the drain time after the kill
+(kill -> every task ended). Needs ``haproxy`` (Debian: ``apt-get install haproxy``).
 """
 
 from __future__ import annotations
