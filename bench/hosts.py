@@ -18,7 +18,8 @@ in flight to the killed server), turns lost (answered 200 but not archived, or n
 session's recent turns, which keep its last ``TURNS_CAP``), tasks lost (an accepted turn's
 analysis or archive task not ``succeeded`` after the drain), messages the killed host's
 workers held and tasks run more than once (redelivered), and the drain time after the kill
-(kill -> every task ended). Needs ``haproxy`` (Debian: ``apt-get install haproxy``).
+(kill -> every task ended). Needs ``haproxy`` (Debian: ``apt-get install haproxy``); without
+it the benchmark reports itself skipped.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ def run(env: Env, quick: bool) -> Result:
     from tasks.dispatch import turn_task_id
     from workers.procs import HAProxy, Host, PrivateRedis, haproxy_bin
 
-    if haproxy_bin() is None:
-        raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
+    if haproxy_bin() is None:  # reported, not failed: the rest of the suite still runs
+        return Result("hosts", [], targets=[Target("turns lost after a host kill", None, "<=", 0)],
+                      notes="skipped: haproxy is not installed (apt-get install haproxy)")
     players_n, turns, phase_s, kill_at_s, think_s = (4, 8, 20, 8, 0.1) if quick else \
         (8, 25, 60, 20, 0.1)
     drain_s = 180 if quick else 600
