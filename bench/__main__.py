@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 BENCHMARKS = ["retrieval", "archive", "pipeline", "freshness", "coalescing", "scaling", "canon",
-              "hot_path", "lora_route", "memory", "real_model", "memory_quality"]
+              "hot_path", "lora_route", "memory", "real_model", "memory_quality", "hosts"]
 
 
 def main(argv: list[str] | None = None) -> int:

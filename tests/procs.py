@@ -14,6 +14,8 @@ from models import TaskRecord, Turn
 from workers.embedded import free_port
 from workers.procs import (
     ROOT,
+    HAProxy,
+    Host,
     PrivatePostgres,
     PrivateRedis,
     SubprocessWorker,
@@ -21,7 +23,9 @@ from workers.procs import (
     _Subprocess,
     _wait_port,
     api_headers,
+    haproxy_bin,
     process_env,
+    process_env_with_broker,
 )
 
 LINES = ["Good evening. Have you seen anything strange in the village tonight?",
@@ -57,6 +61,7 @@ def ledger(task_ids: list[str], url: str | None = None) -> dict[str, TaskRecord]
         return {r.task_id: r for r in rows}
 
 
-__all__ = ["LINES", "ROOT", "PrivatePostgres", "PrivateRedis", "SubprocessWorker", "WebServer",
-           "_Subprocess", "_wait_port", "api_headers", "archived", "free_port", "ledger",
-           "open_session", "play_turn", "process_env"]
+__all__ = ["LINES", "ROOT", "HAProxy", "Host", "PrivatePostgres", "PrivateRedis",
+           "SubprocessWorker", "WebServer", "_Subprocess", "_wait_port", "api_headers", "archived",
+           "free_port", "haproxy_bin", "ledger", "open_session", "play_turn", "process_env",
+           "process_env_with_broker"]
