@@ -478,7 +478,8 @@ def text_vectors(dim: int) -> Callable[[list[str]], np.ndarray]:
 @contextmanager
 def role_on(url: str, *roles: str):
     """Point model ``roles`` (``generation``, ``analysis``, ...) at ``url`` as a vLLM backend
-    (and re-read settings and clients) in this process; restored after."""
+    serving a model with an 8,192-token context (and re-read settings and clients) in this
+    process; restored after."""
     import pytest
 
     import settings
@@ -488,6 +489,8 @@ def role_on(url: str, *roles: str):
     for role in roles:
         mp.setenv(f"{role.upper()}_BASE_URL", url)
         mp.setenv(f"{role.upper()}_BACKEND", "vllm")
+        # the model a vLLM server runs has a context of its own, not the embedded 2,048
+        mp.setenv(f"{role.upper()}_CONTEXT_TOKENS", "8192")
     settings.get_settings.cache_clear()
     chat_model.cache_clear()
     try:
