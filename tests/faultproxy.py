@@ -10,7 +10,9 @@ requests (``POST .../chat/completions``) consume the next fault of a scriptable 
 - ``"slow"`` / ``("slow", seconds)``: wait, then forward;
 - ``"truncated"``: forward, then cut the content in half and set ``finish_reason: "length"``;
 - ``"invalid_json"``: forward, then replace the content with text that is not JSON (an
-  otherwise valid ``chat.completion`` body, ``finish_reason: "stop"``);
+  otherwise valid ``chat.completion`` body, ``finish_reason: "stop"``); both also apply to a
+  streamed request (pipeline calls stream on a shared llama.cpp server), answered with the
+  changed text as one delta;
 - ``("reply", text)``: forward, then replace the content with ``text`` (a scripted reply
   from an otherwise real answer); a streamed request (``"stream": true``) is answered here
   with ``text`` as one delta (the model server is not called).
@@ -38,12 +40,22 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length"
                "content-encoding", "te", "trailer", "upgrade", "proxy-authorization"}
 
 
-def _sse_reply(text: str) -> bytes:
+def _sse_text(data: bytes) -> str:
+    """The reply text of an upstream streamed chat completion (its ``data:`` chunks)."""
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line.startswith("data: ") and line[6:].strip() != "[DONE]":
+            for choice in json.loads(line[6:]).get("choices") or []:
+                out.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(out)
+
+
+def _sse_reply(text: str, finish_reason: str = "stop") -> bytes:
     """A streamed chat completion of ``text`` in one delta, with usage, then ``[DONE]``."""
     base = {"id": "chatcmpl-proxy", "object": "chat.completion.chunk", "model": "proxy"}
     chunks = [{**base, "choices": [{"index": 0, "delta": {"content": text},
                                     "finish_reason": None}]},
-              {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+              {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]},
               {**base, "choices": [], "usage": {"prompt_tokens": 1,
                                                 "completion_tokens": len(text.split()),
                                                 "total_tokens": 1 + len(text.split())}}]
@@ -167,7 +179,14 @@ class FaultProxy:
             up = self.client.request(h.command, self.upstream + h.path, content=body,
                                      headers=headers)
             data = up.content
-            if kind in ("truncated", "invalid_json", "reply") and up.status_code == 200:
+            streamed = json.loads(body or b"{}").get("stream")
+            if streamed and kind in ("truncated", "invalid_json") and up.status_code == 200:
+                content = _sse_text(data)  # the same faults, in the streamed wire format
+                if kind == "truncated":
+                    data = _sse_reply(content[: max(1, len(content) // 2)], "length")
+                else:
+                    data = _sse_reply(INVALID_CONTENT)
+            elif kind in ("truncated", "invalid_json", "reply") and up.status_code == 200:
                 doc = json.loads(data)
                 choice = doc["choices"][0]
                 content = choice["message"].get("content") or ""

@@ -443,8 +443,5 @@ def test_a_dialogue_request_cuts_a_pipeline_generation_short(settings_env, llm_s
 
 
 def test_preemption_off_runs_the_pipeline_call_to_its_end_first(settings_env, llm_server):
-    from inference import llm
-
-    before = llm.preemptions
     finished, _ = _dialogue_during_pipeline(settings_env, llm_server, DIALOGUE_PREEMPT_MAX="0")
-    assert finished == ["pipeline", "dialogue"] and llm.preemptions == before
+    assert finished == ["pipeline", "dialogue"]  # the dialogue waited for the whole generation

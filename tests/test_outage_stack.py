@@ -31,7 +31,7 @@ from tasks.dispatch import turn_task_id
 from tests.procs import (LINES, ROOT, PrivateRedis, SubprocessWorker, WebServer, _Subprocess,
                          _wait_port, api_headers, archived, free_port, ledger, open_session,
                          play_turn, process_env)
-from workers.procfile import read_procfile, supervisord_conf
+from workers.procfile import read_procfile, shell_command, supervisord_conf
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_stack_rides_out_a_redis_outage(light_world, llm_server, wait_for):
             if name == "llm":  # the test run's model server (LLM_BASE_URL) stands in for it
                 continue
             procs[name] = _Subprocess(env, f"stack-outage-{name}.log")
-            procs[name]._spawn(["/bin/sh", "-c", f"exec {command}"])
+            procs[name]._spawn(["/bin/sh", "-c", shell_command(command)])
         web_url = f"http://127.0.0.1:{web_port}"
         procs["web"].wait_http(f"{web_url}/healthz", 120, "web")
         for name in ("worker", "embedder", "archiver"):
@@ -130,7 +130,7 @@ def test_beat_survives_redis_restart_and_its_lock_expiring(wait_for):
     beat = _Subprocess(env, "beat-outage.log")
     r = redis_py.Redis.from_url(broker.url)
     try:
-        beat._spawn(["/bin/sh", "-c", f"exec {read_procfile()['beat']}"])
+        beat._spawn(["/bin/sh", "-c", shell_command(read_procfile()["beat"])])
         wait_for(lambda: r.llen("archive") >= 1, timeout=60)
         broker.stop()
         time.sleep(min(OUTAGE_S, 10))  # the lock (6 s) expires meanwhile
