@@ -32,9 +32,10 @@ from sqlalchemy import select
 
 from memory import nearline
 from memory.db import session_scope
-from models import TaskRecord, Turn
+from models import Turn
 from tasks.dispatch import turn_task_id
-from tests.procs import HAProxy, Host, PrivateRedis, api_headers, haproxy_bin, process_env_with_broker
+from tests.procs import (LINES, HAProxy, Host, PrivateRedis, api_headers, haproxy_bin, ledger,
+                         open_session, play_turn, process_env_with_broker)
 
 pytestmark = [
     pytest.mark.skipif(haproxy_bin() is None,
@@ -48,33 +49,10 @@ pytestmark = [
 FRESHNESS_TARGET_S = 0.5  # the freshness benchmark's target: turn -> searchable, p95 <= 500 ms
 TASKS = ("npc_memory.analyze_turn", "npc_memory.archive_turn")
 PLAYERS = 2
-LINES = ["Good evening. Have you seen anything strange in the village tonight?",
-         "I heard wolves howling near the old mill.",
-         "Will you keep my secret if I tell you where I sleep?",
-         "Thank you, friend. I will return before dawn."]
-
-
-def _open(client: httpx.Client, world_key: str) -> tuple[str, str]:
-    resp = client.post("/v1/sessions", json={"world": world_key, "player_name": "tester"})
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
-    return body["session_id"], body["characters"][0]["npc_id"]
-
-
-def _turn(client: httpx.Client, sid: str, npc: str, text: str) -> httpx.Response:
-    return client.post(f"/v1/sessions/{sid}/turns", json={"npc_id": npc, "player_text": text})
-
-
 def _found(client: httpx.Client, sid: str, text: str, turn_id: str) -> bool:
     resp = client.get(f"/v1/sessions/{sid}/search", params={"q": text, "k": 10})
     assert resp.status_code == 200, resp.text
     return any(h.get("turn_id") == turn_id for h in resp.json()["hits"])
-
-
-def _ledger(task_ids: list[str]) -> dict[str, TaskRecord]:
-    with session_scope() as s:
-        rows = s.scalars(select(TaskRecord).where(TaskRecord.task_id.in_(task_ids))).all()
-        return {r.task_id: r for r in rows}
 
 
 def _archived(sids: list[str]) -> set[str]:
@@ -155,9 +133,9 @@ def test_two_hosts_behind_haproxy_share_memory_and_survive_a_host_kill(light_wor
         # (a) a turn on A, found by a search on B within the freshness target of A finding it
         a = httpx.Client(base_url=hosts["a"].web.url, timeout=180, headers=api_headers())
         b = httpx.Client(base_url=hosts["b"].web.url, timeout=180, headers=api_headers())
-        sid, npc = _open(client, light_world["key"])
+        sid, npc = open_session(client, light_world["key"])
         text = "The silver key is hidden under the third stone of the chapel well."
-        resp = _turn(a, sid, npc, text)
+        resp = play_turn(a, sid, npc, text)
         assert resp.status_code == 200, resp.text
         tid = resp.json()["turn_id"]
         seen: dict[str, float] = {}
@@ -173,7 +151,7 @@ def test_two_hosts_behind_haproxy_share_memory_and_survive_a_host_kill(light_wor
 
         # (b) players talk through HAProxy; host A dies while its workers hold messages
         for _ in range(PLAYERS):
-            psid, pnpc = _open(client, light_world["key"])
+            psid, pnpc = open_session(client, light_world["key"])
             players.append(_Player(lb.url, psid, pnpc, stop))
         for p in players:
             p.start()
@@ -199,7 +177,7 @@ def test_two_hosts_behind_haproxy_share_memory_and_survive_a_host_kill(light_wor
         for p in players:
             p.join(200)
         # a dialogue turn (the model answers) through the balancer, after the kill
-        resp = _turn(client, players[0].sid, players[0].npc, LINES[0])
+        resp = play_turn(client, players[0].sid, players[0].npc, LINES[0])
         assert resp.status_code == 200 and resp.headers["x-served-by"] == "b", resp.text
         players[0].turns.append((time.monotonic(), time.monotonic(), 200, "b",
                                  resp.json()["turn_id"]))
@@ -233,12 +211,12 @@ def test_two_hosts_behind_haproxy_share_memory_and_survive_a_host_kill(light_wor
 
         def finished() -> bool:
             reconciled()
-            rows = _ledger(ids)
+            rows = ledger(ids)
             return len(rows) == len(ids) and all(x.status in ("succeeded", "dead")
                                                  for x in rows.values())
 
         wait_for(finished, timeout=300, interval=1.0)
-        for rec in _ledger(ids).values():
+        for rec in ledger(ids).values():
             # the small test model may write unparseable analyses: dead-lettered, never lost
             assert rec.status == "succeeded" or "InvalidModelOutput" in (rec.error or ""), \
                 (rec.task_id, rec.status, rec.error)
