@@ -20,6 +20,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -27,11 +28,16 @@ import redis
 from memory import nearline
 from memory.fencing import undone_key
 from tasks.dispatch import TURN_TASKS as PIPELINE_TASKS
-from tasks.dispatch import Publish, Send, request_simulation, send_turn_tasks
+from tasks.dispatch import Send, request_simulation, send_turn_tasks
 from settings import get_settings
 from tasks.payloads import TurnPayload
 
 SUMMARY_TASK = "npc_memory.summarize_session"
+
+Publish = Callable[[dict], None]
+"""``(turn kwargs) -> None``: how :func:`record_turn` hands a recorded turn's pipeline tasks
+over: the dialogue server's outbox relay (``workers.relay.TurnRelay.submit``), or by default
+an inline ``send_turn_tasks``."""
 
 
 class UnknownSession(LookupError):

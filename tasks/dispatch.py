@@ -23,12 +23,6 @@ Send = Callable[..., object]
 Celery app (``app_sender``); options such as ``expires`` go to ``send_task``."""
 
 
-Publish = Callable[[dict], None]
-"""``(turn kwargs) -> None``: how ``memory.turns.record_turn`` hands a recorded turn's
-pipeline tasks over: the dialogue server's outbox relay (``workers.relay.TurnRelay.submit``),
-or by default an inline ``send_turn_tasks``."""
-
-
 def app_sender(app: Celery) -> Send:
     """A ``Send`` over ``app.send_task`` (extra keyword options such as ``expires`` pass
     through)."""
