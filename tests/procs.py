@@ -26,6 +26,7 @@ from workers.procs import (
     haproxy_bin,
     process_env,
     process_env_with_broker,
+    start_hosts,
 )
 
 LINES = ["Good evening. Have you seen anything strange in the village tonight?",
@@ -48,6 +49,16 @@ def play_turn(client: httpx.Client, sid: str, npc: str, text: str) -> httpx.Resp
     return client.post(f"/v1/sessions/{sid}/turns", json={"npc_id": npc, "player_text": text})
 
 
+def play_lines(client: httpx.Client, sid: str, npc: str, lines: list[str]) -> list[str]:
+    """Play ``lines`` as turns to ``npc``, each answered 200; their turn ids, in order."""
+    ids = []
+    for text in lines:
+        resp = play_turn(client, sid, npc, text)
+        assert resp.status_code == 200, resp.text
+        ids.append(resp.json()["turn_id"])
+    return ids
+
+
 def archived(session_id: str, url: str | None = None) -> set[str]:
     """Turn ids of the session in the archive (``turns``)."""
     with session_scope(url) as s:
@@ -63,5 +74,5 @@ def ledger(task_ids: list[str], url: str | None = None) -> dict[str, TaskRecord]
 
 __all__ = ["LINES", "ROOT", "HAProxy", "Host", "PrivatePostgres", "PrivateRedis",
            "SubprocessWorker", "WebServer", "_Subprocess", "_wait_port", "api_headers", "archived",
-           "free_port", "haproxy_bin", "ledger", "open_session", "play_turn", "process_env",
-           "process_env_with_broker"]
+           "free_port", "haproxy_bin", "ledger", "open_session", "play_lines", "play_turn",
+           "process_env", "process_env_with_broker", "start_hosts"]

@@ -30,7 +30,7 @@ import redis as redis_py
 from tasks.dispatch import turn_task_id
 from tests.procs import (LINES, ROOT, PrivateRedis, SubprocessWorker, WebServer, _Subprocess,
                          _wait_port, api_headers, archived, free_port, ledger, open_session,
-                         play_turn, process_env)
+                         play_lines, play_turn, process_env)
 from workers.procfile import read_procfile, shell_command, supervisord_conf
 
 pytestmark = pytest.mark.slow
@@ -81,11 +81,7 @@ def test_stack_rides_out_a_redis_outage(light_world, llm_server, wait_for):
 
         client = httpx.Client(base_url=web_url, timeout=180, headers=api_headers())
         sid, npc = open_session(client, light_world["key"])
-        turn_ids = []
-        for text in LINES[:2]:
-            resp = play_turn(client, sid, npc, text)
-            assert resp.status_code == 200, resp.text
-            turn_ids.append(resp.json()["turn_id"])
+        turn_ids = play_lines(client, sid, npc, LINES[:2])
 
         broker.stop()  # kill -9, with the turns' tasks queued or in flight
         down_since = time.monotonic()
@@ -161,11 +157,7 @@ def test_killed_worker_tasks_recovered_within_minutes(light_world, llm_server, w
         first.start()
         client = httpx.Client(base_url=web.url, timeout=180, headers=api_headers())
         sid, npc = open_session(client, light_world["key"])
-        turn_ids = []
-        for text in LINES[:3]:
-            resp = play_turn(client, sid, npc, text)
-            assert resp.status_code == 200, resp.text
-            turn_ids.append(resp.json()["turn_id"])
+        turn_ids = play_lines(client, sid, npc, LINES[:3])
         ids = [turn_task_id("npc_memory.analyze_turn", t) for t in turn_ids]
 
         def running() -> list[str]:

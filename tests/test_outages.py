@@ -22,7 +22,8 @@ from models import DeadLetter, TaskRecord, Turn
 from tasks.base import PARKED_DEAD_LETTERS
 from tasks.dispatch import turn_task_id
 from tests.procs import (LINES, PrivatePostgres, PrivateRedis, SubprocessWorker, WebServer,
-                         api_headers, archived, ledger, open_session, play_turn, process_env)
+                         api_headers, archived, ledger, open_session, play_lines, play_turn,
+                         process_env)
 
 TERMINAL = ("succeeded", "dead")
 
@@ -68,11 +69,7 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
         web.start()
         client = httpx.Client(base_url=web.url, timeout=180, headers=api_headers())
         sid, npc = open_session(client, light_world["key"])
-        turn_ids = []
-        for text in LINES[:2]:
-            resp = play_turn(client, sid, npc, text)
-            assert resp.status_code == 200, resp.text
-            turn_ids.append(resp.json()["turn_id"])
+        turn_ids = play_lines(client, sid, npc, LINES[:2])
         # no worker yet: all still queued (the server's outbox relay sends them just after
         # each reply) and the outbox settled
         wait_for(lambda: r.llen("analysis") + r.llen("archive") == 4
