@@ -101,7 +101,7 @@ def run(env: Env, quick: bool) -> Result:
     from memory.db import session_scope
     from models import TaskRecord, Turn
     from tasks.dispatch import turn_task_id
-    from workers.procs import HAProxy, Host, PrivateRedis, haproxy_bin
+    from workers.procs import HAProxy, Host, PrivateRedis, haproxy_bin, start_hosts
 
     if haproxy_bin() is None:  # reported, not failed: the rest of the suite still runs
         return Result("hosts", [], targets=[Target("turns lost after a host kill", None, "<=", 0)],
@@ -121,11 +121,7 @@ def run(env: Env, quick: bool) -> Result:
     w = env.world()
     headers = env.headers()
     try:
-        starts = [threading.Thread(target=h.start) for h in hosts.values()]
-        for t in starts:
-            t.start()
-        for t in starts:
-            t.join()
+        start_hosts(hosts.values())
         if not all(h.alive() for h in hosts.values()):
             raise RuntimeError("a host did not start:\n" + "\n".join(h.tails() for h in hosts.values()))
         lb.start()

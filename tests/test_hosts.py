@@ -35,7 +35,7 @@ from memory.db import session_scope
 from models import Turn
 from tasks.dispatch import turn_task_id
 from tests.procs import (LINES, HAProxy, Host, PrivateRedis, api_headers, haproxy_bin, ledger,
-                         open_session, play_turn, process_env_with_broker)
+                         open_session, play_turn, process_env_with_broker, start_hosts)
 
 pytestmark = [
     pytest.mark.skipif(haproxy_bin() is None,
@@ -116,11 +116,7 @@ def test_two_hosts_behind_haproxy_share_memory_and_survive_a_host_kill(light_wor
     stop = threading.Event()
     players: list[_Player] = []
     try:
-        starts = [threading.Thread(target=h.start) for h in hosts.values()]
-        for t in starts:
-            t.start()
-        for t in starts:
-            t.join()
+        start_hosts(hosts.values())
         for h in hosts.values():
             assert h.alive(), h.tails()
         lb.start()

@@ -379,6 +379,18 @@ class Host:
         self.kill()
 
 
+def start_hosts(hosts) -> None:
+    """Start every :class:`Host` of ``hosts`` (an iterable) at once, one thread each, and wait
+    for all of them (each waits for its own processes to be ready); check ``alive()`` after."""
+    import threading
+
+    starts = [threading.Thread(target=h.start) for h in hosts]
+    for t in starts:
+        t.start()
+    for t in starts:
+        t.join()
+
+
 def haproxy_bin() -> str | None:
     """The ``haproxy`` executable (Debian package ``haproxy``), or None when not installed."""
     return shutil.which("haproxy") or next(
