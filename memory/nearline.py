@@ -6,6 +6,9 @@ Key layout (all strings UTF-8; JSON values):
 - ``world:{world_id}:keys``                    hash  entry key -> lore entry id
 - ``world:{world_id}:archetypes``              hash  lore entry id -> character's archetype
   (lower-case; read by ``inference.lora.routing``)
+- ``world:{world_id}:occupants:{location_id}`` set of the entry ids of the characters the
+  world's relations place at a location (``located_in`` it, or in its ``contains``): the
+  witnesses an event posted with that ``location`` gets (``memory.turns.resolve_witnesses``)
 - ``session:{session_id}``                     hash  world_id, player_name, created_at,
   game_minutes (the in-game clock), every_turns (a world tick every N turns, 0 off),
   tick_minutes (in-game minutes per tick)
@@ -104,12 +107,45 @@ def entry_doc(entry) -> dict:
     }
 
 
+def occupants_key(world_id: int, location_id: int) -> str:
+    """Redis set of the characters a world's relations place at a location (entry ids)."""
+    return f"world:{world_id}:occupants:{int(location_id)}"
+
+
+def location_occupants(entries) -> dict[int, set[int]]:
+    """Location entry id -> entry ids of the characters at it, from the entries' relations:
+    a character ``located_in`` a location, or named in a location's ``contains`` (LIGHT and
+    Smallville imports write both, hand-written worlds often only one). ``entries``: objects
+    with ``id``, ``key``, ``entity_type`` and ``relations`` (``{name: [entry key]}``); keys
+    outside ``entries`` are ignored."""
+    by_key = {e.key: e for e in entries}
+    out: dict[int, set[int]] = {}
+    for e in entries:
+        rel = getattr(e, "relations", None) or {}
+        if e.entity_type == "character":
+            for key in rel.get("located_in") or ():
+                place = by_key.get(key)
+                if place is not None and place.entity_type == "location":
+                    out.setdefault(place.id, set()).add(e.id)
+        elif e.entity_type == "location":
+            for key in rel.get("contains") or ():
+                who = by_key.get(key)
+                if who is not None and who.entity_type == "character":
+                    out.setdefault(e.id, set()).add(who.id)
+    return out
+
+
 def cache_entries(r: redis.Redis, world_id: int, entries, session_id: str | None = None) -> None:
     """Write lore entries into the nearline tier (idempotent).
 
-    Entries created in a session are also listed under ``session:{id}:keys``.
+    Entries created in a session are also listed under ``session:{id}:keys``. A world's base
+    entries also write who occupies each location (:func:`location_occupants`).
     """
+    entries = list(entries)
     pipe = r.pipeline(transaction=True)
+    if session_id is None:
+        for location_id, who in location_occupants(entries).items():
+            pipe.sadd(occupants_key(world_id, location_id), *sorted(who))
     for entry in entries:
         doc = entry_doc(entry)
         pipe.set(f"world:{world_id}:entry:{doc['id']}", json.dumps(doc))

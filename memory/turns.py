@@ -52,6 +52,10 @@ class NotACharacter(ValueError):
     """The target entry exists but is a location or an item."""
 
 
+class NotALocation(ValueError):
+    """An event's ``location`` names an entry that is a character or an item."""
+
+
 @dataclass(frozen=True)
 class Target:
     """Who a turn is addressed to: the session (``world_id``, ``player_name``) and the NPC
@@ -115,31 +119,49 @@ def resolve_session(r: redis.Redis, session_id: str) -> Target:
 
 
 def resolve_witnesses(r: redis.Redis, target: Target, keys: list[str] | None,
-                      speaker: str | None = None) -> list[int]:
+                      speaker: str | None = None, location: str | None = None) -> list[int]:
     """The entry ids of the characters who witness a turn: the addressed NPC, the speaker
-    when it is a character's entry key, and ``keys`` (entry keys of the characters present),
-    from Redis only; sorted, without repeats. A speaker that is no entry key (a name, the
-    player) adds nothing.
+    when it is a character's entry key, ``keys`` (entry keys of the characters present) and,
+    with ``location`` (a location's entry key), the characters the world's relations place
+    there (``memory.nearline.location_occupants``), from Redis only; sorted, without repeats.
+    A speaker that is no entry key (a name, the player) adds nothing.
 
     Raises:
-        UnknownNpc: a key of ``keys`` is no entry of the session's world or creations.
+        UnknownNpc: a key of ``keys``, or ``location``, is no entry of the session's world or
+            creations.
         NotACharacter: a key of ``keys`` names a location or an item.
+        NotALocation: ``location`` names a character or an item.
     """
     out = set() if target.npc_entry_id is None else {target.npc_entry_id}
     for key in keys or []:
-        entry_id = nearline.resolve_key(r, target.world_id, target.session_id, key)
-        doc = nearline.get_entry(r, target.world_id, entry_id) if entry_id is not None else None
+        entry_id, doc = _entry(r, target, key)
         if doc is None:
             raise UnknownNpc(f"unknown witness {key!r} in this session's world")
         if doc["entity_type"] != "character":
             raise NotACharacter(f"witness {key!r} is a {doc['entity_type']}, not a character")
         out.add(entry_id)
     if speaker:
-        entry_id = nearline.resolve_key(r, target.world_id, target.session_id, speaker)
-        doc = nearline.get_entry(r, target.world_id, entry_id) if entry_id is not None else None
+        entry_id, doc = _entry(r, target, speaker)
         if doc is not None and doc["entity_type"] == "character":
             out.add(entry_id)
+    if location:
+        entry_id, doc = _entry(r, target, location)
+        if doc is None:
+            raise UnknownNpc(f"unknown location {location!r} in this session's world")
+        if doc["entity_type"] != "location":
+            raise NotALocation(f"location {location!r} is a {doc['entity_type']}, "
+                               "not a location")
+        out.update(int(m) for m in r.smembers(
+            nearline.occupants_key(target.world_id, entry_id)))
     return sorted(out)
+
+
+def _entry(r: redis.Redis, target: Target, key: str) -> tuple[int | None, dict | None]:
+    """``(entry id, cached entry)`` of an entry key in the session's world or creations;
+    ``(None, None)`` when there is none."""
+    entry_id = nearline.resolve_key(r, target.world_id, target.session_id, key)
+    doc = nearline.get_entry(r, target.world_id, entry_id) if entry_id is not None else None
+    return (entry_id, doc) if doc is not None else (None, None)
 
 
 def _events_key(session_id: str) -> str:
@@ -260,6 +282,6 @@ def record_turn(
     return Recorded(turn)
 
 
-__all__ = ["NotACharacter", "PIPELINE_TASKS", "Recorded", "Send", "Target", "UnknownNpc",
+__all__ = ["NotACharacter", "NotALocation", "PIPELINE_TASKS", "Recorded", "Send", "Target", "UnknownNpc",
            "UnknownSession", "event_turn_id", "record_turn", "resolve_session", "resolve_target",
            "resolve_witnesses", "turn_kwargs"]

@@ -328,19 +328,22 @@ class NpcMemoryClient:
     def post_event(self, session_id: str, npc_id: str | None, text: str, *,
                    speaker: str | None = None, npc_text: str | None = None,
                    event_id: str | None = None, created_at: float | None = None,
-                   kind: str = "speech", witnesses: list[str] | None = None) -> Event:
+                   kind: str = "speech", witnesses: list[str] | None = None,
+                   location: str | None = None) -> Event:
         """Record a turn generated elsewhere; it runs through the same memory pipeline.
         Give ``event_id`` when you may retry: the same id is recorded once. ``kind``:
         speech, npc_exchange (``speaker`` an NPC's key), narration or game (``npc_id`` may
-        be None); ``witnesses``: entry keys of the characters present.
+        be None); ``witnesses``: entry keys of the characters present; ``location``: the
+        entry key of the location where it happens (its occupants witness it too).
 
         Raises:
-            ApiError: 404 unknown session, NPC or witness, 422 invalid input, 503 Redis or
+            ApiError: 404 unknown session, NPC, witness or location, 422 invalid input, 503 Redis or
                 broker down.
         """
         body = {"npc_id": npc_id, "text": text, "speaker": speaker, "npc_text": npc_text,
                 "event_id": event_id, "created_at": created_at,
-                "kind": None if kind == "speech" else kind, "witnesses": witnesses or None}
+                "kind": None if kind == "speech" else kind, "witnesses": witnesses or None,
+                "location": location}
         return Event.model_validate(self._call(
             "POST", f"/v1/sessions/{session_id}/events",
             json={k: v for k, v in body.items() if v is not None}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from contextlib import contextmanager
 
 
@@ -54,3 +55,20 @@ def consumers_paused(app, timeout: float = 1.0):
         for name, queues in had.items():
             for q in queues:
                 app.control.add_consumer(q, destination=[name], reply=True, timeout=timeout)
+
+
+@contextmanager
+def pipeline_quiet(app, r, timeout: float = 180.0):
+    """Within the block, no pipeline task runs anywhere: consumers are paused
+    (:func:`consumers_paused`) and the tasks a worker had already taken have finished (kombu's
+    ``unacked`` hash is empty; tasks acknowledge late). For tests that time model calls or
+    count documents while the session-wide in-process worker may still be working through an
+    earlier module's turns on the same model server and world. Raises ``TimeoutError`` if the
+    taken tasks do not finish within ``timeout`` seconds."""
+    with consumers_paused(app):
+        deadline = time.monotonic() + timeout
+        while r.hlen("unacked"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tasks still running after {timeout} s")
+            time.sleep(0.2)
+        yield

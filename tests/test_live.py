@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from memory import nearline
+from tests.broker import pipeline_quiet
 from tests.procs import ROOT, WebServer, process_env
 
 API_KEY = os.environ["API_KEYS"].split(",")[0]
@@ -396,9 +397,16 @@ def test_chat_refuses_an_unknown_npc(saltmere_web):
     assert done.returncode == 1 and "no character 'nobody'" in done.stderr
 
 
-def _dialogue_during_pipeline(settings_env, url: str, **env: str) -> tuple[list[str], dict]:
+def _dialogue_during_pipeline(settings_env, url: str, app, **env: str) -> tuple[list[str], dict]:
     """A long pipeline generation on the shared server, and a short dialogue call sent 1.5 s
-    into it; returns the order the two finished in and their completions."""
+    into it; returns the order the two finished in and their completions. No worker task
+    uses the server meanwhile (an earlier module's analysis queued at the server ahead of the
+    dialogue would decide the order instead)."""
+    with pipeline_quiet(app, nearline.get_redis()):
+        return _race(settings_env, url, **env)
+
+
+def _race(settings_env, url: str, **env: str) -> tuple[list[str], dict]:
     from inference.llm import ChatModel
     from settings import get_settings
 
@@ -425,14 +433,14 @@ def _dialogue_during_pipeline(settings_env, url: str, **env: str) -> tuple[list[
     return finished, out
 
 
-def test_a_dialogue_request_cuts_a_pipeline_generation_short(settings_env, llm_server):
+def test_a_dialogue_request_cuts_a_pipeline_generation_short(settings_env, llm_server, celery_app):
     """On the shared llama.cpp server a long pipeline generation is streamed; a dialogue call
     arriving mid-generation gets the model at once (the pipeline call closes its stream),
     the pipeline call is sent again after it and still returns a whole completion."""
     from inference import llm
 
     before = llm.preemptions
-    finished, out = _dialogue_during_pipeline(settings_env, llm_server,
+    finished, out = _dialogue_during_pipeline(settings_env, llm_server, celery_app,
                                               DIALOGUE_PRIORITY_GRACE_S="0",
                                               DIALOGUE_PRIORITY_MAX_WAIT_S="60")
     assert finished == ["dialogue", "pipeline"]
@@ -442,6 +450,8 @@ def test_a_dialogue_request_cuts_a_pipeline_generation_short(settings_env, llm_s
     assert out["dialogue"].text.strip()
 
 
-def test_preemption_off_runs_the_pipeline_call_to_its_end_first(settings_env, llm_server):
-    finished, _ = _dialogue_during_pipeline(settings_env, llm_server, DIALOGUE_PREEMPT_MAX="0")
+def test_preemption_off_runs_the_pipeline_call_to_its_end_first(settings_env, llm_server,
+                                                               celery_app):
+    finished, _ = _dialogue_during_pipeline(settings_env, llm_server, celery_app,
+                                            DIALOGUE_PREEMPT_MAX="0")
     assert finished == ["pipeline", "dialogue"]  # the dialogue waited for the whole generation

@@ -26,8 +26,16 @@ from memory.vector_index import (
 )
 from models import LoreEntry, SessionNote, StoredVector
 
+from tests.broker import pipeline_quiet
 from tests.fakes import FakeServer, mistral_embeddings, text_vectors
 from tests.procs import ROOT, process_env
+
+
+@pytest.fixture(autouse=True)
+def _no_task_running(celery_app):
+    """No worker task rewrites a note of this world while a test counts its documents."""
+    with pipeline_quiet(celery_app, nearline.get_redis()):
+        yield
 
 
 @pytest.fixture()

@@ -240,7 +240,9 @@ class EventIn(RequestModel):
     ``narration`` (a game master's description) or ``game`` (a game event, "the bridge
     collapses"); the last two need no ``npc_id`` and their ``speaker``, if any, is never a
     character. ``witnesses``: entry keys of the characters present, who witness it besides
-    the addressed NPC and a speaking NPC (``memory.witnesses``). ``event_id`` makes the post
+    the addressed NPC and a speaking NPC (``memory.witnesses``); ``location``: the entry key of
+    the location where it happens, whose occupants in the world's relations witness it too.
+    ``event_id`` makes the post
     idempotent within the session (use it when a client may retry); ``created_at`` is when it
     happened (unix seconds, default now). Texts must not be blank.
     """
@@ -260,6 +262,9 @@ class EventIn(RequestModel):
                                          description="the NPC's reply; absent if it did not answer")
     witnesses: list[SafeStr] = Field(default_factory=list, max_length=50, description=(
         "entry keys of the characters present who witness it"))
+    location: SafeStr | None = Field(None, min_length=1, max_length=300, description=(
+        "entry key of the location where it happens: the characters the world's relations "
+        "place there witness it too"))
     event_id: NonBlankStr | None = Field(None, min_length=1, max_length=200,
                                          description="idempotency key of this event in the session")
     created_at: FiniteFloat | None = Field(None, ge=0, le=4102444800,
@@ -436,13 +441,13 @@ def open_session(body: SessionIn) -> SessionOut:
 
 @contextmanager
 def _turn_errors():
-    """Map the shared turn path's errors to HTTP: unknown session or NPC 404, a target that is
-    not a character 422, Redis or broker outage 503."""
+    """Map the shared turn path's errors to HTTP: unknown session, NPC or location 404, a
+    target or witness that is not a character, or a location that is not one, 422; Redis or broker outage 503."""
     try:
         yield
     except (turns.UnknownSession, turns.UnknownNpc) as exc:
         raise HTTPException(404, str(exc)) from exc
-    except turns.NotACharacter as exc:
+    except (turns.NotACharacter, turns.NotALocation) as exc:
         raise HTTPException(422, str(exc)) from exc
     except (BrokerError, RedisError, ConnectionError) as exc:
         raise HTTPException(503, f"broker or nearline store unavailable: {exc}") from exc
@@ -734,7 +739,7 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
                 r, target.world_id, session_id, body.speaker) is None:
             raise HTTPException(422, f"speaker {body.speaker!r} of an npc_exchange is no "
                                      "entry key of this session's world")
-        who = turns.resolve_witnesses(r, target, body.witnesses, speaker)
+        who = turns.resolve_witnesses(r, target, body.witnesses, speaker, body.location)
         rec = turns.record_turn(r, _send_kwargs, target, player_text=body.text,
                                 npc_text=body.npc_text or "", speaker=body.speaker,
                                 created_at=body.created_at, event_id=body.event_id,
