@@ -297,6 +297,45 @@ def test_narration_and_game_events_need_no_npc_and_never_make_the_narrator_an_en
         ("Game Master", "narration", [marta_id]), ("Game", "game", [])], ev
 
 
+def test_location_occupants_come_from_either_side_of_the_worlds_relations():
+    from types import SimpleNamespace as E
+
+    entries = [E(id=1, key="inn", entity_type="location", relations={"contains": ["bo", "mug"]}),
+               E(id=2, key="al", entity_type="character", relations={"located_in": ["inn"]}),
+               E(id=3, key="bo", entity_type="character", relations={}),
+               E(id=4, key="mug", entity_type="item", relations={"located_in": ["inn"]}),
+               E(id=5, key="cy", entity_type="character", relations={"located_in": ["al"]}),
+               E(id=6, key="di", entity_type="character", relations={"located_in": ["mill"]})]
+    # a character named by a location's contains, one located_in it; not the item, not a
+    # character "located" in another character, not a location outside the world
+    assert nearline.location_occupants(entries) == {1: {2, 3}}
+
+
+def test_an_event_at_a_location_is_witnessed_by_the_characters_the_world_places_there(
+        client, light_world):
+    spec = light_world["spec"]
+    yard = "stableyard_26"
+    there = sorted(c.key for c in spec.characters()
+                   if c.relations.get("located_in") == (yard,))
+    assert len(there) >= 2  # the LIGHT world puts several characters in the stable yard
+    sid = client.post("/v1/sessions", json={"world": light_world["key"]}).json()["session_id"]
+    r = nearline.get_redis()
+    ids = sorted(nearline.resolve_key(r, light_world["id"], sid, k) for k in there)
+    url = f"/v1/sessions/{sid}/events"
+    res = client.post(url, json={"kind": "game", "location": yard,
+                                 "text": "A horse bolts through the yard."})
+    assert res.status_code == 201, res.text
+    assert res.json()["witnesses"] == ids
+    baker = nearline.resolve_key(r, light_world["id"], sid, "baker_27")  # in the town square
+    spoken = client.post(url, json={"npc_id": "baker_27", "location": yard,
+                                    "text": "Did you see that horse?"})
+    assert spoken.json()["witnesses"] == sorted([*ids, baker])  # the addressed NPC too
+    assert client.post(url, json={"kind": "game", "location": "nowhere_0",
+                                  "text": "x"}).status_code == 404
+    bad = client.post(url, json={"kind": "game", "location": "baker_27", "text": "x"})
+    assert bad.status_code == 422 and "not a location" in bad.text
+
+
 def test_gossip_pairs_pass_on_the_newest_turn_one_witnessed_and_the_other_did_not():
     from types import SimpleNamespace as Entry
 
