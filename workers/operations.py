@@ -159,7 +159,10 @@ def rollback_note(session: Session, session_id: str, lore_entry_key: str, versio
 
     A repeated identical rollback writes nothing (``status: unchanged``) but publishes and
     sends the embedding again (harmless: unchanged documents are skipped). Nothing is
-    published when the session never had a note.
+    published when the session never had a note. The embed task goes through ``send``, not
+    ``tasks.base.enqueue``: Celery's current app is per thread (in the dialogue server's
+    handler threads it is Celery's fallback default app), so no ``queued`` ledger row is
+    written for it; the worker records its run.
 
     Returns:
         ``memory.ops.rollback_note``'s result, plus ``"embed_task_id"`` when published.
