@@ -26,7 +26,7 @@ def load(fn, *args, **kwargs):
 
 
 def celery():
-    """The project's Celery app, made current in this thread (for ``tasks.base.enqueue``)."""
+    """The project's Celery app (``workers.celery_app.app``), made current in this thread."""
     from workers.celery_app import app
 
     app.set_current()
