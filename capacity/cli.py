@@ -1,5 +1,5 @@
 """``npc-memory plan-capacity``: the capacity planner on the command line (registered by
-``workers/cli.py``). Prints a rich table, or the plan as JSON with ``--json``; exit status 1
+``workers/cli/``). Prints a rich table, or the plan as JSON with ``--json``; exit status 1
 with a message when the chains cannot be hosted (or the inputs are invalid)."""
 
 from __future__ import annotations

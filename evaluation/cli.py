@@ -1,5 +1,5 @@
 """``npc-memory evaluate``: run the acceptance scenarios against a dialogue server, with a
-progress bar, and write ``results.json`` and ``report.md`` (registered by ``workers/cli.py``).
+progress bar, and write ``results.json`` and ``report.md`` (registered by ``workers/cli/``).
 
 Exit status: 0 every gate passed, 1 a gate failed or had no data, 2 a scenario could not run.
 """

@@ -24,7 +24,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from memory.ops import NotFound, _game, _iso, _revision_dict
+from memory.ops.entries import get_game, revision_dict
+from memory.ops.errors import NotFound, iso
 from models import LoreEntry, SessionNote, SessionNoteRevision, World
 from models.base import utcnow
 
@@ -41,7 +42,7 @@ def export_session(session: Session, session_id: str, *, revisions: bool = False
     Raises:
         memory.ops.NotFound: unknown session.
     """
-    game = _game(session, session_id)
+    game = get_game(session, session_id)
     world = session.get(World, game.world_id)
     if world is None:  # the session row outlived its world (cascade off)
         raise NotFound(f"session {session_id!r} has no world")
@@ -57,14 +58,14 @@ def export_session(session: Session, session_id: str, *, revisions: bool = False
                 select(SessionNoteRevision)
                 .where(SessionNoteRevision.note_id.in_([n.id for n, _ in rows]))
                 .order_by(SessionNoteRevision.note_id, SessionNoteRevision.version)):
-            history.setdefault(rev.note_id, []).append(_revision_dict(rev))
+            history.setdefault(rev.note_id, []).append(revision_dict(rev))
     notes = []
     for note, entry in rows:
         item = {
             "lore_entry_key": entry.key, "title": entry.title, "entity_type": entry.entity_type,
             "is_dynamically_generated": bool(entry.is_dynamically_generated),
             "content": note.content, "version": note.version,
-            "last_updated_turn_id": note.last_updated_turn_id, "updated_at": _iso(note.updated_at),
+            "last_updated_turn_id": note.last_updated_turn_id, "updated_at": iso(note.updated_at),
         }
         if revisions:
             item["revisions"] = history.get(note.id, [])
@@ -80,16 +81,16 @@ def export_session(session: Session, session_id: str, *, revisions: bool = False
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "exported_at": _iso(utcnow()),
+        "exported_at": iso(utcnow()),
         "session": {"id": game.id, "world_key": world.key, "world_title": world.title,
                     "player_name": game.player_name, "status": game.status,
-                    "created_at": _iso(game.created_at)},
+                    "created_at": iso(game.created_at)},
         "notes": notes,
         "created_entities": [
             {"key": e.key, "entity_type": e.entity_type, "title": e.title, "content": e.content,
              "tags": list(e.tags or []), "archetype": e.archetype,
              "relations": dict(e.relations or {}), "created_by_turn_id": e.created_by_turn_id,
-             "created_at": _iso(e.created_at)}
+             "created_at": iso(e.created_at)}
             for e in created
         ],
         "counts": {"notes": len(notes), "revisions": int(n_revisions),

@@ -29,6 +29,7 @@ from models import (
     Turn,
 )
 from tests.procs import api_headers
+from workers import queues
 
 
 @pytest.fixture(scope="module")
@@ -426,7 +427,7 @@ def test_queue_status_counts_waiting_messages_and_never_raises():
     try:
         r.rpush(name, "a", "b")
         r.rpush(f"{name}\x06\x169", "c")  # kombu's list for priority 9
-        assert ops.queue_lengths(r, [name, f"{name}-empty"]) == {name: 3, f"{name}-empty": 0}
+        assert queues.queue_lengths(r, [name, f"{name}-empty"]) == {name: 3, f"{name}-empty": 0}
     finally:
         r.delete(name, f"{name}\x06\x169")
 
@@ -436,10 +437,10 @@ def test_queue_status_counts_waiting_messages_and_never_raises():
     def broken():
         raise ConnectionError("broker gone")
 
-    quiet = ops.queue_status(r, no_answer)
+    quiet = queues.queue_status(r, no_answer)
     assert quiet["workers"] == {} and quiet["errors"] == []
     assert set(quiet["queues"]) == {q.value for q in Queues}
-    down = ops.queue_status(None, broken)
+    down = queues.queue_status(None, broken)
     assert down["workers"] == {} and all(v is None for v in down["queues"].values())
     assert len(down["errors"]) == 2 and "broker gone" in down["errors"][1]
 

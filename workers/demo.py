@@ -108,8 +108,8 @@ def _wait_for(opts: DemoOptions, sup, predicate, label: str) -> None:
 def _drain(opts: DemoOptions, sup, r, session_id: str, label: str) -> None:
     """Show live queue status until nothing of the session is queued or running (2 s)."""
     from memory.db import session_scope
-    from memory.ops import queue_lengths
     from memory.report import pending_tasks
+    from workers.queues import queue_lengths
 
     deadline = time.monotonic() + opts.drain_timeout
     quiet_since = None

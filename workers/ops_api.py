@@ -4,7 +4,8 @@ ledger, queue status, the export of a session's notes and created entities, the 
 triggers (re-analyse a turn, tick the world now), and save slots: fork a session at a turn,
 roll it back to a turn (``memory/timeline.py``).
 
-They read the database or Redis (``memory/ops.py``) and are not on the dialogue hot path;
+They read the database or Redis (``memory.ops``, and ``workers.operations`` for the actions the
+CLI shares) and are not on the dialogue hot path;
 unknown things answer 404 with a message, invalid input 422, conflicts 409, outages 503.
 """
 
@@ -25,7 +26,7 @@ from memory.export import export_session as export_session_doc
 from memory.notes import NoteConflict
 from memory.safe_input import RequestModel
 from settings import get_settings
-from tasks.payloads import EmbedPayload
+from workers import operations
 from workers.api_errors import responses
 from workers.state import state
 
@@ -215,7 +216,7 @@ TaskStatus = Literal["queued", "running", "succeeded", "retrying", "dead", "canc
 
 
 def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None) -> str:
-    """``memory.ops.Send`` (and ``SendWithId``) over this server's Celery app."""
+    """``tasks.dispatch.Send`` over this server's Celery app."""
     return state.celery.send_task(name, kwargs=kwargs, task_id=task_id).id
 
 
@@ -252,24 +253,16 @@ def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> Rol
     unknown session, entry or version; 409 if the note kept changing during the write.
     """
     with _OpsErrors():
-        with session_scope() as s:
-            res = ops.rollback_note(s, session_id, lore_entry_key, body.version)
-        embed_task_id = None
-        if res["note_id"] is not None:
-            try:
-                nearline.set_note(nearline.get_redis(), session_id, res["lore_entry_id"],
-                                  res["content"], turn_ids=res["turn_ids"])
-                # state.celery rather than tasks.base.enqueue: Celery's current_app is per
-                # thread, and in FastAPI's handler threads it is Celery's fallback default app
-                # (configured only because its loader happens to import ``celeryconfig``).
-                payload = EmbedPayload(lore_entry_id=res["lore_entry_id"], session_id=session_id)
-                embed_task_id = state.celery.send_task(
-                    "npc_memory.embed", kwargs=payload.model_dump(mode="json")).id
-            except (BrokerError, RedisError, ConnectionError) as exc:
-                raise HTTPException(503, f"note rolled back to version {body.version} "
-                                         f"(now version {res['version']}) but not published: "
-                                         f"{exc}; repeat the request to publish it") from exc
-    return RollbackOut(**res, embed_task_id=embed_task_id)
+        try:
+            with session_scope() as s:
+                res = operations.rollback_note(s, session_id, lore_entry_key, body.version,
+                                               _send_kwargs)
+        except operations.NotPublished as exc:
+            raise HTTPException(503, f"note rolled back to version {body.version} "
+                                     f"(now version {exc.result['version']}) but not "
+                                     f"published: {exc.cause}; repeat the request to publish "
+                                     f"it") from exc
+    return RollbackOut(**res)
 
 
 @router.post("/v1/sessions/{session_id}/fork", response_model=ForkOut, status_code=201,
@@ -362,7 +355,7 @@ def replay_dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
     records ``replayed_at``. Calling it again sends again; the effects are applied once
     because every task is idempotent. 404 if unknown, 503 if the broker is down."""
     with _OpsErrors(), session_scope() as s:
-        return ops.replay_dead_letter(s, dead_letter_id, _send_kwargs)
+        return operations.replay_dead_letter(s, dead_letter_id, _send_kwargs)
 
 
 @router.get("/v1/sessions/{session_id}/tasks", response_model=list[TaskOut],
@@ -384,7 +377,7 @@ def retry_task(task_id: str, force: bool = Query(False, description="retry even 
     404 unknown task id; 409 while the task is running or retrying (``force=true`` overrides,
     for a task stuck as running after its worker died)."""
     with _OpsErrors(), session_scope() as s:
-        return ops.retry_task(s, task_id, _send_kwargs, force=force)
+        return operations.retry_task(s, task_id, _send_kwargs, force=force)
 
 
 @router.get("/v1/sessions/{session_id}/export",
@@ -410,13 +403,14 @@ def analyze_turn(session_id: str, turn_id: str) -> dict:
     if not 1 <= len(turn_id) <= 64:
         raise HTTPException(422, "turn_id must be 1-64 characters")
     with _OpsErrors(), session_scope() as s:
-        return ops.reanalyze_turn(s, nearline.get_redis(), session_id, turn_id, _send_kwargs)
+        return operations.reanalyze_turn(s, nearline.get_redis(), session_id, turn_id,
+                                         _send_kwargs)
 
 
 def _world_tick(world_key: str | None, idle_after_s: float | None) -> dict:
     with _OpsErrors(), session_scope() as s:
-        return ops.request_world_tick(s, _send_kwargs, world_key=world_key,
-                                      idle_after_s=idle_after_s)
+        return operations.request_world_tick(s, _send_kwargs, world_key=world_key,
+                                             idle_after_s=idle_after_s)
 
 
 _IDLE = Query(None, gt=0, allow_inf_nan=False, description="skip sessions idle this many seconds "
@@ -439,16 +433,8 @@ def world_tick_one(world_key: str, idle_after_s: float | None = _IDLE) -> dict:
     return _world_tick(world_key, idle_after_s)
 
 
-def _broker_redis():
-    url = get_settings().effective_broker_url
-    if url.startswith(("redis://", "rediss://", "redis+socket://", "unix://")):
-        return nearline.get_redis(url)
-    return None
-
-
 @router.get("/v1/queues", response_model=QueuesOut)
 def queues() -> dict:
     """Messages waiting per queue (Redis ``LLEN``) and the workers that answer within 1 s with
     the queues they consume. Never fails: problems are listed in ``errors``."""
-    return ops.queue_status(_broker_redis(),
-                            lambda: state.celery.control.inspect(timeout=1.0).active_queues())
+    return operations.queues(state.celery)

@@ -67,12 +67,13 @@ from memory.witnesses import NARRATIVE_SPEAKERS
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
-from tasks.dispatch import request_simulation, simulation_task_id
 from tasks.payloads import NARRATIVE_KINDS, TurnPayload
-from workers import archetypes_api, auth, health, logging_setup, lore_guard, metrics, ops_api
+from workers import (archetypes_api, auth, health, logging_setup, lore_guard, metrics, operations,
+                     ops_api)
 from workers.api_errors import responses
 from workers.input_guard import install as install_input_guard
 from workers.input_guard import safe_params
+from workers.queues import queue_lengths
 from workers.relay import TurnRelay
 from workers.state import state
 
@@ -137,10 +138,10 @@ def _ledger_counts() -> tuple[dict, dict, dict]:
 
 
 def _queue_lengths() -> dict[str, int]:
-    r = ops_api._broker_redis()
+    r = operations.broker_redis()
     if r is None:
         raise RuntimeError("queue lengths need a Redis broker")
-    return ops.queue_lengths(r)
+    return queue_lengths(r)
 
 
 store_metrics = metrics.StoreCollector(
@@ -871,12 +872,10 @@ def session_memory(session_id: str) -> dict:
 def tick(session_id: str) -> dict:
     """Trigger a world tick for one session now (ops), even if one is pending; returns the
     tick id and the task id (the tick's trace is that task's result in the ledger)."""
-    r = nearline.get_redis()
-    if nearline.get_session(r, session_id) is None:
-        raise HTTPException(404, f"unknown session {session_id!r}")
-    tick_id = f"manual-{uuid.uuid4().hex}"
-    request_simulation(_send_kwargs, r, session_id, tick_id, force=True)
-    return {"tick_id": tick_id, "task_id": simulation_task_id(tick_id, session_id)}
+    try:
+        return operations.tick_session(nearline.get_redis(), _send_kwargs, session_id)
+    except ops.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- ops (database reads)
