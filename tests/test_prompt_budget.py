@@ -25,6 +25,8 @@ from models import LoreEntry
 from prompts import budget
 from settings import environment
 
+pytestmark = pytest.mark.pure
+
 LONG_TURN = ("The rain over the old crypt has not stopped for three days, and the villagers "
              "whisper that something walks among the graves at night. ") * 15
 EMOJI = "\N{GRINNING FACE}" * 2000
