@@ -79,7 +79,8 @@ else:
     os.environ["REDIS_URL"] = f"redis+socket://{REDIS_SOCKET}"
 
 SERVICE_FIXTURES = frozenset({"database", "blank_database", "llm_server", "celery_app", "worker",
-                              "light_world", "game_session", "client", "session_id"})
+                              "light_world", "game_session", "client", "session_id",
+                              "dialogue_server"})
 """Fixtures that use Redis, a database or the model server: a test that uses one of them (or a
 fixture built on one) gets the ``services`` marker even where it is marked ``pure``."""
 
@@ -261,6 +262,31 @@ def client(llm_server, light_world):
     with TestClient(app, headers=api_headers()) as c:
         yield c
     get_redis().delete("analysis", "archive", "simulate_world")
+
+
+@pytest.fixture(scope="module")
+def served_world(light_world) -> str:
+    """The key of the world ``dialogue_server`` serves: LIGHT's possibly-vampires. A module that
+    wants another one defines its own ``served_world``."""
+    return light_world["key"]
+
+
+@pytest.fixture(scope="module")
+def dialogue_server(request, llm_server, served_world) -> str:
+    """The dialogue server as a subprocess (``uvicorn workers.web:app``: ``tests.procs.WebServer``)
+    on the test services and the model server, started after ``served_world`` is imported; its
+    URL. It logs to ``DATA_DIR/<module>-web.log``; the queues its turns fill are emptied
+    afterwards (no worker of the module consumed them)."""
+    from memory.nearline import get_redis
+    from tests.procs import WebServer, process_env
+
+    web = WebServer(process_env(), f"{request.module.__name__.rsplit('.', 1)[-1]}-web.log")
+    web.start()
+    try:
+        yield web.url
+    finally:
+        web.stop()
+        get_redis().delete("analysis", "archive", "simulate_world")
 
 
 @pytest.fixture()

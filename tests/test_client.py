@@ -20,7 +20,7 @@ from npc_memory_client import (ApiError, InvalidPayload, NpcMemoryClient, TaskSe
                                TurnReply, Unauthorized, UnknownTask, load_contract, sse_events)
 from npc_memory_client.contract import CONTRACT_PATH
 from tests.broker import queued_messages
-from tests.procs import ROOT, SubprocessWorker, WebServer, process_env
+from tests.procs import ROOT, SubprocessWorker, process_env
 
 API_KEY = os.environ["API_KEYS"].split(",")[0]
 
@@ -84,20 +84,10 @@ def test_client_imports_no_worker_code():
 # --------------------------------------------------------------------------- against the server
 
 
-@pytest.fixture(scope="module")
-def server(llm_server, light_world):
-    web = WebServer(process_env(), "client-web.log")
-    web.start()
-    try:
-        yield web.url
-    finally:
-        web.stop()
-        nearline.get_redis().delete("analysis", "archive", "simulate_world")
-
-
 @pytest.fixture()
-def npc(server):
-    with NpcMemoryClient(server, API_KEY, timeout=180) as c:
+def npc(dialogue_server):
+    """The typed client of conftest's ``dialogue_server`` (serving LIGHT's possibly-vampires)."""
+    with NpcMemoryClient(dialogue_server, API_KEY, timeout=180) as c:
         yield c
 
 
@@ -182,7 +172,7 @@ def test_sse_parser(lines, events):
     assert list(sse_events(lines)) == events
 
 
-def test_errors_are_typed(npc, server, light_world):
+def test_errors_are_typed(npc, dialogue_server, light_world):
     with pytest.raises(ApiError) as err:
         npc.open_session("no-such-world")
     assert err.value.status == 404 and "no-such-world" in err.value.detail
@@ -193,10 +183,10 @@ def test_errors_are_typed(npc, server, light_world):
     with pytest.raises(ApiError) as err:
         npc.turn(session.session_id, "baker_27", "")
     assert err.value.status == 422
-    with NpcMemoryClient(server, "not-a-key") as wrong, pytest.raises(Unauthorized) as err:
+    with NpcMemoryClient(dialogue_server, "not-a-key") as wrong, pytest.raises(Unauthorized) as err:
         wrong.open_session(light_world["key"])
     assert err.value.status == 401 and err.value.detail == "invalid API key"
-    with NpcMemoryClient(server, None) as anonymous, pytest.raises(Unauthorized):
+    with NpcMemoryClient(dialogue_server, None) as anonymous, pytest.raises(Unauthorized):
         anonymous.tick(session.session_id)
 
 
