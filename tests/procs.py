@@ -1,5 +1,5 @@
-"""Real processes for the fault and outage tests; the helpers live in ``workers.procs`` (shared
-with the benchmarks in ``bench/``). Logs go to ``DATA_DIR`` (the test run's temporary folder).
+"""Real processes for the fault and outage tests; the helpers live in ``devtools.procs`` and
+``devtools.hosts`` (shared with the benchmarks in ``bench/``). Logs go to ``DATA_DIR`` (the test run's temporary folder).
 Also what those tests do through a running dialogue server: open a session, play turns, and
 read what the archive and the task ledger hold afterwards.
 """
@@ -11,11 +11,9 @@ from sqlalchemy import select
 
 from memory.db import session_scope
 from models import TaskRecord, Turn
-from workers.embedded import free_port
-from workers.procs import (
+from devtools.hosts import HAProxy, Host, haproxy_bin, start_hosts
+from devtools.procs import (
     ROOT,
-    HAProxy,
-    Host,
     PrivatePostgres,
     PrivateRedis,
     SubprocessWorker,
@@ -23,11 +21,10 @@ from workers.procs import (
     _Subprocess,
     _wait_port,
     api_headers,
-    haproxy_bin,
     process_env,
     process_env_with_broker,
-    start_hosts,
 )
+from workers.embedded import free_port
 
 LINES = ["Good evening. Have you seen anything strange in the village tonight?",
          "I heard wolves howling near the old mill.",

@@ -33,6 +33,8 @@ from fakes import (  # tests/ is on sys.path (rootdir conftest, no __init__.py)
     role_on,
 )
 
+pytestmark = pytest.mark.pure
+
 MAX_RETRIES = 2  # -> 3 attempts per call
 MSGS = [{"role": "system", "content": "You are Mara."}, {"role": "user", "content": "Hello"}]
 

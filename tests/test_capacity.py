@@ -14,6 +14,8 @@ from capacity.inputs import load_inputs_file, read_adapter_dir
 from capacity.planner import (DEFAULT_ARCHETYPES, Archetype, CapacityInputs, DoesNotFit,
                               pack_chains, plan)
 
+pytestmark = pytest.mark.pure
+
 
 def _70b_example(**overrides) -> CapacityInputs:
     """The 70B worked example: 4-bit base "21 GB", engine 1.6 GB, 7 x 200 MB adapters per

@@ -16,11 +16,12 @@ from sqlalchemy import select
 from memory import nearline
 from memory.db import session_scope
 from models import LoreEntry, TaskRecord
-from npc_memory_client import (ApiError, InvalidPayload, NpcMemoryClient, TaskSender, Token,
-                               TurnReply, Unauthorized, UnknownTask, load_contract, sse_events)
+from npc_memory_client import (ApiError, Event, Fork, InvalidPayload, NpcMemoryClient,
+                               Reanalysis, Rollback, Session, TaskSender, Token, TurnReply,
+                               Unauthorized, UnknownTask, WorldTick, load_contract, sse_events)
 from npc_memory_client.contract import CONTRACT_PATH
 from tests.broker import queued_messages
-from tests.procs import ROOT, SubprocessWorker, WebServer, process_env
+from tests.procs import ROOT, SubprocessWorker, process_env
 
 API_KEY = os.environ["API_KEYS"].split(",")[0]
 
@@ -81,23 +82,52 @@ def test_client_imports_no_worker_code():
     assert done.returncode == 0, done.stderr
 
 
+# --------------------------------------------------------------------------- the HTTP models
+
+# Each typed model of the client and the response it reads: (method, path, status) in the
+# server's OpenAPI document. /tick, /search and /memory answer untyped objects: nothing to check.
+_RESPONSES = [
+    (Session, "post", "/v1/sessions", "201"),
+    (TurnReply, "post", "/v1/sessions/{session_id}/turns", "200"),
+    (Event, "post", "/v1/sessions/{session_id}/events", "201"),
+    (Event, "post", "/v1/sessions/{session_id}/events", "200"),
+    (Fork, "post", "/v1/sessions/{session_id}/fork", "201"),
+    (Rollback, "post", "/v1/sessions/{session_id}/rollback", "200"),
+    (Reanalysis, "post", "/v1/sessions/{session_id}/turns/{turn_id}/analyze", "202"),
+    (WorldTick, "post", "/v1/world/tick", "202"),
+    (WorldTick, "post", "/v1/worlds/{world_key}/tick", "202"),
+]
+
+
+@pytest.mark.pure
+def test_client_models_declare_every_field_of_the_servers_responses():
+    """Every field of each response schema of the server's ``/openapi.json`` is declared on the
+    client model that reads it (the models ignore unknown fields, so a missing one would
+    vanish silently); the streamed turn's ``done`` event too."""
+    from workers.web import TurnStreamDone, app
+
+    spec = app.openapi()
+    missing = {}
+    for model, method, path, status in _RESPONSES:
+        schema = spec["paths"][path][method]["responses"][status]["content"]["application/json"]
+        ref = schema["schema"]["$ref"]
+        props = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
+        if lacking := sorted(set(props) - set(model.model_fields)):
+            missing[f"{model.__name__} ({method.upper()} {path} {status})"] = lacking
+    streamed = sorted(set(TurnStreamDone.model_json_schema()["properties"])
+                      - set(TurnReply.model_fields))
+    if streamed:
+        missing["TurnReply (streamed done event)"] = streamed
+    assert missing == {}
+
+
 # --------------------------------------------------------------------------- against the server
 
 
-@pytest.fixture(scope="module")
-def server(llm_server, light_world):
-    web = WebServer(process_env(), "client-web.log")
-    web.start()
-    try:
-        yield web.url
-    finally:
-        web.stop()
-        nearline.get_redis().delete("analysis", "archive", "simulate_world")
-
-
 @pytest.fixture()
-def npc(server):
-    with NpcMemoryClient(server, API_KEY, timeout=180) as c:
+def npc(dialogue_server):
+    """The typed client of conftest's ``dialogue_server`` (serving LIGHT's possibly-vampires)."""
+    with NpcMemoryClient(dialogue_server, API_KEY, timeout=180) as c:
         yield c
 
 
@@ -182,7 +212,7 @@ def test_sse_parser(lines, events):
     assert list(sse_events(lines)) == events
 
 
-def test_errors_are_typed(npc, server, light_world):
+def test_errors_are_typed(npc, dialogue_server, light_world):
     with pytest.raises(ApiError) as err:
         npc.open_session("no-such-world")
     assert err.value.status == 404 and "no-such-world" in err.value.detail
@@ -193,10 +223,10 @@ def test_errors_are_typed(npc, server, light_world):
     with pytest.raises(ApiError) as err:
         npc.turn(session.session_id, "baker_27", "")
     assert err.value.status == 422
-    with NpcMemoryClient(server, "not-a-key") as wrong, pytest.raises(Unauthorized) as err:
+    with NpcMemoryClient(dialogue_server, "not-a-key") as wrong, pytest.raises(Unauthorized) as err:
         wrong.open_session(light_world["key"])
     assert err.value.status == 401 and err.value.detail == "invalid API key"
-    with NpcMemoryClient(server, None) as anonymous, pytest.raises(Unauthorized):
+    with NpcMemoryClient(dialogue_server, None) as anonymous, pytest.raises(Unauthorized):
         anonymous.tick(session.session_id)
 
 

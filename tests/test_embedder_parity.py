@@ -22,6 +22,8 @@ import pytest
 from inference.embedders import minilm
 from inference.embedders.minilm import MiniLMEmbedder, erf, gelu
 
+pytestmark = pytest.mark.pure
+
 MIN_COSINE = 0.9999
 TOLERANCE = 1e-5
 

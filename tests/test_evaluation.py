@@ -16,7 +16,6 @@ from evaluation.perf import latency_metrics, parse_rss_mb, percentile
 from evaluation.report import render_markdown, write_reports
 from evaluation.scenarios import VAMPIRE_PROBES, vampire_script
 from settings import Settings
-from tests.procs import WebServer, process_env
 
 # --------------------------------------------------------------------------- gates
 
@@ -146,24 +145,17 @@ def saltmere(database):
 
 
 @pytest.fixture(scope="module")
-def server(llm_server, saltmere):
-    from memory import nearline
-
-    web = WebServer(process_env(), "eval-web.log")
-    web.start()
-    try:
-        yield web.url
-    finally:
-        web.stop()
-        nearline.get_redis().delete("analysis", "archive", "simulate_world")
+def served_world(saltmere):
+    """conftest's ``dialogue_server`` serves Saltmere in this module."""
+    return saltmere
 
 
-def test_evaluate_both_scenarios_end_to_end(server, saltmere, tmp_path):
+def test_evaluate_both_scenarios_end_to_end(dialogue_server, saltmere, tmp_path):
     from workers.cli import cli
 
     api_key = os.environ["API_KEYS"].split(",")[0]  # tests/conftest.py's key
     res = CliRunner().invoke(cli, [
-        "evaluate", "--scenario", "all", "--server", server, "--api-key", api_key,
+        "evaluate", "--scenario", "all", "--server", dialogue_server, "--api-key", api_key,
         "--out", str(tmp_path), "--world", saltmere, "--turns", "2", "--concurrency", "4",
         "--timeout", "120"])
     assert res.exit_code in (0, 1), res.output  # 1: a gate failed (SmolLM2 on 2 CPU cores)

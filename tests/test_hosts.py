@@ -1,5 +1,5 @@
 """Several servers, one world: two "hosts" (each a dialogue server and a worker group in one
-process group of its own, with its own ports and data directory: ``workers.procs.Host``)
+process group of its own, with its own ports and data directory: ``devtools.hosts.Host``)
 behind HAProxy, sharing PostgreSQL and the nearline Redis, with the Celery broker on a
 private Redis of its own (``BROKER_URL`` apart from ``REDIS_URL``), on the real llama.cpp
 model server.

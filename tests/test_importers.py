@@ -29,6 +29,8 @@ from memory.importers.spec import (
     world_to_dict,
 )
 
+pytestmark = pytest.mark.pure
+
 SHARED_DIR = Path(
     os.environ.get("SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared"
 )

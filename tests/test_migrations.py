@@ -1,8 +1,7 @@
 """Migration 0008 (stored vectors per embedder) on a database holding rows of the old
 ``{scope}@{embedder}`` layout, on SQLite and PostgreSQL (``blank_database``): upgrade gives
 every row its plain scope under the key (scope, lore entry, embedder), downgrade restores the
-suffixed scopes. ``test_domain.test_alembic_schema_matches_models`` checks that the head
-schema matches the models."""
+suffixed scopes. And the head schema the migrations build matches the models."""
 
 from __future__ import annotations
 
@@ -144,3 +143,17 @@ def test_downgrade_refuses_scopes_too_long_for_the_old_layout(old_layout):
     assert _rows(engine) == before
     names = {u["name"] for u in inspect(engine).get_unique_constraints("stored_vectors")}
     assert names == {"uq_stored_vectors_scope_entry_embedder"}
+
+
+def test_alembic_schema_matches_models():
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import models
+    from memory.db import get_engine
+
+    with get_engine().connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True,
+                                                     "compare_server_default": False})
+        diff = compare_metadata(ctx, models.Base.metadata)
+    assert diff == []

@@ -200,7 +200,7 @@ def test_poison_message_is_dead_after_too_many_deliveries(worker, celery_app, ga
     limit = MAX_REDELIVERIES + 1  # no retries: the first delivery and the tolerated ones
     for n in range(1, limit + 1):  # redeliveries arrive one after another
         celery_app.send_task("npc_memory.archive_turn", kwargs=turn, task_id=task_id)
-        wait_for(lambda: _attempts(task_id) == n and _status(task_id) == "succeeded")
+        wait_for(lambda n=n: _attempts(task_id) == n and _status(task_id) == "succeeded")
     result = _result(task_id)  # a batch task: the result also names its batch
     assert result["written"] == 1 and result["batch_size"] >= 1  # later deliveries did not run it again
     celery_app.send_task("npc_memory.archive_turn", kwargs=turn, task_id=task_id)

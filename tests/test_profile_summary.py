@@ -3,7 +3,11 @@ inclusive samples per function of this project and the libraries it calls."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench.profile_pipeline import summarize
+
+pytestmark = pytest.mark.pure
 
 RAW = """\
 main (celery/bin/celery.py:10);_run (tasks/base.py:280);update_note (tasks/note_update.py:40);execute (sqlalchemy/engine/base.py:1) 6

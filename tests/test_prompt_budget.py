@@ -25,6 +25,8 @@ from models import LoreEntry
 from prompts import budget
 from settings import environment
 
+pytestmark = pytest.mark.pure
+
 LONG_TURN = ("The rain over the old crypt has not stopped for three days, and the villagers "
              "whisper that something walks among the graves at night. ") * 15
 EMOJI = "\N{GRINNING FACE}" * 2000
@@ -268,7 +270,7 @@ def test_count_matches_the_servers_prompt_tokens(llm_server):
 
 
 def test_long_turns_do_not_break_the_npc(client, session_id):
-    for i in range(3):
+    for _ in range(3):
         res = client.post(f"/v1/sessions/{session_id}/turns",
                           json={"npc_id": "baker_27", "player_text": WORDY_TURN})
         assert res.status_code == 200, res.text

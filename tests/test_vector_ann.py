@@ -7,8 +7,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from memory.vector_index import AnnParams, VectorIndex, session_scope, world_scope
+
+pytestmark = pytest.mark.pure
 
 DIM = 32
 WORLD = world_scope(1)

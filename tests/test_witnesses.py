@@ -12,7 +12,6 @@ entity named after the narrator.
 from __future__ import annotations
 
 import json
-import uuid
 
 import numpy as np
 import pytest

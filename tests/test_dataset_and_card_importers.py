@@ -21,6 +21,8 @@ from memory.importers.smallville import load_smallville_conversations, load_smal
 from memory.importers.spec import WorldSpec, world_from_dict, world_to_dict
 from memory.replay import conversation_events
 
+pytestmark = pytest.mark.pure
+
 SHARED_DIR = Path(
     os.environ.get("SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared"
 )
