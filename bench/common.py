@@ -28,7 +28,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs too
 
-# queue keys of the project (celeryconfig.Queues) and kombu's reserved-message bookkeeping
+# queue keys of the project (contract.names.Queues) and kombu's reserved-message bookkeeping
 QUEUES = ("analysis", "note_update", "entity_creation", "simulate_world", "embed", "archive")
 PIPELINE_QUEUES = "analysis,note_update,embed"
 
@@ -411,5 +411,5 @@ def _app():
     """The project's Celery app (``workers.celery_app.app``; importing it makes it current)."""
     from workers.celery_app import app
 
-    app.set_current()  # tasks.base.enqueue sends through the current app
+    app.set_current()
     return app

@@ -10,7 +10,7 @@ CLI (``workers.cli``) and tests call the same code. Every returned value is JSON
 strings for times). These functions are for operators: none of them is on the dialogue hot path.
 
 ``send`` is ``(task_name, kwargs) -> task_id``: the caller's way to put a task on the broker
-(``lambda n, kw: app.send_task(n, kwargs=kw).id``). Re-sending a task is safe because every
+(``contract.send.Send``, e.g. ``celery_sender(app)``). Re-sending a task is safe because every
 task of the system is idempotent (turn ids, idempotency keys, content hashes, tick ids).
 
 Errors: ``NotFound`` (a ``LookupError``) for an unknown session, entry, version, dead letter
@@ -29,7 +29,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from celeryconfig import TASK_QUEUES, Queues
+from contract.names import Queues, TaskName
+from contract.registry import TASKS
+from contract.send import Send
 from memory import cards as memory_cards
 from memory import nearline
 from memory.composite import base_lore, composite_document
@@ -39,9 +41,6 @@ from models import (
     DeadLetter, GameSession, LoreEntry, SessionNote, SessionNoteRevision, TaskRecord, Turn, World,
 )
 from models.base import utcnow
-
-Send = Callable[[str, dict], str]
-"""``(task_name, kwargs) -> task_id``: sends one task through the caller's Celery app."""
 
 TASK_STATUSES = ("queued", "running", "succeeded", "retrying", "dead", "cancelled")
 
@@ -59,7 +58,7 @@ class TaskBusy(Exception):
 
 
 class NotReplayable(Exception):
-    """The task name has no queue in ``celeryconfig.TASK_QUEUES`` (nothing would consume it)."""
+    """The task name has no queue in ``contract.registry.TASKS`` (nothing would consume it)."""
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -319,8 +318,8 @@ def get_dead_letter(session: Session, dead_letter_id: int) -> dict:
 
 
 def _resend(name: str, payload: dict | None, send: Send) -> str:
-    if name not in TASK_QUEUES:
-        raise NotReplayable(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
+    if name not in TASKS:
+        raise NotReplayable(f"task {name!r} has no queue in contract.registry.TASKS")
     return send(name, dict(payload or {}))
 
 
@@ -348,7 +347,7 @@ def replay_dead_letter(session: Session, dead_letter_id: int, send: Send) -> dic
     d.replayed_at = utcnow()
     session.flush()
     return {"dead_letter_id": d.id, "task_name": d.task_name,
-            "queue": TASK_QUEUES[d.task_name].value, "replayed_task_id": d.task_id,
+            "queue": TASKS[d.task_name].queue.value, "replayed_task_id": d.task_id,
             "task_id": new_id, "replayed_at": _iso(d.replayed_at)}
 
 
@@ -409,7 +408,7 @@ def retry_task(session: Session, task_id: str, send: Send, *, force: bool = Fals
         raise TaskBusy(f"task {task_id!r} is {t.status}; wait for it to finish")
     new_id = _resend(t.task_name, t.payload, send)
     return {"retry_of": t.task_id, "task_name": t.task_name,
-            "queue": TASK_QUEUES[t.task_name].value, "previous_status": t.status,
+            "queue": TASKS[t.task_name].queue.value, "previous_status": t.status,
             "task_id": new_id}
 
 
@@ -446,7 +445,7 @@ def dead_letter_counts(session: Session) -> dict[tuple[str, bool], int]:
 
 def queue_lengths(r, names: Iterable[str] | None = None) -> dict[str, int]:
     """Messages waiting in each queue of a Redis broker (``LLEN``, plus kombu's priority
-    sub-lists). ``names`` defaults to every queue of ``celeryconfig.Queues``. Messages that a
+    sub-lists). ``names`` defaults to every queue of ``contract.names.Queues``. Messages that a
     worker has already reserved are not waiting and are not counted.
 
     Raises:
@@ -496,11 +495,8 @@ def queue_status(r, active_queues: Callable[[], dict | None] | None = None) -> d
 
 # --------------------------------------------------------------------------- maintenance triggers
 
-ANALYZE_TASK = "npc_memory.analyze_turn"
-WORLD_TICK_TASK = "npc_memory.world_tick"
-
-SendWithId = Callable[..., str]
-"""``(task_name, kwargs, task_id) -> task_id`` (``tasks.dispatch.Send``)."""
+ANALYZE_TASK = TaskName.ANALYZE_TURN
+WORLD_TICK_TASK = TaskName.WORLD_TICK
 
 
 def find_turn(session: Session, r, session_id: str, turn_id: str) -> tuple[dict, str]:
@@ -516,7 +512,7 @@ def find_turn(session: Session, r, session_id: str, turn_id: str) -> tuple[dict,
     Raises:
         NotFound: unknown session, or no turn ``turn_id`` in that session.
     """
-    from tasks.dispatch import TURN_TASKS, turn_task_id
+    from contract.send import TURN_TASKS, turn_task_id
 
     game = _game(session, session_id)
     for doc in reversed(nearline.recent_turns(r, session_id, nearline.TURNS_CAP)):
@@ -549,7 +545,7 @@ def find_turn(session: Session, r, session_id: str, turn_id: str) -> tuple[dict,
 
 
 def reanalyze_turn(session: Session, r, session_id: str, turn_id: str,
-                   send: SendWithId) -> dict:
+                   send: Send) -> dict:
     """Send ``npc_memory.analyze_turn`` again for a recorded turn (:func:`find_turn`).
 
     The task id is new (``npc_memory.analyze_turn:{turn_id}:re-{12 hex}``): the turn's own id
@@ -568,8 +564,8 @@ def reanalyze_turn(session: Session, r, session_id: str, turn_id: str,
         NotFound: unknown session or turn.
         pydantic.ValidationError: the stored turn does not fit ``TurnPayload`` any more.
     """
-    from tasks.dispatch import turn_task_id
-    from tasks.payloads import TurnPayload
+    from contract.payloads import TurnPayload
+    from contract.send import turn_task_id
 
     doc, source = find_turn(session, r, session_id, turn_id)
     kwargs = TurnPayload.model_validate(doc).model_dump(mode="json", exclude_none=True)
@@ -579,7 +575,7 @@ def reanalyze_turn(session: Session, r, session_id: str, turn_id: str,
             "task_name": ANALYZE_TASK, "task_id": task_id}
 
 
-def request_world_tick(session: Session, send: SendWithId, *, world_key: str | None = None,
+def request_world_tick(session: Session, send: Send, *, world_key: str | None = None,
                        idle_after_s: float | None = None) -> dict:
     """Send ``npc_memory.world_tick`` now: every session active within ``idle_after_s``
     seconds (default ``SIMULATE_IDLE_AFTER_S``), or only those of world ``world_key``, gets
@@ -593,7 +589,7 @@ def request_world_tick(session: Session, send: SendWithId, *, world_key: str | N
     Raises:
         NotFound: unknown world key.
     """
-    from tasks.payloads import TickPayload
+    from contract.payloads import TickPayload
 
     world_id = None
     if world_key is not None:

@@ -275,8 +275,8 @@ def _celery():
 
 
 def _send(name: str, kwargs: dict, task_id: str | None = None) -> str:
-    """``memory.ops.Send`` (and ``SendWithId``) over the project's Celery app."""
-    return _celery().send_task(name, kwargs=kwargs, task_id=task_id).id
+    """``contract.send.Send`` over the project's Celery app."""
+    return celery_sender(_celery())(name, kwargs, task_id)
 
 
 def _echo(value) -> None:
@@ -334,8 +334,10 @@ def rollback_note(
     """Restore a session note's content at VERSION as a new revision, publish it to Redis and
     enqueue its re-embedding."""
     from memory import nearline, ops
+    from contract.names import TaskName
+    from contract.payloads import EmbedPayload
+    from contract.send import celery_sender
     from tasks.base import enqueue
-    from tasks.payloads import EmbedPayload
 
     from kombu.exceptions import OperationalError
     from redis.exceptions import RedisError
@@ -345,8 +347,7 @@ def rollback_note(
         try:
             nearline.set_note(nearline.get_redis(), session_id, res["lore_entry_id"],
                               res["content"], turn_ids=res["turn_ids"])
-            _celery()
-            res["embed_task_id"] = enqueue("npc_memory.embed", EmbedPayload(
+            res["embed_task_id"] = enqueue(celery_sender(_celery()), TaskName.EMBED, EmbedPayload(
                 lore_entry_id=res["lore_entry_id"], session_id=session_id))
         except (OperationalError, RedisError, ConnectionError) as exc:
             typer.echo(f"error: note rolled back (now version {res['version']}) but not published: "
@@ -574,14 +575,14 @@ def tick(session_id: str = typer.Argument(..., help="session id")) -> None:
     """Trigger a world tick for one session now (even if one is pending); prints the tick id
     and the task id whose ledger result is the tick's trace."""
     from memory import nearline
-    from tasks.dispatch import app_sender, request_simulation, simulation_task_id
+    from contract.send import celery_sender, request_simulation, simulation_task_id
 
     r = nearline.get_redis()
     if nearline.get_session(r, session_id) is None:
         typer.echo(f"error: unknown session {session_id!r}", err=True)
         raise typer.Exit(1)
     tick_id = f"manual-{uuid.uuid4().hex}"
-    request_simulation(app_sender(_celery()), r, session_id, tick_id, force=True)
+    request_simulation(celery_sender(_celery()), r, session_id, tick_id, force=True)
     _echo({"tick_id": tick_id, "task_id": simulation_task_id(tick_id, session_id)})
 
 
@@ -663,7 +664,7 @@ def task_contract_cmd(
                                     "npc_memory_client/task_contract.json) instead of stdout"),
 ) -> None:
     """Print (or write) the public task contract: task names, queues, payload JSON schemas."""
-    from tasks.payloads import task_contract
+    from contract.registry import task_contract
 
     text = json.dumps(task_contract(), indent=2, sort_keys=True) + "\n"
     if out is None:

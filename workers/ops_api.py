@@ -25,7 +25,9 @@ from memory.export import export_session as export_session_doc
 from memory.notes import NoteConflict
 from memory.safe_input import RequestModel
 from settings import get_settings
-from tasks.payloads import EmbedPayload
+from contract.names import TaskName
+from contract.payloads import EmbedPayload
+from contract.send import celery_sender
 from workers.api_errors import responses
 from workers.state import state
 
@@ -215,8 +217,8 @@ TaskStatus = Literal["queued", "running", "succeeded", "retrying", "dead", "canc
 
 
 def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None) -> str:
-    """``memory.ops.Send`` (and ``SendWithId``) over this server's Celery app."""
-    return state.celery.send_task(name, kwargs=kwargs, task_id=task_id).id
+    """``contract.send.Send`` over this server's Celery app."""
+    return celery_sender(state.celery)(name, kwargs, task_id)
 
 
 class _OpsErrors:
@@ -259,12 +261,10 @@ def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> Rol
             try:
                 nearline.set_note(nearline.get_redis(), session_id, res["lore_entry_id"],
                                   res["content"], turn_ids=res["turn_ids"])
-                # state.celery rather than tasks.base.enqueue: Celery's current_app is per
-                # thread, and in FastAPI's handler threads it is Celery's fallback default app
-                # (configured only because its loader happens to import ``celeryconfig``).
+                # this server's own app (``_send_kwargs``), never Celery's per-thread
+                # current_app: in FastAPI's handler threads that is Celery's default app
                 payload = EmbedPayload(lore_entry_id=res["lore_entry_id"], session_id=session_id)
-                embed_task_id = state.celery.send_task(
-                    "npc_memory.embed", kwargs=payload.model_dump(mode="json")).id
+                embed_task_id = _send_kwargs(TaskName.EMBED, payload.model_dump(mode="json"))
             except (BrokerError, RedisError, ConnectionError) as exc:
                 raise HTTPException(503, f"note rolled back to version {body.version} "
                                          f"(now version {res['version']}) but not published: "

@@ -67,8 +67,8 @@ from memory.witnesses import NARRATIVE_SPEAKERS
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
-from tasks.dispatch import request_simulation, simulation_task_id
-from tasks.payloads import NARRATIVE_KINDS, TurnPayload
+from contract.payloads import NARRATIVE_KINDS, TurnPayload
+from contract.send import celery_sender, request_simulation, simulation_task_id
 from workers import archetypes_api, auth, health, logging_setup, lore_guard, metrics, ops_api
 from workers.api_errors import responses
 from workers.input_guard import install as install_input_guard
@@ -191,7 +191,7 @@ api = APIRouter(dependencies=[Depends(auth.require_api_key), Depends(_log_contex
 async def _store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     """Redis (nearline tier and broker) unreachable: 503 with the reason, so the game backend
     retries the turn; the client reconnects by itself once Redis is back. A turn recorded
-    before the outage but not yet sent stays in the outbox (``tasks.dispatch``)."""
+    before the outage but not yet sent stays in the outbox (``contract.send``)."""
     log.warning("redis unavailable: %s", exc)
     return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
 
@@ -377,8 +377,8 @@ def _npc_view(r, session_id: str, npc_entry_id: int, docs: list[dict], items: li
 
 
 def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None, **options) -> str:
-    """``tasks.dispatch.Send`` over this server's Celery app."""
-    return state.celery.send_task(name, kwargs=kwargs, task_id=task_id, **options).id
+    """``contract.send.Send`` over this server's Celery app."""
+    return celery_sender(state.celery)(name, kwargs, task_id, **options)
 
 
 def _retrieval_weights(s_) -> ranking.Weights:
