@@ -4,12 +4,6 @@ its relationship and quest events to the NPC's memory cards."""
 
 from __future__ import annotations
 
-from inference import calls
-from inference.lora import routing
-from memory import cards, nearline
-from memory.db import session_scope
-from memory.scope import turn_scope
-from models import LoreEntry
 from contract.names import TaskName
 from contract.payloads import (
     SOURCE_TEXT_MAX,
@@ -20,6 +14,12 @@ from contract.payloads import (
     NoteUpdatePayload,
     TurnPayload,
 )
+from inference import calls
+from inference.lora import routing
+from memory import cards, nearline
+from memory.db import session_scope
+from memory.scope import turn_scope
+from models import LoreEntry
 from tasks.base import TaskContext, enqueue, npc_task
 from tasks.note_update import enqueue_note_update
 

@@ -938,6 +938,18 @@ def test_check_topology_detects_a_task_without_queue():
         check_topology(other)
 
 
+def test_check_topology_detects_a_table_entry_without_task(monkeypatch):
+    import workers.celery_app as celery_app
+    from contract.names import Queues
+    from contract.payloads import Payload
+    from contract.registry import TASKS, TaskSpec
+
+    table = {**TASKS, "npc_memory.missing": TaskSpec("npc_memory.missing", Queues.EMBED, Payload)}
+    monkeypatch.setattr(celery_app, "TASKS", table)
+    with pytest.raises(RuntimeError, match="without task.*npc_memory.missing"):
+        celery_app.check_topology(celery_app.app)
+
+
 def test_create_entity_finds_existing_title_and_creates_once(game_session):
     """A creation whose title matches an existing entry (any case or punctuation) is not
     created; a new title is created once per idempotency key, flagged and keyed by slug.

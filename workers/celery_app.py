@@ -31,14 +31,14 @@ def check_topology(celery_app: Celery) -> None:
     """Raise RuntimeError unless the app's ``npc_memory.*`` tasks and
     ``contract.registry.TASKS`` match exactly, each task on its table queue."""
     ours = {n for n in celery_app.tasks if n.startswith("npc_memory.")}
-    declared = {name.value for name in TASKS}
+    declared = {str(name) for name in TASKS}
     if ours != declared:
         raise RuntimeError(f"task/queue mismatch: without queue {sorted(ours - declared)}, "
                            f"without task {sorted(declared - ours)}")
     for name, spec in TASKS.items():
-        queue = getattr(celery_app.tasks[name.value], "queue_name", None)
+        queue = getattr(celery_app.tasks[str(name)], "queue_name", None)
         if queue != spec.queue.value:
-            raise RuntimeError(f"task {name.value} runs on queue {queue!r}, "
+            raise RuntimeError(f"task {name} runs on queue {queue!r}, "
                                f"the table says {spec.queue.value!r}")
 
 
