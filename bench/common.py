@@ -381,14 +381,12 @@ def send_turns(env: Env, sessions: list[str], turns: int, rate: float | None = N
     dialogue server's event endpoint does: Redis writes, then ``analyze_turn`` and
     ``archive_turn`` sent to the broker), round-robin over the sessions, at most ``rate``
     turns/s; returns the monotonic time each turn was accepted, in order."""
+    from contract.send import celery_sender
     from memory import turns as turns_mod
 
-    app = _app()
+    send = celery_sender(_app())
     r = env.r()
     w = env.world()
-
-    def send(name: str, kwargs: dict, task_id: str | None = None, **options) -> str:
-        return app.send_task(name, kwargs=kwargs, task_id=task_id, **options).id
 
     accepted = []
     t0 = time.monotonic()
