@@ -276,6 +276,8 @@ def _celery():
 
 def _send(name: str, kwargs: dict, task_id: str | None = None) -> str:
     """``contract.send.Send`` over the project's Celery app."""
+    from contract.send import celery_sender
+
     return celery_sender(_celery())(name, kwargs, task_id)
 
 
