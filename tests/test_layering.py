@@ -177,12 +177,17 @@ def test_known_violations_are_still_real():
     assert not stale, f"no longer violations, remove them from KNOWN_VIOLATIONS: {stale}"
 
 
-def test_the_hot_cache_does_not_load_celery():
-    """The dialogue hot path (``memory.hot_cache``) needs no Celery: importing it loads none."""
-    res = _import_all(("memory.hot_cache",))
+@pytest.mark.parametrize("modules", [("memory.hot_cache",), _modules("contract")],
+                         ids=["hot_cache", "contract"])
+def test_no_celery_is_loaded(modules):
+    """The dialogue hot path (``memory.hot_cache``) and the public contract need no Celery:
+    importing them loads neither celery nor kombu."""
+    res = _import_all(modules)
     assert not res["errors"], res["errors"]
-    celery = [m for m in res["modules"] if m == "celery" or m.startswith("celery.")]
-    assert not celery, " -> ".join(_chain(_graph(res["edges"]), {"memory.hot_cache"}, "celery"))
+    graph = _graph(res["edges"])
+    for top in ("celery", "kombu"):
+        loaded = [m for m in res["modules"] if m == top or m.startswith(top + ".")]
+        assert not loaded, " -> ".join(_chain(graph, set(modules), top))
 
 
 def test_memory_does_not_import_prompts():
