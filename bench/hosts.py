@@ -32,8 +32,10 @@ import httpx
 import redis as redis_py
 
 from bench.common import Env, Result, Target, dist
+from contract.names import TaskName
+from contract.send import TURN_TASKS
 
-TASKS = ("npc_memory.analyze_turn", "npc_memory.archive_turn")
+TASKS = tuple(n.value for n in TURN_TASKS)
 
 
 class _Player(threading.Thread):
@@ -102,7 +104,7 @@ def run(env: Env, quick: bool) -> Result:
     from memory import nearline
     from memory.db import session_scope
     from models import TaskRecord, Turn
-    from tasks.dispatch import turn_task_id
+    from contract.send import turn_task_id
 
     if haproxy_bin() is None:  # reported, not failed: the rest of the suite still runs
         return Result("hosts", [], targets=[Target("turns lost after a host kill", None, "<=", 0)],
@@ -179,7 +181,7 @@ def run(env: Env, quick: bool) -> Result:
         last = 0.0
         while time.monotonic() < deadline:
             if time.monotonic() - last > 5:
-                app.send_task("npc_memory.reconcile", kwargs={"older_than_s": 5})
+                app.send_task(TaskName.RECONCILE.value, kwargs={"older_than_s": 5})
                 last = time.monotonic()
             with session_scope() as s:
                 ok = s.scalars(select(TaskRecord.task_id).where(

@@ -20,8 +20,9 @@ import psutil
 
 from bench.common import PIPELINE_QUEUES, Env, Result, Target, clear_ledger, ledger_counts, \
     send_turns
+from contract.names import TaskName
 
-UPDATE = "npc_memory.update_note"
+UPDATE = TaskName.UPDATE_NOTE.value
 
 
 class CpuMeter:
@@ -109,12 +110,12 @@ def measure_pipeline(env: Env, sessions: int, turns: int, concurrency: int = 2,
     counts = ledger_counts()
     updates = counts.get(UPDATE, {}).get("succeeded", 0)
     tasks = sum(counts.get(n, {}).get("succeeded", 0) for n in
-                ("npc_memory.analyze_turn", UPDATE, "npc_memory.embed"))
+                (TaskName.ANALYZE_TURN.value, UPDATE, TaskName.EMBED.value))
     failed = {n: {k: v for k, v in c.items() if k not in ("succeeded", "queued")}
               for n, c in counts.items()}
     return {"workers": concurrency, "pool": pool, "turns": sessions * turns,
             "note_updates": updates,
-            "embeds": counts.get("npc_memory.embed", {}).get("succeeded", 0),
+            "embeds": counts.get(TaskName.EMBED.value, {}).get("succeeded", 0),
             "seconds": round(wall, 2), "updates_per_min": round(updates / wall * 60, 1),
             "tasks_per_s": round(tasks / wall, 1),
             **{f"cpu_{k}": v for k, v in meter.cores().items()},

@@ -32,7 +32,7 @@ def insert_turns(session: Session, turns: list[dict], copy: bool | None = None) 
 
     Each dict has ``turn_id, session_id, seq, npc_entry_id, player_text, npc_text,
     latency_ms, created_at`` (unix seconds; ``npc_entry_id`` None for an event addressed to no NPC) and optionally ``speaker`` (None: the session's
-    player), ``event_id``, ``game_minutes``, ``kind``, ``witnesses`` and ``source`` (the fields of ``tasks.payloads.TurnPayload``),
+    player), ``event_id``, ``game_minutes``, ``kind``, ``witnesses`` and ``source`` (the fields of ``contract.payloads.TurnPayload``),
     each kept in its own column: the archived turn is the session's evidence
     (``memory.evidence``). NUL and unpaired surrogates in the texts (which PostgreSQL text
     columns refuse) are stored as U+FFFD.
@@ -113,7 +113,7 @@ def archive_card_batch(session: Session, items: list[dict]) -> list[dict]:
     Args:
         items: ``{"session_id", "npc_entry_id", "cards": {kind: card dict with rev},
             "events": [applied event dict]}`` each (the fields of
-            ``tasks.payloads.CardArchivePayload``).
+            ``contract.payloads.CardArchivePayload``).
 
     Within the batch, the snapshot with the highest ``rev`` per (session, NPC, kind) is the
     one written (the first of equal revs), and an event id given twice is inserted once; it

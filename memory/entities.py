@@ -17,6 +17,7 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -26,9 +27,11 @@ from memory import grounding
 from memory.composite import base_lore, composite_document
 from memory.grounding import normalise_title
 from models import LoreEntry
-from prompts.outputs import CreatedEntity
 
-Creator = Callable[..., tuple[CreatedEntity, int]]
+if TYPE_CHECKING:  # the model's answer: prompts.outputs imports memory.cards, not the reverse
+    from prompts.outputs import CreatedEntity
+
+Creator = Callable[..., "tuple[CreatedEntity, int]"]
 """``(entity_type, creation_summary, names) -> (created entity, tokens_used)``: ``names``
 lists the titles the model may choose (the new names found in the source text). A creator
 of two parameters ``(entity_type, creation_summary)`` is also accepted."""

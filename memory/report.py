@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from contract.names import TaskName
 from models import LoreEntry, SessionNote, SessionNoteRevision, StoredVector, TaskRecord, Turn
 
 PENDING = ("running", "retrying")
@@ -40,7 +41,7 @@ def coalesced_updates(session: Session, session_ids: list[str]) -> dict[str, int
     """``{"update_tasks": n, "coalesced": m}``: note updates of these sessions, and how many
     were folded into another update's rewrite (each one a model call saved)."""
     rows = session.scalars(select(TaskRecord.result).where(
-        TaskRecord.task_name == "npc_memory.update_note", TaskRecord.status == "succeeded",
+        TaskRecord.task_name == TaskName.UPDATE_NOTE.value, TaskRecord.status == "succeeded",
         TaskRecord.session_id.in_(session_ids))).all()
     return {"update_tasks": len(rows),
             "coalesced": sum(1 for r in rows if (r or {}).get("status") == "coalesced")}
@@ -52,7 +53,7 @@ def creation_stats(session: Session, session_ids: list[str]) -> dict:
     (created + matched); ``rejected`` counts creations that failed the grounding rule
     (``memory.entities.create_entity``) by reason."""
     rows = session.scalars(select(TaskRecord.result).where(
-        TaskRecord.task_name == "npc_memory.create_entity", TaskRecord.status == "succeeded",
+        TaskRecord.task_name == TaskName.CREATE_ENTITY.value, TaskRecord.status == "succeeded",
         TaskRecord.session_id.in_(session_ids))).all()
     created = sum(1 for r in rows if (r or {}).get("status") == "created")
     matched: dict[str, int] = {}
@@ -113,7 +114,7 @@ def session_summary(session: Session, session_id: str, embedder: str | None = No
 def tick_results(session: Session) -> list[dict]:
     """Finished ``simulate_world`` tasks: their results (NPCs chosen, updates enqueued)."""
     rows = session.scalars(select(TaskRecord).where(
-        TaskRecord.task_name == "npc_memory.simulate_world", TaskRecord.status == "succeeded")
+        TaskRecord.task_name == TaskName.SIMULATE_WORLD.value, TaskRecord.status == "succeeded")
         .order_by(TaskRecord.id)).all()
     return [{"session_id": r.session_id, "tick": r.payload.get("tick_id"), **(r.result or {})}
             for r in rows]

@@ -56,12 +56,14 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from contract.names import TaskName
+from contract.send import Send
 from memory import cards as memory_cards
 from memory import fencing, nearline, summaries, witnesses
 from memory.archive import archive_card_batch
 from memory.evidence import evidence_key, item_id
 from memory.notes import commit_revision, note_turn_ids
-from memory.ops import NotFound, Send, find_turn
+from memory.ops import NotFound, find_turn
 from memory.vector_index import evidence_scope, publish_remove, session_scope
 from models import (
     AppliedNoteEvent, CardEvent, EvidenceVector, GameSession, LoreEntry, NpcCard, SessionNote,
@@ -238,7 +240,7 @@ def _mapped_witnesses(turn: dict, entry) -> list[int] | None:
 def fork_session(session: Session, r, source_id: str, at_turn: str, send: Send) -> dict:
     """Make a new session whose memory is the source session's as of turn ``at_turn`` (see
     the module docstring); the source is only read. ``send`` puts a task on the broker
-    (``memory.ops.Send``): one ``npc_memory.embed`` per copied note or entity and one
+    (``contract.send.Send``): one ``npc_memory.embed`` per copied note or entity and one
     ``npc_memory.embed_evidence`` for the copied turns (their stored vectors are copied, so
     it only publishes them).
 
@@ -388,10 +390,10 @@ def fork_session(session: Session, r, source_id: str, at_turn: str, send: Send) 
     if copied_summary:
         summaries.save_summary(r, new_id, summary["summary"], int(summary["upto_seq"]))
     for eid in sorted({eid for eid, _ in notes} | {c.id for c in copies}):
-        send("npc_memory.embed", {"lore_entry_id": eid, "session_id": new_id})
+        send(TaskName.EMBED, {"lore_entry_id": eid, "session_id": new_id})
     new_turns = [turn_map[d["turn_id"]] for d in ordered]
     for start in range(0, len(new_turns), EVIDENCE_BATCH):
-        send("npc_memory.embed_evidence", {"turn_ids": new_turns[start:start + EVIDENCE_BATCH]})
+        send(TaskName.EMBED_EVIDENCE, {"turn_ids": new_turns[start:start + EVIDENCE_BATCH]})
     return {"session_id": new_id, "forked_from": source_id, "at_turn": at_turn,
             "at_seq": int(turn["seq"]), "world_id": world_id, "player_name": player,
             "game_minutes": minutes,
@@ -559,7 +561,7 @@ def rollback_session(session: Session, r, session_id: str, to_turn: str, send: S
     record.counts = counts
     session.commit()
     for entry_id in rolled_notes:
-        send("npc_memory.embed", {"lore_entry_id": entry_id, "session_id": session_id})
+        send(TaskName.EMBED, {"lore_entry_id": entry_id, "session_id": session_id})
     return {"session_id": session_id, "to_turn": to_turn, "to_seq": to_seq, "epoch": epoch,
             "rollback_id": rollback_id, "turn_ids": undone, "counts": counts}
 

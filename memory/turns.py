@@ -5,12 +5,12 @@ generated elsewhere, posted without generation).
 Both resolve their target with :func:`resolve_target` and record with :func:`record_turn`:
 the turn is appended to the session's recent turns in Redis, then ``npc_memory.analyze_turn``
 (queue ``analysis``) and ``npc_memory.archive_turn`` (queue ``archive``) are sent with the
-same :class:`~tasks.payloads.TurnPayload`. Nothing here touches the database: this is the
+same :class:`~contract.payloads.TurnPayload`. Nothing here touches the database: this is the
 dialogue hot path (Redis and the broker only).
 
 ``send`` is ``(task_name, kwargs, task_id) -> task_id``, the caller's way to put a task on the
-broker (``tasks.dispatch.Send``). The turn is recorded together with an outbox entry and its
-tasks get ids derived from the turn id (``tasks.dispatch``), so a turn whose tasks never
+broker (``contract.send.Send``). The turn is recorded together with an outbox entry and its
+tasks get ids derived from the turn id (``contract.send``), so a turn whose tasks never
 reached the broker is sent again by the reconcile task, and never run twice.
 """
 
@@ -25,14 +25,15 @@ from dataclasses import dataclass
 
 import redis
 
+from contract.names import TaskName
+from contract.payloads import TurnPayload
+from contract.send import TURN_TASKS as PIPELINE_TASKS
+from contract.send import Send, request_simulation, send_turn_tasks
 from memory import nearline
 from memory.fencing import undone_key
-from tasks.dispatch import TURN_TASKS as PIPELINE_TASKS
-from tasks.dispatch import Send, request_simulation, send_turn_tasks
 from settings import get_settings
-from tasks.payloads import TurnPayload
 
-SUMMARY_TASK = "npc_memory.summarize_session"
+SUMMARY_TASK = TaskName.SUMMARIZE_SESSION
 
 Publish = Callable[[dict], None]
 """``(turn kwargs) -> None``: how :func:`record_turn` hands a recorded turn's pipeline tasks
@@ -220,7 +221,7 @@ def record_turn(
         publish: hands the turn's pipeline tasks over once the turn is recorded; default
             sends them inline (``send_turn_tasks`` over ``send``). The dialogue server passes
             its outbox relay, which sends them off the request path.
-        kind: what the turn is (``tasks.payloads.TurnKind``); None: speech.
+        kind: what the turn is (``contract.payloads.TurnKind``); None: speech.
         witnesses: entry ids of the characters who witnessed it (:func:`resolve_witnesses`);
             the addressed NPC is always one of them.
         source: provenance of a turn the system made (a ``told`` turn of the simulation).

@@ -1,6 +1,6 @@
 """Who knows what: the characters who witnessed each turn, and one NPC's view of the memory.
 
-Every recorded turn carries ``witnesses`` (``tasks.payloads.TurnPayload``), the lore entry
+Every recorded turn carries ``witnesses`` (``contract.payloads.TurnPayload``), the lore entry
 ids of the characters who witnessed it: the NPC addressed, the speaker when it is a
 character given by its entry key, and the characters the event names as present. Its
 evidence items (``memory.evidence``) carry the same list. An NPC knows what it witnessed;

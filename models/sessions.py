@@ -58,7 +58,7 @@ class Turn(Base):
     posted event, ``game_minutes`` the session's in-game clock at the turn (None: archived
     before the clock was kept). ``npc_entry_id`` is None for a narration or game event
     addressed to no NPC; ``kind`` is what the turn is (None: speech,
-    ``tasks.payloads.TurnKind``); ``witnesses`` the lore entry ids of the characters who
+    ``contract.payloads.TurnKind``); ``witnesses`` the lore entry ids of the characters who
     witnessed it (None: archived before witnesses were recorded, the addressed NPC alone);
     ``source`` the provenance of a turn the system made (a ``told`` turn of the simulation).
     """

@@ -86,6 +86,7 @@ def main() -> int:
     from sqlalchemy import func, select
 
     import celeryconfig
+    from contract.names import TaskName
     from memory.db import migrate, session_scope
     from memory.importers.examples import load_example
     from memory.worlds import import_world
@@ -118,7 +119,7 @@ def main() -> int:
         app.config_from_object(celeryconfig)
 
         def send(payload: dict) -> None:
-            tid = app.send_task("npc_memory.update_note", kwargs=payload).id
+            tid = app.send_task(TaskName.UPDATE_NOTE.value, kwargs=payload).id
             sent[payload["idempotency_key"]].append(tid)
 
         def statuses() -> dict[str, str]:
@@ -232,7 +233,7 @@ def main() -> int:
         with session_scope() as s:
             dls = s.scalars(select(DeadLetter).where(DeadLetter.replayed_at.is_(None))).all()
             for d in dls:
-                if d.task_name != "npc_memory.update_note":
+                if d.task_name != TaskName.UPDATE_NOTE:
                     continue
                 tid = app.send_task(d.task_name, kwargs=d.payload).id
                 sent[d.payload["idempotency_key"]].append(tid)

@@ -4,15 +4,8 @@ its relationship and quest events to the NPC's memory cards."""
 
 from __future__ import annotations
 
-from inference import calls
-from inference.lora import routing
-from memory import cards, nearline
-from memory.db import session_scope
-from memory.scope import turn_scope
-from models import LoreEntry
-from tasks.base import TaskContext, enqueue, npc_task
-from tasks.note_update import enqueue_note_update
-from tasks.payloads import (
+from contract.names import TaskName
+from contract.payloads import (
     SOURCE_TEXT_MAX,
     CardArchivePayload,
     CardSnapshots,
@@ -21,6 +14,14 @@ from tasks.payloads import (
     NoteUpdatePayload,
     TurnPayload,
 )
+from inference import calls
+from inference.lora import routing
+from memory import cards, nearline
+from memory.db import session_scope
+from memory.scope import turn_scope
+from models import LoreEntry
+from tasks.base import TaskContext, enqueue, npc_task
+from tasks.note_update import enqueue_note_update
 
 
 def turn_text(p: TurnPayload) -> str:
@@ -34,7 +35,7 @@ def turn_text(p: TurnPayload) -> str:
     return f"{said}\n{p.npc_text}".strip()
 
 
-@npc_task("npc_memory.analyze_turn", TurnPayload, soft_time_limit=120, time_limit=150)
+@npc_task(TaskName.ANALYZE_TURN, soft_time_limit=120, time_limit=150)
 def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
     """Ask the analysis model what the turn changed; enqueue one ``update_note`` per update
     (idempotency key ``{turn_id}:u{i}``) and one ``create_entity`` per creation
@@ -87,13 +88,13 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
         if (u.lore_entry_id, u.update_summary) in seen:
             continue
         seen.add((u.lore_entry_id, u.update_summary))
-        enqueue_note_update(NoteUpdatePayload(
+        enqueue_note_update(ctx.send, NoteUpdatePayload(
             session_id=p.session_id, lore_entry_key=u.lore_entry_id, update_summary=u.update_summary,
             idempotency_key=f"{p.turn_id}:u{i}", turn_id=p.turn_id, cause="turn",
             game_minutes=p.game_minutes))
         updates += 1
     for i, c in enumerate(out.creations):
-        enqueue("npc_memory.create_entity", CreationPayload(
+        enqueue(ctx.send, TaskName.CREATE_ENTITY, CreationPayload(
             session_id=p.session_id, entity_type=c.entity_type, creation_summary=c.creation_summary,
             idempotency_key=f"{p.turn_id}:c{i}", turn_id=p.turn_id,
             source_text=source[:SOURCE_TEXT_MAX]))
@@ -105,7 +106,7 @@ def analyze_turn(p: TurnPayload, ctx: TaskContext) -> dict:
     # this turn's events as applied by any delivery (a redelivery may sample other events)
     events = cards.turn_applied(r, p.session_id, p.npc_entry_id, p.turn_id)
     if events:
-        enqueue("npc_memory.archive_cards", CardArchivePayload(
+        enqueue(ctx.send, TaskName.ARCHIVE_CARDS, CardArchivePayload(
             session_id=p.session_id, npc_entry_id=p.npc_entry_id, turn_id=p.turn_id,
             cards=CardSnapshots(relationship=res.cards.relationship, quest=res.cards.quest),
             events=events))

@@ -22,6 +22,9 @@ from celery import Celery
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from contract.names import TaskName
+from contract.payloads import CardArchivePayload, TurnPayload
+from contract.send import celery_sender
 from memory.archive import archive_card_batch, insert_turns
 from memory.fencing import undone_key
 from memory.nearline import get_redis
@@ -29,12 +32,11 @@ from models import Turn
 from models.base import utcnow
 from settings import get_settings
 from tasks.batch import npc_batch_task
-from tasks.payloads import CardArchivePayload, TurnPayload
 
 _s = get_settings()
 
 
-EVIDENCE_TASK = "npc_memory.embed_evidence"
+EVIDENCE_TASK = TaskName.EMBED_EVIDENCE
 
 
 def evidence_task_id(turn_ids: list[str]) -> str:
@@ -49,7 +51,7 @@ def send_evidence(app: Celery, payloads: list[TurnPayload]) -> str:
     ``npc_memory.embed_evidence`` (queue ``embed``) for all of them; returns its task id."""
     ids = list(dict.fromkeys(p.turn_id for p in payloads))
     task_id = evidence_task_id(ids)
-    app.send_task(EVIDENCE_TASK, kwargs={"turn_ids": ids}, task_id=task_id)
+    celery_sender(app)(EVIDENCE_TASK, {"turn_ids": ids}, task_id)
     return task_id
 
 
@@ -70,7 +72,7 @@ def mark_undone(s: Session, payloads: list[TurnPayload]) -> int:
     return len(undone)
 
 
-@npc_batch_task("npc_memory.archive_turn", TurnPayload, flush_every=_s.archive_batch_size,
+@npc_batch_task(TaskName.ARCHIVE_TURN, flush_every=_s.archive_batch_size,
                 flush_interval_s=_s.archive_flush_ms / 1000.0, soft_time_limit=30, time_limit=60,
                 after_commit=send_evidence)
 def archive_turn(s: Session, payloads: list[TurnPayload]) -> list[dict]:
@@ -87,7 +89,7 @@ def archive_turn(s: Session, payloads: list[TurnPayload]) -> list[dict]:
     return out
 
 
-@npc_batch_task("npc_memory.archive_cards", CardArchivePayload, flush_every=_s.archive_batch_size,
+@npc_batch_task(TaskName.ARCHIVE_CARDS, flush_every=_s.archive_batch_size,
                 flush_interval_s=_s.archive_flush_ms / 1000.0, soft_time_limit=30, time_limit=60)
 def archive_cards(s: Session, payloads: list[CardArchivePayload]) -> list[dict]:
     """Write a batch of card archives with one multi-row upsert of the snapshots (a higher

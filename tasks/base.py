@@ -2,9 +2,9 @@
 
 What it adds to a plain Celery task:
 
-- a stable explicit name that must be declared in ``celeryconfig.TASK_QUEUES`` (registration
-  fails otherwise), so routes and queues have one source of truth;
-- payload validation with pydantic: a payload that fails validation is recorded and
+- a stable explicit name that must be declared in ``contract.registry.TASKS`` (registration
+  fails otherwise), so routes, queues and payload models have one source of truth;
+- payload validation with pydantic (the name's model in ``contract.registry.TASKS``): a payload that fails validation is recorded and
   dead-lettered, never retried and never dropped;
 - the task ledger (``task_records``): one row per task id with status, attempts, error,
   timings and model tokens;
@@ -21,7 +21,8 @@ What it adds to a plain Celery task:
   than ``MAX_REDELIVERIES`` times beyond its retries (a poison message that keeps killing its
   worker, or a redelivery loop) is dead-lettered instead of run again.
 
-The wrapped function is a plain ``fn(payload, ctx) -> dict`` that tests can call directly.
+The wrapped function is a plain ``fn(payload, ctx) -> dict`` that tests can call directly;
+``ctx.send`` sends follow-up tasks through the task's own app.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ from dataclasses import dataclass
 
 import kombu.exceptions
 import redis.exceptions
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task
 from celery.exceptions import Reject
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from celeryconfig import TASK_QUEUES
+from contract.names import TaskName
+from contract.payloads import Payload
+from contract.registry import TASKS, TaskSpec
+from contract.send import Send, celery_sender
 from inference.llm import InvalidModelOutput, ModelError
 from memory.cards import CardConflict
 from memory import fencing
@@ -52,7 +56,6 @@ from memory.safe_input import clean_text, storable
 from models import DeadLetter, TaskRecord
 from models.base import utcnow
 from settings import get_settings
-from tasks.payloads import Payload
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,13 @@ class TaskContext:
     task_id: str
     name: str
     retries: int
+    app: Celery
+    """The app the task runs on (its ``self.app``)."""
+
+    @property
+    def send(self) -> Send:
+        """Send a follow-up task through the task's own app (``contract.send.Send``)."""
+        return celery_sender(self.app)
 
 
 TASK_ID_MAX_CHARS = 200
@@ -235,27 +245,22 @@ class NpcTask(Task):
                     f"{type(exc).__name__}: {exc}")
 
 
-REGISTERED_PAYLOADS: dict[str, type[Payload]] = {}
-"""Task name -> the payload model its task validates with (filled by :func:`npc_task` and
-``tasks.batch.npc_batch_task``)."""
-
-
-def declare_task(name: str, payload_model: type[Payload]) -> str:
-    """Record the payload model of task ``name`` and return its queue (the one check every
-    task decorator makes).
+def declare_task(name: TaskName | str) -> TaskSpec:
+    """The spec of task ``name`` in ``contract.registry.TASKS`` (its queue and payload
+    model): the one check every task decorator makes.
 
     Raises:
-        RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
+        RuntimeError: ``name`` has no queue in ``contract.registry.TASKS``.
     """
-    if name not in TASK_QUEUES:
-        raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
-    REGISTERED_PAYLOADS[name] = payload_model
-    return TASK_QUEUES[name].value
+    if name not in TASKS:
+        raise RuntimeError(f"task {name!r} has no queue in contract.registry.TASKS")
+    return TASKS[name]
 
 
-def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
+def npc_task(name: TaskName | str, *, max_retries: int = 5,
              soft_time_limit: int = 240, time_limit: int = 300) -> Callable:
-    """Register ``fn(payload, ctx) -> dict`` as the Celery task ``name``.
+    """Register ``fn(payload, ctx) -> dict`` as the Celery task ``name``; the payload is
+    validated with the name's model in ``contract.registry.TASKS``.
 
     The task takes keyword arguments only (the payload's fields), so game backends can
     ``send_task(name, kwargs={...})``. Model errors are retried with exponential backoff and
@@ -266,9 +271,10 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     losing the race (``CardConflict``).
 
     Raises:
-        RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
+        RuntimeError: ``name`` has no queue in ``contract.registry.TASKS``.
     """
-    queue = declare_task(name, payload_model)
+    spec = declare_task(name)
+    name, queue, payload_model = spec.name.value, spec.queue.value, spec.payload
 
     def decorate(fn: Callable[[Payload, TaskContext], dict]):
         @shared_task(
@@ -336,7 +342,8 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
                 if fencing.turn_undone(get_redis(), getattr(payload, "session_id", None),
                                        getattr(payload, "turn_id", None)):
                     raise TaskCancelled("its turn was undone by a rollback of the session")
-                result = fn(payload, TaskContext(task_id, name, self.request.retries)) or {}
+                result = fn(payload, TaskContext(task_id, name, self.request.retries,
+                                                 self.app)) or {}
             except TaskCancelled as exc:
                 _ledger(task_id, name, status="cancelled", error=str(exc)[:4000],
                         finished_at=utcnow())
@@ -351,28 +358,26 @@ def npc_task(name: str, payload_model: type[Payload], *, max_retries: int = 5,
     return decorate
 
 
-def enqueue(name: str, payload: Payload, **options) -> str:
-    """Send task ``name`` with a validated payload through the current app and record it as
-    ``queued`` in the ledger (unless it may expire unrun); returns its id.
+def enqueue(send: Send, name: TaskName | str, payload: Payload, **options) -> str:
+    """Send task ``name`` with a validated payload through ``send`` (a task's ``ctx.send``,
+    or ``contract.send.celery_sender(app)``) and record it as ``queued`` in the ledger
+    (unless it may expire unrun); returns its id.
 
     Raises:
-        RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
+        RuntimeError: ``name`` has no queue in ``contract.registry.TASKS``.
     """
-    from celery import current_app
-
-    if name not in TASK_QUEUES:
-        raise RuntimeError(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
+    queue = declare_task(name).queue.value
     kwargs = payload.model_dump(mode="json")
     task_id = options.pop("task_id", None) or str(uuid.uuid4())
     record = "expires" not in options  # an expired message never runs: it would stay "queued"
     if record:  # before sending, so the worker's "running" always comes after it
-        _ledger(task_id, name, queue=TASK_QUEUES[name].value, payload=kwargs, status="queued",
+        _ledger(task_id, str(name), queue=queue, payload=kwargs, status="queued",
                 session_id=getattr(payload, "session_id", None), target=payload.target()[:300],
                 idempotency_key=getattr(payload, "idempotency_key", None))
     try:
-        current_app.send_task(name, kwargs=kwargs, task_id=task_id, **options)
+        send(name, kwargs, task_id, **options)
     except Exception as exc:
         if record:
-            _ledger(task_id, name, status="dead", error=f"could not enqueue: {exc}"[:4000])
+            _ledger(task_id, str(name), status="dead", error=f"could not enqueue: {exc}"[:4000])
         raise
     return task_id

@@ -1,6 +1,6 @@
 """Batch tasks (celery-batches): many messages of one task name written in one transaction.
 
-``npc_batch_task(name, payload_model, flush_every=100, flush_interval_s=0.1)`` registers
+``npc_batch_task(name, flush_every=100, flush_interval_s=0.1)`` registers
 ``fn(db_session, payloads) -> [result dict per payload]`` as a ``celery_batches.Batches`` task.
 The worker buffers the task's messages and calls the function with up to ``flush_every`` of
 them at once, or with what it has after ``flush_interval_s`` seconds. Each message keeps the
@@ -49,6 +49,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from contract.names import TaskName
+from contract.payloads import Payload
+from contract.send import celery_sender
 from memory.db import dialect_insert, session_scope
 from memory.safe_input import storable
 from models import TaskRecord
@@ -64,7 +67,6 @@ from tasks.base import (
     declare_task,
     storable_id,
 )
-from tasks.payloads import Payload
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +166,13 @@ def _running_rows(name: str, queue: str, items: list[tuple], started) -> None:
             where=TaskRecord.status != "succeeded"))
 
 
-def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
+def npc_batch_task(name: TaskName | str, *, flush_every: int,
                    flush_interval_s: float, soft_time_limit: int = 60,
                    time_limit: int = 120,
                    after_commit: Callable[[Celery, list[Payload]], None] | None = None,
                    ) -> Callable:
-    """Register ``fn(db_session, payloads) -> [result per payload]`` as batch task ``name``.
+    """Register ``fn(db_session, payloads) -> [result per payload]`` as batch task ``name``
+    (payloads validated with the name's model in ``contract.registry.TASKS``).
 
     ``fn`` runs inside one transaction with the validated payloads of a batch, in arrival
     order, and must be idempotent (a message may be delivered again). ``after_commit(app,
@@ -178,9 +181,10 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
     does not undo the batch.
 
     Raises:
-        RuntimeError: ``name`` has no queue in ``celeryconfig.TASK_QUEUES``.
+        RuntimeError: ``name`` has no queue in ``contract.registry.TASKS``.
     """
-    queue = declare_task(name, payload_model)
+    spec = declare_task(name)
+    name, queue, payload_model = spec.name.value, spec.queue.value, spec.payload
 
     def decorate(fn: BatchFn):
         @shared_task(name=name, bind=True, base=NpcBatchTask, queue_name=queue,
@@ -196,8 +200,8 @@ def npc_batch_task(name: str, payload_model: type[Payload], *, flush_every: int,
                 return
             countdown = get_exponential_backoff_interval(2, retries, DB_OUTAGE_MAX_BACKOFF_S,
                                                          full_jitter=True)
-            self.app.send_task(name, kwargs=dict(req.kwargs), task_id=req.id,
-                               countdown=countdown, retries=retries + 1)
+            celery_sender(self.app)(name, dict(req.kwargs), req.id, countdown=countdown,
+                                    retries=retries + 1)
 
         def _write(items: list[tuple], batch_id: str, started) -> None:
             with session_scope() as s:

@@ -9,11 +9,12 @@ from memory import nearline
 from memory.db import session_scope
 from memory.evidence import embed_turns
 from memory.vectors import embed_entry
+from contract.names import TaskName
+from contract.payloads import EmbedPayload, EvidencePayload
 from tasks.base import TaskContext, npc_task
-from tasks.payloads import EmbedPayload, EvidencePayload
 
 
-@npc_task("npc_memory.embed", EmbedPayload, soft_time_limit=60, time_limit=90)
+@npc_task(TaskName.EMBED, soft_time_limit=60, time_limit=90)
 def embed(p: EmbedPayload, ctx: TaskContext) -> dict:
     """Embed the entry's composite document for the session, store it, announce it to the
     dialogue servers. An unchanged document (same content hash) is skipped."""
@@ -22,7 +23,7 @@ def embed(p: EmbedPayload, ctx: TaskContext) -> dict:
     return {"status": res.status, "scope": res.scope}
 
 
-@npc_task("npc_memory.embed_evidence", EvidencePayload, soft_time_limit=60, time_limit=90)
+@npc_task(TaskName.EMBED_EVIDENCE, soft_time_limit=60, time_limit=90)
 def embed_evidence(p: EvidencePayload, ctx: TaskContext) -> dict:
     """Embed the evidence items of archived turns in one batch, store the vectors, write the
     items to Redis and announce them to the dialogue servers (``memory.evidence.embed_turns``;

@@ -8,12 +8,13 @@ from memory import fencing, nearline, timeline
 from memory.db import session_scope
 from memory.entities import create_entity as create_entry
 from models import GameSession, LoreEntry, World
+from contract.names import TaskName
+from contract.payloads import CreationPayload, EmbedPayload, NoteUpdatePayload
 from tasks.base import TaskCancelled, TaskContext, enqueue, npc_task
 from tasks.note_update import enqueue_note_update
-from tasks.payloads import CreationPayload, EmbedPayload, NoteUpdatePayload
 
 
-@npc_task("npc_memory.create_entity", CreationPayload, soft_time_limit=120, time_limit=150)
+@npc_task(TaskName.CREATE_ENTITY, soft_time_limit=120, time_limit=150)
 def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
     """Create the entry (flagged ``is_dynamically_generated``) and enqueue ``embed``; if an
     entry with that title exists, the summary becomes an ``update_note`` for it instead. A
@@ -44,10 +45,11 @@ def create_entity(p: CreationPayload, ctx: TaskContext) -> dict:
         return {"status": "rejected", "reason": res.reason, "entry_id": None,
                 "title": res.title[:200], "tokens": res.tokens}
     if res.status == "exists":
-        enqueue_note_update(NoteUpdatePayload(
+        enqueue_note_update(ctx.send, NoteUpdatePayload(
             session_id=p.session_id, lore_entry_key=res.key, update_summary=p.creation_summary,
             idempotency_key=f"{p.idempotency_key}:exists", turn_id=p.turn_id, cause="creation"))
     else:
-        enqueue("npc_memory.embed", EmbedPayload(lore_entry_id=res.entry_id, session_id=p.session_id))
+        enqueue(ctx.send, TaskName.EMBED, EmbedPayload(lore_entry_id=res.entry_id,
+                                                      session_id=p.session_id))
     return {"status": res.status, "entry_id": res.entry_id, "title": res.title,
             "matched_by": res.matched_by, "grounded_by": res.grounded_by, "tokens": res.tokens}

@@ -10,11 +10,13 @@ from memory.db import session_scope
 from memory.notes import PendingEvent, apply_note_update, note_turn_ids
 from models import GameSession, LoreEntry
 from settings import get_settings
+from contract.names import TaskName
+from contract.payloads import EmbedPayload, NoteUpdatePayload
+from contract.send import Send
 from tasks.base import TaskCancelled, TaskContext, enqueue, npc_task
-from tasks.payloads import EmbedPayload, NoteUpdatePayload
 
 
-@npc_task("npc_memory.update_note", NoteUpdatePayload, soft_time_limit=120, time_limit=150)
+@npc_task(TaskName.UPDATE_NOTE, soft_time_limit=120, time_limit=150)
 def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
     """Fold the event into the note of ``lore_entry_key`` in the session (a checked rewrite,
     or the event appended: ``memory.notes``), publish the note and its turn ids to the
@@ -54,7 +56,8 @@ def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
     if res.status == "written":
         nearline.set_note(r, p.session_id, entry_id, res.after, turn_ids=evidence)
     if res.status != "coalesced":  # a duplicate re-embeds too: its first run may have died before
-        enqueue("npc_memory.embed", EmbedPayload(lore_entry_id=entry_id, session_id=p.session_id))
+        enqueue(ctx.send, TaskName.EMBED, EmbedPayload(lore_entry_id=entry_id,
+                                                      session_id=p.session_id))
     out = {"status": res.status, "note_id": res.note_id, "version": res.version,
            "tokens": res.tokens, "folded": len(res.folded)}
     if res.status == "written":
@@ -63,8 +66,9 @@ def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
     return out
 
 
-def enqueue_note_update(p: NoteUpdatePayload) -> str:
-    """Enqueue ``npc_memory.update_note`` and announce it for coalescing; returns the task id."""
+def enqueue_note_update(send: Send, p: NoteUpdatePayload) -> str:
+    """Enqueue ``npc_memory.update_note`` through ``send`` and announce it for coalescing;
+    returns the task id."""
     nearline.add_pending(nearline.get_redis(), p.session_id, p.lore_entry_key, p.idempotency_key,
                          p.update_summary, p.turn_id, p.cause, p.game_minutes)
-    return enqueue("npc_memory.update_note", p)
+    return enqueue(send, TaskName.UPDATE_NOTE, p)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
-from celery import current_app
-
+from contract.names import TaskName
+from contract.payloads import NoteUpdatePayload, SimulationPayload, TickPayload
+from contract.send import Send, request_simulation, simulation_pending_key
 from inference import calls
 from inference.lora import registry as lora_registry
 from inference.lora import routing
@@ -19,9 +20,7 @@ from memory.simulation import (
 from models import GameSession, World
 from settings import get_settings
 from tasks.base import TaskContext, npc_task
-from tasks.dispatch import app_sender, request_simulation, simulation_pending_key
 from tasks.note_update import enqueue_note_update
-from tasks.payloads import NoteUpdatePayload, SimulationPayload, TickPayload
 
 PROMPT_CHARS_PER_TOKEN = 3.0
 """Conservative estimate of prompt size (English is about 4 characters a token)."""
@@ -29,7 +28,7 @@ TOKENS_PER_NPC = 80
 """Completion tokens one NPC's update needs at most (a 160-character sentence plus JSON)."""
 
 
-@npc_task("npc_memory.world_tick", TickPayload, soft_time_limit=30, time_limit=60, max_retries=0)
+@npc_task(TaskName.WORLD_TICK, soft_time_limit=30, time_limit=60, max_retries=0)
 def world_tick(p: TickPayload, ctx: TaskContext) -> dict:
     """Share the tick's budget among the sessions active within the idle window (least
     recently simulated first; only world ``world_id``'s when given) and request one
@@ -48,9 +47,8 @@ def world_tick(p: TickPayload, ctx: TaskContext) -> dict:
     allotted, waiting = allot_budget(sessions, s_.simulate_max_npcs, s_.simulate_max_tokens,
                                      s_.tick_max_npcs, s_.tick_max_tokens)
     sent, busy = [], []
-    send = app_sender(current_app)
     for a in allotted:
-        if request_simulation(send, r, a.session_id, ctx.task_id, max_npcs=a.max_npcs,
+        if request_simulation(ctx.send, r, a.session_id, ctx.task_id, max_npcs=a.max_npcs,
                               max_tokens=a.max_tokens):
             sent.append(a)
         else:
@@ -60,7 +58,7 @@ def world_tick(p: TickPayload, ctx: TaskContext) -> dict:
             "token_budget": sum(a.max_tokens for a in sent)}
 
 
-@npc_task("npc_memory.simulate_world", SimulationPayload, soft_time_limit=180, time_limit=240)
+@npc_task(TaskName.SIMULATE_WORLD, soft_time_limit=180, time_limit=240)
 def simulate_world(p: SimulationPayload, ctx: TaskContext) -> dict:
     """Rank the session's off-screen NPCs, simulate the best ones within the budget, advance
     the in-game clock once per tick, and enqueue one ``update_note`` per answer (idempotency
@@ -76,7 +74,7 @@ def simulate_world(p: SimulationPayload, ctx: TaskContext) -> dict:
     """
     r = nearline.get_redis()
     try:
-        return _simulate(p, r)
+        return _simulate(p, r, ctx.send)
     finally:
         r.delete(simulation_pending_key(p.session_id))
 
@@ -93,15 +91,16 @@ def _fit(chosen: list, places: list[dict], max_tokens: int, prompt_chars) -> tup
     return 0, 0
 
 
-def _enqueue_updates(p: SimulationPayload, did: dict[str, str], clock: int) -> None:
+def _enqueue_updates(send: Send, p: SimulationPayload, did: dict[str, str], clock: int) -> None:
     for key, summary in did.items():
-        enqueue_note_update(NoteUpdatePayload(
+        enqueue_note_update(send, NoteUpdatePayload(
             session_id=p.session_id, lore_entry_key=key, update_summary=summary,
             cause="simulation", game_minutes=clock,
             idempotency_key=f"{p.tick_id}:{p.session_id}:{key}"))
 
 
-def _gossip(p: SimulationPayload, r, simulated: list, characters: list) -> list[dict]:
+def _gossip(send: Send, p: SimulationPayload, r, simulated: list,
+            characters: list) -> list[dict]:
     """Record what the simulated NPCs and the characters they meet pass on
     (``memory.gossip``): one ``told`` turn per telling, through ``memory.turns.record_turn``
     (event id ``told:{tick}:{teller id}:{listener id}``: a re-run records nothing twice).
@@ -113,7 +112,6 @@ def _gossip(p: SimulationPayload, r, simulated: list, characters: list) -> list[
     recent = nearline.recent_turns(r, p.session_id, nearline.TURNS_CAP)
     tellings = gossip.pick(gossip.meetings(simulated, characters), recent, limit)
     names = {c.id: c.title for c in characters}
-    send = app_sender(current_app)
     out = []
     for t in tellings:
         target = turns.Target(session_id=p.session_id, world_id=sess["world_id"],
@@ -142,10 +140,10 @@ def _route(r, archetypes: list[str | None]) -> routing.ModelRoute:
                               reason=f"{base.reason}; mixed archetypes")
 
 
-def _simulate(p: SimulationPayload, r) -> dict:
+def _simulate(p: SimulationPayload, r, send: Send) -> dict:
     earlier = nearline.get_tick_result(r, p.session_id, p.tick_id)
     if earlier is not None:  # a re-run of this tick: send the same updates again (idempotent)
-        _enqueue_updates(p, earlier.get("did", {}), earlier.get("game_minutes", 0))
+        _enqueue_updates(send, p, earlier.get("did", {}), earlier.get("game_minutes", 0))
         return {**earlier, "status": "duplicate", "tokens": 0}
     s_ = get_settings()
     max_npcs = p.max_npcs or s_.simulate_max_npcs
@@ -185,7 +183,7 @@ def _simulate(p: SimulationPayload, r) -> dict:
         return trace
     clock = nearline.advance_clock_once(r, p.session_id, p.tick_id, tick_minutes)
     now_text = nearline.format_game_time(clock)
-    trace["told"] = _gossip(p, r, [c.entry for c in chosen[:n]], characters)
+    trace["told"] = _gossip(send, p, r, [c.entry for c in chosen[:n]], characters)
     route = _route(r, archetypes[:n])
     trace["model"] = route.as_dict()
     (out, tokens), route = routing.call_routed(  # a lost adapter is loaded again, once
@@ -199,7 +197,7 @@ def _simulate(p: SimulationPayload, r) -> dict:
     result = nearline.save_tick_result(r, p.session_id, p.tick_id, {
         **trace, "updates": len(did), "did": did, "calls": 1, "tokens": tokens,
         "game_time": now_text, "game_minutes": clock, "at": time.time()})
-    _enqueue_updates(p, result["did"], clock)
+    _enqueue_updates(send, p, result["did"], clock)
     with session_scope() as s:
         game = s.get(GameSession, p.session_id)
         game.game_minutes = max(game.game_minutes or 0, clock)

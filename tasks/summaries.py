@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from inference import calls
 from memory import nearline, summaries, witnesses
+from contract.names import TaskName
+from contract.payloads import SummaryPayload
 from tasks.base import TaskContext, npc_task
-from tasks.payloads import SummaryPayload
 
 
-@npc_task("npc_memory.summarize_session", SummaryPayload, soft_time_limit=120, time_limit=150)
+@npc_task(TaskName.SUMMARIZE_SESSION, soft_time_limit=120, time_limit=150)
 def summarize_session(p: SummaryPayload, ctx: TaskContext) -> dict:
     """Summarize the session up to turn ``upto_seq``.
 

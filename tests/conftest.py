@@ -195,7 +195,7 @@ def worker(celery_app, llm_server):
     """A real Celery worker in this process consuming every queue (threads pool)."""
     from celery.contrib.testing.worker import start_worker
 
-    from celeryconfig import Queues
+    from contract.names import Queues
 
     celery_app.control.purge()
     with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from memory.db import session_scope
 from models import CardEvent, DeadLetter, LoreEntry, NpcCard, TaskRecord, Turn
-from tasks.dispatch import turn_task_id
+from contract.send import turn_task_id
 from tests.procs import SubprocessWorker, process_env
 
 NAME = "npc_memory.archive_turn"

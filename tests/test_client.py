@@ -31,7 +31,7 @@ API_KEY = os.environ["API_KEYS"].split(",")[0]
 
 def test_contract_file_matches_the_payload_models():
     """``npc-memory task-contract --out npc_memory_client/task_contract.json`` is up to date."""
-    from tasks.payloads import task_contract
+    from contract.registry import task_contract
 
     on_disk = json.loads(CONTRACT_PATH.read_text(encoding="utf-8"))
     assert on_disk == json.loads(json.dumps(task_contract())), (
@@ -40,18 +40,18 @@ def test_contract_file_matches_the_payload_models():
 
 
 def test_contract_names_every_task_with_the_model_it_validates_with():
-    import celeryconfig
-    from tasks.base import REGISTERED_PAYLOADS
-    from tasks.payloads import TASK_PAYLOADS
+    from contract.names import Queues, TaskName
+    from contract.registry import TASKS
+    from tasks.base import declare_task
     from workers.celery_app import app
 
-    assert set(TASK_PAYLOADS) == set(celeryconfig.TASK_QUEUES)
-    assert {n for n in app.tasks if n.startswith("npc_memory.")} == set(TASK_PAYLOADS)
-    assert REGISTERED_PAYLOADS == TASK_PAYLOADS
+    assert set(TASKS) == set(TaskName)
+    assert {n for n in app.tasks if n.startswith("npc_memory.")} == {n.value for n in TASKS}
     contract = load_contract()
-    assert contract.queues == tuple(q.value for q in celeryconfig.Queues)
-    for name, queue in celeryconfig.TASK_QUEUES.items():
-        assert contract.queue_of(name) == queue.value
+    assert contract.queues == tuple(q.value for q in Queues)
+    for name, spec in TASKS.items():
+        assert declare_task(name.value) is spec  # what the task validates its payload with
+        assert contract.queue_of(name.value) == spec.queue.value
 
 
 def test_contract_validation_reports_every_violation():

@@ -275,14 +275,17 @@ def test_reindex_embeds_the_evidence_for_another_embedder(light_world, game_sess
 
 
 def test_archive_batch_sends_one_evidence_task_for_its_turns(game_session):
+    from types import SimpleNamespace
+
     from tasks.archive import evidence_task_id, send_evidence
-    from tasks.payloads import TurnPayload
+    from contract.payloads import TurnPayload
 
     sent = []
 
     class App:  # records what the archive would send through the worker's Celery app
         def send_task(self, name, kwargs, task_id):
             sent.append((name, kwargs, task_id))
+            return SimpleNamespace(id=task_id)
 
     r = nearline.get_redis()
     baker = nearline.resolve_key(r, game_session["world_id"], game_session["id"], "baker_27")

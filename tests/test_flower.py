@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from celeryconfig import Queues
+from contract.names import Queues
 from tests.procs import ROOT, PrivateRedis, SubprocessWorker, _Subprocess, free_port, process_env
 
 QUEUES = [q.value for q in Queues]

@@ -33,7 +33,7 @@ import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.python import asgi
 
-from celeryconfig import Queues
+from contract.names import Queues
 from tests.procs import api_headers
 from workers.web import app
 

@@ -299,7 +299,7 @@ def test_scope_holds_entries_named_in_the_turn(game_session):
 
 def test_turn_text_carries_the_speaker_and_both_lines():
     from tasks.analysis import turn_text
-    from tasks.payloads import TurnPayload
+    from contract.payloads import TurnPayload
 
     turn = TurnPayload(turn_id="t", session_id="s", world_id=1, seq=1, npc_entry_id=1,
                        player_text="Tobias Crane is back.", npc_text="Tell Marta.",
@@ -317,7 +317,7 @@ def test_analysis_sees_named_entries_and_sends_the_turn_text_with_creations(cele
 
     from memory import nearline
     from tasks.analysis import analyze_turn
-    from tasks.payloads import TurnPayload
+    from contract.payloads import TurnPayload
 
     wid, sid = game_session["world_id"], game_session["id"]
     with session_scope() as s:

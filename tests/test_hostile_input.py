@@ -272,7 +272,7 @@ def test_a_turn_with_nul_is_archived_with_replacement_characters(game_session):
 def test_payload_models_refuse_non_finite_numbers_and_oversized_ids():
     from pydantic import ValidationError
 
-    from tasks.payloads import (
+    from contract.payloads import (
         CreationPayload,
         NoteUpdatePayload,
         ReconcilePayload,

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from memory.db import session_scope
 from models import DeadLetter, LoreEntry, TaskRecord, Turn
 from tasks.base import storable_id
-from tasks.payloads import TASK_PAYLOADS
+from contract.registry import TASKS
 
 NESTED_JUNK = {"nested": [{"deep": [float("nan"), "\x00", "\udfff", 2**70, {"x": [[[]]]}]}]}
 HOSTILE = [
@@ -56,7 +56,7 @@ def _cases() -> list[tuple[str, dict, str]]:
     next hostile value, one with an unknown junk field, and (for a plain and a batch task) a
     100,000-character task id."""
     cases, i = [], 0
-    for name, model in sorted(TASK_PAYLOADS.items()):
+    for name, model in sorted((n.value, s.payload) for n, s in TASKS.items()):
         assert set(_base(name)) <= set(model.model_fields), name
         for field in model.model_fields:
             kwargs = _base(name)

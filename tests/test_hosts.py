@@ -33,7 +33,7 @@ from sqlalchemy import select
 from memory import nearline
 from memory.db import session_scope
 from models import Turn
-from tasks.dispatch import turn_task_id
+from contract.send import turn_task_id
 from tests.procs import (LINES, HAProxy, Host, PrivateRedis, api_headers, haproxy_bin, ledger,
                          open_session, play_turn, process_env_with_broker, start_hosts)
 

@@ -268,7 +268,7 @@ def test_world_simulation_uses_the_archetypes_action_policy_adapter(r, vllm, wor
     """A tick whose simulated NPCs share an archetype makes its call with that archetype's
     ``action_policy`` adapter, and its trace says so."""
     from models import GameSession
-    from tasks.payloads import SimulationPayload
+    from contract.payloads import SimulationPayload
     from tasks.simulate_world import _simulate
 
     name = _name()
@@ -571,7 +571,7 @@ def test_turn_analysis_uses_the_archetypes_social_dynamics_adapter(r, vllm, worl
     """``npc_memory.analyze_turn`` for a vampire's turn asks the vampire chain's analysis
     adapter (``LORA_PURPOSE_TASKS``: analysis -> social_dynamics); the Miller, who has no
     archetype, gets the base model."""
-    from tasks.payloads import TurnPayload
+    from contract.payloads import TurnPayload
 
     name = _name()
     provision(r, tmp_path, name, vllm.url)

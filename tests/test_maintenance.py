@@ -24,7 +24,7 @@ from memory import nearline
 from memory.archive import insert_turns
 from memory.db import session_scope
 from tasks.base import _ledger
-from tasks.dispatch import turn_task_id
+from contract.send import turn_task_id
 from tests.broker import consumers_paused, queued_messages
 from tests.fakes import FakeServer, openai_chat, role_on
 from tests.procs import api_headers

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select, update
 from typer.testing import CliRunner
 
-from celeryconfig import Queues
+from contract.names import Queues
 from memory import nearline, ops
 from memory.db import get_engine, session_scope
 from memory.notes import apply_note_update

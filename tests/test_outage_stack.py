@@ -27,7 +27,7 @@ import psutil
 import pytest
 import redis as redis_py
 
-from tasks.dispatch import turn_task_id
+from contract.send import turn_task_id
 from tests.procs import (LINES, ROOT, PrivateRedis, SubprocessWorker, WebServer, _Subprocess,
                          _wait_port, api_headers, archived, free_port, ledger, open_session,
                          play_lines, play_turn, process_env)

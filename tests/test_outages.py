@@ -20,7 +20,7 @@ from memory import nearline
 from memory.db import session_scope
 from models import DeadLetter, TaskRecord, Turn
 from tasks.base import PARKED_DEAD_LETTERS
-from tasks.dispatch import turn_task_id
+from contract.send import turn_task_id
 from tests.procs import (LINES, PrivatePostgres, PrivateRedis, SubprocessWorker, WebServer,
                          api_headers, archived, ledger, open_session, play_lines, play_turn,
                          process_env)

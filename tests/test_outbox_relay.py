@@ -18,7 +18,7 @@ from celery import Celery
 
 import celeryconfig
 from memory import nearline
-from tasks.dispatch import app_sender, send_turn_tasks
+from contract.send import celery_sender, send_turn_tasks
 from tests.procs import PrivateRedis
 from workers.relay import TurnRelay
 
@@ -63,7 +63,7 @@ def _queued(broker: PrivateRedis) -> int:
 def test_relay_sends_from_its_thread_and_settles_the_outbox(stores, wait_for):
     r, broker, app = stores
     threads = []
-    real = app_sender(app)
+    real = celery_sender(app)
 
     def send(name, kwargs, task_id=None, **options):
         threads.append(threading.current_thread().name)
@@ -85,7 +85,7 @@ def test_relay_sends_from_its_thread_and_settles_the_outbox(stores, wait_for):
 
 def test_a_failed_send_leaves_the_turn_to_reconcile(stores, wait_for):
     r, broker, app = stores
-    relay = TurnRelay(app_sender(app), r)
+    relay = TurnRelay(celery_sender(app), r)
     relay.start()
     try:
         broker.stop()  # the broker is down; the nearline tier is not
@@ -96,7 +96,7 @@ def test_a_failed_send_leaves_the_turn_to_reconcile(stores, wait_for):
         broker.start()
         # what the reconcile task does with an overdue outbox entry
         for due in nearline.outbox_due(r, 0):
-            send_turn_tasks(app_sender(app), r, due)
+            send_turn_tasks(celery_sender(app), r, due)
         assert _queued(broker) == 2 and r.zcard(nearline.OUTBOX) == 0
         relay.submit(_recorded_turn(r, "s-down"))  # the relay itself carries on
         wait_for(lambda: relay.sent == 1 and _queued(broker) == 4, timeout=30)
@@ -106,7 +106,7 @@ def test_a_failed_send_leaves_the_turn_to_reconcile(stores, wait_for):
 
 def test_stop_sends_every_queued_turn(stores):
     r, broker, app = stores
-    relay = TurnRelay(app_sender(app), r)
+    relay = TurnRelay(celery_sender(app), r)
     relay.start()
     for _ in range(20):
         relay.submit(_recorded_turn(r, "s-stop"))
@@ -121,7 +121,7 @@ def test_stop_sends_every_queued_turn(stores):
 
 def test_without_its_thread_or_room_the_relay_sends_inline(stores):
     r, broker, app = stores
-    relay = TurnRelay(app_sender(app), r, max_pending=1)  # never started: sends inline
+    relay = TurnRelay(celery_sender(app), r, max_pending=1)  # never started: sends inline
     relay.submit(_recorded_turn(r, "s-inline"))
     assert _queued(broker) == 2 and r.zcard(nearline.OUTBOX) == 0  # before submit returned
     assert relay.inline == 1 and relay.sent == 0
@@ -133,14 +133,14 @@ def test_the_server_answers_a_turn_while_the_broker_is_down(stores):
     from memory.turns import Target, record_turn
 
     r, broker, app = stores
-    relay = TurnRelay(app_sender(app), r)
+    relay = TurnRelay(celery_sender(app), r)
     relay.start()
     try:
         broker.stop()
         target = Target(session_id="s-e2e", world_id=1, player_name="p", npc_entry_id=7,
                         npc={"id": 7, "key": "wenna", "title": "Wenna", "content": "",
                              "entity_type": "character"})
-        rec = record_turn(r, app_sender(app), target, player_text="hello", npc_text="hi",
+        rec = record_turn(r, celery_sender(app), target, player_text="hello", npc_text="hi",
                           publish=relay.submit)
         assert rec.turn.seq == 1
         assert [t["turn_id"] for t in nearline.recent_turns(r, "s-e2e", 5)] == [rec.turn.turn_id]

@@ -181,11 +181,12 @@ def _ledger_ids(task_name: str, key_prefix: str) -> list[str]:
 def test_unknown_task_name_has_no_route(celery_app):
     import pytest
 
+    from contract.payloads import EmbedPayload
+    from contract.send import celery_sender
     from tasks.base import enqueue
-    from tasks.payloads import EmbedPayload
 
     with pytest.raises(RuntimeError, match="no queue"):
-        enqueue("npc_memory.not_a_task", EmbedPayload(lore_entry_id=1))
+        enqueue(celery_sender(celery_app), "npc_memory.not_a_task", EmbedPayload(lore_entry_id=1))
 
 
 def test_poison_message_is_dead_after_too_many_deliveries(worker, celery_app, game_session, wait_for):

@@ -76,3 +76,31 @@ def test_supervisord_runs_each_command_as_the_program_itself():
     done = subprocess.run(["/bin/sh", "-c", flower.replace("exec celery", "echo celery")],
                           env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "FLOWER_BASIC_AUTH" in done.stderr
+
+
+def _consumed_queues(command: str) -> list[str] | None:
+    """The ``-Q`` list of a ``celery ... worker`` command (None: not a worker)."""
+    import shlex
+
+    argv = shlex.split(command)
+    if "celery" not in argv or "worker" not in argv:
+        return None
+    for flag in ("-Q", "--queues"):
+        if flag in argv:
+            return argv[argv.index(flag) + 1].split(",")
+    return []
+
+
+def test_procfile_workers_consume_the_worker_groups():
+    """Each Procfile worker's ``-Q`` list is its group of ``contract.registry.WORKER_GROUPS``,
+    and every queue is consumed by exactly one group."""
+    from contract.names import Queues
+    from contract.registry import WORKER_GROUPS
+    from workers.procfile import read_procfile
+
+    consumed = {name: q for name, cmd in read_procfile().items()
+                if (q := _consumed_queues(cmd)) is not None}
+    assert {n: sorted(q) for n, q in consumed.items()} == \
+        {n: sorted(q.value for q in qs) for n, qs in WORKER_GROUPS.items()}
+    every = [q for qs in consumed.values() for q in qs]
+    assert sorted(every) == sorted(q.value for q in Queues), "a queue consumed twice or never"

@@ -12,7 +12,7 @@ from memory import cards as mc
 from memory import nearline, summaries, turns
 from memory.db import session_scope
 from models import TaskRecord
-from tasks.dispatch import app_sender
+from contract.send import celery_sender
 
 
 def _rel(kind: str, detail: str, intensity: int) -> mc.RelationshipEvent:
@@ -106,7 +106,7 @@ def test_summarize_session_every_n_turns_through_the_worker(worker, celery_app, 
     lines = [("I brought you flour from the mill.", "Bless you, that is a fine sack."),
              ("Will you bake bread for the festival?", "Aye, forty loaves by dawn."),
              ("I promise to fetch more salt tomorrow.", "I will hold you to that.")]
-    send = app_sender(celery_app)
+    send = celery_sender(celery_app)
     for text, reply in lines:
         turns.record_turn(r, send, target, player_text=text, npc_text=reply)
     task_id = f"npc_memory.summarize_session:{sid}:3"

@@ -10,13 +10,14 @@ pytestmark = pytest.mark.pure
 
 def test_every_declared_task_is_registered_and_routed():
     import celeryconfig
+    from contract.registry import TASKS
     from workers.celery_app import app, check_topology
 
     check_topology(app)
     ours = {n for n in app.tasks if n.startswith("npc_memory.")}
-    assert ours == set(celeryconfig.TASK_QUEUES)
+    assert ours == {n.value for n in TASKS}
     declared_queues = {q.name for q in celeryconfig.task_queues}
-    for name, queue in celeryconfig.TASK_QUEUES.items():
+    for name, queue in ((n.value, s.queue) for n, s in TASKS.items()):
         assert name in app.tasks
         assert celeryconfig.task_routes[name]["queue"] == queue.value
         assert queue.value in declared_queues
@@ -27,19 +28,23 @@ def test_every_declared_task_is_registered_and_routed():
 
 def test_queues_enum_matches_declared_queues():
     import celeryconfig
+    from contract.names import Queues
+    from contract.registry import TASKS
 
-    assert {q.name for q in celeryconfig.task_queues} == {q.value for q in celeryconfig.Queues}
-    assert set(celeryconfig.TASK_QUEUES.values()) == set(celeryconfig.Queues)
+    assert {q.name for q in celeryconfig.task_queues} == {q.value for q in Queues}
+    assert {s.queue for s in TASKS.values()} == set(Queues)
 
 
 def test_undeclared_task_name_is_refused():
+    from contract.payloads import Payload
     from tasks.base import enqueue, npc_task
-    from tasks.payloads import Payload
 
+    sent = []
     with pytest.raises(RuntimeError, match="npc_memory.nope"):
-        npc_task("npc_memory.nope", Payload)
+        npc_task("npc_memory.nope")
     with pytest.raises(RuntimeError):
-        enqueue("npc_memory.nope", Payload())
+        enqueue(lambda *a, **kw: sent.append(a), "npc_memory.nope", Payload())
+    assert sent == []
 
 
 def test_check_topology_detects_a_task_without_queue():
@@ -57,3 +62,15 @@ def test_check_topology_detects_a_task_without_queue():
 
     with pytest.raises(RuntimeError, match="rogue"):
         check_topology(other)
+
+
+def test_check_topology_detects_a_table_entry_without_task(monkeypatch):
+    import workers.celery_app as celery_app
+    from contract.names import Queues
+    from contract.payloads import Payload
+    from contract.registry import TASKS, TaskSpec
+
+    table = {**TASKS, "npc_memory.missing": TaskSpec("npc_memory.missing", Queues.EMBED, Payload)}
+    monkeypatch.setattr(celery_app, "TASKS", table)
+    with pytest.raises(RuntimeError, match="without task.*npc_memory.missing"):
+        celery_app.check_topology(celery_app.app)

@@ -51,7 +51,7 @@ def test_turn_witnesses_and_evidence_items_carry_who_was_there():
 
 def test_a_narrators_name_is_not_in_the_text_creations_are_grounded_on():
     from tasks.analysis import turn_text
-    from tasks.payloads import TurnPayload
+    from contract.payloads import TurnPayload
 
     base = {"turn_id": "t", "session_id": "s", "world_id": 1, "seq": 1,
             "player_text": "The bridge collapses.", "npc_text": "", "created_at": 1.0}

@@ -1,8 +1,9 @@
 """The Celery application: ``celery -A workers.celery_app worker -Q ...``.
 
-Configuration comes from ``celeryconfig``; every task is registered by importing ``tasks``.
-Start-up fails if a queue-mapped task name has no task, or a task has no queue. A worker that
-has started gives back, in a thread of its own, the broker messages a dead worker left
+Configuration comes from ``celeryconfig``; the app registers every task by importing the task
+modules it includes (``tasks.TASK_MODULES``). Start-up fails if a task of
+``contract.registry.TASKS`` has no task, or a registered task is not in that table. A worker
+that has started gives back, in a thread of its own, the broker messages a dead worker left
 unacknowledged (``tasks.unacked.restore_orphans``); beat's scheduler is ``workers.beat``'s.
 """
 
@@ -16,22 +17,29 @@ from celery.signals import worker_ready
 
 import celeryconfig
 import workers.beat  # noqa: F401  (beat's start-up lock handler; the scheduler class)
+from contract.registry import TASKS
+from tasks import TASK_MODULES
 from workers.logging_setup import install_celery_signals
 
 install_celery_signals()  # JSON logs with the task's ids (workers/logging_setup.py)
-app = Celery("npc_memory")
+app = Celery("npc_memory", include=list(TASK_MODULES))
 app.config_from_object(celeryconfig)
-
-import tasks  # noqa: E402,F401  (registers the tasks on the shared app)
+app.loader.import_default_modules()  # the included task modules: checked below, not at fork
 
 
 def check_topology(celery_app: Celery) -> None:
-    """Raise RuntimeError unless the registered tasks and ``TASK_QUEUES`` match exactly."""
+    """Raise RuntimeError unless the app's ``npc_memory.*`` tasks and
+    ``contract.registry.TASKS`` match exactly, each task on its table queue."""
     ours = {n for n in celery_app.tasks if n.startswith("npc_memory.")}
-    declared = set(celeryconfig.TASK_QUEUES)
+    declared = {str(name) for name in TASKS}
     if ours != declared:
         raise RuntimeError(f"task/queue mismatch: without queue {sorted(ours - declared)}, "
                            f"without task {sorted(declared - ours)}")
+    for name, spec in TASKS.items():
+        queue = getattr(celery_app.tasks[str(name)], "queue_name", None)
+        if queue != spec.queue.value:
+            raise RuntimeError(f"task {name} runs on queue {queue!r}, "
+                               f"the table says {spec.queue.value!r}")
 
 
 check_topology(app)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from celeryconfig import Queues
+from contract.names import Queues
 from memory.importers.spec import SessionScript, WorldSpec
 from npc_memory_client import NpcMemoryClient, Token
 from settings import ROOT, get_settings

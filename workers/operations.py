@@ -4,9 +4,9 @@ status, a world tick for one session or for every active session now, re-analysi
 recorded turn, re-sending a dead letter or a ledger task, and rolling a note back with its
 publication (nearline tier, re-embedding).
 
-They bind ``memory.ops`` to the task names, payloads and queues of ``tasks`` and
-``celeryconfig``. ``send`` is ``tasks.dispatch.Send``: ``(task_name, kwargs, task_id=None,
-**options) -> task_id`` over the caller's Celery app (``tasks.dispatch.app_sender``). Errors
+They bind ``memory.ops`` to the task names, payloads and queues of ``contract``. ``send`` is
+``contract.send.Send``: ``(task_name, kwargs, task_id=None, **options) -> task_id`` over the
+caller's Celery app (``contract.send.celery_sender``). Errors
 are ``memory.ops``' (``NotFound``, ``TaskBusy``, ``NotReplayable``), ``NoteConflict``, and
 :class:`NotPublished`; each caller maps them to its own output (exit status, HTTP status).
 """
@@ -20,19 +20,20 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from celeryconfig import TASK_QUEUES
+from contract.names import TaskName
+from contract.payloads import EmbedPayload, TickPayload, TurnPayload
+from contract.registry import TASKS
+from contract.send import TURN_TASKS, Send, request_simulation, simulation_task_id, turn_task_id
 from memory import nearline, ops
 from models import World
 from settings import get_settings
-from tasks.dispatch import TURN_TASKS, Send, request_simulation, simulation_task_id, turn_task_id
-from tasks.payloads import EmbedPayload, TickPayload, TurnPayload
 from workers.queues import queue_status
 
-ANALYZE_TASK = "npc_memory.analyze_turn"
-WORLD_TICK_TASK = "npc_memory.world_tick"
-EMBED_TASK = "npc_memory.embed"
+ANALYZE_TASK = TaskName.ANALYZE_TURN
+WORLD_TICK_TASK = TaskName.WORLD_TICK
+EMBED_TASK = TaskName.EMBED
 
-TASK_ROUTES: dict[str, str] = {name: queue.value for name, queue in TASK_QUEUES.items()}
+TASK_ROUTES: dict[str, str] = {name.value: spec.queue.value for name, spec in TASKS.items()}
 """Task name -> queue name: the tasks a dead letter or ledger row may be re-sent as."""
 
 BROKER_REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")

@@ -215,10 +215,6 @@ class WorldTickOut(BaseModel):
 TaskStatus = Literal["queued", "running", "succeeded", "retrying", "dead", "cancelled"]
 
 
-def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None) -> str:
-    """``tasks.dispatch.Send`` over this server's Celery app."""
-    return state.celery.send_task(name, kwargs=kwargs, task_id=task_id).id
-
 
 class _OpsErrors:
     """Map ``memory.ops`` errors to HTTP: NotFound 404, busy/conflict 409, broker or
@@ -256,7 +252,7 @@ def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> Rol
         try:
             with session_scope() as s:
                 res = operations.rollback_note(s, session_id, lore_entry_key, body.version,
-                                               _send_kwargs)
+                                               state.send)
         except operations.NotPublished as exc:
             raise HTTPException(503, f"note rolled back to version {body.version} "
                                      f"(now version {exc.result['version']}) but not "
@@ -273,7 +269,7 @@ def fork_session(session_id: str, body: ForkIn) -> dict:
     or turn."""
     with _OpsErrors(), session_scope() as s:
         return timeline.fork_session(s, nearline.get_redis(), session_id, body.at_turn,
-                                     _send_kwargs)
+                                     state.send)
 
 
 @router.post("/v1/sessions/{session_id}/rollback", response_model=SessionRollbackOut,
@@ -286,7 +282,7 @@ def rollback_session(session_id: str, body: SessionRollbackIn) -> dict:
     undone. 404 for an unknown session or turn."""
     with _OpsErrors(), session_scope() as s:
         return timeline.rollback_session(s, nearline.get_redis(), session_id, body.to_turn,
-                                         _send_kwargs)
+                                         state.send)
 
 
 @router.get("/v1/sessions/{session_id}/rollbacks",
@@ -355,7 +351,7 @@ def replay_dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
     records ``replayed_at``. Calling it again sends again; the effects are applied once
     because every task is idempotent. 404 if unknown, 503 if the broker is down."""
     with _OpsErrors(), session_scope() as s:
-        return operations.replay_dead_letter(s, dead_letter_id, _send_kwargs)
+        return operations.replay_dead_letter(s, dead_letter_id, state.send)
 
 
 @router.get("/v1/sessions/{session_id}/tasks", response_model=list[TaskOut],
@@ -377,7 +373,7 @@ def retry_task(task_id: str, force: bool = Query(False, description="retry even 
     404 unknown task id; 409 while the task is running or retrying (``force=true`` overrides,
     for a task stuck as running after its worker died)."""
     with _OpsErrors(), session_scope() as s:
-        return operations.retry_task(s, task_id, _send_kwargs, force=force)
+        return operations.retry_task(s, task_id, state.send, force=force)
 
 
 @router.get("/v1/sessions/{session_id}/export",
@@ -404,12 +400,12 @@ def analyze_turn(session_id: str, turn_id: str) -> dict:
         raise HTTPException(422, "turn_id must be 1-64 characters")
     with _OpsErrors(), session_scope() as s:
         return operations.reanalyze_turn(s, nearline.get_redis(), session_id, turn_id,
-                                         _send_kwargs)
+                                         state.send)
 
 
 def _world_tick(world_key: str | None, idle_after_s: float | None) -> dict:
     with _OpsErrors(), session_scope() as s:
-        return operations.request_world_tick(s, _send_kwargs, world_key=world_key,
+        return operations.request_world_tick(s, state.send, world_key=world_key,
                                              idle_after_s=idle_after_s)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from celeryconfig import Queues
+from contract.names import Queues
 
 # kombu's Redis transport keeps messages of priority p > 0 in "<queue>\x06\x16<p>" lists.
 _KOMBU_PRIORITY_SEP = "\x06\x16"
@@ -15,7 +15,7 @@ _KOMBU_PRIORITY_STEPS = (3, 6, 9)
 
 def queue_lengths(r, names: Iterable[str] | None = None) -> dict[str, int]:
     """Messages waiting in each queue of a Redis broker (``LLEN``, plus kombu's priority
-    sub-lists). ``names`` defaults to every queue of ``celeryconfig.Queues``. Messages that a
+    sub-lists). ``names`` defaults to every queue of ``contract.names.Queues``. Messages that a
     worker has already reserved are not waiting and are not counted.
 
     Raises:

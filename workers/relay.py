@@ -6,7 +6,7 @@ A turn is recorded in Redis together with its outbox entry in one MULTI/EXEC
 its own: if the process dies with turns still queued in memory, or the broker refuses a send,
 the outbox keeps them and the beat's reconcile task (``tasks.reconcile``) sends them once they
 are older than its ``older_than_s``; their task ids are derived from the turn id
-(``tasks.dispatch.turn_task_id``), so nothing runs twice. This is the relay half of the
+(``contract.send.turn_task_id``), so nothing runs twice. This is the relay half of the
 transactional-outbox pattern (Richardson, *Microservices Patterns*, "Transactional outbox" and
 "Transaction log tailing / polling publisher").
 
@@ -24,7 +24,7 @@ import time
 
 import redis
 
-from tasks.dispatch import Send, send_turn_tasks
+from contract.send import Send, send_turn_tasks
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,10 @@ _STOP = object()
 
 
 class TurnRelay:
-    """Sends turns' pipeline tasks (``tasks.dispatch.send_turn_tasks``) on one daemon thread.
+    """Sends turns' pipeline tasks (``contract.send.send_turn_tasks``) on one daemon thread.
 
     Args:
-        send: how a task reaches the broker (``tasks.dispatch.Send``).
+        send: how a task reaches the broker (``contract.send.Send``).
         r: the Redis client of the outbox (``memory.nearline``).
         max_pending: turns that may wait in memory before ``submit`` sends inline.
 

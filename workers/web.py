@@ -67,7 +67,7 @@ from memory.witnesses import NARRATIVE_SPEAKERS
 from memory.worlds import base_entries, world_by_key
 from models import GameSession
 from settings import get_settings
-from tasks.payloads import NARRATIVE_KINDS, TurnPayload
+from contract.payloads import NARRATIVE_KINDS, TurnPayload
 from workers import (archetypes_api, auth, health, logging_setup, lore_guard, metrics, operations,
                      ops_api)
 from workers.api_errors import responses
@@ -100,7 +100,7 @@ async def lifespan(_app: FastAPI):
     state.hot = HotCache(max_entries=s_.hot_cache_max_entries, ttl_s=s_.hot_cache_ttl_s,
                          turns=s_.recent_turns, evict_interval_s=s_.hot_cache_evict_interval_s)
     state.hot.start()
-    state.relay = TurnRelay(_send_kwargs, r, max_pending=s_.outbox_relay_max_pending or 1)
+    state.relay = TurnRelay(state.send, r, max_pending=s_.outbox_relay_max_pending or 1)
     if s_.outbox_relay_max_pending:
         state.relay.start()
     yield
@@ -192,7 +192,7 @@ api = APIRouter(dependencies=[Depends(auth.require_api_key), Depends(_log_contex
 async def _store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     """Redis (nearline tier and broker) unreachable: 503 with the reason, so the game backend
     retries the turn; the client reconnects by itself once Redis is back. A turn recorded
-    before the outage but not yet sent stays in the outbox (``tasks.dispatch``)."""
+    before the outage but not yet sent stays in the outbox (``contract.send``)."""
     log.warning("redis unavailable: %s", exc)
     return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
 
@@ -376,10 +376,6 @@ def _npc_view(r, session_id: str, npc_entry_id: int, docs: list[dict], items: li
     return ([d for d in seen if d["id"] != -1],
             [it for it in items if witnesses.sees_item(it, npc_entry_id)], note)
 
-
-def _send_kwargs(name: str, kwargs: dict, task_id: str | None = None, **options) -> str:
-    """``tasks.dispatch.Send`` over this server's Celery app."""
-    return state.celery.send_task(name, kwargs=kwargs, task_id=task_id, **options).id
 
 
 def _retrieval_weights(s_) -> ranking.Weights:
@@ -592,7 +588,7 @@ def _record_turn(r, target: turns.Target, body: TurnIn, npc_text: str, latency_m
         HTTPException: 503 Redis failed, or the broker on an inline send (``_turn_errors``).
     """
     with _turn_errors():
-        turn = turns.record_turn(r, _send_kwargs, target, player_text=body.player_text,
+        turn = turns.record_turn(r, state.send, target, player_text=body.player_text,
                                  npc_text=npc_text or "...", latency_ms=latency_ms,
                                  publish=state.relay.submit).turn
     state.hot.record(target.session_id, body.npc_id, turns.turn_kwargs(turn))
@@ -741,7 +737,7 @@ def post_event(session_id: str, body: EventIn, response: Response) -> EventOut:
             raise HTTPException(422, f"speaker {body.speaker!r} of an npc_exchange is no "
                                      "entry key of this session's world")
         who = turns.resolve_witnesses(r, target, body.witnesses, speaker, body.location)
-        rec = turns.record_turn(r, _send_kwargs, target, player_text=body.text,
+        rec = turns.record_turn(r, state.send, target, player_text=body.text,
                                 npc_text=body.npc_text or "", speaker=body.speaker,
                                 created_at=body.created_at, event_id=body.event_id,
                                 kind=body.kind, witnesses=who, publish=state.relay.submit)
@@ -873,7 +869,7 @@ def tick(session_id: str) -> dict:
     """Trigger a world tick for one session now (ops), even if one is pending; returns the
     tick id and the task id (the tick's trace is that task's result in the ledger)."""
     try:
-        return operations.tick_session(nearline.get_redis(), _send_kwargs, session_id)
+        return operations.tick_session(nearline.get_redis(), state.send, session_id)
     except ops.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
 

@@ -11,10 +11,10 @@ publishing a rollback) are in ``workers.operations`` and ``workers.queues``, whi
 dialogue server and the CLI both call. Every returned value is JSON-ready (ISO 8601 strings
 for times). These functions are for operators: none of them is on the dialogue hot path.
 
-``send`` is ``(task_name, kwargs) -> task_id``: the caller's way to put a task on the broker
-(``lambda n, kw: app.send_task(n, kwargs=kw).id``). Re-sending a task is safe because every
+``send`` is ``contract.send.Send`` (``(task_name, kwargs, task_id=None) -> task_id``): the
+caller's way to put a task on the broker (``contract.send.celery_sender(app)``). Re-sending a task is safe because every
 task of the system is idempotent (turn ids, idempotency keys, content hashes, tick ids).
-``routes`` maps task names to queue names (``celeryconfig.TASK_QUEUES`` as strings).
+``routes`` maps task names to queue names (``contract.registry.TASKS``' queues as strings).
 
 Errors: ``NotFound`` (a ``LookupError``) for an unknown session, entry, version, dead letter
 or task; ``TaskBusy`` for a task that is still running; ``NotReplayable`` for a task name that
@@ -25,13 +25,13 @@ from memory.ops.cards import session_cards
 from memory.ops.counts import dead_letter_counts, task_outcome_counts, task_token_sums
 from memory.ops.dead_letters import get_dead_letter, list_dead_letters, replay_dead_letter
 from memory.ops.entries import entry_with_history
-from memory.ops.errors import NotFound, NotReplayable, Send, SendWithId, TaskBusy
+from memory.ops.errors import NotFound, NotReplayable, Send, TaskBusy
 from memory.ops.ledger import TASK_STATUSES, retry_task, session_tasks
 from memory.ops.rollback import rollback_note
 from memory.ops.turns import find_turn
 
 __all__ = [
-    "NotFound", "NotReplayable", "Send", "SendWithId", "TASK_STATUSES", "TaskBusy",
+    "NotFound", "NotReplayable", "Send", "TASK_STATUSES", "TaskBusy",
     "dead_letter_counts", "entry_with_history", "find_turn", "get_dead_letter",
     "list_dead_letters", "replay_dead_letter", "retry_task", "rollback_note", "session_cards",
     "session_tasks", "task_outcome_counts", "task_token_sums",

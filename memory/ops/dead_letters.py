@@ -1,7 +1,7 @@
 """Dead letters: list them, show one whole, send one's task again.
 
 A task is re-sent by name through the caller's ``send`` and only if the caller's routing
-table ``routes`` (task name -> queue name, e.g. built from ``celeryconfig.TASK_QUEUES``) gives
+table ``routes`` (task name -> queue name, e.g. built from ``contract.registry.TASKS``) gives
 it a queue."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def resend(name: str, payload: dict | None, send: Send, routes: Mapping[str, str
         NotReplayable: ``name`` has no queue in ``routes``.
     """
     if name not in routes:
-        raise NotReplayable(f"task {name!r} has no queue in celeryconfig.TASK_QUEUES")
+        raise NotReplayable(f"task {name!r} has no queue in the task table")
     return send(name, dict(payload or {}))
 
 

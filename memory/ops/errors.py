@@ -1,15 +1,10 @@
-"""The operations' errors, the ``send`` callable types they take, and their time format."""
+"""The operations' errors, the ``send`` protocol they take, and their time format."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 
-Send = Callable[[str, dict], str]
-"""``(task_name, kwargs) -> task_id``: sends one task through the caller's Celery app."""
-
-SendWithId = Callable[..., str]
-"""``(task_name, kwargs, task_id) -> task_id`` (``tasks.dispatch.Send``)."""
+from contract.send import Send  # noqa: F401  (the operations' send protocol, re-exported)
 
 
 class NotFound(LookupError):

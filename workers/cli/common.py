@@ -34,9 +34,11 @@ def celery():
 
 
 def send(name: str, kwargs: dict, task_id: str | None = None, **options) -> str:
-    """``tasks.dispatch.Send`` over the project's Celery app: sends task ``name`` with
+    """``contract.send.Send`` over the project's Celery app: sends task ``name`` with
     ``kwargs`` (under ``task_id``, default a new one); returns the task id."""
-    return celery().send_task(name, kwargs=kwargs, task_id=task_id, **options).id
+    from contract.send import celery_sender
+
+    return celery_sender(celery())(name, kwargs, task_id, **options)
 
 
 def echo(value) -> None:

@@ -147,7 +147,7 @@ def task_contract_cmd(
                                     "npc_memory_client/task_contract.json) instead of stdout"),
 ) -> None:
     """Print (or write) the public task contract: task names, queues, payload JSON schemas."""
-    from tasks.payloads import task_contract
+    from contract.registry import task_contract
 
     text = json.dumps(task_contract(), indent=2, sort_keys=True) + "\n"
     if out is None:

@@ -1,4 +1,5 @@
-"""Task payloads: the public contract of every task name (``send_task(name, kwargs=...)``).
+"""Task payloads: the kwargs of every task name (``send_task(name, kwargs=...)``); which task
+takes which model is ``contract.registry.TASKS``.
 
 Each is validated with pydantic before the task runs; unknown fields are rejected so that a
 game backend's typo is dead-lettered with a message instead of silently ignored. NaN and
@@ -218,44 +219,3 @@ class SummaryPayload(Payload):
     @property
     def idempotency_key(self) -> str:
         return f"summary:{self.session_id}:{self.upto_seq}"
-
-
-TASK_PAYLOADS: dict[str, type[Payload]] = {
-    "npc_memory.analyze_turn": TurnPayload,
-    "npc_memory.archive_turn": TurnPayload,
-    "npc_memory.update_note": NoteUpdatePayload,
-    "npc_memory.create_entity": CreationPayload,
-    "npc_memory.embed": EmbedPayload,
-    "npc_memory.embed_evidence": EvidencePayload,
-    "npc_memory.archive_cards": CardArchivePayload,
-    "npc_memory.simulate_world": SimulationPayload,
-    "npc_memory.world_tick": TickPayload,
-    "npc_memory.reconcile": ReconcilePayload,
-    "npc_memory.summarize_session": SummaryPayload,
-}
-"""Every public task name and its payload model (``tests`` check it against the tasks)."""
-
-CONTRACT_FORMAT = "npc-memory.task-contract"
-
-
-def task_contract() -> dict:
-    """The public task contract as JSON: every task name with its queue and the JSON Schema
-    of its kwargs (pydantic's, validation mode). ``npc-memory task-contract`` writes it to
-    ``npc_memory_client/task_contract.json``, which the game-backend client validates
-    against; a test checks that file equals this.
-
-    Returns:
-        ``{"format", "version", "exchange", "queues": [...], "tasks": {name: {"queue",
-        "payload"}}}``
-    """
-    from celeryconfig import TASK_QUEUES, Queues
-
-    return {
-        "format": CONTRACT_FORMAT,
-        "version": 1,
-        "exchange": "npc_memory",
-        "queues": [q.value for q in Queues],
-        "tasks": {name: {"queue": TASK_QUEUES[name].value,
-                         "payload": model.model_json_schema(mode="validation")}
-                  for name, model in sorted(TASK_PAYLOADS.items())},
-    }

@@ -1,36 +1,53 @@
-"""Sending a recorded turn's pipeline tasks (the dialogue server and the reconcile task).
+"""The one way to send a task: the :class:`Send` protocol and its Celery adapter, and the
+sends of a recorded turn and of a session's simulation (the dialogue server, the CLI and the
+tasks share them).
 
 Each turn causes ``npc_memory.analyze_turn`` and ``npc_memory.archive_turn``. Their task ids
 are derived from the turn id (``{task name}:{turn id}``), so sending them again, after a crash
 between recording the turn and sending, or by the reconcile task, runs nothing twice: a task
 id that already succeeded is skipped by ``tasks.base`` and both tasks are idempotent on the
 turn id anyway.
+
+Inside a task, send with the task's own app (``TaskContext.send``), never Celery's
+per-thread ``current_app``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from celery import Celery
-
+from contract.names import TaskName
 from memory import nearline
 
-TURN_TASKS = ("npc_memory.analyze_turn", "npc_memory.archive_turn")
+if TYPE_CHECKING:
+    from celery import Celery
+
+
+class Send(Protocol):
+    """``(name, kwargs, task_id=None, **options) -> task id``: puts one task on the broker.
+    ``options`` (``expires``, ``kwargsrepr``, ``countdown``, ...) go to Celery's
+    ``send_task``; ``task_id`` None lets Celery choose one."""
+
+    def __call__(self, name: TaskName | str, kwargs: dict, task_id: str | None = None,
+                 **options: Any) -> str: ...
+
+
+def celery_sender(app: Celery) -> Send:
+    """A :class:`Send` over ``app.send_task`` (the name sent as its plain string value; extra
+    keyword options pass through). Raises whatever the broker raises."""
+
+    def send(name: TaskName | str, kwargs: dict, task_id: str | None = None,
+             **options: Any) -> str:
+        return app.send_task(str(name), kwargs=kwargs, task_id=task_id, **options).id
+
+    return send
+
+
+TURN_TASKS = (TaskName.ANALYZE_TURN, TaskName.ARCHIVE_TURN)
 """What every recorded turn is sent to, in this order."""
 
-Send = Callable[..., object]
-"""``(task_name, kwargs, task_id, **options) -> task_id``: sends one task through the caller's
-Celery app (``app_sender``); options such as ``expires`` go to ``send_task``."""
 
-
-def app_sender(app: Celery) -> Send:
-    """A ``Send`` over ``app.send_task`` (extra keyword options such as ``expires`` pass
-    through)."""
-    return lambda name, kwargs, task_id=None, **options: app.send_task(
-        name, kwargs=kwargs, task_id=task_id, **options).id
-
-
-def turn_task_id(name: str, turn_id: str) -> str:
+def turn_task_id(name: TaskName | str, turn_id: str) -> str:
     """The stable task id of ``name`` for one turn."""
     return f"{name}:{turn_id}"
 
@@ -63,7 +80,7 @@ def send_turn_tasks(send: Send, r, kwargs: dict) -> list[str]:
 
 def simulation_task_id(tick_id: str, session_id: str) -> str:
     """The task id of one session's simulation in tick ``tick_id``."""
-    return f"npc_memory.simulate_world:{tick_id}:{session_id}"
+    return f"{TaskName.SIMULATE_WORLD}:{tick_id}:{session_id}"
 
 
 def simulation_pending_key(session_id: str) -> str:
@@ -89,13 +106,13 @@ def request_simulation(send: Send, r, session_id: str, tick_id: str, *, max_npcs
     ``max_npcs``/``max_tokens``: the session's share of the tick's budget (default: the
     per-session budget). Returns whether a task was sent.
     """
-    from tasks.payloads import SimulationPayload
+    from contract.payloads import SimulationPayload
 
     hold_s = hold_s or hold_seconds()
     if not r.set(simulation_pending_key(session_id), tick_id, nx=True, ex=hold_s) and not force:
         return False
     payload = SimulationPayload(session_id=session_id, tick_id=tick_id, max_npcs=max_npcs,
                                 max_tokens=max_tokens)
-    send("npc_memory.simulate_world", payload.model_dump(mode="json", exclude_none=True),
+    send(TaskName.SIMULATE_WORLD, payload.model_dump(mode="json", exclude_none=True),
          simulation_task_id(tick_id, session_id), expires=hold_s)
     return True
