@@ -28,7 +28,7 @@ from memory.db import session_scope
 from memory.safe_input import RequestModel, SafeStr
 from models import LoreEntry, World
 from settings import get_settings
-from workers.api_errors import responses
+from workers.api.errors import responses
 
 router = APIRouter()
 
@@ -91,14 +91,12 @@ def provision(body: ProvisionIn) -> dict:
     root = confined_root(body.root, body.archetype)
     r = nearline.get_redis()
     kwargs = body.model_dump(exclude={"root", "archetype"})
-    try:
+    try:  # registry.ProvisionError: 422 with its reason (workers.api.errors)
         with session_scope() as s:
             if body.archetype:
                 chains = [registry.provision(s, r, root, body.archetype, **kwargs)]
             else:
                 chains = registry.provision_root(s, r, root, **kwargs)
-    except registry.ProvisionError as exc:
-        raise HTTPException(422, str(exc)) from exc
     except OSError as exc:  # e.g. a name too long for the file system: the reason, no path
         raise HTTPException(422, f"root or archetype cannot be read: {exc.strerror}") from exc
     return {"archetypes": chains}
@@ -133,12 +131,10 @@ def set_archetype(world: str, npc_id: str, body: ArchetypeIn) -> dict:
     registered chain is accepted (``registered: false``): the NPC uses the base model until
     one is provisioned."""
     r = nearline.get_redis()
-    try:
+    try:  # registry.UnknownCharacter: 404 (workers.api.errors)
         with session_scope() as s:
             return registry.set_character_archetype(s, r, world, npc_id, body.archetype)
-    except registry.UnknownCharacter as exc:
-        raise HTTPException(404, str(exc)) from exc
-    except ValueError as exc:
+    except ValueError as exc:  # not a character, an invalid name
         raise HTTPException(422, str(exc)) from exc
 
 

@@ -14,20 +14,15 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
-from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, Field
-from redis.exceptions import RedisError
-from sqlalchemy.exc import OperationalError as DatabaseError
 
-from memory import cards as memory_cards
 from memory import nearline, ops, timeline
 from memory.db import session_scope
 from memory.export import export_session as export_session_doc
-from memory.notes import NoteConflict
 from memory.safe_input import RequestModel
 from settings import get_settings
 from workers import operations
-from workers.api_errors import responses
+from workers.api.errors import responses
 from workers.state import state
 
 router = APIRouter()
@@ -216,27 +211,6 @@ TaskStatus = Literal["queued", "running", "succeeded", "retrying", "dead", "canc
 
 
 
-class _OpsErrors:
-    """Map ``memory.ops`` errors to HTTP: NotFound 404, busy/conflict 409, broker or
-    database outage 503."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None or isinstance(exc, HTTPException):
-            return False
-        if isinstance(exc, ops.NotFound):
-            raise HTTPException(404, str(exc)) from exc
-        if isinstance(exc, (ops.TaskBusy, ops.NotReplayable, NoteConflict)):
-            raise HTTPException(409, str(exc)) from exc
-        if isinstance(exc, (BrokerError, RedisError, ConnectionError)):
-            raise HTTPException(503, f"broker unavailable: {exc}") from exc
-        if isinstance(exc, DatabaseError):
-            raise HTTPException(503, f"database unavailable: {exc.orig}") from exc
-        return False
-
-
 @router.post("/v1/sessions/{session_id}/notes/{lore_entry_key}/rollback", response_model=RollbackOut,
              responses=responses(400, 404, 409, e404="unknown session, entry or version",
                                  e409="the note kept changing during the write"))
@@ -248,16 +222,15 @@ def rollback_note(session_id: str, lore_entry_key: str, body: RollbackIn) -> Rol
     re-enqueues the embedding again (harmless: unchanged documents are skipped). 404 for an
     unknown session, entry or version; 409 if the note kept changing during the write.
     """
-    with _OpsErrors():
-        try:
-            with session_scope() as s:
-                res = operations.rollback_note(s, session_id, lore_entry_key, body.version,
-                                               state.send)
-        except operations.NotPublished as exc:
-            raise HTTPException(503, f"note rolled back to version {body.version} "
-                                     f"(now version {exc.result['version']}) but not "
-                                     f"published: {exc.cause}; repeat the request to publish "
-                                     f"it") from exc
+    try:
+        with session_scope() as s:
+            res = operations.rollback_note(s, session_id, lore_entry_key, body.version,
+                                           state.send)
+    except operations.NotPublished as exc:
+        raise HTTPException(503, f"note rolled back to version {body.version} "
+                                 f"(now version {exc.result['version']}) but not "
+                                 f"published: {exc.cause}; repeat the request to publish "
+                                 f"it") from exc
     return RollbackOut(**res)
 
 
@@ -267,7 +240,7 @@ def fork_session(session_id: str, body: ForkIn) -> dict:
     """A new session whose memory is this one's as of turn ``at_turn`` (a save slot:
     ``memory.timeline.fork_session``); this session is only read. 404 for an unknown session
     or turn."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return timeline.fork_session(s, nearline.get_redis(), session_id, body.at_turn,
                                      state.send)
 
@@ -280,7 +253,7 @@ def rollback_session(session_id: str, body: SessionRollbackIn) -> dict:
     summaries, evidence, queued and dead-lettered tasks of those turns (cancelled), vectors;
     tasks still in flight for them do not apply afterwards (epoch fencing). Returns what was
     undone. 404 for an unknown session or turn."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return timeline.rollback_session(s, nearline.get_redis(), session_id, body.to_turn,
                                          state.send)
 
@@ -290,7 +263,7 @@ def rollback_session(session_id: str, body: SessionRollbackIn) -> dict:
 def session_rollbacks(session_id: str) -> list[dict]:
     """The session's rollbacks, oldest first (``memory.timeline.list_rollbacks``); 404 for an
     unknown session."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return timeline.list_rollbacks(s, session_id)
 
 
@@ -299,7 +272,7 @@ def session_rollbacks(session_id: str) -> list[dict]:
 def entry_history(session_id: str, lore_entry_key: str) -> dict:
     """An entity as the session sees it: lore, session note, composite document (what the
     embedder indexes) and the note's revisions, oldest first. 404 for unknown things."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return ops.entry_with_history(s, session_id, lore_entry_key)
 
 
@@ -311,12 +284,8 @@ def session_cards(session_id: str, npc_id: str,
     """An NPC's relationship and quest cards in the session, live from Redis, with their
     stored sizes, the dialogue-prompt text they give, and the newest applied events. 404 for
     an unknown session or NPC; 500 with a message if a stored card is corrupt."""
-    with _OpsErrors():
-        try:
-            return ops.session_cards(nearline.get_redis(), session_id, npc_id, events=events,
-                                     budget_chars=get_settings().cards_prompt_chars)
-        except memory_cards.CardCorrupt as exc:
-            raise HTTPException(500, str(exc)) from exc
+    return ops.session_cards(nearline.get_redis(), session_id, npc_id, events=events,
+                             budget_chars=get_settings().cards_prompt_chars)
 
 
 @router.get("/v1/dead-letters", response_model=list[DeadLetterOut])
@@ -327,7 +296,7 @@ def dead_letters(limit: int = Query(50, ge=1, le=DEAD_LETTERS_MAX_LIMIT),
     """Dead-lettered tasks, newest first, at most 100; a payload longer than 2,000 characters
     (as JSON) is listed as ``{"truncated": true, "chars": n, "preview": "..."}`` (the whole
     one is at ``GET /v1/dead-letters/{id}``)."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return ops.list_dead_letters(s, limit=limit, task_name=task_name, replayed=replayed,
                                      payload_chars=LISTED_PAYLOAD_CHARS)
 
@@ -339,7 +308,7 @@ _DEAD_LETTER_ID = Path(ge=1, le=INT_ID_MAX)
             responses=responses(404, e404="unknown dead letter"))
 def dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
     """One dead letter with its whole payload and error; 404 if unknown."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return ops.get_dead_letter(s, dead_letter_id)
 
 
@@ -350,7 +319,7 @@ def replay_dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
     """Send the dead letter's task again with its stored payload; returns the new task id and
     records ``replayed_at``. Calling it again sends again; the effects are applied once
     because every task is idempotent. 404 if unknown, 503 if the broker is down."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return operations.replay_dead_letter(s, dead_letter_id, state.send)
 
 
@@ -359,7 +328,7 @@ def replay_dead_letter(dead_letter_id: int = _DEAD_LETTER_ID) -> dict:
 def session_tasks(session_id: str, status: TaskStatus | None = None,
                   limit: int = Query(50, ge=1, le=500)) -> list[dict]:
     """The session's tasks from the task ledger, newest first; 404 for an unknown session."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return ops.session_tasks(s, session_id, status=status, limit=limit)
 
 
@@ -372,7 +341,7 @@ def retry_task(task_id: str, force: bool = Query(False, description="retry even 
     """Send a ledger task again with its recorded payload; returns the new task id.
     404 unknown task id; 409 while the task is running or retrying (``force=true`` overrides,
     for a task stuck as running after its worker died)."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return operations.retry_task(s, task_id, state.send, force=force)
 
 
@@ -384,7 +353,7 @@ def export_session(session_id: str,
     """What the session added to its world: its written notes and the entities created in it
     (format ``npc-memory.session-export``, see ``memory.export``). 404 for an unknown
     session."""
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return export_session_doc(s, session_id, revisions=revisions)
 
 
@@ -398,13 +367,13 @@ def analyze_turn(session_id: str, turn_id: str) -> dict:
     broker or Redis is down."""
     if not 1 <= len(turn_id) <= 64:
         raise HTTPException(422, "turn_id must be 1-64 characters")
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return operations.reanalyze_turn(s, nearline.get_redis(), session_id, turn_id,
                                          state.send)
 
 
 def _world_tick(world_key: str | None, idle_after_s: float | None) -> dict:
-    with _OpsErrors(), session_scope() as s:
+    with session_scope() as s:
         return operations.request_world_tick(s, state.send, world_key=world_key,
                                              idle_after_s=idle_after_s)
 
