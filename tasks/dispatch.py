@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from celery import Celery
 
+from memory import keys as rkeys
 from memory import nearline
 
 TURN_TASKS = ("npc_memory.analyze_turn", "npc_memory.archive_turn")
@@ -68,7 +69,7 @@ def simulation_task_id(tick_id: str, session_id: str) -> str:
 
 def simulation_pending_key(session_id: str) -> str:
     """Redis key held while a simulation of the session is queued or running."""
-    return f"session:{session_id}:simulation_pending"
+    return rkeys.simulation_pending(session_id)
 
 
 def hold_seconds() -> int:

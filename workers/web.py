@@ -56,6 +56,7 @@ from inference.llm import ModelError
 from inference.lora import registry as lora_registry
 from inference.lora import routing
 from memory import evidence, nearline, ops, ranking, retrieval, turns, witnesses
+from memory import keys as rkeys
 from memory.composite import base_lore, composite_document
 from memory.hot_cache import HotCache
 from memory.db import session_scope
@@ -343,11 +344,11 @@ def _fetch(r, world_id: int, session_id: str, entry_ids: list[int],
         return [], []
     pipe = r.pipeline(transaction=False)
     for entry_id in entry_ids:
-        pipe.get(f"world:{world_id}:entry:{entry_id}")
-        pipe.get(f"session:{session_id}:note:{entry_id}")
-        pipe.get(f"session:{session_id}:note_turns:{entry_id}")
+        pipe.get(rkeys.world_entry(world_id, entry_id))
+        pipe.get(rkeys.note(session_id, entry_id))
+        pipe.get(rkeys.note_turns(session_id, entry_id))
     if item_ids:
-        pipe.hmget(evidence.evidence_key(session_id), [str(i) for i in item_ids])
+        pipe.hmget(rkeys.evidence(session_id), [str(i) for i in item_ids])
     raw = pipe.execute()
     n = 3 * len(entry_ids)
     docs = []
@@ -514,8 +515,8 @@ def play_turn(session_id: str, body: TurnIn, request: Request, response: Respons
     # the session's utterances this NPC witnessed (memory.witnesses), minus those the prompt
     # shows as recent turns; its own note's turns come in the same round trip
     pipe = r.pipeline(transaction=False)
-    pipe.smembers(witnesses.witnessed_key(session_id, npc_entry_id))
-    pipe.get(f"session:{session_id}:note_turns:{npc_entry_id}")
+    pipe.smembers(rkeys.witnessed(session_id, npc_entry_id))
+    pipe.get(rkeys.note_turns(session_id, npc_entry_id))
     raw_seqs, raw_own_turns = pipe.execute()
     seqs = np.fromiter((int(x) for x in raw_seqs), dtype=np.int64)
     shown = {evidence.item_id(t["seq"], part) for t in recent_npc for part in (0, 1)}
