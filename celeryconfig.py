@@ -15,6 +15,7 @@ from kombu import Exchange, Queue
 
 from contract.names import Queues, TaskName
 from contract.registry import EXCHANGE, task_routes as _task_routes
+from memory import keys as rkeys
 from memory.nearline import redis_url_for_client
 from settings import get_settings
 
@@ -94,6 +95,6 @@ beat_schedule = {
 # ``workers.beat``: redbeat's scheduler, waiting out a Redis outage instead of exiting.
 beat_scheduler = "workers.beat:ResilientRedBeatScheduler"
 redbeat_redis_url = redis_url_for_client(_s.effective_redis_url)
-redbeat_key_prefix = "npc_memory:beat:"
+redbeat_key_prefix = rkeys.BEAT_PREFIX
 redbeat_lock_timeout = _s.beat_lock_timeout_s
 beat_max_loop_interval = 5

@@ -21,7 +21,7 @@ SERVER = "http://gpu:8000/v1"
 def run(env: Env, quick: bool) -> Result:
     """5,000 resolutions per case (500 quick); figures in microseconds."""
     from inference.lora import registry, routing
-    from inference.lora.coordinator import loaded_key, usage_key
+    from memory import keys as rkeys
     from memory.nearline import get_redis
     from models.archetypes import ADAPTER_TASKS
     from settings import get_settings
@@ -56,8 +56,8 @@ def run(env: Env, quick: bool) -> Result:
         return {"case": case, "calls": n, **{f"{k}_us": d[k] for k in ("p50", "p95", "p99")}}
 
     registry.publish(r, chain)
-    r.hset(registry.archetypes_key(world_id), mapping={entry_id: arch, entry_id + 1: f"x{arch}"})
-    r.zadd(loaded_key(SERVER), {f"{arch}-dialogue_style-v1": time.time()})
+    r.hset(rkeys.world_archetypes(world_id), mapping={entry_id: arch, entry_id + 1: f"x{arch}"})
+    r.zadd(rkeys.lora_loaded(SERVER), {f"{arch}-dialogue_style-v1": time.time()})
     try:
         backend("vllm")
         route = routing.resolve(r, "dialogue", npc=npc)
@@ -73,9 +73,9 @@ def run(env: Env, quick: bool) -> Result:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         get_settings.cache_clear()
-        r.delete(registry.chain_key(arch), registry.archetypes_key(world_id), loaded_key(SERVER),
-                 usage_key(f"{arch}-dialogue_style-v1"))
-        r.srem(registry.CHAINS, arch)
+        r.delete(rkeys.lora_chain(arch), rkeys.world_archetypes(world_id), rkeys.lora_loaded(SERVER),
+                 rkeys.lora_usage(f"{arch}-dialogue_style-v1"))
+        r.srem(rkeys.LORA_CHAINS, arch)
     return Result(
         "lora_route", rows, baseline={"llamacpp_p50_us": base["p50_us"]},
         ratio=round(rows[0]["p50_us"] / base["p50_us"], 1) if base["p50_us"] else None,

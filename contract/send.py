@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from contract.names import TaskName
+from memory import keys as rkeys
 from memory import nearline
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def simulation_task_id(tick_id: str, session_id: str) -> str:
 
 def simulation_pending_key(session_id: str) -> str:
     """Redis key held while a simulation of the session is queued or running."""
-    return f"session:{session_id}:simulation_pending"
+    return rkeys.simulation_pending(session_id)
 
 
 def hold_seconds() -> int:

@@ -49,6 +49,7 @@ from contextlib import contextmanager
 
 import redis
 
+from memory import keys as rkeys
 from settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -58,18 +59,6 @@ POLL_S = 0.05
 
 PREEMPT_POLL_S = 0.1
 """How often a streaming pipeline call looks for a dialogue slot, in seconds."""
-
-_PREFIX = "llm:dialogue_inflight:"
-_RECENT = "llm:dialogue_recent:"
-
-
-def _key(base_url: str) -> str:
-    return f"{_PREFIX}{base_url.rstrip('/')}"
-
-
-def _recent_key(base_url: str) -> str:
-    return f"{_RECENT}{base_url.rstrip('/')}"
-
 
 def active(role: str, base_url: str) -> bool:
     """Whether the rule applies to a call of ``role`` to ``base_url`` under the settings."""
@@ -102,7 +91,7 @@ def dialogue_slot(base_url: str, r: redis.Redis | None = None) -> Iterator[None]
     without a slot."""
     r = r or _redis()
     s = get_settings()
-    key, member = _key(base_url), uuid.uuid4().hex
+    key, member = rkeys.dialogue_inflight(base_url), uuid.uuid4().hex
     try:
         r.zadd(key, {member: time.time() + s.llm_timeout_s})
     except redis.RedisError as exc:
@@ -116,7 +105,7 @@ def dialogue_slot(base_url: str, r: redis.Redis | None = None) -> Iterator[None]
                 pipe = r.pipeline(transaction=False)
                 pipe.zrem(key, member)
                 if s.dialogue_priority_grace_s > 0:
-                    pipe.set(_recent_key(base_url), 1,
+                    pipe.set(rkeys.dialogue_recent(base_url), 1,
                              px=max(1, int(s.dialogue_priority_grace_s * 1000)))
                 pipe.execute()
             except redis.RedisError:
@@ -128,8 +117,8 @@ def dialogue_in_flight(base_url: str, r: redis.Redis | None = None) -> int:
     are removed first; one pipelined round trip."""
     r = r or _redis()
     pipe = r.pipeline(transaction=False)
-    pipe.zremrangebyscore(_key(base_url), "-inf", time.time())
-    pipe.zcard(_key(base_url))
+    pipe.zremrangebyscore(rkeys.dialogue_inflight(base_url), "-inf", time.time())
+    pipe.zcard(rkeys.dialogue_inflight(base_url))
     return int(pipe.execute()[1])
 
 
@@ -139,9 +128,9 @@ def dialogue_busy(base_url: str, r: redis.Redis | None = None) -> bool:
     ``DIALOGUE_PRIORITY_GRACE_S`` ago; one pipelined round trip."""
     r = r or _redis()
     pipe = r.pipeline(transaction=False)
-    pipe.zremrangebyscore(_key(base_url), "-inf", time.time())
-    pipe.zcard(_key(base_url))
-    pipe.exists(_recent_key(base_url))
+    pipe.zremrangebyscore(rkeys.dialogue_inflight(base_url), "-inf", time.time())
+    pipe.zcard(rkeys.dialogue_inflight(base_url))
+    pipe.exists(rkeys.dialogue_recent(base_url))
     _, inflight, recent = pipe.execute()
     return bool(inflight or recent)
 

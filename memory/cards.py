@@ -60,7 +60,7 @@ applied at most once: applied events are kept in a hash (id -> the event as appl
 effective score changes), so a redelivered analysis is a no-op that reports what the first
 delivery applied. The newest ``APPLIED_CAP`` ids per card pair are kept.
 
-Redis keys (see ``memory.nearline`` for the whole layout):
+Redis keys (see ``memory.keys`` for the whole layout):
 
 - ``session:{session_id}:card:{npc_entry_id}:relationship``  JSON ``RelationshipCard``
 - ``session:{session_id}:card:{npc_entry_id}:quest``         JSON ``QuestCard``
@@ -81,8 +81,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from rapidfuzz import fuzz, utils
 
-from memory.fencing import undone_key
-from memory.nearline import memory_versions_key, session_ttl_s
+from memory import keys as rkeys
+from memory.nearline import session_ttl_s
 from memory.summaries import queue_card_memories
 
 
@@ -454,21 +454,6 @@ def fit_card(card: RelationshipCard | QuestCard) -> int:
 # --------------------------------------------------------------------------- Redis
 
 
-def card_key(session_id: str, npc_entry_id: int, kind: CardKind) -> str:
-    """Redis key of one card."""
-    return f"session:{session_id}:card:{npc_entry_id}:{kind}"
-
-
-def applied_key(session_id: str, npc_entry_id: int) -> str:
-    """Redis hash of the events applied to the (session, NPC) cards: id -> JSON event."""
-    return f"session:{session_id}:card:{npc_entry_id}:applied"
-
-
-def applied_order_key(session_id: str, npc_entry_id: int) -> str:
-    """Redis sorted set of applied event ids by unix time (to keep the newest ``APPLIED_CAP``)."""
-    return f"session:{session_id}:card:{npc_entry_id}:applied_order"
-
-
 def _load(model, raw: bytes | None, key: str):
     if raw is None:
         return model()
@@ -486,8 +471,8 @@ def cards_from_raw(session_id: str, npc_entry_id: int, raw_rel: bytes | None,
     Raises:
         CardCorrupt: a stored card is not valid JSON of its model.
     """
-    return Cards(_load(RelationshipCard, raw_rel, card_key(session_id, npc_entry_id, "relationship")),
-                 _load(QuestCard, raw_quest, card_key(session_id, npc_entry_id, "quest")))
+    return Cards(_load(RelationshipCard, raw_rel, rkeys.card(session_id, npc_entry_id, "relationship")),
+                 _load(QuestCard, raw_quest, rkeys.card(session_id, npc_entry_id, "quest")))
 
 
 def get_cards(r: redis.Redis, session_id: str, npc_entry_id: int) -> Cards:
@@ -496,17 +481,17 @@ def get_cards(r: redis.Redis, session_id: str, npc_entry_id: int) -> Cards:
     Raises:
         CardCorrupt: a stored card is not valid JSON of its model.
     """
-    rk, qk = card_key(session_id, npc_entry_id, "relationship"), card_key(session_id, npc_entry_id, "quest")
+    rk, qk = rkeys.card(session_id, npc_entry_id, "relationship"), rkeys.card(session_id, npc_entry_id, "quest")
     raw_rel, raw_quest = r.mget(rk, qk)
     return Cards(_load(RelationshipCard, raw_rel, rk), _load(QuestCard, raw_quest, qk))
 
 
 def applied_events(r: redis.Redis, session_id: str, npc_entry_id: int) -> list[dict]:
     """The remembered applied events of (session, NPC), oldest first."""
-    ids = r.zrange(applied_order_key(session_id, npc_entry_id), 0, -1)
+    ids = r.zrange(rkeys.card_applied_order(session_id, npc_entry_id), 0, -1)
     if not ids:
         return []
-    raw = r.hmget(applied_key(session_id, npc_entry_id), ids)
+    raw = r.hmget(rkeys.card_applied(session_id, npc_entry_id), ids)
     return [json.loads(x) for x in raw if x is not None]
 
 
@@ -514,7 +499,7 @@ def turn_applied(r: redis.Redis, session_id: str, npc_entry_id: int, turn_id: st
     """Every remembered event applied to the (session, NPC) cards from turn ``turn_id`` (ids
     ``{turn_id}:...``), by any delivery of its analysis, in the order applied."""
     pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in turn_id) + ":*"
-    found = [json.loads(v) for _k, v in r.hscan_iter(applied_key(session_id, npc_entry_id),
+    found = [json.loads(v) for _k, v in r.hscan_iter(rkeys.card_applied(session_id, npc_entry_id),
                                                      match=pattern, count=1000)]
     return sorted(found, key=lambda e: (e.get("applied_at", 0), e["card"] != "relationship",
                                         e["event_id"]))
@@ -549,10 +534,11 @@ def apply_events(r: redis.Redis, session_id: str, npc_entry_id: int,
         raise ValueError(f"duplicate event ids in one call: {sorted(i for i in ids if ids.count(i) > 1)}")
     if not events:
         return CardUpdate(get_cards(r, session_id, npc_entry_id), [], [])
-    rk = card_key(session_id, npc_entry_id, "relationship")
-    qk = card_key(session_id, npc_entry_id, "quest")
-    ak, ok = applied_key(session_id, npc_entry_id), applied_order_key(session_id, npc_entry_id)
-    uk = undone_key(session_id)
+    rk = rkeys.card(session_id, npc_entry_id, "relationship")
+    qk = rkeys.card(session_id, npc_entry_id, "quest")
+    ak = rkeys.card_applied(session_id, npc_entry_id)
+    ok = rkeys.card_applied_order(session_id, npc_entry_id)
+    uk = rkeys.undone(session_id)
     turn_ids = list(dict.fromkeys(e.turn_id for _, e in events if e.turn_id))
     for attempt in range(max_attempts):
         with r.pipeline(transaction=True) as pipe:
@@ -598,8 +584,8 @@ def apply_events(r: redis.Redis, session_id: str, npc_entry_id: int,
                 pipe.hset(ak, mapping={a["event_id"]: json.dumps(a) for a in applied})
                 pipe.zadd(ok, {a["event_id"]: now for a in applied})
                 # tells the dialogue servers' hot caches that these cards changed
-                pipe.hincrby(memory_versions_key(session_id), str(npc_entry_id), 1)
-                for key in (rk, qk, ak, ok, memory_versions_key(session_id)):
+                pipe.hincrby(rkeys.memory_versions(session_id), str(npc_entry_id), 1)
+                for key in (rk, qk, ak, ok, rkeys.memory_versions(session_id)):
                     pipe.expire(key, session_ttl_s())  # rolling session TTL
                 # salient memories and the emotional trajectory (memory.summaries), once per event
                 queue_card_memories(pipe, session_id, npc_entry_id, applied,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
+from memory import keys as rkeys
 from memory import evidence, ranking, retrieval, witnesses
 from memory.hot_cache import HotEntry
 from memory.vector_index import VectorIndex, evidence_scope
@@ -77,11 +78,11 @@ def fetch(r: redis.Redis, world_id: int, session_id: str, entry_ids: list[int],
         return [], []
     pipe = r.pipeline(transaction=False)
     for entry_id in entry_ids:
-        pipe.get(f"world:{world_id}:entry:{entry_id}")
-        pipe.get(f"session:{session_id}:note:{entry_id}")
-        pipe.get(f"session:{session_id}:note_turns:{entry_id}")
+        pipe.get(rkeys.world_entry(world_id, entry_id))
+        pipe.get(rkeys.note(session_id, entry_id))
+        pipe.get(rkeys.note_turns(session_id, entry_id))
     if item_ids:
-        pipe.hmget(evidence.evidence_key(session_id), [str(i) for i in item_ids])
+        pipe.hmget(rkeys.evidence(session_id), [str(i) for i in item_ids])
     raw = pipe.execute()
     n = 3 * len(entry_ids)
     docs = []
@@ -143,8 +144,8 @@ def build_context(r: redis.Redis, index: VectorIndex, hot: HotEntry, query: np.n
     # the session's utterances this NPC witnessed, minus those the prompt shows as recent
     # turns; its own note's turns come in the same round trip
     pipe = r.pipeline(transaction=False)
-    pipe.smembers(witnesses.witnessed_key(session_id, npc_entry_id))
-    pipe.get(f"session:{session_id}:note_turns:{npc_entry_id}")
+    pipe.smembers(rkeys.witnessed(session_id, npc_entry_id))
+    pipe.get(rkeys.note_turns(session_id, npc_entry_id))
     raw_seqs, raw_own_turns = pipe.execute()
     seqs = np.fromiter((int(x) for x in raw_seqs), dtype=np.int64)
     shown = {evidence.item_id(t["seq"], part) for t in hot.recent_npc_turns() for part in (0, 1)}

@@ -32,6 +32,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from memory import keys as rkeys
 from memory import nearline, witnesses
 from memory.db import dialect_insert
 from memory.vector_index import evidence_scope, publish_upsert
@@ -42,9 +43,8 @@ EMBED_BATCH = 64
 """Texts per embedder call."""
 
 
-def evidence_key(session_id: str) -> str:
-    """Redis hash of a session's evidence items: item id -> item JSON."""
-    return f"session:{session_id}:evidence"
+evidence_key = rkeys.evidence
+"""Redis hash of a session's evidence items (``memory.keys.evidence``)."""
 
 
 def item_id(seq: int, part: int) -> int:
@@ -169,7 +169,7 @@ def _publish(r, embedder_name: str, items: list[tuple[str, dict]],
     """Write the items that are new or missing in Redis, then announce their vectors."""
     check = r.pipeline(transaction=False)
     for sid, it in items:
-        check.hexists(evidence_key(sid), str(item_id(it["seq"], it["part"])))
+        check.hexists(rkeys.evidence(sid), str(item_id(it["seq"], it["part"])))
     present = check.execute()
     due = [(sid, it) for (sid, it), here in zip(items, present)
            if not here or (it["turn_id"], it["part"]) in inserted]
@@ -178,9 +178,9 @@ def _publish(r, embedder_name: str, items: list[tuple[str, dict]],
     ttl = nearline.session_ttl_s()
     pipe = r.pipeline(transaction=False)
     for sid, it in due:
-        pipe.hset(evidence_key(sid), str(item_id(it["seq"], it["part"])), json.dumps(it))
+        pipe.hset(rkeys.evidence(sid), str(item_id(it["seq"], it["part"])), json.dumps(it))
     for sid in {sid for sid, _ in due}:
-        pipe.expire(evidence_key(sid), ttl)
+        pipe.expire(rkeys.evidence(sid), ttl)
     for sid, it in due:
         publish_upsert(pipe, evidence_scope(sid), item_id(it["seq"], it["part"]),
                        vectors[(it["turn_id"], it["part"])], embedder_name)
@@ -192,13 +192,13 @@ def get_items(r, session_id: str, ids: list[int]) -> dict[int, dict]:
     """The items ``ids`` of a session from Redis (missing ids are left out)."""
     if not ids:
         return {}
-    raw = r.hmget(evidence_key(session_id), [str(i) for i in ids])
+    raw = r.hmget(rkeys.evidence(session_id), [str(i) for i in ids])
     return {i: json.loads(v) for i, v in zip(ids, raw) if v is not None}
 
 
 def all_items(r, session_id: str) -> list[dict]:
     """Every evidence item of a session in Redis, in id order (``seq``, then part)."""
-    raw = r.hgetall(evidence_key(session_id))
+    raw = r.hgetall(rkeys.evidence(session_id))
     return [json.loads(v) for _, v in sorted(raw.items(), key=lambda kv: int(kv[0]))]
 
 

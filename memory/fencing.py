@@ -22,12 +22,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from memory import keys as rkeys
 from models import GameSession, SessionRollback
 
 
-def undone_key(session_id: str) -> str:
-    """Redis set of the turn ids undone by rollbacks of the session."""
-    return f"session:{session_id}:undone"
+undone_key = rkeys.undone
+"""Redis set of the turn ids undone by rollbacks of the session (``memory.keys.undone``)."""
 
 
 def session_epoch(session: Session, session_id: str, *, lock: bool = False) -> int | None:
@@ -55,4 +55,4 @@ def turn_undone(r, session_id: str | None, turn_id: str | None) -> bool:
     without a session or turn)."""
     if not session_id or not turn_id:
         return False
-    return bool(r.sismember(undone_key(session_id), turn_id))
+    return bool(r.sismember(rkeys.undone(session_id), turn_id))

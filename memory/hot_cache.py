@@ -45,7 +45,8 @@ import redis
 from cachetools import TTLCache
 
 from memory import cards as memory_cards
-from memory import nearline, summaries, turns
+from memory import keys as rkeys
+from memory import summaries, turns
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +161,16 @@ class HotCache:
         with their counters in one MULTI/EXEC."""
         sid, npc_id = e.target.session_id, e.target.npc_entry_id
         pipe = r.pipeline(transaction=True)
-        pipe.hget(nearline.memory_versions_key(sid), str(npc_id))
-        pipe.get(f"session:{sid}:seq")
+        pipe.hget(rkeys.memory_versions(sid), str(npc_id))
+        pipe.get(rkeys.seq(sid))
         if memory:
-            pipe.get(f"session:{sid}:note:{npc_id}")
-            pipe.mget(memory_cards.card_key(sid, npc_id, "relationship"),
-                      memory_cards.card_key(sid, npc_id, "quest"))
-            pipe.zrevrange(summaries.salient_key(sid, npc_id), 0, summaries.SALIENT_KEEP - 1,
+            pipe.get(rkeys.note(sid, npc_id))
+            pipe.mget(rkeys.card(sid, npc_id, "relationship"), rkeys.card(sid, npc_id, "quest"))
+            pipe.zrevrange(rkeys.salient(sid, npc_id), 0, summaries.SALIENT_KEEP - 1,
                            withscores=True)
-            pipe.get(summaries.summary_key(sid))
+            pipe.get(rkeys.summary(sid))
         if turn_list and self.turns > 0:
-            pipe.lrange(f"session:{sid}:turns", -self.turns, -1)
+            pipe.lrange(rkeys.turns(sid), -self.turns, -1)
         out = pipe.execute()
         mver, seq = _int(out[0]), _int(out[1])
         rest = out[2:]
@@ -209,10 +209,10 @@ class HotCache:
         else:
             sid, npc_id = entry.target.session_id, entry.target.npc_entry_id
             pipe = r.pipeline(transaction=False)
-            pipe.hget(nearline.memory_versions_key(sid), str(npc_id))
-            pipe.get(f"session:{sid}:seq")
-            pipe.hget(f"session:{sid}", "game_minutes")
-            pipe.get(summaries.summary_key(sid))  # session-wide, ~600 bytes: read every turn
+            pipe.hget(rkeys.memory_versions(sid), str(npc_id))
+            pipe.get(rkeys.seq(sid))
+            pipe.hget(rkeys.session(sid), "game_minutes")
+            pipe.get(rkeys.summary(sid))  # session-wide, ~600 bytes: read every turn
             mver, seq, minutes, raw_summary = pipe.execute()
             entry.summary = summaries.summary_for(raw_summary, npc_id)
             if minutes is None:  # the session is gone from Redis

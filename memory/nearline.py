@@ -1,63 +1,8 @@
 """The nearline tier in Redis: what the dialogue hot path reads instead of the database.
 
-Key layout (all strings UTF-8; JSON values):
-
-- ``world:{world_id}:entry:{lore_entry_id}``  JSON ``{id, key, title, content, entity_type}``
-- ``world:{world_id}:keys``                    hash  entry key -> lore entry id
-- ``world:{world_id}:archetypes``              hash  lore entry id -> character's archetype
-  (lower-case; read by ``inference.lora.routing``)
-- ``world:{world_id}:occupants:{location_id}`` set of the entry ids of the characters the
-  world's relations place at a location (``located_in`` it, or in its ``contains``): the
-  witnesses an event posted with that ``location`` gets (``memory.turns.resolve_witnesses``)
-- ``session:{session_id}``                     hash  world_id, player_name, created_at,
-  game_minutes (the in-game clock), every_turns (a world tick every N turns, 0 off),
-  tick_minutes (in-game minutes per tick)
-- ``session:{session_id}:simulated``           sorted set lore entry id -> last simulated (unix s)
-- ``sessions:simulated``                       sorted set session id -> last simulated (unix s)
-- ``session:{session_id}:tick_clock:{tick_id}`` / ``...:tick_result:{tick_id}``  what one tick
-  did to the session (clock value, chosen NPCs and updates), so a re-run repeats it exactly
-- ``session:{session_id}:keys``                hash  keys of entries created in the session
-- ``session:{session_id}:turns``               list  JSON turns, newest last, capped
-- ``session:{session_id}:seq``                 counter of turns
-- ``session:{session_id}:note:{lore_entry_id}`` string, the current session note
-- ``session:{session_id}:note_turns:{lore_entry_id}`` JSON list of the turn ids the note folds
-  in, oldest first (``memory.notes.note_turn_ids``): a note's evidence without SQL
-- ``session:{session_id}:witnesses``           hash  turn id -> JSON list of the entry ids of the
-  characters who witnessed it; ``session:{session_id}:witnessed:{npc_entry_id}`` set of the
-  ``seq`` of the turns the NPC witnessed (``memory.witnesses``)
-- ``session:{session_id}:mver``                hash  lore entry id -> memory version, bumped
-  with every write of the entry's note or cards (the hot caches' invalidation signal)
-- ``session:{session_id}:card:{npc_entry_id}:relationship``  JSON relationship card (<= 2 KB)
-- ``session:{session_id}:card:{npc_entry_id}:quest``         JSON quest card (<= 2 KB)
-- ``session:{session_id}:card:{npc_entry_id}:applied``       hash event id -> JSON applied event
-- ``session:{session_id}:card:{npc_entry_id}:applied_order`` sorted set event id -> unix time
-  (the memory cards and their idempotency bookkeeping: ``memory.cards``)
-- ``note_pending:{session_id}:{entry_key}``    hash  idempotency key -> JSON queued update
-  (coalescing: the updates waiting for one note)
-- ``sessions:active``                          sorted set session id -> last activity (unix s)
-- ``outbox:turns`` / ``outbox:turn_payloads``  sorted set turn id -> recorded at (unix s) and
-  hash turn id -> JSON turn: turns recorded whose pipeline tasks are not yet known to be in
-  the broker (the transactional outbox; see ``record_turn`` and ``outbox_due``)
-- ``dead_letters:parked``                      list of JSON dead letters that could not be
-  written while the database was down (``tasks.base.dead_letter``)
-- ``vectors:updates``                          stream of vector upserts and removals
-  (``op=remove``; see ``memory.vector_index``)
-- ``session:{session_id}:undone``              set of the turn ids rollbacks of the session
-  undid (``memory.fencing``, ``memory.timeline``)
-- ``session:{session_id}:events``              hash  posted event id -> JSON turn
-  (``memory.turns``)
-
-- ``session:{session_id}:evidence``            hash  evidence item id (``seq * 2 + part``) ->
-  JSON item ``{turn_id, seq, part, speaker, event_id, created_at, game_minutes, text}``
-  (written by ``npc_memory.embed_evidence``, ``memory.evidence``)
-- ``session:{session_id}:touched``             hash  lore entry id -> unix time last touched (note
-  written, turn addressed to it): recency for ``memory.ranking``
-- ``session:{session_id}:summary``, ``session:{session_id}:salient:{npc_entry_id}``,
-  ``session:{session_id}:trajectory:{npc_entry_id}``  the session summary, salient memories and
-  emotional trajectory (``memory.summaries``)
-
-Session keys (the session hash, turns, seq, notes, cards, memory versions, summaries) expire
-``SESSION_TTL_S`` (30 days) after their last write: a rolling TTL, pushed back by every turn.
+The key layout (every key, its Redis type and the shape of its value) is ``memory.keys``.
+Session keys expire ``SESSION_TTL_S`` (30 days) after their last write: a rolling TTL, pushed
+back by every turn (:func:`session_ttl_s`).
 
 Multi-key updates use MULTI/EXEC pipelines, never read-modify-write; card updates read under
 WATCH and write in MULTI/EXEC (optimistic, re-run on conflict).
@@ -71,6 +16,7 @@ from functools import lru_cache
 
 import redis
 
+from memory import keys as rkeys
 from memory import witnesses
 from settings import get_settings
 
@@ -107,11 +53,6 @@ def entry_doc(entry) -> dict:
     }
 
 
-def occupants_key(world_id: int, location_id: int) -> str:
-    """Redis set of the characters a world's relations place at a location (entry ids)."""
-    return f"world:{world_id}:occupants:{int(location_id)}"
-
-
 def location_occupants(entries) -> dict[int, set[int]]:
     """Location entry id -> entry ids of the characters at it, from the entries' relations:
     a character ``located_in`` a location, or named in a location's ``contains`` (LIGHT and
@@ -145,27 +86,27 @@ def cache_entries(r: redis.Redis, world_id: int, entries, session_id: str | None
     pipe = r.pipeline(transaction=True)
     if session_id is None:
         for location_id, who in location_occupants(entries).items():
-            pipe.sadd(occupants_key(world_id, location_id), *sorted(who))
+            pipe.sadd(rkeys.occupants(world_id, location_id), *sorted(who))
     for entry in entries:
         doc = entry_doc(entry)
-        pipe.set(f"world:{world_id}:entry:{doc['id']}", json.dumps(doc))
-        keys = f"session:{session_id}:keys" if session_id else f"world:{world_id}:keys"
-        pipe.hset(keys, doc["key"], doc["id"])
+        pipe.set(rkeys.world_entry(world_id, doc["id"]), json.dumps(doc))
+        index = rkeys.session_keys(session_id) if session_id else rkeys.world_keys(world_id)
+        pipe.hset(index, doc["key"], doc["id"])
         archetype = (getattr(entry, "archetype", None) or "").strip().lower()
         if archetype and doc["entity_type"] == "character":  # the LoRA router's lookup
-            pipe.hset(f"world:{world_id}:archetypes", doc["id"], archetype)
+            pipe.hset(rkeys.world_archetypes(world_id), doc["id"], archetype)
     pipe.execute()
 
 
 def get_entry(r: redis.Redis, world_id: int, entry_id: int) -> dict | None:
     """The cached lore entry, or None."""
-    raw = r.get(f"world:{world_id}:entry:{entry_id}")
+    raw = r.get(rkeys.world_entry(world_id, entry_id))
     return json.loads(raw) if raw else None
 
 
 def resolve_key(r: redis.Redis, world_id: int, session_id: str, key: str) -> int | None:
     """Lore entry id for an entry key, looking in the world then the session's creations."""
-    found = r.hget(f"world:{world_id}:keys", key) or r.hget(f"session:{session_id}:keys", key)
+    found = r.hget(rkeys.world_keys(world_id), key) or r.hget(rkeys.session_keys(session_id), key)
     return int(found) if found is not None else None
 
 
@@ -178,13 +119,13 @@ def open_session(r: redis.Redis, session_id: str, world_id: int, player_name: st
     """
     now = time.time()
     pipe = r.pipeline(transaction=True)
-    pipe.hset(f"session:{session_id}", mapping={
+    pipe.hset(rkeys.session(session_id), mapping={
         "world_id": world_id, "player_name": player_name, "created_at": now,
         "every_turns": every_turns, "tick_minutes": tick_minutes,
     })
-    pipe.hsetnx(f"session:{session_id}", "game_minutes", game_minutes)
-    pipe.zadd("sessions:active", {session_id: now})
-    pipe.expire(f"session:{session_id}", session_ttl_s())
+    pipe.hsetnx(rkeys.session(session_id), "game_minutes", game_minutes)
+    pipe.zadd(rkeys.SESSIONS_ACTIVE, {session_id: now})
+    pipe.expire(rkeys.session(session_id), session_ttl_s())
     pipe.execute()
 
 
@@ -197,7 +138,7 @@ def session_ttl_s() -> int:
 def get_session(r: redis.Redis, session_id: str) -> dict | None:
     """``{world_id, player_name, game_minutes, every_turns, tick_minutes}`` of an open session
     (ints but the name), or None."""
-    raw = r.hgetall(f"session:{session_id}")
+    raw = r.hgetall(rkeys.session(session_id))
     if not raw:
         return None
     return {"world_id": int(raw[b"world_id"]), "player_name": raw[b"player_name"].decode(),
@@ -219,8 +160,8 @@ def advance_clock_once(r: redis.Redis, session_id: str, tick_id: str, minutes: i
     """Move the session's in-game clock forward by ``minutes`` for tick ``tick_id``, once: a
     retried or redelivered tick gets the time its first run set (one Lua script, atomic).
     Returns the new time in minutes since the session began."""
-    return int(r.eval(_ADVANCE_ONCE, 2, f"session:{session_id}",
-                      f"session:{session_id}:tick_clock:{tick_id}", int(minutes), 7 * 24 * 3600))
+    return int(r.eval(_ADVANCE_ONCE, 2, rkeys.session(session_id),
+                      rkeys.tick_clock(session_id, tick_id), int(minutes), 7 * 24 * 3600))
 
 
 TICK_RESULT_TTL_S = 7 * 24 * 3600
@@ -229,7 +170,7 @@ TICK_RESULT_TTL_S = 7 * 24 * 3600
 def save_tick_result(r: redis.Redis, session_id: str, tick_id: str, result: dict) -> dict:
     """Keep what one tick decided for a session (first writer wins, ``SET NX``, 7 days);
     returns the kept result, which is ``result`` unless a twin of the tick saved first."""
-    key = f"session:{session_id}:tick_result:{tick_id}"
+    key = rkeys.tick_result(session_id, tick_id)
     if r.set(key, json.dumps(result), nx=True, ex=TICK_RESULT_TTL_S):
         return result
     return json.loads(r.get(key))
@@ -237,7 +178,7 @@ def save_tick_result(r: redis.Redis, session_id: str, tick_id: str, result: dict
 
 def get_tick_result(r: redis.Redis, session_id: str, tick_id: str) -> dict | None:
     """What tick ``tick_id`` decided for the session, if it ran before."""
-    raw = r.get(f"session:{session_id}:tick_result:{tick_id}")
+    raw = r.get(rkeys.tick_result(session_id, tick_id))
     return json.loads(raw) if raw else None
 
 
@@ -258,7 +199,7 @@ def format_duration(minutes: int) -> str:
 
 def next_turn_seq(r: redis.Redis, session_id: str) -> int:
     """Allocate the next turn number of a session (1, 2, ...)."""
-    return int(r.incr(f"session:{session_id}:seq"))
+    return int(r.incr(rkeys.seq(session_id)))
 
 
 def record_turn(r: redis.Redis, session_id: str, turn: dict) -> None:
@@ -273,61 +214,48 @@ def record_turn(r: redis.Redis, session_id: str, turn: dict) -> None:
     doc = json.dumps(turn)
     now = time.time()
     pipe = r.pipeline(transaction=True)
-    pipe.rpush(f"session:{session_id}:turns", doc)
-    pipe.ltrim(f"session:{session_id}:turns", -TURNS_CAP, -1)
+    pipe.rpush(rkeys.turns(session_id), doc)
+    pipe.ltrim(rkeys.turns(session_id), -TURNS_CAP, -1)
     ttl = session_ttl_s()  # rolling: a played session's keys live SESSION_TTL_S past its last turn
     if turn.get("npc_entry_id") is not None:
-        pipe.hset(touched_key(session_id), str(turn["npc_entry_id"]), now)
+        pipe.hset(rkeys.touched(session_id), str(turn["npc_entry_id"]), now)
     witnesses.queue_record(pipe, session_id, turn, ttl)
-    for key in (f"session:{session_id}", f"session:{session_id}:turns",
-                f"session:{session_id}:seq", memory_versions_key(session_id),
-                touched_key(session_id)):
+    for key in (rkeys.session(session_id), rkeys.turns(session_id), rkeys.seq(session_id),
+                rkeys.memory_versions(session_id), rkeys.touched(session_id)):
         pipe.expire(key, ttl)
-    pipe.zadd("sessions:active", {session_id: now})
-    pipe.zadd(OUTBOX, {turn["turn_id"]: now})
-    pipe.hset(OUTBOX_PAYLOADS, turn["turn_id"], doc)
+    pipe.zadd(rkeys.SESSIONS_ACTIVE, {session_id: now})
+    pipe.zadd(rkeys.OUTBOX_TURNS, {turn["turn_id"]: now})
+    pipe.hset(rkeys.OUTBOX_PAYLOADS, turn["turn_id"], doc)
     pipe.execute()
 
 
-OUTBOX = "outbox:turns"
-OUTBOX_PAYLOADS = "outbox:turn_payloads"
+OUTBOX = rkeys.OUTBOX_TURNS
+"""The outbox's sorted set (``memory.keys.OUTBOX_TURNS``)."""
+OUTBOX_PAYLOADS = rkeys.OUTBOX_PAYLOADS
+"""The outbox's turns (``memory.keys.OUTBOX_PAYLOADS``)."""
 
 
 def settle_turn(r: redis.Redis, turn_id: str) -> None:
     """The turn's pipeline tasks are in the broker: take it out of the outbox."""
     pipe = r.pipeline(transaction=True)
-    pipe.zrem(OUTBOX, turn_id)
-    pipe.hdel(OUTBOX_PAYLOADS, turn_id)
+    pipe.zrem(rkeys.OUTBOX_TURNS, turn_id)
+    pipe.hdel(rkeys.OUTBOX_PAYLOADS, turn_id)
     pipe.execute()
 
 
 def outbox_due(r: redis.Redis, older_than_s: float, limit: int = 500) -> list[dict]:
     """Turns recorded more than ``older_than_s`` seconds ago and still not settled, oldest
     first (at most ``limit``): their tasks may never have reached the broker."""
-    ids = r.zrangebyscore(OUTBOX, "-inf", time.time() - older_than_s, start=0, num=limit)
+    ids = r.zrangebyscore(rkeys.OUTBOX_TURNS, "-inf", time.time() - older_than_s, start=0, num=limit)
     if not ids:
         return []
-    docs = r.hmget(OUTBOX_PAYLOADS, ids)
+    docs = r.hmget(rkeys.OUTBOX_PAYLOADS, ids)
     return [json.loads(d) for d in docs if d]
 
 
 def recent_turns(r: redis.Redis, session_id: str, n: int) -> list[dict]:
     """The last ``n`` turns of a session, oldest first."""
-    return [json.loads(x) for x in r.lrange(f"session:{session_id}:turns", -n, -1)] if n > 0 else []
-
-
-def memory_versions_key(session_id: str) -> str:
-    """Hash lore entry id -> counter, bumped in the same transaction as every write of the
-    entry's session note (``set_note``) or its memory cards (``memory.cards.apply_events``):
-    what the dialogue servers' hot caches compare to know their copy is current
-    (``memory.hot_cache``)."""
-    return f"session:{session_id}:mver"
-
-
-def touched_key(session_id: str) -> str:
-    """Hash lore entry id -> unix time the entry was last touched in the session (its note
-    written, or a turn addressed to it): the recency of ``memory.ranking``."""
-    return f"session:{session_id}:touched"
+    return [json.loads(x) for x in r.lrange(rkeys.turns(session_id), -n, -1)] if n > 0 else []
 
 
 def set_note(r: redis.Redis, session_id: str, entry_id: int, content: str,
@@ -336,40 +264,36 @@ def set_note(r: redis.Redis, session_id: str, entry_id: int, content: str,
     memory version, in one MULTI/EXEC). ``turn_ids``: the turns the note folds in, written
     beside it as ``session:{sid}:note_turns:{entry_id}`` (left as it was when None)."""
     pipe = r.pipeline(transaction=True)
-    pipe.set(f"session:{session_id}:note:{entry_id}", content, ex=session_ttl_s())
+    pipe.set(rkeys.note(session_id, entry_id), content, ex=session_ttl_s())
     if turn_ids is not None:
-        pipe.set(f"session:{session_id}:note_turns:{entry_id}", json.dumps(list(turn_ids)),
+        pipe.set(rkeys.note_turns(session_id, entry_id), json.dumps(list(turn_ids)),
                  ex=session_ttl_s())
-    pipe.hincrby(memory_versions_key(session_id), str(entry_id), 1)
-    pipe.expire(memory_versions_key(session_id), session_ttl_s())
-    pipe.hset(touched_key(session_id), str(entry_id), time.time())
-    pipe.expire(touched_key(session_id), session_ttl_s())
+    pipe.hincrby(rkeys.memory_versions(session_id), str(entry_id), 1)
+    pipe.expire(rkeys.memory_versions(session_id), session_ttl_s())
+    pipe.hset(rkeys.touched(session_id), str(entry_id), time.time())
+    pipe.expire(rkeys.touched(session_id), session_ttl_s())
     pipe.execute()
 
 
 def get_note(r: redis.Redis, session_id: str, entry_id: int) -> str:
     """A session note's current text ('' when none)."""
-    raw = r.get(f"session:{session_id}:note:{entry_id}")
+    raw = r.get(rkeys.note(session_id, entry_id))
     return raw.decode() if raw else ""
 
 
 def get_note_turns(r: redis.Redis, session_id: str, entry_id: int) -> list[str]:
     """The turn ids a session note folds in, oldest first ([] when none published)."""
-    raw = r.get(f"session:{session_id}:note_turns:{entry_id}")
+    raw = r.get(rkeys.note_turns(session_id, entry_id))
     return json.loads(raw) if raw else []
 
 
 def active_sessions(r: redis.Redis, idle_after_s: float) -> list[str]:
     """Sessions with activity in the last ``idle_after_s`` seconds."""
     since = time.time() - idle_after_s
-    return [s.decode() for s in r.zrangebyscore("sessions:active", since, "+inf")]
+    return [s.decode() for s in r.zrangebyscore(rkeys.SESSIONS_ACTIVE, since, "+inf")]
 
 
 PENDING_TTL_S = 24 * 3600
-
-
-def _pending_key(session_id: str, entry_key: str) -> str:
-    return f"note_pending:{session_id}:{entry_key}"
 
 
 def add_pending(r: redis.Redis, session_id: str, entry_key: str, idempotency_key: str,
@@ -377,17 +301,17 @@ def add_pending(r: redis.Redis, session_id: str, entry_key: str, idempotency_key
                 game_minutes: int | None = None) -> None:
     """Announce a queued note update so that a rewrite of the same note can fold it in."""
     pipe = r.pipeline(transaction=True)
-    pipe.hset(_pending_key(session_id, entry_key), idempotency_key, json.dumps(
+    pipe.hset(rkeys.note_pending(session_id, entry_key), idempotency_key, json.dumps(
         {"event": event, "turn_id": turn_id, "cause": cause, "order": time.time(),
          "game_minutes": game_minutes}))
-    pipe.expire(_pending_key(session_id, entry_key), PENDING_TTL_S)
+    pipe.expire(rkeys.note_pending(session_id, entry_key), PENDING_TTL_S)
     pipe.execute()
 
 
 def pending_updates(r: redis.Redis, session_id: str, entry_key: str) -> list[dict]:
     """Queued updates of one note: ``[{idempotency_key, event, turn_id, cause, order,
     game_minutes}]``."""
-    raw = r.hgetall(_pending_key(session_id, entry_key))
+    raw = r.hgetall(rkeys.note_pending(session_id, entry_key))
     return [{"idempotency_key": k.decode(), **json.loads(v)} for k, v in raw.items()]
 
 
@@ -395,4 +319,4 @@ def drop_pending(r: redis.Redis, session_id: str, entry_key: str, keys) -> None:
     """Forget queued updates that have been applied."""
     keys = list(keys)
     if keys:
-        r.hdel(_pending_key(session_id, entry_key), *keys)
+        r.hdel(rkeys.note_pending(session_id, entry_key), *keys)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import redis
 
-from memory import nearline
+from memory import keys as rkeys
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,8 @@ def rank_for_session(r: redis.Redis, session_id: str, candidates: list[tuple[int
         return []
     ids = [str(c[0]) for c in candidates]
     pipe = r.pipeline(transaction=False)
-    pipe.hmget(nearline.touched_key(session_id), ids)
-    pipe.hmget(nearline.memory_versions_key(session_id), ids)
+    pipe.hmget(rkeys.touched(session_id), ids)
+    pipe.hmget(rkeys.memory_versions(session_id), ids)
     raw_touched, raw_versions = pipe.execute()
     touched = [float(t) if t is not None else None for t in raw_touched]
     versions = [int(v) if v is not None else 0 for v in raw_versions]

@@ -78,6 +78,8 @@ def session_summary(session: Session, session_id: str, embedder: str | None = No
     embedder's ``name``; default: the configured ``EMBEDDER``'s, ``inference.embedding.
     embedder_name``), so vectors another embedder holds beside them are not counted twice.
     """
+    from memory.vector_index import session_scope  # imports faiss: only when called
+
     if embedder is None:
         from inference.embedding import embedder_name
 
@@ -93,7 +95,7 @@ def session_summary(session: Session, session_id: str, embedder: str | None = No
         LoreEntry.created_in_session_id == session_id, LoreEntry.is_dynamically_generated.is_(True))).all()
     turns = session.scalar(select(func.count()).select_from(Turn).where(Turn.session_id == session_id))
     vectors = session.scalar(select(func.count()).select_from(StoredVector)
-                             .where(StoredVector.scope == f"session:{session_id}",
+                             .where(StoredVector.scope == session_scope(session_id),
                                     StoredVector.embedder == embedder))
     notes = session.scalar(select(func.count()).select_from(SessionNote)
                            .where(SessionNote.session_id == session_id, SessionNote.version > 0))

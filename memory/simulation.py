@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from memory import keys as rkeys
 from memory import nearline
 from memory.scope import offscreen_characters
 from models import LoreEntry
@@ -94,7 +95,7 @@ def rank_candidates(session: Session, r, world_id: int, session_id: str, recent_
     seen_ids = sorted({t["npc_entry_id"] for t in window})
     texts = [f"{t['player_text']} {t['npc_text']}" for t in window]
     texts += [nearline.get_note(r, session_id, i) for i in seen_ids]
-    last = r.zmscore(f"session:{session_id}:simulated", [str(c.id) for c in candidates])
+    last = r.zmscore(rkeys.simulated(session_id), [str(c.id) for c in candidates])
     ranked = []
     for c, at in zip(candidates, last):
         promises, relationship = card_signals(r, session_id, c.id)
@@ -115,8 +116,8 @@ def mark_simulated(r, session_id: str, entry_ids: list[int], now: float | None =
     now = time.time() if now is None else now
     pipe = r.pipeline(transaction=True)
     if entry_ids:
-        pipe.zadd(f"session:{session_id}:simulated", {str(i): now for i in entry_ids})
-    pipe.zadd("sessions:simulated", {session_id: now})
+        pipe.zadd(rkeys.simulated(session_id), {str(i): now for i in entry_ids})
+    pipe.zadd(rkeys.SESSIONS_SIMULATED, {session_id: now})
     pipe.execute()
 
 
@@ -126,7 +127,7 @@ def sessions_to_tick(r, idle_after_s: float) -> list[str]:
     active = nearline.active_sessions(r, idle_after_s)
     if not active:
         return []
-    last = r.zmscore("sessions:simulated", active)
+    last = r.zmscore(rkeys.SESSIONS_SIMULATED, active)
     return [sid for sid, _ in sorted(zip(active, last), key=lambda x: (x[1] or 0.0, x[0]))]
 
 

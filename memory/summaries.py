@@ -28,6 +28,7 @@ import time
 
 import redis
 
+from memory import keys as rkeys
 from memory.nearline import session_ttl_s
 
 SALIENT_KEEP = 10
@@ -41,18 +42,6 @@ KIND_WEIGHT: dict[str, float] = {
 """Importance of a card event kind per point of intensity (0..10 scale)."""
 
 
-def summary_key(session_id: str) -> str:
-    return f"session:{session_id}:summary"
-
-
-def salient_key(session_id: str, npc_entry_id: int) -> str:
-    return f"session:{session_id}:salient:{npc_entry_id}"
-
-
-def trajectory_key(session_id: str, npc_entry_id: int) -> str:
-    return f"session:{session_id}:trajectory:{npc_entry_id}"
-
-
 def importance(event: dict) -> float:
     """0..100: ``KIND_WEIGHT[kind] * intensity`` (quest events: intensity 5)."""
     return KIND_WEIGHT.get(event.get("kind", ""), 1) * float(event.get("intensity") or 5)
@@ -64,7 +53,7 @@ def queue_card_memories(pipe, session_id: str, npc_entry_id: int, applied: list[
     ``pipe`` (a MULTI/EXEC pipeline: ``memory.cards.apply_events``'s). ``relationship``: the
     relationship card after the events, when it changed."""
     ttl = session_ttl_s()
-    sk = salient_key(session_id, npc_entry_id)
+    sk = rkeys.salient(session_id, npc_entry_id)
     if applied:
         pipe.zadd(sk, {json.dumps({"event_id": a["event_id"], "kind": a["kind"],
                                    "detail": (a.get("detail") or a.get("name") or "")[:160],
@@ -73,7 +62,7 @@ def queue_card_memories(pipe, session_id: str, npc_entry_id: int, applied: list[
         pipe.zremrangebyrank(sk, 0, -(SALIENT_KEEP + 1))
         pipe.expire(sk, ttl)
     if relationship is not None:
-        tk = trajectory_key(session_id, npc_entry_id)
+        tk = rkeys.trajectory(session_id, npc_entry_id)
         now = time.time()
         pipe.zadd(tk, {json.dumps({"rev": relationship.rev, "trust": relationship.trust,
                                    "affinity": relationship.affinity, "at": now}): now})
@@ -100,13 +89,13 @@ def save_summary(r: redis.Redis, session_id: str, summary: str, upto_seq: int,
     whose prompt gets it; None (summaries written before witnesses were kept): everyone."""
     doc = json.dumps({"summary": summary, "upto_seq": int(upto_seq), "updated_at": time.time(),
                       **({"audience": sorted(audience)} if audience is not None else {})})
-    return bool(r.eval(_SAVE_NEWER, 1, summary_key(session_id), doc, int(upto_seq),
+    return bool(r.eval(_SAVE_NEWER, 1, rkeys.summary(session_id), doc, int(upto_seq),
                        session_ttl_s()))
 
 
 def get_summary(r: redis.Redis, session_id: str) -> dict | None:
     """``{summary, upto_seq, updated_at, audience?}`` or None."""
-    raw = r.get(summary_key(session_id))
+    raw = r.get(rkeys.summary(session_id))
     return json.loads(raw) if raw else None
 
 
@@ -131,23 +120,23 @@ def parse_salient(raw: list) -> list[dict]:
 def salient_memories(r: redis.Redis, session_id: str, npc_entry_id: int,
                      n: int = SALIENT_KEEP) -> list[dict]:
     """The ``n`` most important card events of (session, NPC), most important first."""
-    return parse_salient(r.zrevrange(salient_key(session_id, npc_entry_id), 0, n - 1,
+    return parse_salient(r.zrevrange(rkeys.salient(session_id, npc_entry_id), 0, n - 1,
                                      withscores=True))
 
 
 def trajectory(r: redis.Redis, session_id: str, npc_entry_id: int) -> list[dict]:
     """``[{rev, trust, affinity, at}]`` oldest first."""
-    return [json.loads(m) for m in r.zrange(trajectory_key(session_id, npc_entry_id), 0, -1)]
+    return [json.loads(m) for m in r.zrange(rkeys.trajectory(session_id, npc_entry_id), 0, -1)]
 
 
 def prefetch(r: redis.Redis, session_id: str, npc_entry_ids: list[int]) -> dict:
     """Summary, salient memories and trajectory of many NPCs of a session in one pipelined
     round trip: ``{"summary": dict|None, "npcs": {id: {"salient": [...], "trajectory": [...]}}}``."""
     pipe = r.pipeline(transaction=False)
-    pipe.get(summary_key(session_id))
+    pipe.get(rkeys.summary(session_id))
     for npc in npc_entry_ids:
-        pipe.zrevrange(salient_key(session_id, npc), 0, SALIENT_KEEP - 1, withscores=True)
-        pipe.zrange(trajectory_key(session_id, npc), 0, -1)
+        pipe.zrevrange(rkeys.salient(session_id, npc), 0, SALIENT_KEEP - 1, withscores=True)
+        pipe.zrange(rkeys.trajectory(session_id, npc), 0, -1)
     out = pipe.execute()
     npcs = {}
     for i, npc in enumerate(npc_entry_ids):

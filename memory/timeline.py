@@ -60,8 +60,9 @@ from contract.names import TaskName
 from contract.send import Send
 from memory import cards as memory_cards
 from memory import fencing, nearline, summaries, witnesses
+from memory import keys as rkeys
 from memory.archive import archive_card_batch
-from memory.evidence import evidence_key, item_id
+from memory.evidence import item_id
 from memory.notes import commit_revision, note_turn_ids
 from memory.ops import NotFound, find_turn
 from memory.vector_index import evidence_scope, publish_remove, session_scope
@@ -108,7 +109,7 @@ def session_turns(session: Session, r, session_id: str) -> dict[str, dict]:
                      "game_minutes": t.game_minutes or 0, "speaker": t.speaker,
                      "event_id": t.event_id, "kind": t.kind, "witnesses": t.witnesses,
                      "source": t.source}
-    undone = {x.decode() for x in r.smembers(fencing.undone_key(session_id))}
+    undone = {x.decode() for x in r.smembers(rkeys.undone(session_id))}
     for doc in nearline.recent_turns(r, session_id, nearline.TURNS_CAP):
         if doc["turn_id"] not in out and doc["turn_id"] not in undone:
             out[doc["turn_id"]] = dict(doc)
@@ -162,7 +163,7 @@ def kept_version(history: list[tuple[SessionNoteRevision, list]], later: set[str
 def _card_npcs(r, session_id: str) -> list[int]:
     """Ids of the NPCs with memory cards (an applied-event hash) in the session."""
     out = []
-    for key in r.scan_iter(match=f"session:{session_id}:card:*:applied", count=1000):
+    for key in r.scan_iter(match=rkeys.card_applied_pattern(session_id), count=1000):
         part = key.decode().split(":")[3]
         if part.isdigit():
             out.append(int(part))
@@ -178,12 +179,12 @@ def _replay_cards(r, session_id: str, npc_entry_id: int, events: list[dict],
     mapped through ``turn_map``. Each card's ``rev`` ends above ``rev_floor`` (an archived
     snapshot of a newer revision must not win over the rebuilt card). Returns the events
     applied."""
-    keys = [memory_cards.card_key(session_id, npc_entry_id, "relationship"),
-            memory_cards.card_key(session_id, npc_entry_id, "quest"),
-            memory_cards.applied_key(session_id, npc_entry_id),
-            memory_cards.applied_order_key(session_id, npc_entry_id),
-            summaries.salient_key(session_id, npc_entry_id),
-            summaries.trajectory_key(session_id, npc_entry_id)]
+    keys = [rkeys.card(session_id, npc_entry_id, "relationship"),
+            rkeys.card(session_id, npc_entry_id, "quest"),
+            rkeys.card_applied(session_id, npc_entry_id),
+            rkeys.card_applied_order(session_id, npc_entry_id),
+            rkeys.salient(session_id, npc_entry_id),
+            rkeys.trajectory(session_id, npc_entry_id)]
     r.delete(*keys)
     groups: list[tuple[str | None, list[dict]]] = []
     for e in events:
@@ -214,9 +215,9 @@ def _replay_cards(r, session_id: str, npc_entry_id: int, events: list[dict],
         pipe = r.pipeline(transaction=True)
         for kind, card in (("relationship", cards.relationship), ("quest", cards.quest)):
             card.rev = max(card.rev, rev_floor + 1)
-            pipe.set(memory_cards.card_key(session_id, npc_entry_id, kind),
+            pipe.set(rkeys.card(session_id, npc_entry_id, kind),
                      memory_cards.dump_card(card), ex=nearline.session_ttl_s())
-        pipe.hincrby(nearline.memory_versions_key(session_id), str(npc_entry_id), 1)
+        pipe.hincrby(rkeys.memory_versions(session_id), str(npc_entry_id), 1)
         pipe.execute()
     return applied
 
@@ -343,7 +344,7 @@ def fork_session(session: Session, r, source_id: str, at_turn: str, send: Send) 
         notes.append((copy.lore_entry_id, text))
     session.commit()
     # the nearline tier
-    raw = r.hgetall(f"session:{source_id}")
+    raw = r.hgetall(rkeys.session(source_id))
     nearline.open_session(r, new_id, world_id, player,
                           every_turns=int(raw.get(b"every_turns", 0)),
                           tick_minutes=int(raw.get(b"tick_minutes", 60)), game_minutes=minutes)
@@ -351,14 +352,14 @@ def fork_session(session: Session, r, source_id: str, at_turn: str, send: Send) 
         nearline.cache_entries(r, world_id, copies, session_id=new_id)
     ordered = sorted(kept.values(), key=lambda d: d["seq"])
     pipe = r.pipeline(transaction=True)
-    pipe.set(f"session:{new_id}:seq", int(turn["seq"]), ex=nearline.session_ttl_s())
+    pipe.set(rkeys.seq(new_id), int(turn["seq"]), ex=nearline.session_ttl_s())
     for d in ordered[-nearline.TURNS_CAP:]:
         doc = {**d, "turn_id": turn_map[d["turn_id"]], "session_id": new_id,
                "world_id": world_id, "npc_entry_id": entry(d["npc_entry_id"]),
                "witnesses": _mapped_witnesses(d, entry)}
-        pipe.rpush(f"session:{new_id}:turns", json.dumps(
+        pipe.rpush(rkeys.turns(new_id), json.dumps(
             {k: v for k, v in doc.items() if v is not None}))
-    pipe.expire(f"session:{new_id}:turns", nearline.session_ttl_s())
+    pipe.expire(rkeys.turns(new_id), nearline.session_ttl_s())
     for d in ordered:  # who witnessed what: every NPC's view of the fork is its view then
         witnesses.queue_record(pipe, new_id, {
             "turn_id": turn_map[d["turn_id"]], "seq": d["seq"],
@@ -368,11 +369,11 @@ def fork_session(session: Session, r, source_id: str, at_turn: str, send: Send) 
         if d.get("event_id"):
             doc = {**d, "turn_id": turn_map[d["turn_id"]], "session_id": new_id,
                    "world_id": world_id, "npc_entry_id": entry(d["npc_entry_id"])}
-            pipe.hset(f"session:{new_id}:events", d["event_id"], json.dumps(
+            pipe.hset(rkeys.events(new_id), d["event_id"], json.dumps(
                 {k: v for k, v in doc.items() if v is not None}))
-    touched = r.hgetall(nearline.touched_key(source_id))
+    touched = r.hgetall(rkeys.touched(source_id))
     if touched:
-        pipe.hset(nearline.touched_key(new_id), mapping={
+        pipe.hset(rkeys.touched(new_id), mapping={
             str(entry(int(k))): v for k, v in touched.items()})
     pipe.execute()
     with_turns = {eid: [turn_map[t] for t in note_turn_ids(session, new_id, eid) if t in turn_map]
@@ -427,7 +428,7 @@ def retract_entries(session: Session, r, session_id: str, entry_ids: list[int]) 
     session.execute(delete(StoredVector).where(StoredVector.scope == session_scope(session_id),
                                                StoredVector.lore_entry_id.in_(ids)))
     session.commit()
-    r.hdel(f"session:{session_id}:keys", *keys)
+    r.hdel(rkeys.session_keys(session_id), *keys)
     publish_remove(r, session_scope(session_id), ids)
     return len(ids)
 
@@ -465,8 +466,8 @@ def rollback_session(session: Session, r, session_id: str, to_turn: str, send: S
     session.commit()
     rollback_id = record.id
     if undone:
-        r.sadd(fencing.undone_key(session_id), *undone)
-        r.expire(fencing.undone_key(session_id), nearline.session_ttl_s())
+        r.sadd(rkeys.undone(session_id), *undone)
+        r.expire(rkeys.undone(session_id), nearline.session_ttl_s())
     undone_set = set(undone)
     earlier = fencing.undone_turn_ids(session, session_id)  # by this and earlier rollbacks
     session.rollback()
@@ -534,13 +535,13 @@ def rollback_session(session: Session, r, session_id: str, to_turn: str, send: S
     # 5. the session summary
     summary = summaries.get_summary(r, session_id)
     if summary and int(summary.get("upto_seq", 0)) > to_seq:
-        r.delete(summaries.summary_key(session_id))
+        r.delete(rkeys.summary(session_id))
         counts["summaries"] = 1
     # 6. evidence
     if undone:
         items = [item_id(later[t]["seq"], part) for t in undone for part in (0, 1)]
-        counts["evidence_items"] = sum(1 for x in r.hmget(evidence_key(session_id), items) if x)
-        r.hdel(evidence_key(session_id), *items)
+        counts["evidence_items"] = sum(1 for x in r.hmget(rkeys.evidence(session_id), items) if x)
+        r.hdel(rkeys.evidence(session_id), *items)
         session.execute(delete(EvidenceVector).where(EvidenceVector.turn_id.in_(undone)))
         session.commit()
         publish_remove(r, evidence_scope(session_id), items)
@@ -570,14 +571,14 @@ def _reset_nearline(r, session_id: str, world_id: int, kept: dict[str, dict],
                     undone: set[str], game_minutes: int) -> None:
     """The Redis side of a rollback: recent turns, outbox, posted events, queued note
     updates, clock, and the counters the hot caches compare."""
-    for key in r.scan_iter(match=f"note_pending:{session_id}:*", count=1000):
+    for key in r.scan_iter(match=rkeys.note_pending_pattern(session_id), count=1000):
         drop = [k for k, v in r.hgetall(key).items() if json.loads(v).get("turn_id") in undone]
         if drop:
             r.hdel(key, *drop)
-    events = {k: v for k, v in r.hgetall(f"session:{session_id}:events").items()
+    events = {k: v for k, v in r.hgetall(rkeys.events(session_id)).items()
               if json.loads(v).get("turn_id") in undone}
     ordered = sorted(kept.values(), key=lambda d: d["seq"])[-nearline.TURNS_CAP:]
-    recent = [x for x in r.lrange(f"session:{session_id}:turns", 0, -1)
+    recent = [x for x in r.lrange(rkeys.turns(session_id), 0, -1)
               if json.loads(x).get("turn_id") not in undone]
     known = {json.loads(x)["turn_id"] for x in recent}
     # turns older than the list's cap come back from the archive, in seq order
@@ -585,22 +586,22 @@ def _reset_nearline(r, session_id: str, world_id: int, kept: dict[str, dict],
                                               "world_id": world_id}.items() if v is not None})
                 for d in ordered if d["turn_id"] not in known]
     docs = sorted(restored + [x.decode() for x in recent], key=lambda x: json.loads(x)["seq"])
-    versions = r.hkeys(nearline.memory_versions_key(session_id))
+    versions = r.hkeys(rkeys.memory_versions(session_id))
     pipe = r.pipeline(transaction=True)
-    pipe.delete(f"session:{session_id}:turns")
+    pipe.delete(rkeys.turns(session_id))
     if docs:
-        pipe.rpush(f"session:{session_id}:turns", *docs[-nearline.TURNS_CAP:])
-        pipe.expire(f"session:{session_id}:turns", nearline.session_ttl_s())
+        pipe.rpush(rkeys.turns(session_id), *docs[-nearline.TURNS_CAP:])
+        pipe.expire(rkeys.turns(session_id), nearline.session_ttl_s())
     if events:
-        pipe.hdel(f"session:{session_id}:events", *events)
+        pipe.hdel(rkeys.events(session_id), *events)
     if undone:
-        pipe.zrem(nearline.OUTBOX, *undone)
-        pipe.hdel(nearline.OUTBOX_PAYLOADS, *undone)
-    pipe.hset(f"session:{session_id}", "game_minutes", game_minutes)
-    pipe.incr(f"session:{session_id}:seq")  # turn numbers are never reused; hot caches reload
+        pipe.zrem(rkeys.OUTBOX_TURNS, *undone)
+        pipe.hdel(rkeys.OUTBOX_PAYLOADS, *undone)
+    pipe.hset(rkeys.session(session_id), "game_minutes", game_minutes)
+    pipe.incr(rkeys.seq(session_id))  # turn numbers are never reused; hot caches reload
     for v in versions:
-        pipe.hincrby(nearline.memory_versions_key(session_id), v.decode(), 1)
-    pipe.zadd("sessions:active", {session_id: time.time()})
+        pipe.hincrby(rkeys.memory_versions(session_id), v.decode(), 1)
+    pipe.zadd(rkeys.SESSIONS_ACTIVE, {session_id: time.time()})
     pipe.execute()
 
 

@@ -30,7 +30,7 @@ from contract.payloads import TurnPayload
 from contract.send import TURN_TASKS as PIPELINE_TASKS
 from contract.send import Send, request_simulation, send_turn_tasks
 from memory import nearline
-from memory.fencing import undone_key
+from memory import keys as rkeys
 from settings import get_settings
 
 SUMMARY_TASK = TaskName.SUMMARIZE_SESSION
@@ -153,7 +153,7 @@ def resolve_witnesses(r: redis.Redis, target: Target, keys: list[str] | None,
             raise NotALocation(f"location {location!r} is a {doc['entity_type']}, "
                                "not a location")
         out.update(int(m) for m in r.smembers(
-            nearline.occupants_key(target.world_id, entry_id)))
+            rkeys.occupants(target.world_id, entry_id)))
     return sorted(out)
 
 
@@ -163,10 +163,6 @@ def _entry(r: redis.Redis, target: Target, key: str) -> tuple[int | None, dict |
     entry_id = nearline.resolve_key(r, target.world_id, target.session_id, key)
     doc = nearline.get_entry(r, target.world_id, entry_id) if entry_id is not None else None
     return (entry_id, doc) if doc is not None else (None, None)
-
-
-def _events_key(session_id: str) -> str:
-    return f"session:{session_id}:events"
 
 
 def event_turn_id(session_id: str, event_id: str) -> str:
@@ -235,8 +231,8 @@ def record_turn(
     turn_id = event_turn_id(target.session_id, event_id) if event_id else uuid.uuid4().hex
     if event_id:
         pipe = r.pipeline(transaction=False)
-        pipe.hget(_events_key(target.session_id), event_id)
-        pipe.sismember(undone_key(target.session_id), turn_id)
+        pipe.hget(rkeys.events(target.session_id), event_id)
+        pipe.sismember(rkeys.undone(target.session_id), turn_id)
         earlier, undone = pipe.execute()
         if earlier is not None:
             return Recorded(TurnPayload.model_validate_json(earlier), duplicate=True)
@@ -244,7 +240,7 @@ def record_turn(
         while undone:  # a rollback undid the event's turn: posted again, it is a new turn
             n += 1
             turn_id = event_turn_id(target.session_id, f"{event_id}\n{n}")
-            undone = r.sismember(undone_key(target.session_id), turn_id)
+            undone = r.sismember(rkeys.undone(target.session_id), turn_id)
     turn = TurnPayload(
         turn_id=turn_id, session_id=target.session_id, world_id=target.world_id,
         seq=nearline.next_turn_seq(r, target.session_id), npc_entry_id=target.npc_entry_id,
@@ -256,15 +252,15 @@ def record_turn(
                                                   if target.npc_entry_id is not None else set())),
     )
     kwargs = turn_kwargs(turn)
-    if event_id and not r.hsetnx(_events_key(target.session_id), event_id, json.dumps(kwargs)):
-        earlier = r.hget(_events_key(target.session_id), event_id)  # a concurrent twin won
+    if event_id and not r.hsetnx(rkeys.events(target.session_id), event_id, json.dumps(kwargs)):
+        earlier = r.hget(rkeys.events(target.session_id), event_id)  # a concurrent twin won
         return Recorded(TurnPayload.model_validate_json(earlier), duplicate=True)
     try:
         nearline.record_turn(r, target.session_id, kwargs)
     except Exception:
         if event_id:
             try:
-                r.hdel(_events_key(target.session_id), event_id)
+                r.hdel(rkeys.events(target.session_id), event_id)
             except redis.RedisError:
                 pass
         raise

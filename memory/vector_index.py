@@ -36,9 +36,10 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from memory import keys as rkeys
+
 log = logging.getLogger(__name__)
 
-STREAM = "vectors:updates"
 STREAM_MAXLEN = 100_000
 
 
@@ -317,7 +318,7 @@ def publish_upsert(r, scope: str, lore_entry_id: int, vector: np.ndarray,
               "vector": np.asarray(vector, dtype=np.float32).tobytes()}
     if embedder is not None:
         fields["embedder"] = embedder
-    r.xadd(STREAM, fields, maxlen=STREAM_MAXLEN, approximate=True)
+    r.xadd(rkeys.VECTOR_UPDATES, fields, maxlen=STREAM_MAXLEN, approximate=True)
 
 
 def publish_remove(r, scope: str, ids: list[int]) -> None:
@@ -325,7 +326,8 @@ def publish_remove(r, scope: str, ids: list[int]) -> None:
     dialogue server's index drops them, whatever its embedder): a rollback's retracted
     entities and undone evidence items (``memory.timeline``). Nothing is sent for no ids."""
     if ids:
-        r.xadd(STREAM, {"op": "remove", "scope": scope, "ids": ",".join(str(int(i)) for i in ids)},
+        r.xadd(rkeys.VECTOR_UPDATES,
+               {"op": "remove", "scope": scope, "ids": ",".join(str(int(i)) for i in ids)},
                maxlen=STREAM_MAXLEN, approximate=True)
 
 
@@ -347,14 +349,14 @@ class VectorSync:
 
     def start_id(self) -> str:
         """Remember the stream's current end as the point to read from."""
-        last = self.r.xrevrange(STREAM, count=1)
+        last = self.r.xrevrange(rkeys.VECTOR_UPDATES, count=1)
         self.last_id = last[0][0].decode() if last else "0-0"
         return self.last_id
 
     def poll(self) -> int:
         """Apply every pending update of the index's embedder and dimension once (others are
         skipped) and every removal (``publish_remove``); returns how many were applied."""
-        res = self.r.xread({STREAM: self.last_id}, count=500, block=self.block_ms)
+        res = self.r.xread({rkeys.VECTOR_UPDATES: self.last_id}, count=500, block=self.block_ms)
         n = 0
         for _stream, entries in res or []:
             for entry_id, fields in entries:

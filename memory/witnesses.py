@@ -36,18 +36,16 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from memory import keys as rkeys
+
 NARRATIVE_SPEAKERS = {"narration": "Narrator", "game": "Game"}
 """The evidence speaker of a narration or game event posted without a ``speaker``."""
 
 
-def witnesses_key(session_id: str) -> str:
-    """Redis hash of a session's turns' witnesses: turn id -> JSON list of entry ids."""
-    return f"session:{session_id}:witnesses"
-
-
-def witnessed_key(session_id: str, npc_entry_id: int) -> str:
-    """Redis set of the ``seq`` of the turns an NPC witnessed in a session."""
-    return f"session:{session_id}:witnessed:{int(npc_entry_id)}"
+witnesses_key = rkeys.witnesses
+"""Redis hash of a session's turns' witnesses (``memory.keys.witnesses``)."""
+witnessed_key = rkeys.witnessed
+"""Redis set of the ``seq`` of the turns an NPC witnessed (``memory.keys.witnessed``)."""
 
 
 def turn_witnesses(turn: dict) -> list[int]:
@@ -63,17 +61,17 @@ def turn_witnesses(turn: dict) -> list[int]:
 def queue_record(pipe, session_id: str, turn: dict, ttl_s: int) -> None:
     """Queue on ``pipe`` the writes recording a turn's witnesses (both keys above)."""
     who = turn_witnesses(turn)
-    pipe.hset(witnesses_key(session_id), turn["turn_id"], json.dumps(who))
-    pipe.expire(witnesses_key(session_id), ttl_s)
+    pipe.hset(rkeys.witnesses(session_id), turn["turn_id"], json.dumps(who))
+    pipe.expire(rkeys.witnesses(session_id), ttl_s)
     for npc in who:
-        pipe.sadd(witnessed_key(session_id, npc), int(turn["seq"]))
-        pipe.expire(witnessed_key(session_id, npc), ttl_s)
+        pipe.sadd(rkeys.witnessed(session_id, npc), int(turn["seq"]))
+        pipe.expire(rkeys.witnessed(session_id, npc), ttl_s)
 
 
 def witnessed_item_ids(r, session_id: str, npc_entry_id: int) -> np.ndarray:
     """The evidence item ids (``seq * 2 + part``, int64) of the turns the NPC witnessed in
     the session, from Redis; empty when none."""
-    seqs = np.fromiter((int(s) for s in r.smembers(witnessed_key(session_id, npc_entry_id))),
+    seqs = np.fromiter((int(s) for s in r.smembers(rkeys.witnessed(session_id, npc_entry_id))),
                        dtype=np.int64)
     return np.concatenate([seqs * 2, seqs * 2 + 1])
 
@@ -84,7 +82,7 @@ def unwitnessed(r, session_id: str, npc_entry_id: int, turn_ids: Iterable[str]) 
     ids = sorted(set(turn_ids))
     if not ids:
         return set()
-    raw = r.hmget(witnesses_key(session_id), ids)
+    raw = r.hmget(rkeys.witnesses(session_id), ids)
     return {t for t, v in zip(ids, raw) if v is not None and int(npc_entry_id) not in json.loads(v)}
 
 

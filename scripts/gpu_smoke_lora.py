@@ -115,11 +115,12 @@ def main() -> int:
         from inference import calls
         from inference.lora import registry, routing
         from inference.lora.coordinator import get_coordinator
+        from memory import keys as rkeys
         from memory.db import migrate, session_scope
         from memory.nearline import get_redis
 
         r = get_redis()
-        for key in r.scan_iter("lora:*"):
+        for key in r.scan_iter(rkeys.LORA_ALL):
             r.delete(key)
         migrate()
         names = sorted(p.name for p in adapters.iterdir() if p.is_dir())

@@ -50,6 +50,7 @@ from contract.send import Send, celery_sender
 from inference.llm import InvalidModelOutput, ModelError
 from memory.cards import CardConflict
 from memory import fencing
+from memory import keys as rkeys
 from memory.db import autocommit, dialect_insert, session_scope
 from memory.notes import NoteConflict
 from memory.safe_input import clean_text, storable
@@ -74,7 +75,7 @@ def count_delivery(task_id: str) -> int:
     from memory.nearline import get_redis
 
     r = get_redis()
-    key = f"deliveries:{task_id}"
+    key = rkeys.deliveries(task_id)
     pipe = r.pipeline(transaction=True)
     pipe.incr(key)
     pipe.expire(key, DELIVERY_TTL_S)
@@ -138,7 +139,7 @@ def _ledger(task_id: str, name: str, **values) -> None:
                                                set_=values or {"task_name": name}))
 
 
-PARKED_DEAD_LETTERS = "dead_letters:parked"
+PARKED_DEAD_LETTERS = rkeys.DEAD_LETTERS_PARKED
 
 
 def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:

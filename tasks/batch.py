@@ -52,6 +52,7 @@ from sqlalchemy.orm import Session
 from contract.names import TaskName
 from contract.payloads import Payload
 from contract.send import celery_sender
+from memory import keys as rkeys
 from memory.db import dialect_insert, session_scope
 from memory.safe_input import storable
 from models import TaskRecord
@@ -119,8 +120,8 @@ def count_deliveries(task_ids: list[str]) -> list[int]:
 
     pipe = get_redis().pipeline(transaction=False)
     for task_id in task_ids:
-        pipe.incr(f"deliveries:{task_id}")
-        pipe.expire(f"deliveries:{task_id}", DELIVERY_TTL_S)
+        pipe.incr(rkeys.deliveries(task_id))
+        pipe.expire(rkeys.deliveries(task_id), DELIVERY_TTL_S)
     return [int(x) for x in pipe.execute()[::2]]
 
 

@@ -25,6 +25,7 @@ import settings
 from fakes import FakeServer, openai_chat  # tests/ is on sys.path (rootdir conftest)
 from fakes import role_on as _role_on
 from memory import cards as mc
+from memory import keys as rkeys
 from memory import nearline
 from memory.db import session_scope
 from models import CardEvent, LoreEntry, NpcCard, TaskRecord
@@ -160,19 +161,19 @@ def test_invalid_events_are_refused_with_clear_errors(pair):
         mc.QuestEvent(event_id="x", kind="milestone", name="  ")
     with pytest.raises(ValueError, match="duplicate event ids"):
         mc.apply_events(r, *pair, [_rel("same", "gift"), _rel("same", "insult")])
-    assert r.exists(mc.card_key(*pair, "relationship")) == 0  # nothing written
+    assert r.exists(rkeys.card(*pair, "relationship")) == 0  # nothing written
 
 
 def test_corrupt_card_is_reported_and_left_as_it_is(pair):
     r = nearline.get_redis()
-    key = mc.card_key(*pair, "relationship")
+    key = rkeys.card(*pair, "relationship")
     r.set(key, '{"trust": 500}')
     with pytest.raises(mc.CardCorrupt, match=key):
         mc.apply_events(r, *pair, [_rel("t1:r0", "gift")])
     with pytest.raises(mc.CardCorrupt):
         mc.get_cards(r, *pair)
     assert r.get(key) == b'{"trust": 500}'
-    assert r.hlen(mc.applied_key(*pair)) == 0  # the event is not marked applied
+    assert r.hlen(rkeys.card_applied(*pair)) == 0  # the event is not marked applied
 
 
 # --------------------------------------------------------------------------- size rule
@@ -194,7 +195,7 @@ def test_size_rule_drops_oldest_details_of_least_important_kinds_first(pair):
         seq += 1
         mc.apply_events(r, *pair, [_rel(f"gift{i}", "gift", _long("gift", i), 1, seq),
                                    _rel(f"insult{i}", "insult", _long("insult", i), 1, seq)])
-        assert r.strlen(mc.card_key(*pair, "relationship")) <= mc.MAX_CARD_BYTES
+        assert r.strlen(rkeys.card(*pair, "relationship")) <= mc.MAX_CARD_BYTES
     card = mc.get_cards(r, *pair).relationship
     assert mc.card_bytes(card) <= mc.MAX_CARD_BYTES
     assert card.insults == []
@@ -244,7 +245,7 @@ def test_quest_size_rule_keeps_active_quests_over_history(pair):
     for i in range(4):
         mc.apply_events(r, *pair, quests=[
             _quest(f"a{i}:q0", "quest_started", f"Current quest {chr(65 + i)}", _long("goal", i), 20 + i)])
-        assert r.strlen(mc.card_key(*pair, "quest")) <= mc.MAX_CARD_BYTES
+        assert r.strlen(rkeys.card(*pair, "quest")) <= mc.MAX_CARD_BYTES
     card = mc.get_cards(r, *pair).quest
     active = [q.name for q in card.quests if q.status == "active"]
     assert active == [f"Current quest {c}" for c in "ABCD"]
@@ -549,7 +550,7 @@ def test_analyze_turn_with_a_corrupt_card_is_dead_lettered_and_the_card_kept(wor
     sid = game_session["id"]
     baker = _entry(game_session["world_id"], "baker_27")
     r = nearline.get_redis()
-    r.set(mc.card_key(sid, baker.id, "relationship"), "{not json")
+    r.set(rkeys.card(sid, baker.id, "relationship"), "{not json")
     turn = {"turn_id": uuid.uuid4().hex, "session_id": sid, "world_id": game_session["world_id"],
             "seq": 1, "npc_entry_id": baker.id, "player_text": "Take this bread, friend.",
             "npc_text": "Thank you.", "latency_ms": 1.0, "created_at": time.time()}
@@ -562,5 +563,5 @@ def test_analyze_turn_with_a_corrupt_card_is_dead_lettered_and_the_card_kept(wor
     with session_scope() as s:
         dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == t))
     assert "CardCorrupt" in dl.error and "relationship" in dl.error and dl.payload == turn
-    assert r.get(mc.card_key(sid, baker.id, "relationship")) == b"{not json"
-    assert r.hlen(mc.applied_key(sid, baker.id)) == 0
+    assert r.get(rkeys.card(sid, baker.id, "relationship")) == b"{not json"
+    assert r.hlen(rkeys.card_applied(sid, baker.id)) == 0

@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from alembic import command
+from memory import keys as rkeys
 from memory import nearline
 from memory.db import alembic_config, migrate, normalise_url, session_scope
 from memory.retrieval import RRF_K, fuse, merge, take_within
-from memory.vector_index import STREAM, VectorIndex, evidence_scope, load_from_db
+from memory.vector_index import VectorIndex, evidence_scope, load_from_db
 from models import EvidenceVector, GameSession, LoreEntry, StoredVector, TaskRecord, World
 
 # --------------------------------------------------------------------------- fusion and budget
@@ -168,13 +169,13 @@ def _turn(game_session, npc_entry_id: int, seq: int, player_text: str, npc_text:
 
 
 def _stream_ids(r, scope: str) -> list[int]:
-    return [int(f[b"id"]) for _, f in r.xrange(STREAM) if f[b"scope"].decode() == scope]
+    return [int(f[b"id"]) for _, f in r.xrange(rkeys.VECTOR_UPDATES) if f[b"scope"].decode() == scope]
 
 
 def test_embed_turns_stores_publishes_once_and_a_rebuilt_index_has_the_evidence(game_session):
     from inference.embedding import get_embedder
     from memory.archive import insert_turns
-    from memory.evidence import all_items, embed_turns, evidence_key, get_items
+    from memory.evidence import all_items, embed_turns, get_items
 
     r, embedder, sid = nearline.get_redis(), get_embedder(), game_session["id"]
     baker = nearline.resolve_key(r, game_session["world_id"], sid, "baker_27")
@@ -215,7 +216,7 @@ def test_embed_turns_stores_publishes_once_and_a_rebuilt_index_has_the_evidence(
     assert sorted(_stream_ids(r, scope)) == [2, 3, 4]
 
     # an item lost from Redis after the commit is written and announced again, not re-embedded
-    r.hdel(evidence_key(sid), "4")
+    r.hdel(rkeys.evidence(sid), "4")
     with session_scope() as s:
         repaired = embed_turns(s, r, embedder, [turns[1]["turn_id"]])
     assert repaired == {"items": 1, "embedded": 0, "published": 1}

@@ -23,6 +23,7 @@ from fakes import FakeVllm  # tests/ is on sys.path (rootdir conftest, no __init
 from inference import calls, llm
 from inference.lora import coordinator as coord_mod
 from inference.lora import registry, routing
+from memory import keys as rkeys
 from memory import nearline
 from memory.db import session_scope
 from memory.importers.spec import world_from_dict
@@ -192,7 +193,7 @@ def test_provision_rejects_malformed_folders(r, tmp_path, layout, message):
 def test_publish_all_rebuilds_the_redis_cache_from_the_database(r, tmp_path):
     name = _name()
     chain = provision(r, tmp_path, name, "http://gpu-2:8000/v1", base_model=BASE)
-    r.delete(registry.chain_key(name))
+    r.delete(rkeys.lora_chain(name))
     assert registry.get_chain(r, name) is None
     with session_scope() as s:
         assert registry.publish_all(s, r) >= 1
@@ -410,13 +411,13 @@ def test_server_errors_are_retried_then_fall_back_without_marking_broken(r, vllm
     arch = other["name"].split("-")[0]
     route = routing.resolve(r, "dialogue", archetype=arch)
     assert route.adapter is None and "load_failed" in route.reason
-    assert r.hget(registry.BROKEN, other["name"]) is None
+    assert r.hget(rkeys.LORA_BROKEN, other["name"]) is None
     assert routing.resolve(r, "dialogue", archetype=arch).adapter == other["name"]
 
 
 def test_unload_of_an_adapter_the_server_lacks_is_not_an_error(r, vllm):
     co = coord_mod.get_coordinator(r)
-    r.zadd(coord_mod.loaded_key(vllm.url), {"ghost-adapter": 1.0})
+    r.zadd(rkeys.lora_loaded(vllm.url), {"ghost-adapter": 1.0})
     assert co.unload(vllm.url, "ghost-adapter") is False
     assert co.loaded(vllm.url) == []
 

@@ -16,10 +16,10 @@ import pytest
 import redis as redis_py
 from sqlalchemy import func, select
 
+from memory import keys as rkeys
 from memory import nearline
 from memory.db import session_scope
 from models import DeadLetter, TaskRecord, Turn
-from tasks.base import PARKED_DEAD_LETTERS
 from contract.send import turn_task_id
 from tests.procs import (LINES, PrivatePostgres, PrivateRedis, SubprocessWorker, WebServer,
                          api_headers, archived, ledger, open_session, play_lines, play_turn,
@@ -73,7 +73,7 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
         # no worker yet: all still queued (the server's outbox relay sends them just after
         # each reply) and the outbox settled
         wait_for(lambda: r.llen("analysis") + r.llen("archive") == 4
-                 and r.zcard(nearline.OUTBOX) == 0, timeout=30)
+                 and r.zcard(rkeys.OUTBOX_TURNS) == 0, timeout=30)
 
         broker.stop()
         resp = play_turn(client, sid, npc, LINES[2])
@@ -85,7 +85,7 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
         assert resp.status_code == 200, (resp.text, web.tail())
         turn_ids.append(resp.json()["turn_id"])
         wait_for(lambda: r.llen("analysis") + r.llen("archive") == 6
-                 and r.zcard(nearline.OUTBOX) == 0, timeout=30)  # sent over the new connection
+                 and r.zcard(rkeys.OUTBOX_TURNS) == 0, timeout=30)  # sent over the new connection
 
         # a turn recorded by a server that died before sending its tasks: only the outbox has it
         orphan = {"turn_id": uuid.uuid4().hex, "session_id": sid, "world_id": light_world["id"],
@@ -102,7 +102,7 @@ def test_redis_restart_loses_no_turn_and_no_task(light_world, llm_server, wait_f
         wait_for(lambda: archived(sid) == set(turn_ids), timeout=180)
         assert _archive_rows(sid) == 4
         assert [t["turn_id"] for t in nearline.recent_turns(r, sid, 10)] == turn_ids
-        assert r.zcard(nearline.OUTBOX) == 0
+        assert r.zcard(rkeys.OUTBOX_TURNS) == 0
 
         analysis_ids = [turn_task_id("npc_memory.analyze_turn", t) for t in turn_ids]
         wait_for(lambda: all(rec.status in TERMINAL
@@ -160,7 +160,7 @@ def test_postgres_outage_turns_served_and_archive_catches_up(light_world_path, l
         wait_for(lambda: "database unavailable, retry" in worker.tail(20000), timeout=60)
         # an invalid payload during the outage: its dead letter is parked in Redis
         bad_id = _send(broker.url, "npc_memory.archive_turn", {"turn_id": "x", "seq": 0})
-        wait_for(lambda: r.llen(PARKED_DEAD_LETTERS) == 1, timeout=60)
+        wait_for(lambda: r.llen(rkeys.DEAD_LETTERS_PARKED) == 1, timeout=60)
         time.sleep(5)  # the outage lasts a while: the tasks keep waiting
         assert worker.proc.poll() is None
 
@@ -175,7 +175,7 @@ def test_postgres_outage_turns_served_and_archive_catches_up(light_world_path, l
         assert all(rows[t].attempts >= 2 for t in archive_ids[1:])  # they really waited
 
         _send(broker.url, "npc_memory.reconcile", {})  # beat's job: write the parked dead letter
-        wait_for(lambda: r.llen(PARKED_DEAD_LETTERS) == 0, timeout=60)
+        wait_for(lambda: r.llen(rkeys.DEAD_LETTERS_PARKED) == 0, timeout=60)
         with session_scope(pg.url) as s:
             dl = s.scalar(select(DeadLetter).where(DeadLetter.task_id == bad_id))
             assert dl is not None and dl.error.startswith("invalid payload")

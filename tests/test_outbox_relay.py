@@ -17,6 +17,7 @@ import redis as redis_py
 from celery import Celery
 
 import celeryconfig
+from memory import keys as rkeys
 from memory import nearline
 from contract.send import celery_sender, send_turn_tasks
 from tests.procs import PrivateRedis
@@ -76,7 +77,7 @@ def test_relay_sends_from_its_thread_and_settles_the_outbox(stores, wait_for):
         assert {t["turn_id"] for t in nearline.outbox_due(r, 0)} == {t["turn_id"] for t in turns}
         for t in turns:
             relay.submit(t)
-        wait_for(lambda: _queued(broker) == 10 and r.zcard(nearline.OUTBOX) == 0, timeout=30)
+        wait_for(lambda: _queued(broker) == 10 and r.zcard(rkeys.OUTBOX_TURNS) == 0, timeout=30)
     finally:
         relay.stop()
     assert set(threads) == {"outbox-relay"}  # never on the caller's thread
@@ -97,7 +98,7 @@ def test_a_failed_send_leaves_the_turn_to_reconcile(stores, wait_for):
         # what the reconcile task does with an overdue outbox entry
         for due in nearline.outbox_due(r, 0):
             send_turn_tasks(celery_sender(app), r, due)
-        assert _queued(broker) == 2 and r.zcard(nearline.OUTBOX) == 0
+        assert _queued(broker) == 2 and r.zcard(rkeys.OUTBOX_TURNS) == 0
         relay.submit(_recorded_turn(r, "s-down"))  # the relay itself carries on
         wait_for(lambda: relay.sent == 1 and _queued(broker) == 4, timeout=30)
     finally:
@@ -115,7 +116,7 @@ def test_stop_sends_every_queued_turn(stores):
         relay.submit(_recorded_turn(r, "s-stop"))
     relay.stop(timeout_s=60)
     assert _queued(broker) == 80
-    assert r.zcard(nearline.OUTBOX) == 0
+    assert r.zcard(rkeys.OUTBOX_TURNS) == 0
     assert relay.sent == 40 and not relay.running
 
 
@@ -123,7 +124,7 @@ def test_without_its_thread_or_room_the_relay_sends_inline(stores):
     r, broker, app = stores
     relay = TurnRelay(celery_sender(app), r, max_pending=1)  # never started: sends inline
     relay.submit(_recorded_turn(r, "s-inline"))
-    assert _queued(broker) == 2 and r.zcard(nearline.OUTBOX) == 0  # before submit returned
+    assert _queued(broker) == 2 and r.zcard(rkeys.OUTBOX_TURNS) == 0  # before submit returned
     assert relay.inline == 1 and relay.sent == 0
 
 

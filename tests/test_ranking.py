@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from memory import keys as rkeys
 from memory import nearline
 from memory.ranking import Weights, rank, rank_for_session
 
@@ -40,7 +41,7 @@ def test_notes_and_turns_make_an_entry_recent_and_important_in_redis():
     sid = uuid.uuid4().hex
     stale, fresh = 101, 102
     nearline.set_note(r, sid, stale, "Old news.")
-    r.hset(nearline.touched_key(sid), str(stale), time.time() - 10 * 3600)  # ten hours ago
+    r.hset(rkeys.touched(sid), str(stale), time.time() - 10 * 3600)  # ten hours ago
     for i in range(3):
         nearline.set_note(r, sid, fresh, f"Revision {i}.")
     cands = [(stale, 0.80), (fresh, 0.75), (103, 0.79)]
@@ -52,6 +53,6 @@ def test_notes_and_turns_make_an_entry_recent_and_important_in_redis():
     # a turn addressed to an entry touches it
     tid = uuid.uuid4().hex
     nearline.record_turn(r, sid, {"turn_id": tid, "npc_entry_id": 103, "seq": 1})
-    assert float(r.hget(nearline.touched_key(sid), "103")) == pytest.approx(time.time(), abs=5)
+    assert float(r.hget(rkeys.touched(sid), "103")) == pytest.approx(time.time(), abs=5)
     r.delete(*r.keys(f"session:{sid}*"))
     nearline.settle_turn(r, tid)  # out of the outbox: no reconcile task should send it

@@ -9,6 +9,7 @@ import uuid
 from sqlalchemy import select
 
 from memory import cards as mc
+from memory import keys as rkeys
 from memory import nearline, summaries, turns
 from memory.db import session_scope
 from models import TaskRecord
@@ -46,8 +47,8 @@ def test_salient_memories_keep_the_most_important_card_events_once(game_session)
     card = mc.get_cards(r, sid, npc).relationship
     assert (traj[-1]["trust"], traj[-1]["affinity"]) == (card.trust, card.affinity)
     # rolling session TTL (30 days by default)
-    for key in (summaries.salient_key(sid, npc), summaries.trajectory_key(sid, npc),
-                mc.card_key(sid, npc, "relationship"), f"session:{sid}"):
+    for key in (rkeys.salient(sid, npc), rkeys.trajectory(sid, npc),
+                rkeys.card(sid, npc, "relationship"), rkeys.session(sid)):
         assert 0 < r.ttl(key) <= 30 * 24 * 3600
 
 
@@ -118,4 +119,4 @@ def test_summarize_session_every_n_turns_through_the_worker(worker, celery_app, 
     assert status() == "succeeded"
     doc = summaries.get_summary(r, sid)
     assert doc["upto_seq"] == 3 and 300 <= len(doc["summary"]) <= 600
-    assert 0 < r.ttl(summaries.summary_key(sid)) <= 30 * 24 * 3600
+    assert 0 < r.ttl(rkeys.summary(sid)) <= 30 * 24 * 3600

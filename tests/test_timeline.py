@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from inference.embedding import get_embedder
 from memory import cards as mc
 from memory import fencing, nearline, summaries, timeline
+from memory import keys as rkeys
 from memory.archive import insert_turns
 from memory.db import session_scope
-from memory.evidence import embed_turns, evidence_key
+from memory.evidence import embed_turns
 from memory.hot_cache import HotCache
 from memory.notes import apply_note_update
 from memory.vector_index import VectorIndex, VectorSync, evidence_scope, session_scope as vscope
@@ -236,7 +237,7 @@ def test_rollback_across_a_rewrite_an_entity_and_a_card_event(client, game_sessi
         assert archived.rev == rel.rev and archived.card["betrayals"] == []
     # summary, evidence, turns, tasks
     assert summaries.get_summary(r, sid) is None
-    assert sorted(int(k) for k in r.hkeys(evidence_key(sid))) == [2, 3]
+    assert sorted(int(k) for k in r.hkeys(rkeys.evidence(sid))) == [2, 3]
     assert [t["turn_id"] for t in nearline.recent_turns(r, sid, 10)] == [t1["turn_id"]]
     with session_scope() as s:
         assert s.get(Turn, t2["turn_id"]).rolled_back_at is not None  # kept, marked
@@ -397,7 +398,7 @@ def test_rollback_of_a_session_with_nothing_after_the_turn_only_bumps_the_epoch(
     assert out["turn_ids"] == [] and out["epoch"] == 1
     assert set(out["counts"].values()) == {0}
     assert nearline.get_note(r, sid, npc) == first
-    assert np.array_equal(sorted(int(k) for k in r.hkeys(evidence_key(sid))), [2, 3])
+    assert np.array_equal(sorted(int(k) for k in r.hkeys(rkeys.evidence(sid))), [2, 3])
 
 
 def test_a_fork_keeps_who_witnessed_what(client, game_session):

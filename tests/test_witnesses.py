@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from memory import evidence, nearline, witnesses
+from memory import keys as rkeys
 from alembic import command
 from memory.db import alembic_config, migrate, normalise_url, session_scope
 from memory.vector_index import VectorIndex
@@ -99,7 +100,7 @@ def test_notes_summaries_and_creations_follow_their_turns_witnesses(game_session
     assert witnesses.summary_audience([{"npc_entry_id": 1, "witnesses": [1, 2]},
                                        {"npc_entry_id": 2, "witnesses": [2, 3]}]) == [2]
     assert summaries.save_summary(r, sid, "Marta heard a secret.", 2, audience=[1])
-    raw = r.get(summaries.summary_key(sid))
+    raw = r.get(rkeys.summary(sid))
     assert summaries.summary_for(raw, 1) == "Marta heard a secret."
     assert summaries.summary_for(raw, 2) == ""
     assert summaries.summary_for(json.dumps({"summary": "old", "upto_seq": 1}), 2) == "old"

@@ -48,6 +48,7 @@ from redis.exceptions import LockError
 
 from inference.lora import registry
 from inference.retry import transient_retry
+from memory import keys as rkeys
 from settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -70,16 +71,6 @@ def emit(event: str, **labels: str) -> None:
             observer(event, labels)
         except Exception:  # noqa: BLE001 - observing must never break a call
             log.exception("lora observer failed")
-
-
-def loaded_key(server_url: str) -> str:
-    """Redis sorted set of the adapters loaded on ``server_url``."""
-    return f"lora:loaded:{server_url}"
-
-
-def usage_key(name: str) -> str:
-    """Redis hash of one adapter's usage statistics."""
-    return f"lora:usage:{name}"
 
 
 class LoadFailed(Exception):
@@ -159,26 +150,26 @@ class Coordinator:
         """Record one use of a loaded adapter (LRU position, request count)."""
         now = time.time()
         pipe = self.r.pipeline(transaction=False)
-        pipe.zadd(loaded_key(server_url), {name: now}, xx=True)
-        pipe.hincrby(usage_key(name), "requests", 1)
-        pipe.hset(usage_key(name), "last_used", now)
+        pipe.zadd(rkeys.lora_loaded(server_url), {name: now}, xx=True)
+        pipe.hincrby(rkeys.lora_usage(name), "requests", 1)
+        pipe.hset(rkeys.lora_usage(name), "last_used", now)
         pipe.execute()
 
     def loaded(self, server_url: str) -> list[str]:
         """Adapters loaded on ``server_url``, least recently used first."""
-        return [m.decode() for m in self.r.zrange(loaded_key(server_url), 0, -1)]
+        return [m.decode() for m in self.r.zrange(rkeys.lora_loaded(server_url), 0, -1)]
 
     def usage(self, name: str) -> dict[str, float]:
         """Usage statistics of an adapter (``requests``, ``loads``, ``unloads``,
         ``fallbacks``, ``last_used``; absent ones are 0)."""
-        raw = {k.decode(): float(v) for k, v in self.r.hgetall(usage_key(name)).items()}
+        raw = {k.decode(): float(v) for k, v in self.r.hgetall(rkeys.lora_usage(name)).items()}
         return {k: raw.get(k, 0.0) for k in ("requests", "loads", "unloads", "fallbacks",
                                              "last_used")}
 
     def forget(self, server_url: str, name: str) -> None:
         """Drop ``name`` from the server's loaded set (the server no longer has it, e.g. it
         restarted): the next use loads it again."""
-        self.r.zrem(loaded_key(server_url), name)
+        self.r.zrem(rkeys.lora_loaded(server_url), name)
 
     # ------------------------------------------------------------------ load / unload
     def ensure_loaded(self, server_url: str, name: str, path: str,
@@ -189,25 +180,25 @@ class Coordinator:
 
         Never raises for server answers (see :class:`LoadResult`); Redis errors propagate.
         """
-        key = loaded_key(server_url)
+        key = rkeys.lora_loaded(server_url)
         if self.r.zscore(key, name) is not None:
             self.touch(server_url, name)
             return LoadResult("cached")
-        lock = self.r.lock(f"lora:lock:{server_url}", timeout=self.lock_timeout_s,
+        lock = self.r.lock(rkeys.lora_lock(server_url), timeout=self.lock_timeout_s,
                            blocking_timeout=self.lock_timeout_s)
         try:
             with lock:
                 if self.r.zscore(key, name) is not None:  # loaded while we waited
                     self.touch(server_url, name)
                     return LoadResult("cached")
-                reason = self.r.hget(registry.BROKEN, name)
+                reason = self.r.hget(rkeys.LORA_BROKEN, name)
                 if reason is not None:
                     return LoadResult("broken", reason.decode())
                 self._evict(server_url, self.max_loaded - 1)
                 result = self._load(server_url, name, path, archetype)
                 if result.ok:
                     self.r.zadd(key, {name: time.time()})
-                    self.r.hincrby(usage_key(name), "loads", 1)
+                    self.r.hincrby(rkeys.lora_usage(name), "loads", 1)
                     self.touch(server_url, name)
         except LockError as exc:
             log.warning("lora: no lock on %s for %s: %s", server_url, name, exc)
@@ -238,7 +229,7 @@ class Coordinator:
     def _evict(self, server_url: str, keep: int) -> list[str]:
         """Unload the least recently used adapters until at most ``keep`` remain (call with
         the server's lock held). An unload answered 404 counts: the server did not have it."""
-        key = loaded_key(server_url)
+        key = rkeys.lora_loaded(server_url)
         excess = self.r.zcard(key) - max(keep, 0)
         if excess <= 0:
             return []
@@ -260,7 +251,7 @@ class Coordinator:
                 raise
             had = False
         self.forget(server_url, name)
-        self.r.hincrby(usage_key(name), "unloads", 1)
+        self.r.hincrby(rkeys.lora_usage(name), "unloads", 1)
         emit("unload", server=server_url, outcome="unloaded" if had else "not_loaded")
         log.info("lora: unloaded %s from %s", name, server_url)
         return had

@@ -34,6 +34,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from memory import keys as rkeys
 from models import Adapter, Archetype, LoreEntry, World
 from models.archetypes import ADAPTER_TASKS
 from settings import get_settings
@@ -41,8 +42,6 @@ from settings import get_settings
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_META = "adapter_meta.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
-CHAINS = "lora:archetypes"
-BROKEN = "lora:broken"
 
 
 class ProvisionError(ValueError):
@@ -52,16 +51,6 @@ class ProvisionError(ValueError):
 
 class UnknownCharacter(LookupError):
     """No such world, or no such entry in it."""
-
-
-def chain_key(archetype: str) -> str:
-    """Redis key of an archetype's published chain."""
-    return f"lora:chain:{archetype}"
-
-
-def archetypes_key(world_id: int) -> str:
-    """Redis hash lore entry id -> archetype of a world's characters."""
-    return f"world:{world_id}:archetypes"
 
 
 def normalise(archetype: str | None) -> str | None:
@@ -204,7 +193,7 @@ def provision(s: Session, r: redis.Redis, root: Path, archetype: str, *,
     s.refresh(row)
     chain = chain_doc(row)
     publish(r, chain)
-    r.hdel(BROKEN, *cleared)
+    r.hdel(rkeys.LORA_BROKEN, *cleared)
     return chain
 
 
@@ -247,8 +236,8 @@ def publish(r: redis.Redis, chain: dict) -> None:
     """Write one chain to Redis (no TTL: the database is the source, :func:`publish_all`
     rebuilds)."""
     pipe = r.pipeline(transaction=True)
-    pipe.set(chain_key(chain["name"]), json.dumps(chain))
-    pipe.sadd(CHAINS, chain["name"])
+    pipe.set(rkeys.lora_chain(chain["name"]), json.dumps(chain))
+    pipe.sadd(rkeys.LORA_CHAINS, chain["name"])
     pipe.execute()
 
 
@@ -260,13 +249,13 @@ def publish_all(s: Session, r: redis.Redis) -> int:
         publish(r, chain_doc(row))
         broken = {a.name: a.broken_reason or "broken" for a in row.adapters if a.broken}
         if broken:
-            r.hset(BROKEN, mapping=broken)
+            r.hset(rkeys.LORA_BROKEN, mapping=broken)
     return len(rows)
 
 
 def get_chain(r: redis.Redis, archetype: str) -> dict | None:
     """The published chain of ``archetype`` (one Redis GET), or None."""
-    raw = r.get(chain_key(normalise(archetype) or ""))
+    raw = r.get(rkeys.lora_chain(normalise(archetype) or ""))
     return json.loads(raw) if raw else None
 
 
@@ -283,7 +272,7 @@ def adapter_for(r: redis.Redis, archetype: str, task: str) -> dict | None:
 def list_chains(s: Session, r: redis.Redis) -> list[dict]:
     """Every registered chain from the database, with each adapter's ``broken`` state (the
     coordinator marks broken adapters in Redis; they are persisted here)."""
-    marks = {k.decode(): v.decode() for k, v in r.hgetall(BROKEN).items()}
+    marks = {k.decode(): v.decode() for k, v in r.hgetall(rkeys.LORA_BROKEN).items()}
     out = []
     for row in s.scalars(select(Archetype).options(selectinload(Archetype.adapters))
                          .order_by(Archetype.name)).all():
@@ -300,7 +289,7 @@ def list_chains(s: Session, r: redis.Redis) -> list[dict]:
 def mark_broken(r: redis.Redis, name: str, reason: str) -> None:
     """Mark an adapter broken in Redis (no SQL: the coordinator runs on the hot path);
     :func:`list_chains` persists the mark."""
-    r.hset(BROKEN, name, reason[:500])
+    r.hset(rkeys.LORA_BROKEN, name, reason[:500])
 
 
 def set_character_archetype(s: Session, r: redis.Redis, world_key: str, entry_key: str,
@@ -331,8 +320,8 @@ def set_character_archetype(s: Session, r: redis.Redis, world_key: str, entry_ke
     entry.archetype = name
     s.flush()
     if name is None:
-        r.hdel(archetypes_key(world.id), entry.id)
+        r.hdel(rkeys.world_archetypes(world.id), entry.id)
     else:
-        r.hset(archetypes_key(world.id), entry.id, name)
+        r.hset(rkeys.world_archetypes(world.id), entry.id, name)
     return {"world": world.key, "npc_id": entry.key, "lore_entry_id": entry.id,
-            "archetype": name, "registered": bool(name and r.exists(chain_key(name)))}
+            "archetype": name, "registered": bool(name and r.exists(rkeys.lora_chain(name)))}

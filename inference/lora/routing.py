@@ -36,7 +36,8 @@ import redis
 
 from inference.llm import ChatModel, chat_model, routed_chat_model
 from inference.lora import registry
-from inference.lora.coordinator import emit, get_coordinator, usage_key
+from inference.lora.coordinator import emit, get_coordinator
+from memory import keys as rkeys
 from settings import get_settings
 
 T = TypeVar("T")
@@ -110,7 +111,7 @@ def _lookup(r: redis.Redis, world_id: int | None, entry_id: int | None, archetyp
     script = _scripts.get(id(r))
     if script is None:
         script = _scripts[id(r)] = r.register_script(_LOOKUP)
-    key = registry.archetypes_key(world_id) if world_id is not None else "lora:none"
+    key = rkeys.world_archetypes(world_id) if world_id is not None else rkeys.LORA_NONE
     out = script(keys=[key], args=["" if entry_id is None else entry_id,
                                    registry.normalise(archetype) or "", task, repr(time.time())])
     return [v.decode() if isinstance(v, bytes) else v for v in out]
@@ -120,7 +121,7 @@ def _fallback(r: redis.Redis, base: ModelRoute, archetype: str, reason: str, det
               adapter: str | None = None) -> ModelRoute:
     emit("fallback", archetype=archetype, reason=reason)
     if adapter:
-        r.hincrby(usage_key(adapter), "fallbacks", 1)
+        r.hincrby(rkeys.lora_usage(adapter), "fallbacks", 1)
     return ModelRoute(base.purpose, base.role, base.backend, base.model, archetype=archetype,
                       reason=f"{reason}: {detail}; base model")
 
@@ -173,7 +174,7 @@ def resolve(r: redis.Redis, purpose: str, *, npc: dict | None = None,
             return _fallback(r, base, arch, "no_adapter",
                              f"adapter {name} has no fine-tuned Mistral model id", name)
         if not loaded:
-            r.hincrby(usage_key(name), "requests", 1)
+            r.hincrby(rkeys.lora_usage(name), "requests", 1)
         return ModelRoute(purpose, role, backend, adapter["mistral_model"], adapter=name,
                           archetype=arch, reason=f"{arch} {task}: fine-tuned model")
     if not loaded and ensure:
