@@ -11,7 +11,6 @@ first.
 from __future__ import annotations
 
 from tasks.base import REGISTERED_PAYLOADS, enqueue
-from tasks.note_update import enqueue_note_update
 
 UPDATE_NOTE = "npc_memory.update_note"
 
@@ -27,5 +26,7 @@ def enqueue_fields(name: str, fields: dict) -> str:
     """
     payload = REGISTERED_PAYLOADS[name].model_validate(fields)
     if name == UPDATE_NOTE:
+        from tasks.note_update import enqueue_note_update  # which sends through this module
+
         return enqueue_note_update(payload)
     return enqueue(name, payload)
