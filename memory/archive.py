@@ -4,13 +4,17 @@ idempotent insert or a revision-fenced upsert."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from memory.db import copy_insert_do_nothing, dialect_insert
+from memory.fencing import undone_key
 from memory.safe_input import clean_text
 from models import CardEvent, NpcCard, Turn
+from models.base import utcnow
 
 
 def archive_turns(session: Session, turns: list[dict]) -> int:
@@ -70,6 +74,23 @@ def insert_turns(session: Session, turns: list[dict], copy: bool | None = None) 
     # INSERT per up to 1000 rows from a statement compiled once (a .values(rows) statement is
     # compiled anew for every batch). Counted from RETURNING: rowcount is -1 here on psycopg.
     return {row[0] for row in session.execute(stmt, rows).all()}
+
+
+def mark_undone(session: Session, r, turns: Iterable[tuple[str, str]]) -> int:
+    """Set ``rolled_back_at`` on the archived turns among ``turns`` (``(session_id,
+    turn_id)`` pairs) that a rollback of their session undid (the Redis set of
+    ``memory.fencing``; one ``SMISMEMBER`` per session): a turn archived after its rollback
+    stays out of the evidence. Returns how many were marked."""
+    undone: list[str] = []
+    by_session: dict[str, list[str]] = {}
+    for session_id, turn_id in turns:
+        by_session.setdefault(session_id, []).append(turn_id)
+    for sid, ids in by_session.items():
+        if r.exists(undone_key(sid)):
+            undone += [t for t, hit in zip(ids, r.smismember(undone_key(sid), ids)) if hit]
+    if undone:
+        session.execute(update(Turn).where(Turn.id.in_(undone)).values(rolled_back_at=utcnow()))
+    return len(undone)
 
 
 def _applied_at(event: dict) -> datetime:

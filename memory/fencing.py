@@ -11,7 +11,7 @@ step before it undoes anything. Every writer derived from a turn then checks:
   row ``FOR SHARE``, which waits for a rollback in progress); after a change the writer reads
   again, and finds its turn undone or not. Card events check the undone set inside their
   optimistic Redis transaction (``memory.cards.apply_events``); a created entity whose turn
-  was undone meanwhile is retracted by its own task (``tasks.entity_creation``).
+  was undone meanwhile is retracted by its own task (``memory.creations``).
 
 So a task in flight for a rolled-back turn (a rewrite that started before the rollback)
 never applies afterwards, whatever the interleaving.

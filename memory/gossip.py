@@ -15,9 +15,10 @@ per tick and session (``SIMULATE_GOSSIP_PER_TICK``); the event id ``told:{tick}:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from memory import witnesses
+from memory import nearline, witnesses
 
 TOLD_TEXT_MAX = 1500
 """Characters of the original utterance a told turn quotes."""
@@ -86,4 +87,38 @@ def pick(pairs: list[tuple[object, object]], recent: list[dict], limit: int) -> 
     return out
 
 
-__all__ = ["Telling", "meetings", "pick"]
+def pass_on(r, send: Callable[..., object], session_id: str, tick_id: str, simulated: list,
+            characters: list, limit: int) -> list[dict]:
+    """Record what the ``simulated`` NPCs and the ``characters`` they meet pass on in tick
+    ``tick_id`` (:func:`meetings`, :func:`pick`, at most ``limit`` tellings): one ``told``
+    turn per telling, through ``memory.turns.record_turn`` over ``send`` (the broker send of
+    the turn's pipeline tasks, ``(task name, kwargs, task_id, **options) -> task id``; event
+    id ``told:{tick}:{teller id}:{listener id}``: a re-run records nothing twice).
+
+    Returns ``[{teller, listener, turn_id (passed on), told_turn_id}]`` (entry keys and turn
+    ids); ``[]`` when ``limit`` is 0, nobody was simulated or the session is not open."""
+    from memory import turns  # records through the pipeline's sending path
+
+    sess = nearline.get_session(r, session_id)
+    if limit <= 0 or not simulated or sess is None:
+        return []
+    recent = nearline.recent_turns(r, session_id, nearline.TURNS_CAP)
+    tellings = pick(meetings(simulated, characters), recent, limit)
+    names = {c.id: c.title for c in characters}
+    out = []
+    for t in tellings:
+        target = turns.Target(session_id=session_id, world_id=sess["world_id"],
+                              player_name=sess["player_name"], npc_entry_id=t.listener.id,
+                              npc=nearline.entry_doc(t.listener),
+                              game_minutes=sess["game_minutes"], every_turns=0)
+        rec = turns.record_turn(
+            r, send, target, player_text=t.text(names, sess["player_name"]), npc_text="",
+            speaker=t.teller.title, kind="told", witnesses=[t.teller.id, t.listener.id],
+            event_id=f"told:{tick_id}:{t.teller.id}:{t.listener.id}",
+            source=t.source(tick_id))
+        out.append({"teller": t.teller.key, "listener": t.listener.key,
+                    "turn_id": t.turn["turn_id"], "told_turn_id": rec.turn.turn_id})
+    return out
+
+
+__all__ = ["Telling", "meetings", "pass_on", "pick"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
@@ -160,3 +161,60 @@ def allot_budget(session_ids: list[str], per_session_npcs: int, per_session_toke
         npcs_left -= n
         tokens_left -= t
     return out, waiting
+
+
+PROMPT_CHARS_PER_TOKEN = 3.0
+"""Conservative estimate of prompt size (English is about 4 characters a token)."""
+TOKENS_PER_NPC = 80
+"""Completion tokens one NPC's update needs at most (a 160-character sentence plus JSON)."""
+
+
+def fit_budget(chosen: list, places: list[dict], max_tokens: int,
+               prompt_chars: Callable[[list, list[dict]], int]) -> tuple[int, int]:
+    """How many of ``chosen`` (best first) one simulation call of at most ``max_tokens``
+    tokens can cover, and the completion's ``max_tokens``: the prompt
+    (``prompt_chars(chosen[:n], places)`` characters, :data:`PROMPT_CHARS_PER_TOKEN` a
+    token) plus at least :data:`TOKENS_PER_NPC` completion tokens per NPC (at most twice
+    that) must fit. ``(0, 0)`` when not even one NPC fits."""
+    n = len(chosen)
+    while n > 0:
+        prompt = int(prompt_chars(chosen[:n], places) / PROMPT_CHARS_PER_TOKEN) + 1
+        completion = min(max_tokens - prompt, TOKENS_PER_NPC * 2 * n)
+        if completion >= TOKENS_PER_NPC * n:
+            return n, completion
+        n -= 1
+    return 0, 0
+
+
+RequestSimulation = Callable[..., bool]
+"""``(session_id, *, max_npcs, max_tokens) -> bool``: request one session's simulation for
+this tick (``contract.send.request_simulation``); False when one is already queued or
+running."""
+
+
+def world_tick(r, request: RequestSimulation, *, idle_after_s: float, world_id: int | None,
+               per_session_npcs: int, per_session_tokens: int, tick_npcs: int,
+               tick_tokens: int) -> dict:
+    """Share one tick's budget among the sessions active within ``idle_after_s`` seconds
+    (least recently simulated first; only world ``world_id``'s when given) and ``request``
+    one simulation each with its share (:func:`allot_budget`); a session whose previous
+    simulation is still queued or running is skipped (``busy``).
+
+    Returns ``{"sessions", "enqueued", "waiting", "busy", "npc_budget", "token_budget"}``
+    (counts; the budgets are the sums of the shares requested).
+    """
+    sessions = sessions_to_tick(r, idle_after_s)
+    if world_id is not None:  # an operator's tick of one world
+        sessions = [sid for sid in sessions
+                    if (nearline.get_session(r, sid) or {}).get("world_id") == world_id]
+    allotted, waiting = allot_budget(sessions, per_session_npcs, per_session_tokens,
+                                     tick_npcs, tick_tokens)
+    sent, busy = [], []
+    for a in allotted:
+        if request(a.session_id, max_npcs=a.max_npcs, max_tokens=a.max_tokens):
+            sent.append(a)
+        else:
+            busy.append(a.session_id)
+    return {"sessions": len(sessions), "enqueued": len(sent), "waiting": len(waiting),
+            "busy": len(busy), "npc_budget": sum(a.max_npcs for a in sent),
+            "token_budget": sum(a.max_tokens for a in sent)}

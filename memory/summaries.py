@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import redis
 
 from memory import keys as rkeys
+from memory import nearline, witnesses
 from memory.nearline import session_ttl_s
 
 SALIENT_KEEP = 10
@@ -168,3 +170,59 @@ def render_memories(summary: str, salient: list[dict], budget_chars: int) -> str
         lines.append(line)
         used += len(line) + 1
     return "\n".join(lines)
+
+
+Summarize = Callable[[str, str, list[dict]], tuple[object, int]]
+"""``(player_name, previous summary, turns with "npc" names) -> (output with .summary,
+tokens)``: the maintenance model call (``inference.calls.summarize_session``)."""
+
+
+def turns_to_summarize(r: redis.Redis, session_id: str, after_seq: int,
+                       upto_seq: int) -> list[dict]:
+    """The session's recent turns (at most the ``nearline.TURNS_CAP`` it keeps) with
+    ``after_seq < seq <= upto_seq``, oldest first."""
+    return [t for t in nearline.recent_turns(r, session_id, nearline.TURNS_CAP)
+            if after_seq < t["seq"] <= upto_seq]
+
+
+def npc_names(r: redis.Redis, world_id: int, turns: list[dict]) -> dict:
+    """Entry id -> title of the NPCs the ``turns`` address (``None``: "everyone present";
+    an entry not cached: "someone")."""
+    names = {None: "everyone present"}
+    for t in turns:
+        if t.get("npc_entry_id") not in names:
+            doc = nearline.get_entry(r, world_id, t["npc_entry_id"])
+            names[t["npc_entry_id"]] = doc["title"] if doc else "someone"
+    return names
+
+
+def summarize_session(r: redis.Redis, session_id: str, upto_seq: int,
+                      summarize: Summarize) -> dict:
+    """Fold the session's turns after the stored summary, up to ``upto_seq``, into a new
+    summary with ``summarize`` and store it (:func:`save_summary`: not over a summary of a
+    later turn), its audience being the characters who witnessed every turn it covers
+    (``memory.witnesses.summary_audience``; the previous summary's audience too). Reads
+    Redis only.
+
+    Returns ``{"stored": bool, "turns": n, "chars": len, "tokens": n}``; ``{"stored": False,
+    "skipped": reason}`` when the session is gone, already summarized that far or has no
+    turns to summarize. Raises what ``summarize`` raises.
+    """
+    sess = nearline.get_session(r, session_id)
+    if sess is None:
+        return {"stored": False, "skipped": "unknown session"}
+    prev = get_summary(r, session_id) or {"summary": "", "upto_seq": 0}
+    if prev["upto_seq"] >= upto_seq:
+        return {"stored": False, "skipped": "already summarized"}
+    turns = turns_to_summarize(r, session_id, prev["upto_seq"], upto_seq)
+    if not turns:
+        return {"stored": False, "skipped": "no turns"}
+    names = npc_names(r, sess["world_id"], turns)
+    out, tokens = summarize(sess["player_name"], prev["summary"],
+                            [{**t, "npc": names[t.get("npc_entry_id")]} for t in turns])
+    # who may see it: those who witnessed every turn it covers (the previous summary's too)
+    audience = set(witnesses.summary_audience(turns))
+    if prev.get("audience") is not None and prev["upto_seq"] > 0:
+        audience &= set(prev["audience"])
+    stored = save_summary(r, session_id, out.summary, upto_seq, audience=sorted(audience))
+    return {"stored": stored, "turns": len(turns), "chars": len(out.summary), "tokens": tokens}

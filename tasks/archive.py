@@ -19,17 +19,14 @@ from __future__ import annotations
 import hashlib
 
 from celery import Celery
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from contract.names import TaskName
 from contract.payloads import CardArchivePayload, TurnPayload
 from contract.send import celery_sender
 from memory.archive import archive_card_batch, insert_turns
-from memory.fencing import undone_key
+from memory.archive import mark_undone
 from memory.nearline import get_redis
-from models import Turn
-from models.base import utcnow
 from settings import get_settings
 from tasks.batch import npc_batch_task
 
@@ -55,32 +52,15 @@ def send_evidence(app: Celery, payloads: list[TurnPayload]) -> str:
     return task_id
 
 
-def mark_undone(s: Session, payloads: list[TurnPayload]) -> int:
-    """Set ``rolled_back_at`` on the archived turns of ``payloads`` that a rollback of their
-    session undid (the Redis set of ``memory.fencing``; one ``SMISMEMBER`` per session):
-    a turn archived after its rollback stays out of the evidence. Returns how many."""
-    r = get_redis()
-    undone: list[str] = []
-    by_session: dict[str, list[str]] = {}
-    for p in payloads:
-        by_session.setdefault(p.session_id, []).append(p.turn_id)
-    for sid, ids in by_session.items():
-        if r.exists(undone_key(sid)):
-            undone += [t for t, hit in zip(ids, r.smismember(undone_key(sid), ids)) if hit]
-    if undone:
-        s.execute(update(Turn).where(Turn.id.in_(undone)).values(rolled_back_at=utcnow()))
-    return len(undone)
-
-
 @npc_batch_task(TaskName.ARCHIVE_TURN, flush_every=_s.archive_batch_size,
                 flush_interval_s=_s.archive_flush_ms / 1000.0, soft_time_limit=30, time_limit=60,
                 after_commit=send_evidence)
 def archive_turn(s: Session, payloads: list[TurnPayload]) -> list[dict]:
     """Insert a batch of turns in one statement; a turn id already archived is left as it is
     (idempotent); turns a rollback undid before they were archived are marked rolled back
-    (``mark_undone``). Returns ``{"written": 1|0}`` per payload (0: archived before)."""
+    (``memory.archive.mark_undone``). Returns ``{"written": 1|0}`` per payload (0: archived before)."""
     new = insert_turns(s, [p.model_dump() for p in payloads])
-    mark_undone(s, payloads)
+    mark_undone(s, get_redis(), [(p.session_id, p.turn_id) for p in payloads])
     seen: set[str] = set()
     out = []
     for p in payloads:

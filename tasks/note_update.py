@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from inference import calls
-from memory import nearline
+from memory import nearline, note_updates
 from memory.db import session_scope
-from memory.notes import PendingEvent, apply_note_update, note_turn_ids
-from models import GameSession, LoreEntry
 from settings import get_settings
 from contract.names import TaskName
-from contract.payloads import EmbedPayload, NoteUpdatePayload
+from contract.payloads import NoteUpdatePayload
 from contract.send import Send
 from tasks.base import TaskCancelled, TaskContext, enqueue, npc_task
+from tasks.follow_up import follow_up
 
 
 @npc_task(TaskName.UPDATE_NOTE, soft_time_limit=120, time_limit=150)
@@ -28,41 +25,12 @@ def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
     '' if it was not), ``consolidated`` (bool), ``dropped`` (oldest lines cut to fit the cap)
     and ``turn_ids`` (the turns this revision folded in). An update whose turn a rollback
     undid before its write ends ``cancelled`` in the ledger (``memory.fencing``)."""
-    with session_scope() as s:
-        game = s.get(GameSession, p.session_id)
-        if game is None:
-            raise LookupError(f"session {p.session_id} does not exist")
-        entry_id = s.scalar(select(LoreEntry.id).where(
-            LoreEntry.world_id == game.world_id, LoreEntry.key == p.lore_entry_key))
-        if entry_id is None:
-            raise LookupError(f"no lore entry {p.lore_entry_key!r} in world {game.world_id}")
-        r = nearline.get_redis()
-
-        def pending() -> list[PendingEvent]:
-            return [PendingEvent(**e) for e in nearline.pending_updates(r, p.session_id, p.lore_entry_key)]
-
-        res = apply_note_update(
-            s, session_id=p.session_id, lore_entry_id=entry_id, event=p.update_summary,
-            idempotency_key=p.idempotency_key, rewrite=calls.rewrite_note, turn_id=p.turn_id,
-            task_id=ctx.task_id, cause=p.cause, game_minutes=p.game_minutes,
-            pending=pending if get_settings().note_coalescing else None,
-            consolidate=calls.consolidate_note,
-        )
-        evidence = note_turn_ids(s, p.session_id, entry_id) if res.status == "written" else None
-    if res.status == "cancelled":  # a rollback undid the turn during the rewrite
-        nearline.drop_pending(r, p.session_id, p.lore_entry_key, [p.idempotency_key])
+    out = note_updates.update_note(
+        session_scope, nearline.get_redis(), p, task_id=ctx.task_id, rewrite=calls.rewrite_note,
+        consolidate=calls.consolidate_note, coalesce=get_settings().note_coalescing,
+        enqueue=follow_up(ctx.send))
+    if out["status"] == "cancelled":
         raise TaskCancelled("its turn was undone by a rollback of the session")
-    nearline.drop_pending(r, p.session_id, p.lore_entry_key, res.folded or [p.idempotency_key])
-    if res.status == "written":
-        nearline.set_note(r, p.session_id, entry_id, res.after, turn_ids=evidence)
-    if res.status != "coalesced":  # a duplicate re-embeds too: its first run may have died before
-        enqueue(ctx.send, TaskName.EMBED, EmbedPayload(lore_entry_id=entry_id,
-                                                      session_id=p.session_id))
-    out = {"status": res.status, "note_id": res.note_id, "version": res.version,
-           "tokens": res.tokens, "folded": len(res.folded)}
-    if res.status == "written":
-        out.update(mode=res.mode, reason=res.reason, consolidated=res.consolidated,
-                   dropped=res.dropped, turn_ids=list(res.turn_ids))
     return out
 
 

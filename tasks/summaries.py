@@ -14,7 +14,7 @@ It shares the ``note_update`` queue: both are maintenance-model rewrites of sess
 from __future__ import annotations
 
 from inference import calls
-from memory import nearline, summaries, witnesses
+from memory import nearline, summaries
 from contract.names import TaskName
 from contract.payloads import SummaryPayload
 from tasks.base import TaskContext, npc_task
@@ -30,29 +30,5 @@ def summarize_session(p: SummaryPayload, ctx: TaskContext) -> dict:
     Raises:
         inference.llm.InvalidModelOutput / ModelError: as ``calls.summarize_session``.
     """
-    r = nearline.get_redis()
-    sess = nearline.get_session(r, p.session_id)
-    if sess is None:
-        return {"stored": False, "skipped": "unknown session"}
-    prev = summaries.get_summary(r, p.session_id) or {"summary": "", "upto_seq": 0}
-    if prev["upto_seq"] >= p.upto_seq:
-        return {"stored": False, "skipped": "already summarized"}
-    turns = [t for t in nearline.recent_turns(r, p.session_id, nearline.TURNS_CAP)
-             if prev["upto_seq"] < t["seq"] <= p.upto_seq]
-    if not turns:
-        return {"stored": False, "skipped": "no turns"}
-    names = {None: "everyone present"}
-    for t in turns:
-        if t.get("npc_entry_id") not in names:
-            doc = nearline.get_entry(r, sess["world_id"], t["npc_entry_id"])
-            names[t["npc_entry_id"]] = doc["title"] if doc else "someone"
-    out, tokens = calls.summarize_session(
-        sess["player_name"], prev["summary"],
-        [{**t, "npc": names[t.get("npc_entry_id")]} for t in turns])
-    # who may see it: those who witnessed every turn it covers (the previous summary's too)
-    audience = set(witnesses.summary_audience(turns))
-    if prev.get("audience") is not None and prev["upto_seq"] > 0:
-        audience &= set(prev["audience"])
-    stored = summaries.save_summary(r, p.session_id, out.summary, p.upto_seq,
-                                    audience=sorted(audience))
-    return {"stored": stored, "turns": len(turns), "chars": len(out.summary), "tokens": tokens}
+    return summaries.summarize_session(nearline.get_redis(), p.session_id, p.upto_seq,
+                                       calls.summarize_session)

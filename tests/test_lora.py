@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import settings
 from fakes import FakeVllm  # tests/ is on sys.path (rootdir conftest, no __init__.py)
+from contract.send import celery_sender
 from inference import calls, llm
 from inference.lora import coordinator as coord_mod
 from inference.lora import registry, routing
@@ -265,7 +266,8 @@ def test_simulation_of_mixed_archetypes_uses_the_base_model(r, vllm, tmp_path):
     assert mixed.adapter is None and "mixed archetypes" in mixed.reason
 
 
-def test_world_simulation_uses_the_archetypes_action_policy_adapter(r, vllm, world, tmp_path):
+def test_world_simulation_uses_the_archetypes_action_policy_adapter(r, vllm, world, tmp_path,
+                                                                   celery_app):
     """A tick whose simulated NPCs share an archetype makes its call with that archetype's
     ``action_policy`` adapter, and its trace says so."""
     from models import GameSession
@@ -283,7 +285,8 @@ def test_world_simulation_uses_the_archetypes_action_policy_adapter(r, vllm, wor
     vllm.chat_content = lambda body: json.dumps({"updates": [
         {"lore_entry_id": "count_v", "update_summary": "Count V walked the crypt at dusk."}]})
     try:
-        result = _simulate(SimulationPayload(session_id=sid, tick_id="t-1"), r)
+        result = _simulate(SimulationPayload(session_id=sid, tick_id="t-1"), r,
+                           celery_sender(celery_app))
     finally:
         r.delete("note_update")
     assert result["model"]["adapter"] == vllm.chat_models[-1] == f"{name}-action_policy-v1"
