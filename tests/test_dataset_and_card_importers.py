@@ -19,7 +19,7 @@ from memory.importers.light_db import load_light_db, table_names
 from memory.importers.sillytavern import load_world_info
 from memory.importers.smallville import load_smallville_conversations, load_smallville_world
 from memory.importers.spec import WorldSpec, world_from_dict, world_to_dict
-from memory.replay import conversation_events
+from workers.replay_events import conversation_events
 
 pytestmark = pytest.mark.pure
 

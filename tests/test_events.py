@@ -268,7 +268,7 @@ def test_archive_keeps_the_speaker(client, sid, smallville):
 
 def test_replay_smallville_conversations(client, sid, smallville):
     from memory.importers.smallville import load_smallville_conversations
-    from memory.replay import conversation_events, http_poster, replay_events
+    from workers.replay_events import conversation_events, http_poster, replay_events
 
     events = conversation_events(
         load_smallville_conversations(SMALLVILLE_DIR / "demo_3agents"), smallville["spec"])
@@ -297,7 +297,7 @@ def test_replay_smallville_conversations(client, sid, smallville):
 
 
 def test_replay_refusals_are_reported(client, sid):
-    from memory.replay import (
+    from workers.replay_events import (
         Event,
         ReplayError,
         http_poster,
@@ -409,7 +409,7 @@ def test_replayed_event_runs_through_the_pipeline(worker, client, smallville, wa
     # drop it, or the replayed event waits behind their model calls
     worker.app.control.purge()
     from memory.importers.smallville import load_smallville_conversations
-    from memory.replay import (
+    from workers.replay_events import (
         conversation_events,
         http_poster,
         open_session,

@@ -38,8 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     # (importing module, forbidden top-level package it imports), for imports that another
     # refactoring is still moving out; remove an entry once its import is gone
-    # (test_known_violations_are_still_real fails until it is). Empty: every layer is clean
-    # at import time (``memory.replay_script`` imports the HTTP client inside a function).
+    # (test_known_violations_are_still_real fails until it is). Empty: every layer is clean.
 }
 
 DRIVER = r"""

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from memory import nearline
-from memory.replay_script import ReplayScript, load_replay_script
+from workers.replay_script import ReplayScript, load_replay_script
 from npc_memory_client import NpcMemoryClient
 
 from tests.procs import ROOT, WebServer, process_env

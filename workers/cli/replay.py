@@ -33,7 +33,7 @@ def replay_smallville(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from memory.importers.smallville import load_smallville_conversations
-    from memory.replay import (ReplayError, conversation_events, http_poster, open_session,
+    from workers.replay_events import (ReplayError, conversation_events, http_poster, open_session,
                                replay_events)
     from settings import get_settings
 
@@ -85,8 +85,8 @@ def replay_script(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from memory.replay import ReplayError
-    from memory.replay_script import load_replay_script, run_script
+    from workers.replay_events import ReplayError
+    from workers.replay_script import load_replay_script, run_script
     from npc_memory_client import NpcMemoryClient
     from settings import get_settings
 

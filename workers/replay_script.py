@@ -26,7 +26,7 @@ load_session_script`, e.g. the bundled example session) is read as a script of p
 Replaying again into the same session records no event twice (their ids), but player turns
 are new turns each time (the model answers again). The replay goes through
 ``npc_memory_client.NpcMemoryClient``, as a game backend would, and events through
-:mod:`memory.replay`'s :func:`~memory.replay.replay_events`.
+:mod:`workers.replay_events`'s :func:`~workers.replay_events.replay_events`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from memory.replay import Event, ReplayError, replay_events
+from workers.replay_events import Event, ReplayError, replay_events
 
 SCRIPT_FORMAT = "npc-memory.replay-script"
 EVENT_ONLY = ("speaker", "npc_text", "event_id", "created_at")
@@ -147,8 +147,8 @@ class ScriptResult:
 
 
 def _client_poster(client, session_id: str):
-    """A :data:`memory.replay.Post` over ``NpcMemoryClient.post_event`` (its ``ApiError``
-    becomes :class:`~memory.replay.ReplayError`)."""
+    """A :data:`workers.replay_events.Post` over ``NpcMemoryClient.post_event`` (its ``ApiError``
+    becomes :class:`~workers.replay_events.ReplayError`)."""
     from npc_memory_client import ApiError
 
     def post(body: dict) -> tuple[int, dict]:
