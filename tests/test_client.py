@@ -104,7 +104,8 @@ def test_client_models_declare_every_field_of_the_servers_responses():
     """Every field of each response schema of the server's ``/openapi.json`` is declared on the
     client model that reads it (the models ignore unknown fields, so a missing one would
     vanish silently); the streamed turn's ``done`` event too."""
-    from workers.web import TurnStreamDone, app
+    from workers.api.schemas import TurnStreamDone
+    from workers.web import app
 
     spec = app.openapi()
     missing = {}

@@ -397,6 +397,14 @@ def test_chat_refuses_an_unknown_npc(saltmere_web):
     assert done.returncode == 1 and "no character 'nobody'" in done.stderr
 
 
+LONG_TOKENS = 600
+LONG_OUTPUT = {"type": "object", "required": ["words"], "properties": {
+    "words": {"type": "array", "items": {"type": "string"}, "minItems": 300}}}
+"""A pipeline output the grammar keeps going for all of ``LONG_TOKENS`` (at least 300 quoted
+words): however fast the machine, the model cannot end it early (an instruction such as
+"count to 400" is answered in a few tokens under the pipeline's repeat penalty)."""
+
+
 def _dialogue_during_pipeline(settings_env, url: str, app, **env: str) -> tuple[list[str], dict]:
     """A long pipeline generation on the shared server, and a short dialogue call sent 1.5 s
     into it; returns the order the two finished in and their completions. No worker task
@@ -419,13 +427,13 @@ def _race(settings_env, url: str, **env: str) -> tuple[list[str], dict]:
 
     def pipeline():
         out["pipeline"] = ChatModel("analysis").complete(
-            [{"role": "user", "content": "Count from 1 to 400, one number per line."}],
-            max_tokens=400, temperature=0.0)
+            [{"role": "user", "content": "List many words."}], max_tokens=LONG_TOKENS,
+            temperature=0.0, json_schema=LONG_OUTPUT)
         finished.append("pipeline")
 
     t = threading.Thread(target=pipeline)
     t.start()
-    time.sleep(1.5)  # the pipeline's generation is under way (400 tokens take several seconds)
+    time.sleep(1.0)  # the pipeline's generation is under way: it cannot end before 600 tokens
     out["dialogue"] = ChatModel("generation").complete(
         [{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
     finished.append("dialogue")
