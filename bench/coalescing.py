@@ -17,11 +17,10 @@ def measure(env: Env, coalescing: bool, updates: int, entries: int) -> dict:
     """Send ``updates`` ``update_note`` tasks over ``entries`` entries of one new session while a
     ``note_update,embed`` worker (-c 1 prefork) runs; returns a row with the model calls."""
     from bench.common import _app
-    from contract.payloads import NoteUpdatePayload
     from contract.send import celery_sender
-    from tasks.note_update import enqueue_note_update
+    from tasks.follow_up import follow_up
 
-    send = celery_sender(_app())
+    enqueue = follow_up(celery_sender(_app()))
     env.reset_queues()
     clear_ledger()
     sid = env.new_session()
@@ -33,7 +32,7 @@ def measure(env: Env, coalescing: bool, updates: int, entries: int) -> dict:
         t0 = time.monotonic()
         for i in range(updates):
             key = keys[i % len(keys)]
-            enqueue_note_update(send, NoteUpdatePayload(
+            enqueue(TaskName.UPDATE_NOTE, dict(
                 session_id=sid, lore_entry_key=key, update_summary=f"Burst event {i} about {key}",
                 idempotency_key=f"bench:{uuid.uuid4().hex}", cause="api"))
         done = env.wait_drained(300, queues=("note_update", "embed"))

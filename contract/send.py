@@ -84,11 +84,6 @@ def simulation_task_id(tick_id: str, session_id: str) -> str:
     return f"{TaskName.SIMULATE_WORLD}:{tick_id}:{session_id}"
 
 
-def simulation_pending_key(session_id: str) -> str:
-    """Redis key held while a simulation of the session is queued or running."""
-    return rkeys.simulation_pending(session_id)
-
-
 def hold_seconds() -> int:
     """How long a requested simulation may wait before it expires (3 tick intervals, >= 60 s)."""
     from settings import get_settings
@@ -110,7 +105,7 @@ def request_simulation(send: Send, r, session_id: str, tick_id: str, *, max_npcs
     from contract.payloads import SimulationPayload
 
     hold_s = hold_s or hold_seconds()
-    if not r.set(simulation_pending_key(session_id), tick_id, nx=True, ex=hold_s) and not force:
+    if not r.set(rkeys.simulation_pending(session_id), tick_id, nx=True, ex=hold_s) and not force:
         return False
     payload = SimulationPayload(session_id=session_id, tick_id=tick_id, max_npcs=max_npcs,
                                 max_tokens=max_tokens)

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from memory import keys as rkeys
 from memory.db import copy_insert_do_nothing, dialect_insert
-from memory.fencing import undone_key
 from memory.safe_input import clean_text
 from models import CardEvent, NpcCard, Turn
 from models.base import utcnow
@@ -86,8 +86,8 @@ def mark_undone(session: Session, r, turns: Iterable[tuple[str, str]]) -> int:
     for session_id, turn_id in turns:
         by_session.setdefault(session_id, []).append(turn_id)
     for sid, ids in by_session.items():
-        if r.exists(undone_key(sid)):
-            undone += [t for t, hit in zip(ids, r.smismember(undone_key(sid), ids)) if hit]
+        if r.exists(rkeys.undone(sid)):
+            undone += [t for t, hit in zip(ids, r.smismember(rkeys.undone(sid), ids)) if hit]
     if undone:
         session.execute(update(Turn).where(Turn.id.in_(undone)).values(rolled_back_at=utcnow()))
     return len(undone)

@@ -43,10 +43,6 @@ EMBED_BATCH = 64
 """Texts per embedder call."""
 
 
-evidence_key = rkeys.evidence
-"""Redis hash of a session's evidence items (``memory.keys.evidence``)."""
-
-
 def item_id(seq: int, part: int) -> int:
     """The id of an evidence item within its session: ``seq * 2 + part``."""
     return int(seq) * 2 + int(part)

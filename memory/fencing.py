@@ -26,10 +26,6 @@ from memory import keys as rkeys
 from models import GameSession, SessionRollback
 
 
-undone_key = rkeys.undone
-"""Redis set of the turn ids undone by rollbacks of the session (``memory.keys.undone``)."""
-
-
 def session_epoch(session: Session, session_id: str, *, lock: bool = False) -> int | None:
     """The session's epoch (number of rollbacks so far), or None for an unknown session.
     ``lock``: take the row ``FOR SHARE`` until the transaction ends (a rollback, which

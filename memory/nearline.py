@@ -229,12 +229,6 @@ def record_turn(r: redis.Redis, session_id: str, turn: dict) -> None:
     pipe.execute()
 
 
-OUTBOX = rkeys.OUTBOX_TURNS
-"""The outbox's sorted set (``memory.keys.OUTBOX_TURNS``)."""
-OUTBOX_PAYLOADS = rkeys.OUTBOX_PAYLOADS
-"""The outbox's turns (``memory.keys.OUTBOX_PAYLOADS``)."""
-
-
 def settle_turn(r: redis.Redis, turn_id: str) -> None:
     """The turn's pipeline tasks are in the broker: take it out of the outbox."""
     pipe = r.pipeline(transaction=True)

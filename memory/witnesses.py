@@ -42,12 +42,6 @@ NARRATIVE_SPEAKERS = {"narration": "Narrator", "game": "Game"}
 """The evidence speaker of a narration or game event posted without a ``speaker``."""
 
 
-witnesses_key = rkeys.witnesses
-"""Redis hash of a session's turns' witnesses (``memory.keys.witnesses``)."""
-witnessed_key = rkeys.witnessed
-"""Redis set of the ``seq`` of the turns an NPC witnessed (``memory.keys.witnessed``)."""
-
-
 def turn_witnesses(turn: dict) -> list[int]:
     """The witnesses of a turn (``TurnPayload`` fields or an archived row as a dict): its
     ``witnesses`` and the addressed ``npc_entry_id``, sorted, without repeats. A turn
@@ -121,5 +115,4 @@ def summary_audience(turns: Iterable[dict]) -> list[int]:
 
 
 __all__ = ["NARRATIVE_SPEAKERS", "queue_record", "scope_documents", "sees_item",
-           "summary_audience", "turn_witnesses", "unwitnessed", "witnessed_item_ids",
-           "witnessed_key", "witnesses_key"]
+           "summary_audience", "turn_witnesses", "unwitnessed", "witnessed_item_ids"]

@@ -139,9 +139,6 @@ def _ledger(task_id: str, name: str, **values) -> None:
                                                set_=values or {"task_name": name}))
 
 
-PARKED_DEAD_LETTERS = rkeys.DEAD_LETTERS_PARKED
-
-
 def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) -> None:
     """Store a task in the dead-letter store and mark its ledger row ``dead``.
 
@@ -161,7 +158,7 @@ def dead_letter(task_id: str, name: str, queue: str, payload: dict, error: str) 
     except OperationalError as exc:
         from memory.nearline import get_redis
 
-        get_redis().rpush(PARKED_DEAD_LETTERS, json.dumps(
+        get_redis().rpush(rkeys.DEAD_LETTERS_PARKED, json.dumps(
             {"task_id": task_id, "name": name, "queue": queue, "payload": payload,
              "error": error, "parked_at": time.time()}))
         log.warning("database down (%s): dead letter %s %s parked in redis", exc, name, task_id)
@@ -206,14 +203,14 @@ def flush_parked_dead_letters(limit: int = 1000) -> int:
     r = get_redis()
     written = 0
     for _ in range(limit):
-        raw = r.lpop(PARKED_DEAD_LETTERS)
+        raw = r.lpop(rkeys.DEAD_LETTERS_PARKED)
         if raw is None:
             break
         d = json.loads(raw)
         try:
             _store_safely(d["task_id"], d["name"], d["queue"], d["payload"], d["error"])
         except OperationalError:
-            r.lpush(PARKED_DEAD_LETTERS, raw)
+            r.lpush(rkeys.DEAD_LETTERS_PARKED, raw)
             break
         written += 1
     return written

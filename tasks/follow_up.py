@@ -3,8 +3,9 @@
 Domain functions in ``memory`` send follow-up tasks as ``enqueue(task name, payload
 fields)`` without knowing the payload models; :func:`follow_up` validates the fields with the
 task's payload model (``contract.registry.TASKS``) and sends it through ``tasks.base.enqueue``
-(ledger row ``queued`` before the send). An ``npc_memory.update_note`` goes through
-``tasks.note_update.enqueue_note_update``, which announces it for coalescing first.
+(ledger row ``queued`` before the send). It is the one way to send an
+``npc_memory.update_note``: such an update is first announced for coalescing
+(``memory.nearline.add_pending``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from collections.abc import Callable
 from contract.names import TaskName
 from contract.registry import TASKS
 from contract.send import Send
+from memory import nearline
 from tasks.base import enqueue
 
 
 def follow_up(send: Send) -> Callable[[str, dict], str]:
-    """``enqueue(name, fields) -> task id`` over ``send`` (a task's ``ctx.send``): validates
-    ``fields`` with task ``name``'s payload model, records the task in the ledger and sends
-    it.
+    """``enqueue(name, fields) -> task id`` over ``send`` (a task's ``ctx.send``, or
+    ``contract.send.celery_sender(app)``): validates ``fields`` with task ``name``'s payload
+    model, records the task in the ledger and sends it. An ``npc_memory.update_note`` is
+    announced for coalescing (``memory.nearline.add_pending``) before its ledger row and send,
+    so a rewrite of the same note running meanwhile can fold it in.
 
     The returned callable raises:
         ValueError: ``name`` is no task of ``contract.names.TaskName``.
@@ -31,9 +35,9 @@ def follow_up(send: Send) -> Callable[[str, dict], str]:
         task = TaskName(name)
         payload = TASKS[task].payload.model_validate(fields)
         if task == TaskName.UPDATE_NOTE:
-            from tasks.note_update import enqueue_note_update  # which imports this module
-
-            return enqueue_note_update(send, payload)
+            nearline.add_pending(nearline.get_redis(), payload.session_id, payload.lore_entry_key,
+                                 payload.idempotency_key, payload.update_summary, payload.turn_id,
+                                 payload.cause, payload.game_minutes)
         return enqueue(send, task, payload)
 
     return enqueue_fields

@@ -8,8 +8,7 @@ from memory.db import session_scope
 from settings import get_settings
 from contract.names import TaskName
 from contract.payloads import NoteUpdatePayload
-from contract.send import Send
-from tasks.base import TaskCancelled, TaskContext, enqueue, npc_task
+from tasks.base import TaskCancelled, TaskContext, npc_task
 from tasks.follow_up import follow_up
 
 
@@ -32,11 +31,3 @@ def update_note(p: NoteUpdatePayload, ctx: TaskContext) -> dict:
     if out["status"] == "cancelled":
         raise TaskCancelled("its turn was undone by a rollback of the session")
     return out
-
-
-def enqueue_note_update(send: Send, p: NoteUpdatePayload) -> str:
-    """Enqueue ``npc_memory.update_note`` through ``send`` and announce it for coalescing;
-    returns the task id."""
-    nearline.add_pending(nearline.get_redis(), p.session_id, p.lore_entry_key, p.idempotency_key,
-                         p.update_summary, p.turn_id, p.cause, p.game_minutes)
-    return enqueue(send, TaskName.UPDATE_NOTE, p)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from inference import calls
 from inference.lora import registry as lora_registry
 from inference.lora import routing
+from memory import keys as rkeys
 from memory import nearline, offscreen, simulation
 from memory.db import session_scope
 from settings import get_settings
 from contract.names import TaskName
 from contract.payloads import SimulationPayload, TickPayload
-from contract.send import Send, request_simulation, simulation_pending_key
+from contract.send import Send, request_simulation
 from tasks.base import TaskContext, npc_task
 from tasks.follow_up import follow_up
 
@@ -53,7 +54,7 @@ def simulate_world(p: SimulationPayload, ctx: TaskContext) -> dict:
     try:
         return _simulate(p, r, ctx.send)
     finally:
-        r.delete(simulation_pending_key(p.session_id))
+        r.delete(rkeys.simulation_pending(p.session_id))
 
 
 def _route(r, archetypes: list[str | None]) -> routing.ModelRoute:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from memory import nearline
+from memory import keys, nearline
 from memory.archive import insert_turns, mark_undone
 from memory.db import session_scope
-from memory.fencing import undone_key
 from models import Turn
 
 
@@ -22,7 +21,7 @@ def _turn(game, seq: int) -> dict:
 def test_only_the_turns_a_rollback_undid_are_marked(game_session):
     r = nearline.get_redis()
     kept, undone = _turn(game_session, 1), _turn(game_session, 2)
-    r.sadd(undone_key(game_session["id"]), undone["turn_id"])
+    r.sadd(keys.undone(game_session["id"]), undone["turn_id"])
     with session_scope() as s:
         insert_turns(s, [kept, undone])
         pairs = [(t["session_id"], t["turn_id"]) for t in (kept, undone)]

@@ -9,9 +9,8 @@ from types import SimpleNamespace as NS
 import pytest
 
 from prompts.outputs import CreatedEntity
-from memory import creations, nearline
+from memory import creations, keys, nearline
 from memory.db import session_scope
-from memory.fencing import undone_key
 from models import LoreEntry
 from contract.payloads import EmbedPayload, NoteUpdatePayload
 
@@ -67,7 +66,7 @@ def test_an_ungrounded_creation_writes_and_sends_nothing(game_session):
 def test_an_entity_whose_turn_was_rolled_back_is_retracted_at_once(game_session):
     sent, r = [], nearline.get_redis()
     creation = _creation(game_session, "Mina Murray")
-    r.sadd(undone_key(game_session["id"]), creation.turn_id)  # undone while it was made
+    r.sadd(keys.undone(game_session["id"]), creation.turn_id)  # undone while it was made
     assert _run(creation, "Mina Murray", sent) == {"status": "cancelled"}
     assert sent == []
     with session_scope() as s:

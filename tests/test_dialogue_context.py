@@ -9,7 +9,8 @@ import uuid
 import numpy as np
 import pytest
 
-from memory import evidence, nearline, ranking, witnesses
+from memory import evidence, nearline, ranking
+from memory import keys as rkeys
 from memory.dialogue_context import RetrievalParams, build_context
 from memory.hot_cache import HotEntry
 from memory.turns import Target
@@ -47,11 +48,11 @@ def scene():
     keys = [f"world:{WORLD_ID}:entry:{e['id']}" for e in ENTRIES]
     for key, entry in zip(keys, ENTRIES):
         r.set(key, json.dumps(entry))
-    r.hset(evidence.evidence_key(sid), mapping={
+    r.hset(rkeys.evidence(sid), mapping={
         str(evidence.item_id(it["seq"], 0)): json.dumps(it) for it in (seen, unseen)})
-    r.sadd(witnesses.witnessed_key(sid, 1), 1)
+    r.sadd(rkeys.witnessed(sid, 1), 1)
     yield r, sid, index, seen
-    r.delete(*keys, evidence.evidence_key(sid), witnesses.witnessed_key(sid, 1))
+    r.delete(*keys, rkeys.evidence(sid), rkeys.witnessed(sid, 1))
 
 
 def _hot(sid: str, recent: list[dict] | None = None) -> HotEntry:

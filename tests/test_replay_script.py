@@ -130,5 +130,5 @@ def test_yaml_json_and_session_scripts_load_alike(tmp_path):
     assert session.steps and all(s.kind == "turn" for s in session.steps)
     bad = tmp_path / "s.yaml"
     bad.write_text("world: [unclosed")
-    with pytest.raises(ValueError, match="not valid JSON/YAML"):
+    with pytest.raises(ValueError, match="not valid YAML"):
         load_replay_script(bad)

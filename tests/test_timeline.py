@@ -337,9 +337,9 @@ def test_a_worker_mid_rewrite_does_not_apply_after_the_rollback(worker, game_ses
     does not run at all."""
     from inference import calls
     from tasks import note_update
-    from contract.payloads import NoteUpdatePayload
+    from contract.names import TaskName
     from contract.send import celery_sender
-    from tasks.note_update import enqueue_note_update
+    from tasks.follow_up import follow_up
 
     sid, wid = game_session["id"], game_session["world_id"]
     r = nearline.get_redis()
@@ -359,8 +359,8 @@ def test_a_worker_mid_rewrite_does_not_apply_after_the_rollback(worker, game_ses
         return real(*args, **kwargs)
 
     monkeypatch.setattr(note_update.calls, "rewrite_note", held)
-    send = celery_sender(worker.app)
-    task_id = enqueue_note_update(send, NoteUpdatePayload(
+    enqueue = follow_up(celery_sender(worker.app))
+    task_id = enqueue(TaskName.UPDATE_NOTE, dict(
         session_id=sid, lore_entry_key=NPC, update_summary="Ann burned down the mill.",
         idempotency_key=f"{t2['turn_id']}:u0", turn_id=t2["turn_id"]))
     assert started.wait(120)
@@ -379,7 +379,7 @@ def test_a_worker_mid_rewrite_does_not_apply_after_the_rollback(worker, game_ses
     assert nearline.get_note(r, sid, npc) == first
     # sent again after the rollback (a redelivery): cancelled at its start, no model call
     calls_before = len(mill_calls)
-    again = enqueue_note_update(send, NoteUpdatePayload(
+    again = enqueue(TaskName.UPDATE_NOTE, dict(
         session_id=sid, lore_entry_key=NPC, update_summary="Ann burned down the mill.",
         idempotency_key=f"{t2['turn_id']}:u1", turn_id=t2["turn_id"]))
     assert wait_for(lambda: status(again) == "cancelled", 120)

@@ -31,7 +31,6 @@ are new turns each time (the model answers again). The replay goes through
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from memory.importers.spec import YAML_SUFFIXES, load_session_script, read_data_file
 from workers.replay_events import Event, ReplayError, replay_events
 
 SCRIPT_FORMAT = "npc-memory.replay-script"
@@ -86,22 +86,11 @@ def load_replay_script(path: str | Path) -> ReplayScript:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_data_file(path)  # ValueError naming the file: not UTF-8, JSON or YAML
     except OSError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
-        raise ValueError(f"{path}: not valid JSON/YAML: {exc}") from exc
     if isinstance(data, dict) and ("world_key" in data or data.get("format") == "npc-memory.session"):
-        from memory.importers.spec import load_session_script
-
-        if path.suffix.lower() in (".yaml", ".yml"):
+        if path.suffix.lower() in YAML_SUFFIXES:
             raise ValueError(f"{path}: an npc-memory.session script must be JSON")
         session = load_session_script(path)  # ValueError naming the file
         return ReplayScript(world=session.world_key, steps=[

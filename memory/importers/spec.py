@@ -227,18 +227,40 @@ class SessionScript:
 # --------------------------------------------------------------------------- JSON
 
 
-def _read_json(path: str | os.PathLike[str]) -> Any:
-    """Parse a UTF-8 JSON file; ``ValueError`` (naming the file) if it is not valid JSON.
-    A missing file raises ``FileNotFoundError`` as usual."""
+YAML_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
+"""File name endings :func:`read_data_file` reads as YAML (compared case-insensitively)."""
+
+
+def read_data_file(path: str | os.PathLike[str], *, allow_yaml: bool = True) -> Any:
+    """Parse a UTF-8 data file: YAML (``yaml.safe_load``) when ``allow_yaml`` is true and the name
+    ends in one of :data:`YAML_SUFFIXES`, JSON otherwise. Returns the parsed document (dicts,
+    lists, strings, numbers, booleans, None).
+
+    Raises:
+        OSError: the file cannot be read (``FileNotFoundError`` when it does not exist).
+        ValueError: not UTF-8 text, or not valid JSON/YAML; the message names the file.
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{p}: not UTF-8 text ({exc})") from exc
+    if allow_yaml and p.suffix.lower() in YAML_SUFFIXES:
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{p}: not valid YAML ({exc})") from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{p}: not valid JSON ({exc})") from exc
+
+
+def _read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a UTF-8 JSON file whatever its name (:func:`read_data_file` without YAML)."""
+    return read_data_file(path, allow_yaml=False)
 
 
 def _check_object(data: Any, what: str, allowed: set[str], required: Iterable[str]) -> None:
@@ -402,6 +424,7 @@ __all__ = [
     "dump_world_json",
     "load_session_script",
     "load_world_json",
+    "read_data_file",
     "session_to_dict",
     "world_from_dict",
     "world_to_dict",

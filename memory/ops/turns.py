@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from memory import keys as rkeys
 from memory import nearline
 from memory.ops.entries import get_game
 from memory.ops.errors import NotFound
@@ -33,7 +34,7 @@ def find_turn(session: Session, r, session_id: str, turn_id: str, *,
     for doc in reversed(nearline.recent_turns(r, session_id, nearline.TURNS_CAP)):
         if doc.get("turn_id") == turn_id:
             return doc, "redis"
-    raw = r.hget(nearline.OUTBOX_PAYLOADS, turn_id)
+    raw = r.hget(rkeys.OUTBOX_PAYLOADS, turn_id)
     if raw is not None:
         doc = json.loads(raw)
         if doc.get("session_id") == session_id:
