@@ -18,11 +18,11 @@ Adapter directory (PEFT's ``save_pretrained`` layout, one folder per archetype):
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
 from capacity.planner import Archetype, CapacityInputs
+from memory.importers.spec import read_data_file
 
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _FIELDS = {f.name for f in fields(CapacityInputs)} - {"archetypes"}
@@ -53,16 +53,7 @@ def load_inputs_file(path: Path) -> tuple[list[Archetype], dict]:
         ValueError: unreadable file, unknown keys, missing names (message names the file).
         FileNotFoundError: no such file.
     """
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        if Path(path).suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - yaml/json errors -> one message
-        raise ValueError(f"{path}: not valid {Path(path).suffix or 'JSON'}: {exc}") from exc
+    data = read_data_file(path)  # ValueError names the file; FileNotFoundError passes
     if not isinstance(data, dict) or not isinstance(data.get("archetypes"), list):
         raise ValueError(f"{path}: expected a mapping with an 'archetypes' list")
     unknown = set(data) - _FIELDS - {"archetypes"}
