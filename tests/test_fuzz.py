@@ -15,7 +15,7 @@ here; the queues are emptied afterwards).
 
 A request fails the test when the answer is a 5xx, or a status code, content type, header or
 body (each event of a streamed turn included) that the document does not declare for that
-operation. The stateful phase is off; about 700 requests in all, a minute on two cores. A
+operation. The stateful phase is off; about 850 requests in all, a minute on two cores. A
 longer run is ``FUZZ_EXAMPLES=200 FUZZ_MODEL_COVERAGE=1 python -m pytest -q
 tests/test_fuzz.py`` (README, "Fuzzing the HTTP API"); ``FUZZ_SEED`` picks another sequence
 of requests.

@@ -115,6 +115,28 @@ def test_web_logs_json_with_session_and_turn_and_no_secret(web, light_world, wai
     assert any("token=***" in r["message"] for r in access)
 
 
+def test_a_long_unauthenticated_url_is_logged_bounded_and_scrubbed(web, wait_for):
+    """A 14 KB URL sent without a key (the longest request line uvicorn takes is 16 KB): 401,
+    and every log line that holds it is cut to the log value limit, with the key it carries
+    near its start still scrubbed."""
+    from workers.logging_setup import LOG_VALUE_CHARS
+
+    marker = uuid.uuid4().hex
+    url = f"{web.url}/v1/dead-letters?token={API_KEY}&{marker}=" + "a" * 14_000
+    res = httpx.get(url, timeout=30)
+    assert res.status_code == 401
+
+    def lines():
+        return [r for r in _json_lines(web.tail(200_000)) if marker in json.dumps(r)]
+
+    found = wait_for(lines, timeout=30)
+    for record in found:
+        for value in record.values():
+            assert len(str(value)) <= LOG_VALUE_CHARS + 40, str(value)[:200]
+    assert any("more chars]" in r["message"] and "token=***" in r["message"] for r in found)
+    assert API_KEY not in web.tail(200_000)
+
+
 def test_worker_logs_carry_the_task_ids(light_world, wait_for):
     from workers.celery_app import app
 
