@@ -25,7 +25,7 @@ demo-light: setup
 	$(BIN)/npc-memory demo --light
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=40
 
 lint: setup
 	$(BIN)/ruff check .
