@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--kill-every", type=float, default=6.0,
                     help="mean seconds between kill -9 of the pool child (0: never)")
     ap.add_argument("--dup-rate", type=float, default=0.2, help="share of updates sent twice")
+    ap.add_argument("--llm-threads", type=int, default=2,
+                    help="threads of the llama.cpp server (1 is faster on a busy machine)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
 
@@ -107,7 +109,7 @@ def main() -> int:
             s.add(GameSession(id=sid, world_id=world.id))
         targets = rng.sample(keys, min(args.entries, len(keys)))
 
-        sup.spawn("llm", llm_argv(llm_port, "smollm2-135m-instruct", 2048, 2))
+        sup.spawn("llm", llm_argv(llm_port, "smollm2-135m-instruct", 2048, args.llm_threads))
         wait_http(f"http://127.0.0.1:{llm_port}/v1/models", 180, sup)
         worker_argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
                        "-Q", "note_update,embed", "-c", "1", "--pool", "prefork", "-n", "chaos@%h",
