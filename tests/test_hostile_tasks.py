@@ -85,24 +85,33 @@ def _outcomes(task_ids: list[str]) -> dict[str, tuple[str, str | None]]:
             if status.get(t) == "succeeded" or (status.get(t) == "dead" and t in errors)}
 
 
-def test_hostile_payloads_end_succeeded_or_dead_lettered_with_a_reason(worker, celery_app):
-    cases = _cases()
-    assert len(cases) < 120  # bounded
+def _send_and_wait(celery_app, messages, timeout_s: float = 90) -> tuple[list, dict]:
+    """Send ``(task name, kwargs, task id)`` messages and wait up to ``timeout_s`` for each to
+    reach an outcome (:func:`_outcomes`); returns ``(sent, outcomes)``, ``sent`` as
+    ``(task name, stored task id)``. Fails naming the messages that reached none."""
     sent = []
-    for name, kwargs, task_id in cases:
+    for name, kwargs, task_id in messages:
         celery_app.send_task(name, kwargs=kwargs, task_id=task_id)
         sent.append((name, storable_id(task_id)))
     ids = [t for _, t in sent]
-    assert len(set(ids)) == len(ids)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + timeout_s
     done: dict = {}
     while time.monotonic() < deadline:
         done = _outcomes(ids)
         if len(done) == len(ids):
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     missing = [(n, t) for n, t in sent if t not in done]
     assert not missing, f"{len(missing)} messages without an outcome: {missing[:5]}"
+    return sent, done
+
+
+def test_hostile_payloads_end_succeeded_or_dead_lettered_with_a_reason(worker, celery_app):
+    cases = _cases()
+    assert len(cases) < 120  # bounded
+    sent, done = _send_and_wait(celery_app, cases)
+    ids = [t for _, t in sent]
+    assert len(set(ids)) == len(ids)
     for name, task_id in sent:
         status, error = done[task_id]
         if status == "dead":
@@ -178,21 +187,9 @@ def hostile_payloads(draw) -> list[tuple[str, dict]]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(payloads=hostile_payloads())
 def test_arbitrary_payloads_end_succeeded_or_dead_lettered(worker, celery_app, payloads):
-    sent = []
-    for name, kwargs in payloads:
-        task_id = uuid.uuid4().hex
-        celery_app.send_task(name, kwargs=kwargs, task_id=task_id)
-        sent.append((name, task_id))
+    sent, done = _send_and_wait(
+        celery_app, [(name, kwargs, uuid.uuid4().hex) for name, kwargs in payloads])
     ids = [t for _, t in sent]
-    deadline = time.monotonic() + 90
-    done: dict = {}
-    while time.monotonic() < deadline:
-        done = _outcomes(ids)
-        if len(done) == len(ids):
-            break
-        time.sleep(0.2)
-    missing = [(n, t) for n, t in sent if t not in done]
-    assert not missing, f"messages without an outcome: {missing}"
     for name, task_id in sent:
         status, error = done[task_id]
         assert status == "succeeded" or (error and error.strip()), (name, task_id)
